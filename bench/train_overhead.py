@@ -1,0 +1,112 @@
+"""Training throughput of the workbench vs a bare TRL SFTTrainer script, same data and settings.
+
+Runs the two alternately (bare, workbench, bare, workbench, ...) in one process and prints each run's
+tokens/s and the ratio of medians. Target: workbench / bare >= 0.95.
+
+    .venv/bin/python bench/train_overhead.py [--recipe recipes/quickstart.yaml] [--steps 12] [--reps 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from workbench.recipe import load_recipe  # noqa: E402
+from workbench.runner import run_recipe  # noqa: E402
+
+
+def bare_trl(recipe_path: Path, train_jsonl: Path, steps: int, workdir: Path) -> float:
+    """What a person would write by hand with TRL + peft: returns tokens/s."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from workbench.models import resolve_model
+
+    recipe = load_recipe(recipe_path)
+    t = recipe.train
+    base = resolve_model(recipe.base_model)
+    rows = [json.loads(line) for line in train_jsonl.read_text().splitlines()]
+    data = Dataset.from_list([{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in rows])
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    args = SFTConfig(
+        output_dir=str(workdir),
+        max_steps=steps,
+        per_device_train_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,
+        seed=t.seed,
+        data_seed=t.seed,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=not torch.cuda.is_available(),
+        max_length=recipe.data.max_length,
+    )
+    peft = LoraConfig(
+        r=t.lora.r,
+        lora_alpha=t.lora.alpha,
+        lora_dropout=t.lora.dropout,
+        target_modules=t.lora.targets,
+        task_type="CAUSAL_LM",
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer, peft_config=peft)
+    result = trainer.train()
+    tokens = [log["num_tokens"] for log in trainer.state.log_history if "num_tokens" in log][-1]
+    return tokens / result.metrics["train_runtime"]
+
+
+def workbench_run(recipe_path: Path, steps: int, home: Path) -> float:
+    recipe = load_recipe(recipe_path, [f"train.max_steps={steps}", "train.checkpoint_every=100000"])
+    run_recipe(recipe, home, stages=["train"], force=["train"])
+    out = home / recipe.name / "train"
+    summary = json.loads((out / "train_summary.json").read_text())
+    history = json.loads((out / "log_history.json").read_text())
+    tokens = [log["num_tokens"] for log in history if "num_tokens" in log][-1]
+    return tokens / summary["train_runtime_s"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", type=Path, default=ROOT / "recipes" / "quickstart.yaml")
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--reps", type=int, default=2)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp) / "runs"
+        recipe = load_recipe(args.recipe)
+        run_recipe(recipe, home, stages=["data"])  # the same split feeds both sides
+        train_jsonl = home / recipe.name / "data" / "train.jsonl"
+        bare, ours = [], []
+        for rep in range(args.reps):
+            started = time.perf_counter()
+            bare.append(bare_trl(args.recipe, train_jsonl, args.steps, Path(tmp) / f"bare{rep}"))
+            ours.append(workbench_run(args.recipe, args.steps, home))
+            print(
+                f"rep {rep + 1}: bare TRL {bare[-1]:.1f} tok/s, workbench {ours[-1]:.1f} tok/s "
+                f"({time.perf_counter() - started:.0f}s)",
+                flush=True,
+            )
+    ratio = statistics.median(ours) / statistics.median(bare)
+    print(
+        f"\nworkbench / bare TRL tokens/s: {ratio:.3f}  (target >= 0.95; {args.steps} steps x {args.reps} reps, "
+        f"recipe {args.recipe.name})"
+    )
+
+
+if __name__ == "__main__":
+    main()

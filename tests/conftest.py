@@ -1,0 +1,121 @@
+"""Shared fixtures: a tiny random Llama with a real BPE tokenizer and chat template, built offline."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+CHATML = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def corpus() -> list[str]:
+    rng = random.Random(0)
+    words = "what is the sum of plus and a an answer question user assistant system you are helpful".split()
+    lines = [f"What is {rng.randint(10, 99)} + {rng.randint(10, 99)}? {rng.randint(20, 198)}" for _ in range(400)]
+    lines += [" ".join(rng.choice(words) for _ in range(12)) for _ in range(200)]
+    return lines + ["user assistant system\n"] * 10
+
+
+def build_tokenizer(out: Path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=512, special_tokens=SPECIAL, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(corpus(), trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+    )
+    fast.chat_template = CHATML
+    fast.save_pretrained(out)
+    return fast
+
+
+def build_tiny_llama(out: Path, hidden: int = 64, layers: int = 2, intermediate: int = 128) -> Path:
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = build_tokenizer(out)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+def addition_rows(count: int, seed: int = 0) -> list[dict[str, str]]:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(count):
+        a, b = rng.randint(10, 99), rng.randint(10, 99)
+        rows.append({"question": f"What is {a} + {b}?", "answer": str(a + b)})
+    return rows
+
+
+@pytest.fixture
+def qa_file(tmp_path: Path) -> Path:
+    path = tmp_path / "qa.json"
+    path.write_text(json.dumps(addition_rows(48)))
+    return path
+
+
+def write_recipe(folder: Path, base_model: Path, data_path: Path, **sections: dict) -> Path:
+    import yaml
+
+    recipe = {
+        "name": "tiny",
+        "base_model": str(base_model),
+        "data": {"path": str(data_path), "held_out": 8, "max_length": 64, **sections.pop("data", {})},
+        "train": {
+            "method": "lora",
+            "max_steps": 6,
+            "batch_size": 8,
+            "learning_rate": 5e-3,
+            "checkpoint_every": 2,
+            "lora": {"r": 8, "alpha": 16},
+            **sections.pop("train", {}),
+        },
+        "merge": {"dtype": "float32", **sections.pop("merge", {})},
+        **sections,
+    }
+    path = folder / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path

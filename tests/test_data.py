@@ -1,0 +1,210 @@
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from workbench.data.dataset import (
+    DataError,
+    auto_epochs,
+    check_bad_rows,
+    load_data,
+    split_rows,
+    to_trl,
+)
+from workbench.data.files import DataFileError
+
+MESSAGES = {"messages": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]}
+EXAMPLES = {
+    "messages": MESSAGES,
+    "sharegpt": {"conversations": [{"from": "human", "value": "Hi?"}, {"from": "gpt", "value": "Hello."}]},
+    "alpaca": {"instruction": "Hi?", "input": "", "output": "Hello."},
+    "qa": {"question": "Hi?", "answer": "Hello."},
+    "prompt_completion": {"prompt": "Hi?", "completion": "Hello."},
+}
+
+
+def write(path: Path, rows: list) -> Path:
+    if path.suffix == ".json":
+        path.write_text(json.dumps(rows))
+    elif path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    elif path.suffix == ".csv":
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    elif path.suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+@pytest.mark.parametrize("fmt", sorted(EXAMPLES))
+@pytest.mark.parametrize("suffix", [".json", ".jsonl", ".parquet"])
+def test_every_sft_format_normalises_to_the_same_conversation(tmp_path: Path, fmt: str, suffix: str) -> None:
+    path = write(tmp_path / f"data{suffix}", [EXAMPLES[fmt]] * 3)
+    data = load_data(path)
+    assert data.format == fmt
+    assert not data.bad
+    assert [row for _, row in data.rows] == [MESSAGES] * 3
+
+
+@pytest.mark.parametrize("fmt", ["alpaca", "qa", "prompt_completion"])
+def test_flat_formats_read_from_csv(tmp_path: Path, fmt: str) -> None:
+    data = load_data(write(tmp_path / "data.csv", [EXAMPLES[fmt]] * 2))
+    assert data.format == fmt and [row for _, row in data.rows] == [MESSAGES] * 2
+
+
+def test_alpaca_input_is_appended_to_the_instruction(tmp_path: Path) -> None:
+    row = {"instruction": "Translate.", "input": "chat", "output": "cat"}
+    data = load_data(write(tmp_path / "a.jsonl", [row]))
+    assert data.rows[0][1]["messages"][0]["content"] == "Translate.\n\nchat"
+
+
+def test_preference_rows(tmp_path: Path) -> None:
+    row = {"prompt": "Hi?", "chosen": "Hello.", "rejected": "Go away."}
+    data = load_data(write(tmp_path / "p.jsonl", [row]))
+    assert data.format == "preference"
+    assert data.rows[0][1]["chosen"] == [{"role": "assistant", "content": "Hello."}]
+    assert to_trl(data.rows[0][1], "responses")["rejected"][0]["content"] == "Go away."
+
+
+def test_system_prompt_is_added_only_where_missing(tmp_path: Path) -> None:
+    own = {"messages": [{"role": "system", "content": "Own."}, *MESSAGES["messages"]]}
+    data = load_data(write(tmp_path / "s.jsonl", [MESSAGES, own]), system_prompt="Be brief.")
+    assert data.rows[0][1]["messages"][0] == {"role": "system", "content": "Be brief."}
+    assert data.rows[1][1]["messages"][0] == {"role": "system", "content": "Own."}
+
+
+def test_declared_format_overrides_detection(tmp_path: Path) -> None:
+    path = write(tmp_path / "d.jsonl", [{"question": "Q", "answer": "A", "text": "T"}])
+    assert load_data(path, "text").rows[0][1] == {"text": "T"}
+
+
+BAD_ROWS = [
+    ("not an object", [1, 2], "expected an object"),
+    ("missing field", {"question": "Q?"}, "missing field 'answer'"),
+    ("empty field", {"question": "Q?", "answer": "  "}, "field 'answer' is empty"),
+    ("wrong type", {"question": "Q?", "answer": 42}, "must be text, got int"),
+    ("null field", {"question": None, "answer": "A"}, "missing field 'question'"),
+]
+
+
+@pytest.mark.parametrize("kind,row,reason", BAD_ROWS, ids=[b[0] for b in BAD_ROWS])
+def test_each_bad_row_kind_is_reported_with_its_line(tmp_path: Path, kind: str, row: object, reason: str) -> None:
+    good = {"question": "Q?", "answer": "A"}
+    data = load_data(write(tmp_path / "b.jsonl", [good, row, good]), "qa")
+    assert len(data.rows) == 2
+    assert [(b.number, b.label) for b in data.bad] == [(2, "line 2")]
+    assert reason in data.bad[0].reason
+
+
+BAD_CONVERSATIONS = [
+    (
+        "unknown role",
+        {"messages": [{"role": "wizard", "content": "x"}, {"role": "assistant", "content": "y"}]},
+        "'wizard'",
+    ),
+    (
+        "ends with user",
+        {"messages": [{"role": "assistant", "content": "x"}, {"role": "user", "content": "y"}]},
+        "must end with an assistant turn",
+    ),
+    (
+        "no user turn",
+        {"messages": [{"role": "system", "content": "x"}, {"role": "assistant", "content": "y"}]},
+        "no user turn",
+    ),
+    ("empty turns", {"messages": []}, "has no turns"),
+    ("turns not a list", {"messages": "hello"}, "must be a list of turns"),
+    (
+        "content not text",
+        {"messages": [{"role": "user", "content": ["x"]}, {"role": "assistant", "content": "y"}]},
+        "must be text",
+    ),
+]
+
+
+@pytest.mark.parametrize("kind,row,reason", BAD_CONVERSATIONS, ids=[b[0] for b in BAD_CONVERSATIONS])
+def test_bad_conversations(tmp_path: Path, kind: str, row: dict, reason: str) -> None:
+    data = load_data(write(tmp_path / "c.jsonl", [MESSAGES, row]), "messages")
+    assert len(data.rows) == 1 and data.bad[0].number == 2
+    assert reason in data.bad[0].reason
+
+
+def test_unknown_sharegpt_speaker(tmp_path: Path) -> None:
+    row = {"conversations": [{"from": "narrator", "value": "x"}, {"from": "gpt", "value": "y"}]}
+    data = load_data(write(tmp_path / "g.jsonl", [EXAMPLES["sharegpt"], row]))
+    assert "'narrator'" in data.bad[0].reason
+
+
+def test_broken_jsonl_lines_are_kept_as_bad_rows(tmp_path: Path) -> None:
+    path = tmp_path / "broken.jsonl"
+    path.write_text('{"question": "Q", "answer": "A"}\n{"question": \n\n{"question": "Q", "answer": "A"}\n\n')
+    data = load_data(path)
+    assert [(b.number, b.reason.split(" (")[0]) for b in data.bad] == [(2, "not valid JSON"), (3, "blank line")]
+    assert [n for n, _ in data.rows] == [1, 4]
+
+
+def test_csv_row_with_extra_cells(tmp_path: Path) -> None:
+    path = tmp_path / "extra.csv"
+    path.write_text("question,answer\nQ,A\nQ,A,surplus\n")
+    data = load_data(path)
+    assert data.bad[0].label == "row 2" and "more cells" in data.bad[0].reason
+
+
+def test_bad_rows_over_tolerance_are_all_named(tmp_path: Path) -> None:
+    rows = [{"question": "Q", "answer": "A"}] + [{"question": "Q"}] * 3
+    data = load_data(write(tmp_path / "t.jsonl", rows))
+    with pytest.raises(DataError) as err:
+        check_bad_rows(data, tolerated=2)
+    message = str(err.value)
+    assert "3 of 4 lines are bad" in message and "t.jsonl" in message
+    assert all(f"line {n}: missing field 'answer'" in message for n in (2, 3, 4))
+    check_bad_rows(data, tolerated=3)  # within tolerance: no error, and still listed on data.bad
+    assert len(data.bad) == 3
+
+
+def test_undetectable_format_names_the_expected_columns(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"cannot tell the data format from the columns \['body', 'title'\]"):
+        load_data(write(tmp_path / "x.json", [{"title": "t", "body": "b"}]))
+
+
+def test_unreadable_files(tmp_path: Path) -> None:
+    bad_json = tmp_path / "bad.json"
+    bad_json.write_text('[{"a": 1},')
+    with pytest.raises(DataFileError, match="bad.json: not valid JSON at line 1"):
+        load_data(bad_json)
+    with pytest.raises(DataFileError, match="unknown file type '.txt'"):
+        load_data(tmp_path / "data.txt")
+
+
+def test_split_is_deterministic_and_disjoint() -> None:
+    rows = [(i + 1, {"text": str(i)}) for i in range(100)]
+    train, held = split_rows(rows, 0.1, seed=3)
+    again_train, again_held = split_rows(rows, 0.1, seed=3)
+    assert held == again_held and train == again_train
+    assert len(held) == 10 and len(train) == 90
+    assert not {n for n, _ in train} & {n for n, _ in held}
+    assert split_rows(rows, 0.1, seed=4)[1] != held
+    assert len(split_rows(rows, 7, seed=0)[1]) == 7
+    with pytest.raises(DataError, match="none left to train on"):
+        split_rows(rows, 100, seed=0)
+
+
+def test_auto_epochs_follows_the_rule_of_thumb() -> None:
+    assert auto_epochs(50) == 15 and auto_epochs(100) == 15
+    assert auto_epochs(1000) == 10
+    assert auto_epochs(10000) == 2 and auto_epochs(1_000_000) == 2
+    assert 10 < auto_epochs(300) < 15 and 2 < auto_epochs(3000) < 10
+
+
+def test_loss_on_switches_between_masked_prompt_and_full_text() -> None:
+    masked = to_trl(MESSAGES, "responses")
+    assert masked["prompt"] == MESSAGES["messages"][:1] and masked["completion"] == MESSAGES["messages"][1:]
+    assert to_trl(MESSAGES, "all") == MESSAGES

@@ -1,0 +1,181 @@
+"""Training, merging, resume and stage caching on a tiny random Llama (CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from conftest import addition_rows, write_recipe
+from transformers import TrainerCallback
+
+from workbench.cli import main
+from workbench.recipe import load_recipe
+from workbench.runner import run_recipe
+from workbench.stages.base import StageInterrupted
+from workbench.store import Store
+
+
+@pytest.fixture
+def data_file(tmp_path: Path) -> Path:
+    path = tmp_path / "qa.json"
+    path.write_text(json.dumps(addition_rows(72)))
+    return path
+
+
+def losses(home: Path, run_id: str = "tiny") -> list[float]:
+    store = Store(home / "workbench.db")
+    return [event["loss"] for event in store.events(run_id, stage="train", kind="train_log")]
+
+
+def assert_loss_goes_down(values: list[float]) -> None:
+    assert len(values) >= 8
+    first, last = sum(values[:3]) / 3, sum(values[-3:]) / 3
+    assert last < first - 0.2, values  # batch-to-batch noise at the start is ~0.05
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_training_lowers_the_loss_and_logs_to_the_store(
+    tmp_path: Path, tiny_model: Path, data_file: Path, method: str
+) -> None:
+    path = write_recipe(
+        tmp_path, tiny_model, data_file, train={"method": method, "max_steps": 10, "learning_rate": 5e-2}
+    )
+    home = tmp_path / "runs"
+    run_recipe(load_recipe(path), home, stages=["train"])
+    assert_loss_goes_down(losses(home))
+    store = Store(home / "workbench.db")
+    last = store.events("tiny", stage="train", kind="train_log")[-1]
+    assert last["step"] == 10 and last["total_steps"] == 10
+    assert last["learning_rate"] is not None and last["grad_norm"] is not None and last["eta_s"] == 0
+    adapter = home / "tiny" / "train"
+    assert (adapter / "adapter_model.safetensors").is_file()
+    assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 8
+    assert [s.status for s in store.stages("tiny")] == ["done", "done"]
+    assert not (home / "tiny" / "merge").exists()  # not selected
+
+
+class InterruptAt(TrainerCallback):
+    """Sends this process SIGINT at a step, as Ctrl-C would."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_begin(self, args, state, control, **kwargs):  # noqa: ANN001
+        if state.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_interrupted_training_resumes_from_its_checkpoint(
+    tmp_path: Path, tiny_model: Path, data_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import trl
+
+    path = write_recipe(tmp_path, tiny_model, data_file, train={"max_steps": 8, "checkpoint_every": 100})
+    home = tmp_path / "runs"
+    original_init = trl.SFTTrainer.__init__
+
+    def with_interrupt(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        kwargs["callbacks"] = [*kwargs.get("callbacks", []), InterruptAt(3)]
+        original_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(trl.SFTTrainer, "__init__", with_interrupt)
+    with pytest.raises(StageInterrupted, match="stopped at step 4"):
+        run_recipe(load_recipe(path), home, stages=["train"])
+    store = Store(home / "workbench.db")
+    assert store.stage("tiny", "train").status == "interrupted"
+    assert store.run("tiny")["status"] == "interrupted"
+    assert not (home / "tiny" / "train").exists()  # nothing half-written in place
+    monkeypatch.setattr(trl.SFTTrainer, "__init__", original_init)
+
+    run_recipe(load_recipe(path), home, stages=["train"])
+    steps = [event["step"] for event in store.events("tiny", stage="train", kind="train_log")]
+    assert steps == [1, 2, 3, 4, 5, 6, 7, 8]  # the second run began at step 5, not again at 1
+    messages = [e["text"] for e in store.events("tiny", stage="train", kind="message")]
+    assert "resuming from checkpoint-4" in messages
+    assert store.stage("tiny", "train").status == "done"
+
+
+def test_merged_logits_equal_base_plus_adapter(tmp_path: Path, tiny_model: Path, data_file: Path) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    path = write_recipe(tmp_path, tiny_model, data_file, train={"max_steps": 4, "learning_rate": 5e-2})
+    home = tmp_path / "runs"
+    run_recipe(load_recipe(path), home)
+    merged_dir = home / "tiny" / "merge"
+    assert (merged_dir / "model.safetensors").is_file() and (merged_dir / "tokenizer.json").is_file()
+    assert (merged_dir / "generation_config.json").is_file()
+    assert (
+        "chat_template" in (merged_dir / "tokenizer_config.json").read_text()
+        or (merged_dir / "chat_template.jinja").is_file()
+    )
+
+    ids = torch.tensor([[5, 17, 42, 99, 3, 250, 7]])
+    base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    with torch.no_grad():
+        base_logits = base(ids).logits
+        adapted = PeftModel.from_pretrained(base, str(home / "tiny" / "train")).eval()
+        expected = adapted(ids).logits
+        merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()
+        actual = merged(ids).logits
+    assert (expected - base_logits).abs().max() > 1e-2  # the adapter changed something
+    assert torch.allclose(actual, expected, atol=1e-3)
+
+
+def test_unchanged_stages_are_cached_and_changes_redo_them(
+    tmp_path: Path, tiny_model: Path, data_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_recipe(tmp_path, tiny_model, data_file, train={"max_steps": 2})
+    home = tmp_path / "runs"
+    assert main(["--home", str(home), "run", str(path)]) == 0
+    store = Store(home / "workbench.db")
+    first = {s.name: s.started for s in store.stages("tiny")}
+    capsys.readouterr()
+
+    assert main(["--home", str(home), "run", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert all(f"[{name}] unchanged, skipped" in out for name in ("data", "train", "merge"))
+    assert {s.name: s.started for s in store.stages("tiny")} == first
+
+    assert main(["--home", str(home), "run", str(path), "--set", "merge.dtype=bfloat16"]) == 0
+    again = {s.name: s.started for s in store.stages("tiny")}
+    assert again["train"] == first["train"] and again["merge"] > first["merge"]
+
+    assert main(["--home", str(home), "run", str(path), "--set", "merge.dtype=bfloat16", "--force", "train"]) == 0
+    forced = {s.name: s.started for s in store.stages("tiny")}
+    assert forced["data"] == again["data"] and forced["train"] > again["train"] and forced["merge"] > again["merge"]
+
+    capsys.readouterr()
+    assert main(["--home", str(home), "show", "tiny"]) == 0
+    shown = capsys.readouterr().out
+    assert "merged" in shown and str(home / "tiny" / "merge") in shown and "training: step 2/2" in shown
+    assert main(["--home", str(home), "runs"]) == 0
+    assert "tiny" in capsys.readouterr().out
+
+
+def test_bad_data_stops_the_run_before_training(
+    tmp_path: Path, tiny_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "qa.jsonl"
+    rows = addition_rows(30) + [{"question": "What is 1 + 1?"}]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = write_recipe(tmp_path, tiny_model, data)
+    home = tmp_path / "runs"
+    assert main(["--home", str(home), "run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "qa.jsonl: 1 of 31 lines are bad" in err and "line 31: missing field 'answer'" in err
+    assert Store(home / "workbench.db").stage("tiny", "data").status == "failed"
+
+    assert main(["--home", str(home), "run", str(path), "--set", "data.max_bad_rows=1", "--stages", "data"]) == 0
+    bad = (home / "tiny" / "data" / "bad_rows.jsonl").read_text()
+    assert json.loads(bad) == {"number": 31, "reason": "missing field 'answer'"}
+
+
+def test_too_long_rows_are_bad_rows_not_truncated(tmp_path: Path, tiny_model: Path, data_file: Path) -> None:
+    path = write_recipe(tmp_path, tiny_model, data_file, data={"max_length": 8})
+    with pytest.raises(Exception, match="longer than data.max_length 8"):
+        run_recipe(load_recipe(path), tmp_path / "runs", stages=["data"])

@@ -1,0 +1,3 @@
+"""Quantization- and serving-aware fine-tuning workbench."""
+
+__version__ = "0.1.0"

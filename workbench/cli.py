@@ -1,0 +1,193 @@
+"""The `workbench` command line: the same engine the TUI drives."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+
+from workbench.data.dataset import DataError
+from workbench.data.files import DataFileError
+from workbench.models import ModelError
+from workbench.recipe import RecipeError, load_recipe
+from workbench.runner import RunError, default_home, run_recipe
+from workbench.stages.base import StageInterrupted
+from workbench.store import Store
+
+
+def _csv(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    recipe = load_recipe(args.recipe, args.set)
+    run_id = run_recipe(recipe, args.home, stages=args.stages, force=args.force, run_id=args.run_id)
+    print(f"run {run_id} done; `workbench show {run_id}` lists its stages and artifacts")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    recipe = load_recipe(args.recipe, args.set)
+    print(f"{args.recipe}: ok (recipe {recipe.name!r}, base model {recipe.base_model})")
+    return 0
+
+
+def cmd_data_inspect(args: argparse.Namespace) -> int:
+    from workbench.data.dataset import load_data, render, token_lengths
+    from workbench.stages.data import length_stats
+
+    data = load_data(Path(args.file), args.format, args.system_prompt)
+    print(f"file:    {data.path}")
+    print(f"format:  {data.format}")
+    print(f"rows:    {data.total} ({len(data.rows)} good, {len(data.bad)} bad)")
+    for info in data.bad[:20]:
+        print(f"  bad {info}")
+    if len(data.bad) > 20:
+        print(f"  ... and {len(data.bad) - 20} more")
+    if not data.rows:
+        return 1
+    try:
+        from transformers import AutoTokenizer
+
+        from workbench.models import resolve_model
+
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model(args.model))
+    except (ModelError, OSError) as exc:
+        print(f"(no tokenizer: {exc}; showing the first row as data)")
+        print(json.dumps(data.rows[0][1], indent=2, ensure_ascii=False))
+        return 0 if not data.bad else 1
+    number, first = data.rows[0]
+    print(f"\nexample ({data.unit} {number}) through the chat template of {args.model}:\n")
+    print(render(first, tokenizer))
+    stats = length_stats(token_lengths([row for _, row in data.rows], tokenizer))
+    print("tokens:  " + ", ".join(f"{k} {v}" for k, v in stats.items()))
+    return 0 if not data.bad else 1
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from workbench.models import load_registry
+
+    default, entries = load_registry()
+    print(f"{'name':28} {'params':7} {'local':6} source")
+    for entry in entries.values():
+        mark = " (default)" if entry.name == default else ""
+        where = "yes" if entry.is_local else "no"
+        print(f"{entry.name:28} {entry.params or '':7} {where:6} {entry.source}: {entry.package or entry.hub_id}{mark}")
+    return 0
+
+
+def cmd_models_pull(args: argparse.Namespace) -> int:
+    from workbench.models import pull
+
+    path = pull(args.name)
+    print(f"{args.name}: {path}")
+    return 0
+
+
+def _when(ts: float | None) -> str:
+    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    store = Store(args.home / "workbench.db")
+    runs = store.runs()
+    if not runs:
+        print("no runs yet")
+        return 0
+    print(f"{'run':24} {'status':12} {'updated':20} stages")
+    for run in runs:
+        stages = " ".join(f"{s.name}:{s.status}" for s in store.stages(run["id"]))
+        print(f"{run['id']:24} {run['status']:12} {_when(run['updated']):20} {stages}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    store = Store(args.home / "workbench.db")
+    run = store.run(args.run)
+    if run is None:
+        print(f"no run {args.run!r}; `workbench runs` lists them", file=sys.stderr)
+        return 1
+    print(f"run {run['id']}  recipe {run['recipe_path'] or run['name']}  status {run['status']}")
+    print(f"\n{'stage':10} {'status':12} {'time':>9}  error")
+    for stage in store.stages(args.run):
+        took = f"{stage.seconds:.1f}s" if stage.seconds else "-"
+        print(f"{stage.name:10} {stage.status:12} {took:>9}  {stage.error or ''}")
+    artifacts = store.artifacts(args.run)
+    if artifacts:
+        print(f"\n{'artifact':16} {'kind':8} {'size':>10}  path")
+        for item in artifacts:
+            print(f"{item['name']:16} {item['kind']:8} {item['size'] / 1e6:>8.1f}MB  {item['path']}")
+    logs = store.events(args.run, stage="train", kind="train_log")
+    if logs:
+        first, last = logs[0], logs[-1]
+        print(
+            f"\ntraining: step {last['step']}/{last['total_steps']}, loss {first['loss']:.4f} -> {last['loss']:.4f}"
+            + (f", {last['tokens_per_s']} tokens/s" if last.get("tokens_per_s") else "")
+        )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="workbench", description=__doc__)
+    parser.add_argument(
+        "--home",
+        type=Path,
+        default=default_home(),
+        help="folder of the run store and run artifacts (default: $WORKBENCH_HOME or ./runs)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a recipe's stages (finished, unchanged stages are skipped)")
+    run.add_argument("recipe")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
+    run.add_argument("--stages", type=_csv, help="comma-separated stages to run (and what they need)")
+    run.add_argument("--force", type=_csv, default=[], help="comma-separated stages to redo even if cached")
+    run.add_argument("--run-id", help="run name (default: the recipe's name; re-running resumes it)")
+    run.set_defaults(func=cmd_run)
+
+    recipe = sub.add_parser("recipe", help="recipe tools").add_subparsers(dest="recipe_command", required=True)
+    validate = recipe.add_parser("validate", help="check a recipe; prints every problem")
+    validate.add_argument("recipe")
+    validate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    validate.set_defaults(func=cmd_validate)
+
+    data = sub.add_parser("data", help="data tools").add_subparsers(dest="data_command", required=True)
+    inspect = data.add_parser("inspect", help="detected format, rows, bad rows, a rendered example, token lengths")
+    inspect.add_argument("file")
+    inspect.add_argument("--format", default="auto")
+    inspect.add_argument("--model", default="smollm2-135m-instruct", help="whose chat template and tokenizer")
+    inspect.add_argument("--system-prompt")
+    inspect.set_defaults(func=cmd_data_inspect)
+
+    models = sub.add_parser("models", help="base models").add_subparsers(dest="models_command", required=True)
+    models.add_parser("list", help="registry models and which are local").set_defaults(func=cmd_models_list)
+    pull = models.add_parser("pull", help="materialise a registry model under models/")
+    pull.add_argument("name")
+    pull.set_defaults(func=cmd_models_pull)
+
+    sub.add_parser("runs", help="list runs with status").set_defaults(func=cmd_runs)
+    show = sub.add_parser("show", help="a run's stages, timings and artifacts")
+    show.add_argument("run")
+    show.set_defaults(func=cmd_show)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except RecipeError as exc:
+        print(exc.report(), file=sys.stderr)
+        return 2
+    except (DataError, DataFileError, ModelError, RunError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except StageInterrupted as exc:
+        print(f"interrupted: {exc}", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

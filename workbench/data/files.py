@@ -1,0 +1,91 @@
+"""Reading JSON, JSONL, CSV and Parquet files into a list of rows, with 1-based row labels."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+SUFFIXES = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+
+
+class DataFileError(ValueError):
+    """A file that cannot be read as rows at all."""
+
+
+def read_rows(path: Path) -> tuple[list[Any], str]:
+    """Rows of a data file and the word that numbers them ("line" for JSONL, else "row")."""
+    kind = SUFFIXES.get(path.suffix.lower())
+    if kind is None:
+        raise DataFileError(f"{path}: unknown file type '{path.suffix}'; expected {', '.join(SUFFIXES)}")
+    if not path.is_file():
+        raise DataFileError(f"{path}: file not found")
+    reader = {"json": _json, "jsonl": _jsonl, "csv": _csv, "parquet": _parquet}[kind]
+    return reader(path), "line" if kind == "jsonl" else "row"
+
+
+def _json(path: Path) -> list[Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataFileError(f"{path}: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    if isinstance(data, dict):  # {"data": [...]} and similar single-list wrappers
+        lists = [value for value in data.values() if isinstance(value, list)]
+        if len(lists) == 1:
+            data = lists[0]
+    if not isinstance(data, list):
+        raise DataFileError(f"{path}: expected a JSON array of rows, got {type(data).__name__}")
+    return data
+
+
+class _Unparsable:
+    """A JSONL line that is not JSON; kept so the row is reported instead of lost."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
+def _jsonl(path: Path) -> list[Any]:
+    rows: list[Any] = []
+    with path.open(encoding="utf-8") as handle:
+        for line in handle:
+            if not line.strip():
+                rows.append(_Unparsable("blank line"))
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                rows.append(_Unparsable(f"not valid JSON ({exc.msg} at column {exc.colno})"))
+    # trailing blank lines are file formatting, not rows
+    while rows and isinstance(rows[-1], _Unparsable) and rows[-1].reason == "blank line":
+        rows.pop()
+    return rows
+
+
+def _csv(path: Path) -> list[Any]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle)
+        rows: list[Any] = []
+        for record in reader:
+            if None in record:
+                width = len(reader.fieldnames or [])
+                rows.append(_Unparsable(f"has more cells than the header's {width}"))
+            else:
+                rows.append(record)
+        return rows
+
+
+def _parquet(path: Path) -> list[Any]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several types for broken files
+        raise DataFileError(f"{path}: not a readable Parquet file ({exc})") from None
+    return [_clean_nan(row) for row in table.to_pylist()]
+
+
+def _clean_nan(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}

@@ -1,0 +1,198 @@
+"""Recipe schema (pydantic v2), loading, `--set` overrides and readable validation errors."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DataFormat = Literal["auto", "messages", "sharegpt", "alpaca", "qa", "prompt_completion", "preference", "text"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class DataSection(Section):
+    path: str = Field(description="JSON, JSONL, CSV or Parquet file, relative to the recipe")
+    format: DataFormat = "auto"
+    system_prompt: str | None = Field(
+        default=None, description="added to rows that have no system message of their own"
+    )
+    held_out: float = Field(default=0.1, ge=0, description="fraction (< 1) or count (>= 1) of rows kept for evaluation")
+    split_seed: int = 0
+    max_bad_rows: int = Field(default=0, ge=0, description="bad rows tolerated before refusing")
+    loss_on: Literal["responses", "all"] = "responses"
+    packing: bool = False
+    max_length: int = Field(default=1024, gt=0, description="longest row in tokens; longer rows are bad")
+
+
+class LoraSection(Section):
+    r: int = Field(default=16, gt=0)
+    alpha: int = Field(default=32, gt=0)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    targets: str | list[str] = "all-linear"
+    dora: bool = False
+    rslora: bool = False
+    init: Literal["default", "pissa", "loftq"] = "default"
+
+
+class TrainSection(Section):
+    method: Literal["lora", "qlora", "full"] = "lora"
+    epochs: float | Literal["auto"] = "auto"
+    max_steps: int | None = Field(default=None, gt=0, description="overrides epochs when set")
+    batch_size: int = Field(default=8, gt=0)
+    grad_accum: int = Field(default=1, gt=0)
+    learning_rate: float = Field(default=2e-4, gt=0)
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    checkpoint_every: int = Field(default=50, gt=0, description="steps between checkpoints")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    gradient_checkpointing: bool = False
+    lora: LoraSection = LoraSection()
+
+
+class MergeSection(Section):
+    dtype: Literal["float16", "bfloat16", "float32"] = "float16"
+
+
+class PlaceholderSection(Section):
+    """Sections of stages added later; accepted now so recipes can carry them."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class Recipe(Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="letters, digits, . _ -")
+    base_model: str = Field(description="registry name, local folder or hub id")
+    data: DataSection
+    train: TrainSection = TrainSection()
+    merge: MergeSection = MergeSection()
+    export: PlaceholderSection = PlaceholderSection()
+    eval: PlaceholderSection = PlaceholderSection()
+    bench: PlaceholderSection = PlaceholderSection()
+    report: PlaceholderSection = PlaceholderSection()
+
+    source: Path | None = Field(default=None, exclude=True)
+
+    @field_validator("base_model")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must name a model")
+        return value
+
+    def resolve_path(self, relative: str) -> Path:
+        """Paths in a recipe are relative to the recipe file (or the current folder)."""
+        path = Path(relative).expanduser()
+        if path.is_absolute() or self.source is None:
+            return path
+        beside = self.source.parent / path
+        return beside if beside.exists() or not path.exists() else path
+
+
+class RecipeError(Exception):
+    """A recipe that cannot be used; `problems` lists one line per problem."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+    def report(self) -> str:
+        count = len(self.problems)
+        lines = [f"{self.source}: {count} problem{'s' if count != 1 else ''}"]
+        lines += [f"  - {problem}" for problem in self.problems]
+        return "\n".join(lines)
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the section a validation error points into (for "did you mean")."""
+    current: Any = model
+    for part in loc:
+        field = current.model_fields.get(part) if isinstance(current, type) else None
+        annotation = field.annotation if field else None
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            current = annotation
+        else:
+            break
+    return list(current.model_fields) if isinstance(current, type) else []
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = tuple(error["loc"])
+    where = ".".join(str(part) for part in loc) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        known = _fields_at(Recipe, loc[:-1])
+        known = [name for name in known if name != "source"]
+        guess = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        hint = f"; did you mean '{guess[0]}'?" if guess else f"; known keys: {', '.join(known)}"
+        return f"{where}: unknown key{hint}"
+    if error["type"] == "missing":
+        return f"{where}: required field is missing"
+    got = error.get("input")
+    shown = repr(got) if not isinstance(got, dict) else "a mapping"
+    return f"{where}: {error['msg'].lower()} (got {shown})"
+
+
+def parse_recipe(data: Any, source: str = "<recipe>", path: Path | None = None) -> Recipe:
+    if not isinstance(data, dict):
+        raise RecipeError(source, [f"expected a mapping of sections at the top level, got {type(data).__name__}"])
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(source, [_describe(error) for error in exc.errors()]) from None
+    recipe.source = path
+    return recipe
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str], source: str) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides; values are parsed as YAML scalars (1e-4, true, [a, b])."""
+    problems = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            problems.append(f"--set {item!r}: expected KEY=VALUE, e.g. train.learning_rate=1e-4")
+            continue
+        value = yaml.safe_load(raw) if raw else ""
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                problems.append(f"--set {key}: {part} is not a section")
+                break
+            node = child
+        else:
+            node[parts[-1]] = value
+    if problems:
+        raise RecipeError(source, problems)
+    return data
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(str(path), ["file not found"])
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise RecipeError(str(path), [f"{where}not valid YAML ({getattr(exc, 'problem', exc)})"]) from None
+    if data is None:
+        raise RecipeError(str(path), ["file is empty"])
+    if overrides:
+        if not isinstance(data, dict):
+            raise RecipeError(str(path), ["top level must be a mapping to apply --set"])
+        data = apply_overrides(data, overrides, str(path))
+    recipe = parse_recipe(data, str(path), path.resolve())
+    data_path = recipe.resolve_path(recipe.data.path)
+    if not data_path.is_file():
+        raise RecipeError(str(path), [f"data.path: file not found: {recipe.data.path}"])
+    return recipe

@@ -1,0 +1,7 @@
+"""The pipeline's stages, in the order they run."""
+
+from workbench.stages import data, merge, train
+from workbench.stages.base import Stage
+
+STAGE_ORDER = ["data", "train", "merge"]
+STAGES: dict[str, Stage] = {module.STAGE.name: module.STAGE for module in (data, train, merge)}

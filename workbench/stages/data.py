@@ -1,0 +1,107 @@
+"""Data stage: load and check the recipe's data file, then save a deterministic train / held-out split."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from workbench.data.dataset import check_bad_rows, load_data, split_rows, token_lengths
+from workbench.fsutil import hash_path
+from workbench.models import resolve_model
+from workbench.recipe import Recipe
+from workbench.stages.base import Stage, StageContext
+
+
+def model_fingerprint(base_model: str) -> str:
+    resolved = resolve_model(base_model)
+    return hash_path(Path(resolved)) if Path(resolved).is_dir() else resolved
+
+
+def key_inputs(recipe: Recipe) -> dict[str, Any]:
+    return {
+        "data": recipe.data.model_dump(mode="json"),
+        "data_file": hash_path(recipe.resolve_path(recipe.data.path)),
+        "base_model": model_fingerprint(recipe.base_model),
+    }
+
+
+def length_stats(lengths: list[int]) -> dict[str, float]:
+    if not lengths:
+        return {}
+    ordered = sorted(lengths)
+    return {
+        "min": ordered[0],
+        "mean": round(statistics.fmean(ordered), 1),
+        "p50": ordered[len(ordered) // 2],
+        "p95": ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))],
+        "max": ordered[-1],
+    }
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    with path.open("w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    with path.open(encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def run(ctx: StageContext) -> list[dict[str, Any]]:
+    from transformers import AutoTokenizer
+
+    section = ctx.recipe.data
+    path = ctx.recipe.resolve_path(section.path)
+    data = load_data(path, section.format, section.system_prompt)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(ctx.recipe.base_model))
+    lengths = token_lengths([row for _, row in data.rows], tokenizer)
+    too_long = {
+        number: f"{length} tokens, longer than data.max_length {section.max_length}"
+        for (number, _), length in zip(data.rows, lengths, strict=True)
+        if length > section.max_length
+    }
+    data.mark_bad(too_long)
+    lengths = [length for length in lengths if length <= section.max_length]
+    check_bad_rows(data, section.max_bad_rows)
+    for info in data.bad:
+        ctx.say(f"bad {info} (tolerated, data.max_bad_rows={section.max_bad_rows})")
+
+    train, held_out = split_rows(data.rows, section.held_out, section.split_seed)
+    write_jsonl(ctx.out / "train.jsonl", [{"number": n, **row} for n, row in train])
+    write_jsonl(ctx.out / "held_out.jsonl", [{"number": n, **row} for n, row in held_out])
+    write_jsonl(ctx.out / "bad_rows.jsonl", [{"number": b.number, "reason": b.reason} for b in data.bad])
+    summary = {
+        "source": str(path),
+        "format": data.format,
+        "rows": data.total,
+        "bad_rows": len(data.bad),
+        "train_rows": len(train),
+        "held_out_rows": len(held_out),
+        "tokens": length_stats(lengths),
+    }
+    (ctx.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    ctx.event("data", **summary)
+    ctx.say(f"{data.format}: {len(train)} train / {len(held_out)} held-out rows, {len(data.bad)} bad")
+    return [
+        {
+            "name": "train-split",
+            "kind": "data",
+            "path": "train.jsonl",
+            "size": (ctx.out / "train.jsonl").stat().st_size,
+            "meta": {"rows": len(train)},
+        },
+        {
+            "name": "held-out-split",
+            "kind": "data",
+            "path": "held_out.jsonl",
+            "size": (ctx.out / "held_out.jsonl").stat().st_size,
+            "meta": {"rows": len(held_out)},
+        },
+    ]
+
+
+STAGE = Stage(name="data", needs=(), key_inputs=key_inputs, run=run)

@@ -1,0 +1,75 @@
+"""Merge stage: fold the adapter into the 16-bit base and save a plain checkpoint.
+
+QLoRA adapters are merged into the base reloaded unquantized, never into nf4 weights. The one
+exception is LoftQ, whose adapter is initialised against the nf4 base: it merges into that base
+dequantized, the function it was trained on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Any
+
+from workbench.fsutil import dir_size
+from workbench.models import resolve_model
+from workbench.recipe import Recipe
+from workbench.stages.base import Stage, StageContext
+
+
+def key_inputs(recipe: Recipe) -> dict[str, Any]:
+    return {"merge": recipe.merge.model_dump(mode="json")}
+
+
+def load_base(base: str, merge_base: str) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    if merge_base == "dequantized-nf4":
+        quant = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.float32,
+        )
+        model = AutoModelForCausalLM.from_pretrained(
+            base, quantization_config=quant, dtype=torch.float32, device_map={"": "cpu"}
+        )
+        return model.dequantize()
+    return AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+
+
+def merge_adapter(base: str, adapter_dir: Any, merge_base: str = "base") -> Any:
+    """The base with the adapter folded in, in fp32 (cast when saving)."""
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(load_base(base, merge_base), str(adapter_dir))
+    return model.merge_and_unload()
+
+
+def run(ctx: StageContext) -> list[dict[str, Any]]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    trained = ctx.inputs["train"]
+    summary = json.loads((trained / "train_summary.json").read_text())
+    base = resolve_model(ctx.recipe.base_model)
+    if summary["method"] == "full":
+        model = AutoModelForCausalLM.from_pretrained(trained, dtype=torch.float32)
+    else:
+        ctx.say(f"merging adapter into {'dequantized nf4' if summary['merge_base'] != 'base' else '16-bit'} base")
+        model = merge_adapter(base, trained, summary["merge_base"])
+    dtype = getattr(torch, ctx.recipe.merge.dtype)
+    model = model.to(dtype)
+    model.config.dtype = dtype
+    with contextlib.suppress(OSError):  # a base without generation_config.json keeps the default
+        model.generation_config = GenerationConfig.from_pretrained(base)
+    model.save_pretrained(ctx.out, safe_serialization=True)
+    AutoTokenizer.from_pretrained(trained).save_pretrained(ctx.out)
+    size = dir_size(ctx.out)
+    ctx.say(f"merged model saved ({size / 1e6:.0f} MB, {ctx.recipe.merge.dtype})")
+    meta = {"dtype": ctx.recipe.merge.dtype, "base_model": base, "method": summary["method"]}
+    return [{"name": "merged", "kind": "model", "path": ".", "size": size, "meta": meta}]
+
+
+STAGE = Stage(name="merge", needs=("train",), key_inputs=key_inputs, run=run)

@@ -1,0 +1,187 @@
+"""The run store: one SQLite file with runs, stages, events and artifacts.
+
+Every process (CLI, trainer callbacks, later the TUI) opens its own connection; WAL mode lets readers
+tail a run while a worker writes to it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    recipe_path TEXT,
+    recipe TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    pid INTEGER
+);
+CREATE TABLE IF NOT EXISTS stages (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    cache_key TEXT,
+    started REAL,
+    finished REAL,
+    error TEXT,
+    PRIMARY KEY (run_id, name)
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    ts REAL NOT NULL,
+    kind TEXT NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_run ON events(run_id, stage, id);
+CREATE TABLE IF NOT EXISTS artifacts (
+    run_id TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    meta TEXT NOT NULL,
+    PRIMARY KEY (run_id, name)
+);
+"""
+
+
+@dataclass
+class StageRecord:
+    name: str
+    status: str
+    cache_key: str | None
+    started: float | None
+    finished: float | None
+    error: str | None
+
+    @property
+    def seconds(self) -> float | None:
+        return self.finished - self.started if self.started and self.finished else None
+
+
+class Store:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA busy_timeout=30000")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # runs -----------------------------------------------------------------------------------
+    def upsert_run(self, run_id: str, name: str, recipe: dict[str, Any], recipe_path: str | None, pid: int) -> None:
+        now = time.time()
+        self.db.execute(
+            """INSERT INTO runs (id, name, recipe_path, recipe, status, created, updated, pid)
+               VALUES (?, ?, ?, ?, 'running', ?, ?, ?)
+               ON CONFLICT(id) DO UPDATE SET recipe=excluded.recipe, recipe_path=excluded.recipe_path,
+                   status='running', updated=excluded.updated, pid=excluded.pid""",
+            (run_id, name, recipe_path, json.dumps(recipe), now, now, pid),
+        )
+
+    def set_run_status(self, run_id: str, status: str) -> None:
+        self.db.execute("UPDATE runs SET status=?, updated=? WHERE id=?", (status, time.time(), run_id))
+
+    def runs(self) -> list[sqlite3.Row]:
+        return self.db.execute("SELECT * FROM runs ORDER BY created DESC").fetchall()
+
+    def run(self, run_id: str) -> sqlite3.Row | None:
+        return self.db.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
+
+    # stages ---------------------------------------------------------------------------------
+    def stage(self, run_id: str, name: str) -> StageRecord | None:
+        row = self.db.execute("SELECT * FROM stages WHERE run_id=? AND name=?", (run_id, name)).fetchone()
+        return StageRecord(**{k: row[k] for k in StageRecord.__dataclass_fields__}) if row else None
+
+    def stages(self, run_id: str) -> list[StageRecord]:
+        rows = self.db.execute("SELECT * FROM stages WHERE run_id=? ORDER BY started", (run_id,)).fetchall()
+        return [StageRecord(**{k: r[k] for k in StageRecord.__dataclass_fields__}) for r in rows]
+
+    def start_stage(self, run_id: str, name: str, cache_key: str) -> None:
+        self.db.execute(
+            """INSERT INTO stages (run_id, name, status, cache_key, started, finished, error)
+               VALUES (?, ?, 'running', ?, ?, NULL, NULL)
+               ON CONFLICT(run_id, name) DO UPDATE SET status='running', cache_key=excluded.cache_key,
+                   started=excluded.started, finished=NULL, error=NULL""",
+            (run_id, name, cache_key, time.time()),
+        )
+
+    def finish_stage(self, run_id: str, name: str, status: str, error: str | None = None) -> None:
+        self.db.execute(
+            "UPDATE stages SET status=?, finished=?, error=? WHERE run_id=? AND name=?",
+            (status, time.time(), error, run_id, name),
+        )
+
+    # events ---------------------------------------------------------------------------------
+    def add_event(self, run_id: str, stage: str, kind: str, data: dict[str, Any]) -> None:
+        self.db.execute(
+            "INSERT INTO events (run_id, stage, ts, kind, data) VALUES (?, ?, ?, ?, ?)",
+            (run_id, stage, time.time(), kind, json.dumps(data)),
+        )
+
+    def events(
+        self, run_id: str, stage: str | None = None, kind: str | None = None, after: int = 0
+    ) -> list[dict[str, Any]]:
+        query = "SELECT * FROM events WHERE run_id=? AND id>?"
+        params: list[Any] = [run_id, after]
+        if stage:
+            query += " AND stage=?"
+            params.append(stage)
+        if kind:
+            query += " AND kind=?"
+            params.append(kind)
+        rows = self.db.execute(query + " ORDER BY id", params).fetchall()
+        return [
+            {"id": r["id"], "stage": r["stage"], "ts": r["ts"], "kind": r["kind"], **json.loads(r["data"])}
+            for r in rows
+        ]
+
+    # artifacts ------------------------------------------------------------------------------
+    def replace_artifacts(self, run_id: str, stage: str, artifacts: list[dict[str, Any]]) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM artifacts WHERE run_id=? AND stage=?", (run_id, stage))
+            for item in artifacts:
+                db.execute(
+                    "INSERT OR REPLACE INTO artifacts (run_id, stage, name, kind, path, size, meta)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        run_id,
+                        stage,
+                        item["name"],
+                        item["kind"],
+                        item["path"],
+                        item["size"],
+                        json.dumps(item.get("meta", {})),
+                    ),
+                )
+
+    def artifacts(self, run_id: str) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT * FROM artifacts WHERE run_id=? ORDER BY rowid", (run_id,)).fetchall()
+        return [{**dict(r), "meta": json.loads(r["meta"])} for r in rows]

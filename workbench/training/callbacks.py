@@ -1,0 +1,92 @@
+"""Trainer callbacks: metrics into the run store, and a clean stop on Ctrl-C / SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from transformers import TrainerCallback
+
+from workbench.stages.base import StageContext
+
+
+class StoreCallback(TrainerCallback):
+    """Writes loss, learning rate, grad norm, tokens/s and ETA to the run store at every log."""
+
+    def __init__(self, ctx: StageContext, total_steps: int):
+        self.ctx = ctx
+        self.total_steps = total_steps
+        self.last_loss: float | None = None
+        self._start: float | None = None
+        self._start_step = 0
+        self._start_tokens = 0.0
+        self._tokens = 0.0
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._start = time.perf_counter()
+        self._start_step = state.global_step
+        self._start_tokens = float(getattr(state, "num_input_tokens_seen", 0) or 0)
+
+    def tokens_per_second(self) -> float | None:
+        if self._start is None or self._tokens <= self._start_tokens:
+            return None
+        return round((self._tokens - self._start_tokens) / (time.perf_counter() - self._start), 1)
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        logs = logs or {}
+        if "loss" not in logs or self._start is None:
+            return
+        self.last_loss = float(logs["loss"])
+        self._tokens = float(logs.get("num_tokens", self._tokens))
+        elapsed = time.perf_counter() - self._start
+        done = state.global_step - self._start_step
+        per_step = elapsed / done if done else None
+        self.ctx.event(
+            "train_log",
+            step=state.global_step,
+            total_steps=self.total_steps,
+            epoch=logs.get("epoch", state.epoch),
+            loss=self.last_loss,
+            learning_rate=logs.get("learning_rate"),
+            grad_norm=logs.get("grad_norm"),
+            tokens_per_s=self.tokens_per_second(),
+            eta_s=round(per_step * (self.total_steps - state.global_step), 1) if per_step else None,
+        )
+
+
+class InterruptCallback(TrainerCallback):
+    """When an interrupt is requested, save a checkpoint after the current step and stop."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if self.requested:
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+
+@contextmanager
+def catch_interrupts(callback: InterruptCallback) -> Iterator[None]:
+    """SIGINT / SIGTERM ask the trainer to checkpoint and stop; a second SIGINT stops at once."""
+
+    def request(signum: int, frame: Any) -> None:
+        if callback.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        callback.requested = True
+        print("\nstopping after this step; the checkpoint lets a re-run resume (Ctrl-C again to abort)", flush=True)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals reach only the main thread
+        return
+    previous = {sig: signal.signal(sig, request) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
