@@ -12,7 +12,7 @@ from conftest import addition_rows, write_recipe
 from transformers import TrainerCallback
 
 from workbench.cli import main
-from workbench.recipe import load_recipe
+from workbench.recipe import RecipeError, load_recipe
 from workbench.runner import run_recipe
 from workbench.stages.base import StageInterrupted
 from workbench.store import Store
@@ -179,3 +179,54 @@ def test_too_long_rows_are_bad_rows_not_truncated(tmp_path: Path, tiny_model: Pa
     path = write_recipe(tmp_path, tiny_model, data_file, data={"max_length": 8})
     with pytest.raises(Exception, match="longer than data.max_length 8"):
         run_recipe(load_recipe(path), tmp_path / "runs", stages=["data"])
+
+
+@pytest.mark.parametrize(
+    "train",
+    [
+        {"lora": {"r": 8, "alpha": 16, "dora": True}},
+        {"lora": {"r": 8, "alpha": 16, "rslora": True}},
+        {"lora": {"r": 8, "alpha": 16, "init": "pissa"}},
+        pytest.param({"method": "qlora", "lora": {"r": 8, "alpha": 16, "init": "loftq"}}, marks=pytest.mark.gpu),
+        {"method": "full", "learning_rate": 1e-3},
+    ],
+    ids=["dora", "rslora", "pissa", "qlora-loftq", "full"],
+)
+def test_training_variants_merge_to_what_they_trained(
+    tmp_path: Path, tiny_model: Path, data_file: Path, train: dict
+) -> None:
+    """Each variant's merged checkpoint computes what the trained model computes (the base it was trained on
+    plus its adapter): PiSSA via the converted adapter on the original base, LoftQ on the dequantized nf4 base."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from workbench.stages.merge import load_base
+
+    path = write_recipe(tmp_path, tiny_model, data_file, train={"max_steps": 3, "learning_rate": 2e-2, **train})
+    home = tmp_path / "runs"
+    run_recipe(load_recipe(path), home)
+    trained = home / "tiny" / "train"
+    summary = json.loads((trained / "train_summary.json").read_text())
+    ids = torch.tensor([[5, 17, 42, 99, 3, 250, 7]])
+    with torch.no_grad():
+        if train.get("method") == "full":
+            reference = AutoModelForCausalLM.from_pretrained(trained, dtype=torch.float32)
+        else:
+            base = load_base(str(tiny_model), summary["merge_base"])
+            reference = PeftModel.from_pretrained(base, str(trained))
+        expected = reference.eval()(ids).logits
+        actual = AutoModelForCausalLM.from_pretrained(home / "tiny" / "merge", dtype=torch.float32).eval()(ids).logits
+    assert torch.allclose(actual, expected, atol=1e-3)
+    loftq = train.get("lora", {}).get("init") == "loftq"
+    assert summary["merge_base"] == ("dequantized-nf4" if loftq else "base")
+
+
+def test_loftq_without_cuda_is_refused_clearly(tmp_path: Path, tiny_model: Path, data_file: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present: LoftQ runs")
+    path = write_recipe(tmp_path, tiny_model, data_file, train={"method": "qlora", "lora": {"init": "loftq"}})
+    with pytest.raises(RecipeError, match="loftq needs a CUDA device"):
+        run_recipe(load_recipe(path), tmp_path / "runs")

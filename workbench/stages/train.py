@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 from workbench.data.dataset import auto_epochs, to_trl
 from workbench.devices import pick_device
 from workbench.models import resolve_model
-from workbench.recipe import Recipe, TrainSection
+from workbench.recipe import Recipe, RecipeError, TrainSection
 from workbench.stages.base import Stage, StageContext, StageInterrupted
 from workbench.stages.data import read_jsonl
 
@@ -28,13 +29,22 @@ def key_inputs(recipe: Recipe) -> dict[str, Any]:
     }
 
 
+def check_supported(recipe: Recipe, device: str) -> None:
+    """Combinations the libraries cannot do, refused before any model loads."""
+    section, problems = recipe.train, []
+    if section.lora.init == "loftq" and section.method != "qlora":
+        problems.append("train.lora.init: loftq initialises LoRA against the 4-bit base; use train.method: qlora")
+    elif section.lora.init == "loftq" and device != "cuda":
+        problems.append("train.lora.init: loftq needs a CUDA device (peft computes its initialisation on the GPU)")
+    if problems:
+        raise RecipeError(str(recipe.source or recipe.name), problems)
+
+
 def lora_config(section: TrainSection) -> Any:
     from peft import LoraConfig
 
     lora = section.lora
     targets: str | list[str] = lora.targets
-    if section.method == "lora" and lora.init == "loftq":
-        raise ValueError("train.lora.init: loftq initialises LoRA against the 4-bit base; use train.method: qlora")
     return LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
@@ -60,11 +70,9 @@ def load_model(base: str, section: TrainSection, device: str) -> Any:
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype,
         )
-        kwargs["device_map"] = {"": 0 if device == "cuda" else "cpu"}
-    model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
-    if section.method != "qlora":
-        model.to(device)
-    return model
+        # one full copy per process, so `accelerate launch` data parallelism works as well
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0)) if device == "cuda" else "cpu"}
+    return AutoModelForCausalLM.from_pretrained(base, **kwargs)  # the Trainer places unquantized models
 
 
 def wrap_peft(model: Any, base: str, section: TrainSection) -> Any:
@@ -135,6 +143,7 @@ def run(ctx: StageContext) -> list[dict[str, Any]]:
 
     section = ctx.recipe.train
     device = pick_device(section.device)
+    check_supported(ctx.recipe, device)
     base = resolve_model(ctx.recipe.base_model)
     rows = read_jsonl(ctx.inputs["data"] / "train.jsonl")
     dataset = Dataset.from_list([to_trl(row, ctx.recipe.data.loss_on) for row in rows])

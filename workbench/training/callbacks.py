@@ -38,7 +38,7 @@ class StoreCallback(TrainerCallback):
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         logs = logs or {}
-        if "loss" not in logs or self._start is None:
+        if "loss" not in logs or self._start is None or not state.is_world_process_zero:
             return
         self.last_loss = float(logs["loss"])
         self._tokens = float(logs.get("num_tokens", self._tokens))
