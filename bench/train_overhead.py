@@ -39,7 +39,8 @@ def bare_trl(recipe_path: Path, train_jsonl: Path, steps: int, workdir: Path) ->
     rows = [json.loads(line) for line in train_jsonl.read_text().splitlines()]
     data = Dataset.from_list([{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in rows])
     tokenizer = AutoTokenizer.from_pretrained(base)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    cuda = torch.cuda.is_available()
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16 if cuda else torch.float32)
     args = SFTConfig(
         output_dir=str(workdir),
         max_steps=steps,
@@ -53,7 +54,9 @@ def bare_trl(recipe_path: Path, train_jsonl: Path, steps: int, workdir: Path) ->
         logging_steps=1,
         save_strategy="no",
         report_to="none",
-        use_cpu=not torch.cuda.is_available(),
+        use_cpu=not cuda,
+        bf16=cuda and torch.cuda.is_bf16_supported(),  # TRL defaults to bf16, which is emulated (slow) on most CPUs
+        gradient_checkpointing=t.gradient_checkpointing,  # TRL defaults to True
         max_length=recipe.data.max_length,
     )
     peft = LoraConfig(
@@ -83,7 +86,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", type=Path, default=ROOT / "recipes" / "quickstart.yaml")
     parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -187,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     except StageInterrupted as exc:
         print(f"interrupted: {exc}", file=sys.stderr)
         return 130
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

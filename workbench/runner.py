@@ -75,7 +75,7 @@ def run_recipe(
             redone.add(name)
             _run_stage(store, recipe, run_id, run_dir, name, key, {need: run_dir / need for need in stage.needs})
         store.set_run_status(run_id, "done")
-    except StageInterrupted:
+    except (StageInterrupted, KeyboardInterrupt):
         store.set_run_status(run_id, "interrupted")
         raise
     except BaseException:
@@ -100,8 +100,8 @@ def _run_stage(
         with atomic_dir(out) as tmp:
             ctx = StageContext(run_id, run_dir, recipe, store, name, tmp, work, inputs)
             artifacts = STAGES[name].run(ctx)
-    except StageInterrupted as exc:
-        store.finish_stage(run_id, name, "interrupted", str(exc))
+    except (StageInterrupted, KeyboardInterrupt) as exc:
+        store.finish_stage(run_id, name, "interrupted", str(exc) or "interrupted")
         raise
     except BaseException as exc:
         store.finish_stage(run_id, name, "failed", "".join(traceback.format_exception_only(exc)).strip())
