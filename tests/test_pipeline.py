@@ -230,3 +230,54 @@ def test_loftq_without_cuda_is_refused_clearly(tmp_path: Path, tiny_model: Path,
     path = write_recipe(tmp_path, tiny_model, data_file, train={"method": "qlora", "lora": {"init": "loftq"}})
     with pytest.raises(RecipeError, match="loftq needs a CUDA device"):
         run_recipe(load_recipe(path), tmp_path / "runs")
+
+
+def test_killed_worker_resumes_from_the_last_interval_checkpoint(
+    tmp_path: Path, tiny_model: Path, data_file: Path
+) -> None:
+    """SIGKILL gives no chance to save: the re-run resumes from the last `checkpoint_every` checkpoint."""
+    import subprocess
+    import sys
+    import time
+
+    path = write_recipe(tmp_path, tiny_model, data_file, train={"max_steps": 120, "checkpoint_every": 3})
+    home = tmp_path / "runs"
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "workbench.cli", "--home", str(home), "run", str(path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and worker.poll() is None:
+            if (home / "workbench.db").exists() and max(_steps(home), default=0) >= 7:
+                break
+            time.sleep(0.05)
+    finally:
+        worker.kill()
+        worker.wait()
+    killed_at = max(_steps(home))
+    assert Store.live_status(Store(home / "workbench.db").run("tiny")) == "stopped"
+    assert 7 <= killed_at < 120, "the worker should have been killed mid-training"
+    assert list((home / "tiny").glob(".tmp-train-*"))  # its half-written output was left behind...
+
+    recipe = load_recipe(path)
+    run_recipe(recipe, home, stages=["train"])
+    assert not list((home / "tiny").glob(".tmp-train-*"))  # ...and is cleaned up by the re-run
+    store = Store(home / "workbench.db")
+    resumed = [
+        e["text"] for e in store.events("tiny", stage="train", kind="message") if e["text"].startswith("resuming")
+    ]
+    checkpoint = int(resumed[0].rsplit("-", 1)[1])
+    assert checkpoint % 3 == 0 and killed_at - 3 <= checkpoint <= killed_at
+    steps = _steps(home)
+    assert steps[killed_at:] == list(range(checkpoint + 1, 121))  # the re-run continued after the checkpoint
+    assert store.stage("tiny", "train").status == "done"
+
+
+def _steps(home: Path) -> list[int]:
+    store = Store(home / "workbench.db")
+    try:
+        return [e["step"] for e in store.events("tiny", stage="train", kind="train_log")]
+    finally:
+        store.close()

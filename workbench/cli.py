@@ -99,7 +99,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     print(f"{'run':24} {'status':12} {'updated':20} stages")
     for run in runs:
         stages = " ".join(f"{s.name}:{s.status}" for s in store.stages(run["id"]))
-        print(f"{run['id']:24} {run['status']:12} {_when(run['updated']):20} {stages}")
+        print(f"{run['id']:24} {store.live_status(run):12} {_when(run['updated']):20} {stages}")
     return 0
 
 
@@ -109,7 +109,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     if run is None:
         print(f"no run {args.run!r}; `workbench runs` lists them", file=sys.stderr)
         return 1
-    print(f"run {run['id']}  recipe {run['recipe_path'] or run['name']}  status {run['status']}")
+    print(f"run {run['id']}  recipe {run['recipe_path'] or run['name']}  status {store.live_status(run)}")
     print(f"\n{'stage':10} {'status':12} {'time':>9}  error")
     for stage in store.stages(args.run):
         took = f"{stage.seconds:.1f}s" if stage.seconds else "-"

@@ -95,6 +95,8 @@ def _run_stage(
         if stale != work:  # state of an earlier, different configuration cannot be resumed
             shutil.rmtree(stale, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
+    for leftover in run_dir.glob(f".tmp-{name}-*"):  # output of a process that was killed mid-stage
+        shutil.rmtree(leftover, ignore_errors=True)
     store.start_stage(run_id, name, key)
     try:
         with atomic_dir(out) as tmp:

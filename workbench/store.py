@@ -7,6 +7,7 @@ tail a run while a worker writes to it.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -108,6 +109,19 @@ class Store:
 
     def set_run_status(self, run_id: str, status: str) -> None:
         self.db.execute("UPDATE runs SET status=?, updated=? WHERE id=?", (status, time.time(), run_id))
+
+    @staticmethod
+    def live_status(run: sqlite3.Row) -> str:
+        """A run's status, with 'running' corrected to 'stopped' when its worker process is gone."""
+        if run["status"] != "running" or not run["pid"]:
+            return run["status"]
+        try:
+            os.kill(run["pid"], 0)
+        except ProcessLookupError:
+            return "stopped"
+        except PermissionError:
+            pass
+        return "running"
 
     def runs(self) -> list[sqlite3.Row]:
         return self.db.execute("SELECT * FROM runs ORDER BY created DESC").fetchall()
