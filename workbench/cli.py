@@ -90,6 +90,13 @@ def _when(ts: float | None) -> str:
     return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
 
 
+def cmd_setup(args: argparse.Namespace) -> int:
+    from workbench.export import llamacpp_tools
+
+    print(f"llama.cpp converter: {llamacpp_tools.fetch()}")
+    return 0
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
     store = Store(args.home / "workbench.db")
     runs = store.runs()
@@ -119,6 +126,18 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(f"\n{'artifact':16} {'kind':8} {'size':>10}  path")
         for item in artifacts:
             print(f"{item['name']:16} {item['kind']:8} {item['size'] / 1e6:>8.1f}MB  {item['path']}")
+    variants = store.variants(args.run)
+    if variants:
+        print(f"\n{'variant':44} {'format':6} {'bits':>5} {'size':>10} {'time':>7} {'peak':>8}  smoke / error")
+        for v in variants:
+            size = f"{v['size'] / 1e6:.1f}MB" if v["size"] else "-"
+            took = f"{v['seconds']:.1f}s" if v.get("seconds") else "-"
+            peak = f"{v['peak_mem_mb']:.0f}MB" if v.get("peak_mem_mb") else "-"
+            smoke = v["meta"].get("smoke")
+            note = repr(smoke[0]["reply"])[:40] if smoke else "-"
+            if v["status"] == "failed":
+                note = f"FAILED: {v['error'].splitlines()[0]}"
+            print(f"{v['name']:44} {v['format']:6} {v['bits']:>5} {size:>10} {took:>7} {peak:>8}  {note}")
     logs = store.events(args.run, stage="train", kind="train_log")
     if logs:
         first, last = logs[0], logs[-1]
@@ -167,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     pull.add_argument("name")
     pull.set_defaults(func=cmd_models_pull)
 
+    sub.add_parser("setup", help="fetch what runs need offline later (llama.cpp's converter)").set_defaults(
+        func=cmd_setup
+    )
     sub.add_parser("runs", help="list runs with status").set_defaults(func=cmd_runs)
     show = sub.add_parser("show", help="a run's stages, timings and artifacts")
     show.add_argument("run")

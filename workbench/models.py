@@ -136,3 +136,12 @@ def _from_packaged_gguf(entry: ModelEntry, out: Path) -> None:
     )
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+
+
+def display_name(base_model: str) -> str:
+    """The name variants are called after: the hub name for registry models, else the last path part."""
+    _, entries = load_registry()
+    entry = entries.get(base_model)
+    if entry and entry.hub_id:
+        return entry.hub_id.rsplit("/", 1)[-1]
+    return Path(base_model.rstrip("/")).name

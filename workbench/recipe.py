@@ -61,6 +61,16 @@ class MergeSection(Section):
     dtype: Literal["float16", "bfloat16", "float32"] = "float16"
 
 
+GGUFType = Literal["f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q5_0", "q4_k_m", "q4_k_s", "q4_0", "q3_k_m", "q2_k"]
+
+
+class ExportSection(Section):
+    gguf: list[GGUFType] = Field(
+        default_factory=lambda: ["f16", "q8_0", "q4_k_m"], description="llama.cpp types to export; [] for none"
+    )
+    smoke_prompts: int = Field(default=1, ge=0, description="held-out prompts each variant answers after export")
+
+
 class PlaceholderSection(Section):
     """Sections of stages added later; accepted now so recipes can carry them."""
 
@@ -73,7 +83,7 @@ class Recipe(Section):
     data: DataSection
     train: TrainSection = TrainSection()
     merge: MergeSection = MergeSection()
-    export: PlaceholderSection = PlaceholderSection()
+    export: ExportSection = ExportSection()
     eval: PlaceholderSection = PlaceholderSection()
     bench: PlaceholderSection = PlaceholderSection()
     report: PlaceholderSection = PlaceholderSection()

@@ -111,5 +111,6 @@ def _run_stage(
     for item in artifacts:
         item["path"] = str((out / item["path"]).resolve())
     store.replace_artifacts(run_id, name, artifacts)
-    store.finish_stage(run_id, name, "done")
+    # a partial stage keeps its output for what comes next but is redone on the next run
+    store.finish_stage(run_id, name, "partial" if ctx.failures else "done", "; ".join(ctx.failures) or None)
     shutil.rmtree(work, ignore_errors=True)

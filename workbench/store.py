@@ -56,6 +56,14 @@ CREATE TABLE IF NOT EXISTS artifacts (
     meta TEXT NOT NULL,
     PRIMARY KEY (run_id, name)
 );
+CREATE TABLE IF NOT EXISTS variants (
+    run_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    format TEXT NOT NULL,
+    status TEXT NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (run_id, name)
+);
 """
 
 
@@ -199,3 +207,19 @@ class Store:
     def artifacts(self, run_id: str) -> list[dict[str, Any]]:
         rows = self.db.execute("SELECT * FROM artifacts WHERE run_id=? ORDER BY rowid", (run_id,)).fetchall()
         return [{**dict(r), "meta": json.loads(r["meta"])} for r in rows]
+
+    # variants -------------------------------------------------------------------------------
+    def replace_variants(self, run_id: str, formats: list[str], variants: list[dict[str, Any]]) -> None:
+        """Replace the run's variants of the given formats (one exporter's output) in one transaction."""
+        with self.transaction() as db:
+            marks = ",".join("?" * len(formats))
+            db.execute(f"DELETE FROM variants WHERE run_id=? AND format IN ({marks})", (run_id, *formats))
+            for item in variants:
+                db.execute(
+                    "INSERT OR REPLACE INTO variants (run_id, name, format, status, data) VALUES (?, ?, ?, ?, ?)",
+                    (run_id, item["name"], item["format"], item["status"], json.dumps(item)),
+                )
+
+    def variants(self, run_id: str) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT data FROM variants WHERE run_id=? ORDER BY rowid", (run_id,)).fetchall()
+        return [json.loads(r["data"]) for r in rows]

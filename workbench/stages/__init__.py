@@ -1,7 +1,7 @@
 """The pipeline's stages, in the order they run."""
 
-from workbench.stages import data, merge, train
+from workbench.stages import data, export, merge, train
 from workbench.stages.base import Stage
 
-STAGE_ORDER = ["data", "train", "merge"]
-STAGES: dict[str, Stage] = {module.STAGE.name: module.STAGE for module in (data, train, merge)}
+STAGE_ORDER = ["data", "train", "merge", "export"]
+STAGES: dict[str, Stage] = {module.STAGE.name: module.STAGE for module in (data, train, merge, export)}

@@ -30,6 +30,7 @@ class StageContext:
     out: Path  # temporary folder; renamed into place when the stage succeeds
     work: Path  # survives interruptions (checkpoints); keyed by the stage's cache key
     inputs: dict[str, Path] = field(default_factory=dict)  # finished upstream stage folders
+    failures: list[str] = field(default_factory=list)  # parts that failed while the rest finished
 
     def event(self, kind: str, **data: Any) -> None:
         self.store.add_event(self.run_id, self.stage, kind, data)

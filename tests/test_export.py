@@ -1,0 +1,103 @@
+"""GGUF export with llama.cpp's converter and quantizer on a tiny Llama whose widths suit K-quants."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import addition_rows, write_recipe
+
+from workbench.export import gguf
+from workbench.recipe import load_recipe
+from workbench.runner import run_recipe
+from workbench.store import Store
+
+
+@pytest.fixture
+def recipe(tmp_path: Path, tiny_llama_256: Path) -> Path:
+    data = tmp_path / "qa.json"
+    data.write_text(json.dumps(addition_rows(40)))
+    return write_recipe(
+        tmp_path,
+        tiny_llama_256,
+        data,
+        data={"max_length": 128},
+        train={"max_steps": 2},
+        export={"gguf": ["f16", "q8_0", "q4_k_m"], "smoke_prompts": 1},
+    )
+
+
+def test_gguf_variants_are_exported_recorded_and_smoke_checked(
+    tmp_path: Path, recipe: Path, tiny_llama_256: Path
+) -> None:
+    home = tmp_path / "runs"
+    run_recipe(load_recipe(recipe), home)
+    store = Store(home / "workbench.db")
+    variants = {v["name"]: v for v in store.variants("tiny")}
+    stem = f"{tiny_llama_256.name}-tiny"
+    assert list(variants) == [stem, f"{stem}-F16.gguf", f"{stem}-Q8_0.gguf", f"{stem}-Q4_K_M.gguf"]
+    merged, f16, q8, q4 = variants.values()
+    assert merged["format"] == "hf" and merged["meta"]["reference"] and merged["path"] == str(home / "tiny" / "merge")
+    for variant in (f16, q8, q4):
+        path = Path(variant["path"])
+        assert variant["status"] == "done" and path.is_file() and path.parent == home / "tiny" / "export"
+        assert variant["size"] == path.stat().st_size
+        assert variant["quantizer"] == "llama.cpp" and variant["seconds"] > 0 and variant["peak_mem_mb"] > 0
+        assert isinstance(variant["meta"]["smoke"][0]["reply"], str)
+        assert variant["meta"]["smoke"][0]["prompt"].startswith("What is")
+    assert f16["size"] > q8["size"] > q4["size"]
+    assert f16["parent"] == merged["name"] and q4["parent"] == f16["name"]
+    assert "Q4_K" in q4["meta"]["tensor_types"] and "Q8_0" in q8["meta"]["tensor_types"]
+    assert q4["meta"]["fallbacks"] == []  # widths are multiples of 256
+    assert store.stage("tiny", "export").status == "done"
+
+
+def test_quantizer_fallbacks_are_parsed() -> None:
+    line = (
+        "warning: blk.0.attn_k.weight                 - ncols    576 not divisible by 256 "
+        "(required for type    q4_K) -> falling back to    q5_0\n"
+    )
+    assert [tuple(m) for m in gguf.FALLBACK.findall(line)] == [("blk.0.attn_k.weight", "576", "q4_K", "q5_0")]
+
+
+def test_one_failing_variant_leaves_the_others_done(
+    tmp_path: Path, recipe: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = gguf.quantize
+
+    def broken_q8(src: Path, dst: Path, gguf_type: str):  # noqa: ANN202
+        if gguf_type == "q8_0":
+            raise MemoryError("simulated out of memory")
+        return real(src, dst, gguf_type)
+
+    monkeypatch.setattr(gguf, "quantize", broken_q8)
+    home = tmp_path / "runs"
+    run_recipe(load_recipe(recipe), home)
+    store = Store(home / "workbench.db")
+    status = {v["name"].rsplit("-", 1)[-1]: v for v in store.variants("tiny")}
+    assert status["Q8_0.gguf"]["status"] == "failed" and "simulated out of memory" in status["Q8_0.gguf"]["error"]
+    assert status["F16.gguf"]["status"] == "done" and status["Q4_K_M.gguf"]["status"] == "done"
+    assert Path(status["Q4_K_M.gguf"]["path"]).is_file() and not Path(status["Q8_0.gguf"]["path"]).exists()
+    stage = store.stage("tiny", "export")
+    assert stage.status == "partial" and "simulated out of memory" in stage.error
+
+    monkeypatch.setattr(gguf, "quantize", real)  # a partial stage is redone on the next run
+    run_recipe(load_recipe(recipe), home)
+    assert all(v["status"] == "done" for v in store.variants("tiny"))
+    assert store.stage("tiny", "export").status == "done"
+
+
+def test_missing_converter_fails_every_variant_with_the_fix(
+    tmp_path: Path, recipe: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WORKBENCH_LLAMA_CPP_TOOLS", str(tmp_path / "nothing-here"))
+    home = tmp_path / "runs"
+    with pytest.raises(gguf.ExportFailed, match="every export failed"):
+        run_recipe(load_recipe(recipe), home)
+    store = Store(home / "workbench.db")
+    errors = [v["error"] for v in store.variants("tiny") if v["format"] == "gguf"]
+    assert "run `workbench setup`" in errors[0]  # the f16 conversion names the fix
+    assert all("its conversion failed" in error for error in errors[1:])
+    assert store.stage("tiny", "export").status == "failed"
+    assert not (home / "tiny" / "export").exists()

@@ -1,0 +1,1 @@
+"""Exporters: one module per format, each turning the merged model into servable Variants."""

@@ -1,0 +1,80 @@
+"""llama.cpp's own converter scripts, taken from the llama-cpp-python source distribution that matches
+the installed version (no installed package carries them). Fetched once at set-up, so runs work offline.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+from workbench.fsutil import atomic_dir
+
+MEMBERS = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "conversion/", "gguf-py/")
+
+
+class ToolsMissing(RuntimeError):
+    pass
+
+
+def llama_cpp_version() -> str:
+    return metadata.version("llama_cpp_python")
+
+
+def tools_dir() -> Path:
+    override = os.environ.get("WORKBENCH_LLAMA_CPP_TOOLS")
+    if override:
+        return Path(override)
+    return Path(sys.prefix) / "share" / "workbench" / f"llama.cpp-{llama_cpp_version()}"
+
+
+def converter() -> Path:
+    script = tools_dir() / "convert_hf_to_gguf.py"
+    if not script.is_file():
+        raise ToolsMissing(f"llama.cpp converter not found in {tools_dir()}; run `workbench setup` (needs PyPI once)")
+    return script
+
+
+def converter_env() -> dict[str, str]:
+    """The vendored gguf-py first on the path: the converter is written against it."""
+    folder = tools_dir()
+    path = os.pathsep.join([str(folder / "gguf-py"), str(folder), os.environ.get("PYTHONPATH", "")])
+    return {**os.environ, "PYTHONPATH": path.rstrip(os.pathsep), "NO_LOCAL_GGUF": ""}
+
+
+def fetch(dest: Path | None = None) -> Path:
+    """Download the matching sdist with pip and keep only the converter scripts."""
+    dest = dest or tools_dir()
+    if (dest / "convert_hf_to_gguf.py").is_file():
+        return dest
+    version = llama_cpp_version()
+    with tempfile.TemporaryDirectory() as tmp:
+        print(f"fetching llama.cpp converter scripts from llama-cpp-python {version} sources ...", flush=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                f"llama-cpp-python=={version}",
+                "-d",
+                tmp,
+            ],
+            check=True,
+        )
+        sdist = next(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
+        prefix = f"{sdist.name.removesuffix('.tar.gz')}/vendor/llama.cpp/"
+        with tarfile.open(sdist) as archive, atomic_dir(dest) as out:
+            for member in archive.getmembers():
+                if member.name.startswith(prefix) and member.name[len(prefix) :].startswith(MEMBERS):
+                    member.name = member.name[len(prefix) :]
+                    archive.extract(member, out, filter="data")
+    return dest

@@ -1,0 +1,126 @@
+"""Export stage: quantized variants of the merged model. One failing variant never stops the others."""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from workbench.export import gguf
+from workbench.fsutil import dir_size
+from workbench.models import display_name
+from workbench.recipe import Recipe
+from workbench.stages.base import Stage, StageContext
+from workbench.stages.data import read_jsonl
+from workbench.variants import Variant, variant_name
+
+
+def key_inputs(recipe: Recipe) -> dict[str, Any]:
+    return {"export": recipe.export.model_dump(mode="json"), "llama_cpp": metadata.version("llama_cpp_python")}
+
+
+def smoke_prompts(ctx: StageContext) -> list[list[dict[str, str]]]:
+    rows = read_jsonl(ctx.inputs["data"] / "held_out.jsonl")[: ctx.recipe.export.smoke_prompts]
+    return [row["messages"][:-1] for row in rows if "messages" in row]
+
+
+def attempt(ctx: StageContext, variant: Variant, build: Callable[[Variant], None]) -> Variant:
+    """Run one exporter; its failure is recorded on the variant and the stage goes on."""
+    ctx.say(f"exporting {variant.name}")
+    try:
+        build(variant)
+        variant.size = dir_size(Path(variant.path))
+        ctx.say(f"{variant.name}: {variant.size / 1e6:.1f} MB in {variant.seconds:.1f}s")
+    except Exception as exc:  # noqa: BLE001 - any exporter error becomes the variant's error
+        variant.status = "failed"
+        variant.error = "".join(traceback.format_exception_only(exc)).strip()
+        ctx.failures.append(f"{variant.name}: {variant.error.splitlines()[0]}")
+        ctx.say(f"{variant.name} FAILED: {variant.error.splitlines()[0]}")
+    ctx.event("variant", **variant.to_dict())
+    return variant
+
+
+def export_gguf(ctx: StageContext, merged: Variant, prompts: list[list[dict[str, str]]]) -> list[Variant]:
+    types = ctx.recipe.export.gguf
+    if not types:
+        return []
+    version = metadata.version("llama_cpp_python")
+    stem = merged.name
+    source = ctx.out / f"{stem}-F16.gguf" if "f16" in types else ctx.work / f"{stem}-F16.gguf"
+
+    def smoke(variant: Variant) -> None:
+        variant.meta["smoke"] = [
+            {"prompt": messages[-1]["content"], "reply": gguf.chat(Path(variant.path), messages)}
+            for messages in prompts
+        ]
+
+    def build_f16(variant: Variant) -> None:
+        result = gguf.convert(Path(merged.path), source, "f16")
+        variant.seconds, variant.peak_mem_mb = round(result.seconds, 2), round(result.peak_rss_mb, 1)
+        variant.meta["tensor_types"] = gguf.tensor_types(source)
+        smoke(variant)
+
+    def builder(gguf_type: str) -> Callable[[Variant], None]:
+        def build(variant: Variant) -> None:
+            if not source.is_file():
+                raise gguf.ExportFailed("no f16 GGUF to quantize from (its conversion failed)")
+            result, fallbacks = gguf.quantize(source, Path(variant.path), gguf_type)
+            variant.seconds, variant.peak_mem_mb = round(result.seconds, 2), round(result.peak_rss_mb, 1)
+            variant.meta["tensor_types"] = gguf.tensor_types(Path(variant.path))
+            variant.meta["fallbacks"] = fallbacks
+            if fallbacks:
+                ctx.say(f"{len(fallbacks)} tensors fell back to another type (rows not a multiple of the block)")
+            smoke(variant)
+
+        return build
+
+    def new_variant(gguf_type: str, parent: str) -> Variant:
+        path = source if gguf_type == "f16" else ctx.out / f"{stem}-{gguf_type.upper()}.gguf"
+        return Variant(
+            name=path.name,
+            format="gguf",
+            path=str(path),
+            bits=gguf.GGUF_TYPES[gguf_type][1],
+            parent=parent,
+            quantizer="llama.cpp",
+            quantizer_version=version,
+            meta={"type": gguf_type},
+        )
+
+    f16 = attempt(ctx, new_variant("f16", merged.name), build_f16)
+    done = [f16] if "f16" in types else ([] if f16.status == "done" else [f16])
+    for gguf_type in [t for t in types if t != "f16"]:
+        done.append(attempt(ctx, new_variant(gguf_type, f16.name), builder(gguf_type)))
+    return done  # an f16 made only as a source stays in the work folder, removed with it
+
+
+def run(ctx: StageContext) -> list[dict[str, Any]]:
+    merged_dir = ctx.inputs["merge"]
+    base = variant_name(display_name(ctx.recipe.base_model), ctx.run_id)
+    merged = Variant(
+        name=base,
+        format="hf",
+        path=str(merged_dir),
+        bits=16,
+        size=dir_size(merged_dir),
+        meta={"dtype": ctx.recipe.merge.dtype, "reference": True},
+    )
+    variants = [merged, *export_gguf(ctx, merged, smoke_prompts(ctx))]
+    # paths point into the temporary folder until the stage is renamed into place
+    final = ctx.run_dir / ctx.stage
+    for variant in variants[1:]:
+        variant.path = str(final / Path(variant.path).name)
+    ctx.store.replace_variants(ctx.run_id, ["hf", "gguf"], [v.to_dict() for v in variants])
+    exported = [v for v in variants[1:] if v.status == "done"]
+    failed = [v for v in variants[1:] if v.status == "failed"]
+    if failed and not exported:
+        raise gguf.ExportFailed(f"every export failed: {', '.join(v.name for v in failed)}")
+    return [
+        {"name": v.name, "kind": v.format, "path": Path(v.path).name, "size": v.size, "meta": {"bits": v.bits}}
+        for v in exported
+    ]
+
+
+STAGE = Stage(name="export", needs=("data", "merge"), key_inputs=key_inputs, run=run)
