@@ -101,3 +101,29 @@ def test_missing_converter_fails_every_variant_with_the_fix(
     assert all("its conversion failed" in error for error in errors[1:])
     assert store.stage("tiny", "export").status == "failed"
     assert not (home / "tiny" / "export").exists()
+
+
+def test_serving_parity_passes_for_the_real_template_and_fails_for_a_wrong_one(tmp_path: Path, recipe: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from workbench import parity
+
+    home = tmp_path / "runs"
+    run_recipe(load_recipe(recipe, ["export.gguf=[q8_0]"]), home)
+    variants = Store(home / "workbench.db").variants("tiny")
+    assert all(v["meta"]["parity"]["passed"] for v in variants), [v["meta"].get("parity") for v in variants]
+    assert variants[-1]["meta"]["parity"]["checked"] == 8
+    assert variants[-1]["meta"]["parity"]["stop_token"]["ok"]
+
+    conversations = [json.loads(line)["messages"] for line in (home / "tiny" / "data" / "held_out.jsonl").open()]
+    wrong = AutoTokenizer.from_pretrained(home / "tiny" / "merge")
+    wrong.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}: {{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    result = parity.check_gguf(wrong, Path(variants[-1]["path"]), conversations)
+    assert not result.passed and result.checked == 1
+    difference = result.first_difference
+    # no system turn in these rows: SmolLM2's template adds its default one, the wrong template does not
+    assert difference["token_index"] == 1
+    assert "<|im_start|>user:" in difference["training"] and "<|im_start|>system\n" in difference["variant"]

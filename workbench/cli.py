@@ -128,16 +128,20 @@ def cmd_show(args: argparse.Namespace) -> int:
             print(f"{item['name']:16} {item['kind']:8} {item['size'] / 1e6:>8.1f}MB  {item['path']}")
     variants = store.variants(args.run)
     if variants:
-        print(f"\n{'variant':44} {'format':6} {'bits':>5} {'size':>10} {'time':>7} {'peak':>8}  smoke / error")
+        print(
+            f"\n{'variant':44} {'format':6} {'bits':>5} {'size':>10} {'time':>7} {'peak':>8} {'parity':6}  smoke/error"
+        )
         for v in variants:
             size = f"{v['size'] / 1e6:.1f}MB" if v["size"] else "-"
             took = f"{v['seconds']:.1f}s" if v.get("seconds") else "-"
             peak = f"{v['peak_mem_mb']:.0f}MB" if v.get("peak_mem_mb") else "-"
+            check = v["meta"].get("parity")
+            parity = "-" if check is None else "ok" if check["passed"] else "FAIL"
             smoke = v["meta"].get("smoke")
             note = repr(smoke[0]["reply"])[:40] if smoke else "-"
             if v["status"] == "failed":
                 note = f"FAILED: {v['error'].splitlines()[0]}"
-            print(f"{v['name']:44} {v['format']:6} {v['bits']:>5} {size:>10} {took:>7} {peak:>8}  {note}")
+            print(f"{v['name']:44} {v['format']:6} {v['bits']:>5} {size:>10} {took:>7} {peak:>8} {parity:6}  {note}")
     logs = store.events(args.run, stage="train", kind="train_log")
     if logs:
         first, last = logs[0], logs[-1]

@@ -69,6 +69,7 @@ class ExportSection(Section):
         default_factory=lambda: ["f16", "q8_0", "q4_k_m"], description="llama.cpp types to export; [] for none"
     )
     smoke_prompts: int = Field(default=1, ge=0, description="held-out prompts each variant answers after export")
+    parity_prompts: int = Field(default=8, ge=0, description="held-out conversations whose prompt tokens are compared")
 
 
 class PlaceholderSection(Section):

@@ -8,6 +8,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from workbench import parity
 from workbench.export import gguf
 from workbench.fsutil import dir_size
 from workbench.models import display_name
@@ -21,9 +22,16 @@ def key_inputs(recipe: Recipe) -> dict[str, Any]:
     return {"export": recipe.export.model_dump(mode="json"), "llama_cpp": metadata.version("llama_cpp_python")}
 
 
-def smoke_prompts(ctx: StageContext) -> list[list[dict[str, str]]]:
-    rows = read_jsonl(ctx.inputs["data"] / "held_out.jsonl")[: ctx.recipe.export.smoke_prompts]
-    return [row["messages"][:-1] for row in rows if "messages" in row]
+def held_out_conversations(ctx: StageContext, count: int) -> list[list[dict[str, str]]]:
+    rows = read_jsonl(ctx.inputs["data"] / "held_out.jsonl")
+    return [row["messages"] for row in rows if "messages" in row][:count]
+
+
+def record_parity(ctx: StageContext, variant: Variant, result: parity.ParityResult) -> None:
+    variant.meta["parity"] = result.to_dict()
+    if not result.passed:
+        where = result.first_difference or result.stop_token
+        ctx.say(f"{variant.name}: SERVING PARITY FAILED: {where}")
 
 
 def attempt(ctx: StageContext, variant: Variant, build: Callable[[Variant], None]) -> Variant:
@@ -42,7 +50,7 @@ def attempt(ctx: StageContext, variant: Variant, build: Callable[[Variant], None
     return variant
 
 
-def export_gguf(ctx: StageContext, merged: Variant, prompts: list[list[dict[str, str]]]) -> list[Variant]:
+def export_gguf(ctx: StageContext, merged: Variant, training_tokenizer: Any) -> list[Variant]:
     types = ctx.recipe.export.gguf
     if not types:
         return []
@@ -50,7 +58,12 @@ def export_gguf(ctx: StageContext, merged: Variant, prompts: list[list[dict[str,
     stem = merged.name
     source = ctx.out / f"{stem}-F16.gguf" if "f16" in types else ctx.work / f"{stem}-F16.gguf"
 
+    prompts = [m[:-1] for m in held_out_conversations(ctx, ctx.recipe.export.smoke_prompts)]
+    conversations = held_out_conversations(ctx, ctx.recipe.export.parity_prompts)
+
     def smoke(variant: Variant) -> None:
+        if conversations:
+            record_parity(ctx, variant, parity.check_gguf(training_tokenizer, Path(variant.path), conversations))
         variant.meta["smoke"] = [
             {"prompt": messages[-1]["content"], "reply": gguf.chat(Path(variant.path), messages)}
             for messages in prompts
@@ -97,6 +110,8 @@ def export_gguf(ctx: StageContext, merged: Variant, prompts: list[list[dict[str,
 
 
 def run(ctx: StageContext) -> list[dict[str, Any]]:
+    from transformers import AutoTokenizer
+
     merged_dir = ctx.inputs["merge"]
     base = variant_name(display_name(ctx.recipe.base_model), ctx.run_id)
     merged = Variant(
@@ -107,7 +122,11 @@ def run(ctx: StageContext) -> list[dict[str, Any]]:
         size=dir_size(merged_dir),
         meta={"dtype": ctx.recipe.merge.dtype, "reference": True},
     )
-    variants = [merged, *export_gguf(ctx, merged, smoke_prompts(ctx))]
+    training_tokenizer = AutoTokenizer.from_pretrained(merged_dir)  # saved by the train stage
+    conversations = held_out_conversations(ctx, ctx.recipe.export.parity_prompts)
+    if conversations:
+        record_parity(ctx, merged, parity.check_hf(training_tokenizer, merged_dir, conversations))
+    variants = [merged, *export_gguf(ctx, merged, training_tokenizer)]
     # paths point into the temporary folder until the stage is renamed into place
     final = ctx.run_dir / ctx.stage
     for variant in variants[1:]:
