@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,6 @@ class ExportFailed(RuntimeError):
 
 def convert(hf_dir: Path, out_file: Path, outtype: str = "f16") -> Measured:
     command = [
-        sys.executable,
         str(llamacpp_tools.converter()),
         str(hf_dir),
         "--outfile",
@@ -56,9 +54,7 @@ def convert(hf_dir: Path, out_file: Path, outtype: str = "f16") -> Measured:
 def quantize(src: Path, dst: Path, gguf_type: str) -> tuple[Measured, list[dict[str, Any]]]:
     """Quantize; returns the measurement and the tensors that fell back to another type."""
     ftype = GGUF_TYPES[gguf_type][0]
-    result = run_measured(
-        [sys.executable, "-m", "workbench.export.gguf_quantize", str(src), str(dst), ftype], echo=False
-    )
+    result = run_measured(["-m", "workbench.export.gguf_quantize", str(src), str(dst), ftype], echo=False)
     if result.returncode != 0 or not dst.is_file():
         raise ExportFailed(f"llama_model_quantize to {gguf_type} failed (exit {result.returncode})", result.output)
     fallbacks = [

@@ -71,7 +71,7 @@ def export_gguf(ctx: StageContext, merged: Variant, training_tokenizer: Any) -> 
 
     def build_f16(variant: Variant) -> None:
         result = gguf.convert(Path(merged.path), source, "f16")
-        variant.seconds, variant.peak_mem_mb = round(result.seconds, 2), round(result.peak_rss_mb, 1)
+        variant.seconds, variant.peak_mem_mb = round(result.seconds, 2), result.peak_rss_mb
         variant.meta["tensor_types"] = gguf.tensor_types(source)
         smoke(variant)
 
@@ -80,7 +80,7 @@ def export_gguf(ctx: StageContext, merged: Variant, training_tokenizer: Any) -> 
             if not source.is_file():
                 raise gguf.ExportFailed("no f16 GGUF to quantize from (its conversion failed)")
             result, fallbacks = gguf.quantize(source, Path(variant.path), gguf_type)
-            variant.seconds, variant.peak_mem_mb = round(result.seconds, 2), round(result.peak_rss_mb, 1)
+            variant.seconds, variant.peak_mem_mb = round(result.seconds, 2), result.peak_rss_mb
             variant.meta["tensor_types"] = gguf.tensor_types(Path(variant.path))
             variant.meta["fallbacks"] = fallbacks
             if fallbacks:
