@@ -127,3 +127,21 @@ def test_serving_parity_passes_for_the_real_template_and_fails_for_a_wrong_one(t
     # no system turn in these rows: SmolLM2's template adds its default one, the wrong template does not
     assert difference["token_index"] == 1
     assert "<|im_start|>user:" in difference["training"] and "<|im_start|>system\n" in difference["variant"]
+
+
+def test_nf4_variant_is_a_4bit_checkpoint_transformers_loads(tmp_path: Path, recipe: Path) -> None:
+    import bitsandbytes as bnb
+    from transformers import AutoModelForCausalLM
+
+    home = tmp_path / "runs"
+    run_recipe(load_recipe(recipe, ["export.gguf=[]", "export.nf4=true"]), home)
+    nf4 = Store(home / "workbench.db").variants("tiny")[-1]
+    assert nf4["format"] == "nf4" and nf4["status"] == "done" and nf4["name"].endswith("-BNB-NF4")
+    assert nf4["meta"]["parity"]["passed"]
+    assert isinstance(nf4["meta"]["smoke"][0]["reply"], str) and nf4["peak_mem_mb"] > 0
+    config = json.loads((Path(nf4["path"]) / "config.json").read_text())["quantization_config"]
+    assert config["bnb_4bit_quant_type"] == "nf4" and config["bnb_4bit_use_double_quant"] is True
+    model = AutoModelForCausalLM.from_pretrained(nf4["path"], device_map={"": "cpu"})
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+    merged_size = Store(home / "workbench.db").variants("tiny")[0]["size"]
+    assert nf4["size"] < merged_size

@@ -68,6 +68,7 @@ class ExportSection(Section):
     gguf: list[GGUFType] = Field(
         default_factory=lambda: ["f16", "q8_0", "q4_k_m"], description="llama.cpp types to export; [] for none"
     )
+    nf4: bool = Field(default=True, description="bitsandbytes nf4 checkpoint (double quantization)")
     smoke_prompts: int = Field(default=1, ge=0, description="held-out prompts each variant answers after export")
     parity_prompts: int = Field(default=8, ge=0, description="held-out conversations whose prompt tokens are compared")
 

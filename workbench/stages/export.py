@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from workbench import parity
-from workbench.export import gguf
+from workbench.export import gguf, nf4
+from workbench.export.run_measured import run_measured
 from workbench.fsutil import dir_size
 from workbench.models import display_name
 from workbench.recipe import Recipe
@@ -109,6 +110,34 @@ def export_gguf(ctx: StageContext, merged: Variant, training_tokenizer: Any) -> 
     return done  # an f16 made only as a source stays in the work folder, removed with it
 
 
+def export_nf4(ctx: StageContext, merged: Variant, training_tokenizer: Any) -> list[Variant]:
+    if not ctx.recipe.export.nf4:
+        return []
+    out = ctx.out / f"{merged.name}-BNB-NF4"
+    variant = Variant(
+        name=out.name,
+        format="nf4",
+        path=str(out),
+        bits=4.13,
+        parent=merged.name,
+        quantizer="bitsandbytes",
+        quantizer_version=metadata.version("bitsandbytes"),
+    )
+    prompts = [m[:-1] for m in held_out_conversations(ctx, ctx.recipe.export.smoke_prompts)]
+    conversations = held_out_conversations(ctx, ctx.recipe.export.parity_prompts)
+
+    def build(variant: Variant) -> None:
+        result = run_measured(["-m", "workbench.export.nf4", merged.path, str(out)])
+        if result.returncode != 0:
+            raise gguf.ExportFailed(f"nf4 export exited with {result.returncode}", result.output)
+        variant.seconds, variant.peak_mem_mb = round(result.seconds, 2), result.peak_rss_mb
+        if conversations:
+            record_parity(ctx, variant, parity.check_hf(training_tokenizer, out, conversations))
+        variant.meta["smoke"] = [{"prompt": m[-1]["content"], "reply": nf4.chat(out, m)} for m in prompts]
+
+    return [attempt(ctx, variant, build)]
+
+
 def run(ctx: StageContext) -> list[dict[str, Any]]:
     from transformers import AutoTokenizer
 
@@ -126,12 +155,16 @@ def run(ctx: StageContext) -> list[dict[str, Any]]:
     conversations = held_out_conversations(ctx, ctx.recipe.export.parity_prompts)
     if conversations:
         record_parity(ctx, merged, parity.check_hf(training_tokenizer, merged_dir, conversations))
-    variants = [merged, *export_gguf(ctx, merged, training_tokenizer)]
+    variants = [
+        merged,
+        *export_gguf(ctx, merged, training_tokenizer),
+        *export_nf4(ctx, merged, training_tokenizer),
+    ]
     # paths point into the temporary folder until the stage is renamed into place
     final = ctx.run_dir / ctx.stage
     for variant in variants[1:]:
         variant.path = str(final / Path(variant.path).name)
-    ctx.store.replace_variants(ctx.run_id, ["hf", "gguf"], [v.to_dict() for v in variants])
+    ctx.store.replace_variants(ctx.run_id, ["hf", "gguf", "nf4"], [v.to_dict() for v in variants])
     exported = [v for v in variants[1:] if v.status == "done"]
     failed = [v for v in variants[1:] if v.status == "failed"]
     if failed and not exported:
