@@ -145,3 +145,26 @@ def test_nf4_variant_is_a_4bit_checkpoint_transformers_loads(tmp_path: Path, rec
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
     merged_size = Store(home / "workbench.db").variants("tiny")[0]["size"]
     assert nf4["size"] < merged_size
+
+
+def test_preflight_refuses_with_numbers_before_writing_anything(
+    tmp_path: Path, recipe: Path, tiny_llama_256: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from workbench import preflight
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_256)
+    assert preflight.parameter_count(tiny_llama_256) == model.num_parameters()
+
+    home = tmp_path / "runs"
+    run_recipe(load_recipe(recipe), home, stages=["merge"])
+    monkeypatch.setattr(preflight, "free_disk", lambda path: 1_000_000)
+    with pytest.raises(preflight.PreflightError, match=r"export refused before starting: needs ~0\.\d+ GB free disk"):
+        run_recipe(load_recipe(recipe), home)
+    assert not (home / "tiny" / "export").exists() and not list((home / "tiny").glob(".tmp-export-*"))
+    assert Store(home / "workbench.db").variants("tiny") == []
+
+    monkeypatch.setattr(preflight, "available_memory", lambda: 10_000_000)
+    with pytest.raises(preflight.PreflightError, match=r"merge refused .* GB of memory, 0\.01 GB available"):
+        run_recipe(load_recipe(recipe), home, force=["merge"])

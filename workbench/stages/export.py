@@ -8,7 +8,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from workbench import parity
+from workbench import parity, preflight
 from workbench.export import gguf, nf4
 from workbench.export.run_measured import run_measured
 from workbench.fsutil import dir_size
@@ -138,6 +138,18 @@ def export_nf4(ctx: StageContext, merged: Variant, training_tokenizer: Any) -> l
     return [attempt(ctx, variant, build)]
 
 
+def preflight_export(ctx: StageContext, merged_dir: Path) -> None:
+    """All requested files together on disk; the converter's peak (~6 bytes a parameter, measured) in memory."""
+    params = preflight.parameter_count(merged_dir)
+    section = ctx.recipe.export
+    bits = sum(gguf.GGUF_TYPES[t][1] for t in section.gguf)
+    if section.gguf and "f16" not in section.gguf:
+        bits += 16  # the f16 source every quantization starts from
+    bits += 4.5 if section.nf4 else 0
+    memory = params * 6 if section.gguf else params * 4.5
+    preflight.check("export", ctx.run_dir, params * bits / 8 * 1.05, memory)
+
+
 def run(ctx: StageContext) -> list[dict[str, Any]]:
     from transformers import AutoTokenizer
 
@@ -151,6 +163,7 @@ def run(ctx: StageContext) -> list[dict[str, Any]]:
         size=dir_size(merged_dir),
         meta={"dtype": ctx.recipe.merge.dtype, "reference": True},
     )
+    preflight_export(ctx, merged_dir)
     training_tokenizer = AutoTokenizer.from_pretrained(merged_dir)  # saved by the train stage
     conversations = held_out_conversations(ctx, ctx.recipe.export.parity_prompts)
     if conversations:

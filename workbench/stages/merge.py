@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+from pathlib import Path
 from typing import Any
 
+from workbench import preflight
 from workbench.fsutil import dir_size
 from workbench.models import resolve_model
 from workbench.recipe import Recipe
@@ -54,6 +56,11 @@ def run(ctx: StageContext) -> list[dict[str, Any]]:
     trained = ctx.inputs["train"]
     summary = json.loads((trained / "train_summary.json").read_text())
     base = resolve_model(ctx.recipe.base_model)
+    if Path(base).is_dir():
+        params = preflight.parameter_count(Path(base) if summary["method"] != "full" else trained)
+        out_bytes = 4 if ctx.recipe.merge.dtype == "float32" else 2
+        # fp32 base + merged copy of the adapted layers; output in the merge dtype
+        preflight.check("merge", ctx.run_dir, params * out_bytes * 1.05, params * 4 * 1.6)
     if summary["method"] == "full":
         model = AutoModelForCausalLM.from_pretrained(trained, dtype=torch.float32)
     else:
