@@ -158,7 +158,13 @@ def write_recipe(folder: Path, base_model: Path, data_path: Path, **sections: di
             **sections.pop("train", {}),
         },
         "merge": {"dtype": "float32", **sections.pop("merge", {})},
-        "export": {"gguf": [], "nf4": False, **sections.pop("export", {})},  # this tokenizer is unknown to llama.cpp
+        "export": {
+            "gguf": [],
+            "nf4": False,
+            "gptq": False,
+            "awq": False,
+            **sections.pop("export", {}),
+        },  # this tokenizer is unknown to llama.cpp
         **sections,
     }
     path = folder / "recipe.yaml"

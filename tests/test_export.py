@@ -168,3 +168,18 @@ def test_preflight_refuses_with_numbers_before_writing_anything(
     monkeypatch.setattr(preflight, "available_memory", lambda: 10_000_000)
     with pytest.raises(preflight.PreflightError, match=r"merge refused .* GB of memory, 0\.01 GB available"):
         run_recipe(load_recipe(recipe), home, force=["merge"])
+
+
+@pytest.mark.parametrize("method", ["gptq", "awq"])
+def test_gptq_and_awq_variants_with_gptqmodel(tmp_path: Path, recipe: Path, method: str) -> None:
+    home = tmp_path / "runs"
+    settings = ["export.gguf=[]", f"export.{method}=true", "export.group_size=64", "export.calibration_rows=16"]
+    run_recipe(load_recipe(recipe, settings), home)
+    variant = Store(home / "workbench.db").variants("tiny")[-1]
+    assert variant["status"] == "done", variant["error"]
+    assert variant["format"] == method and variant["name"].endswith(f"-{method.upper()}-Int4")
+    config = json.loads((Path(variant["path"]) / "quantize_config.json").read_text())
+    assert config["bits"] == 4 and config["group_size"] == 64
+    assert config.get("quant_method", method) == method
+    assert variant["meta"]["calibration_rows"] == 16 and variant["meta"]["parity"]["passed"]
+    assert isinstance(variant["meta"]["smoke"][0]["reply"], str)

@@ -69,6 +69,12 @@ class ExportSection(Section):
         default_factory=lambda: ["f16", "q8_0", "q4_k_m"], description="llama.cpp types to export; [] for none"
     )
     nf4: bool = Field(default=True, description="bitsandbytes nf4 checkpoint (double quantization)")
+    gptq: bool = Field(default=True, description="GPTQ checkpoint with GPTQModel")
+    awq: bool = Field(default=True, description="AWQ (GEMM) checkpoint with GPTQModel")
+    bits: Literal[4, 8] = Field(default=4, description="GPTQ / AWQ bits")
+    group_size: int = Field(default=128, gt=0, description="GPTQ / AWQ group size; must divide the layer widths")
+    desc_act: bool = Field(default=False, description="GPTQ act-order")
+    calibration_rows: int = Field(default=128, gt=0, description="training rows used to calibrate GPTQ / AWQ")
     smoke_prompts: int = Field(default=1, ge=0, description="held-out prompts each variant answers after export")
     parity_prompts: int = Field(default=8, ge=0, description="held-out conversations whose prompt tokens are compared")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import traceback
 from collections.abc import Callable
 from importlib import metadata
@@ -9,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench import parity, preflight
-from workbench.export import gguf, nf4
+from workbench.export import gguf, gptq, nf4
 from workbench.export.run_measured import run_measured
 from workbench.fsutil import dir_size
 from workbench.models import display_name
@@ -138,6 +139,63 @@ def export_nf4(ctx: StageContext, merged: Variant, training_tokenizer: Any) -> l
     return [attempt(ctx, variant, build)]
 
 
+def export_gptq_awq(ctx: StageContext, merged: Variant, training_tokenizer: Any) -> list[Variant]:
+    section = ctx.recipe.export
+    methods = [m for m in ("gptq", "awq") if getattr(section, m)]
+    if not methods:
+        return []
+    train_rows = read_jsonl(ctx.inputs["data"] / "train.jsonl")[: section.calibration_rows]
+    calibration = gptq.calibration_texts(train_rows, training_tokenizer)
+    prompts = [m[:-1] for m in held_out_conversations(ctx, section.smoke_prompts)]
+    conversations = held_out_conversations(ctx, section.parity_prompts)
+    version = metadata.version("gptqmodel")
+    variants = []
+    for method in methods:
+        out = ctx.out / f"{merged.name}-{method.upper()}-Int{section.bits}"
+        variant = Variant(
+            name=out.name,
+            format=method,
+            path=str(out),
+            bits=section.bits,
+            parent=merged.name,
+            quantizer="gptqmodel",
+            quantizer_version=version,
+            meta={
+                "group_size": section.group_size,
+                "desc_act": section.desc_act and method == "gptq",
+                "calibration_rows": len(calibration),
+            },
+        )
+
+        def build(variant: Variant, method: str = method, out: Path = out) -> None:
+            job = ctx.work / f"{method}-job.json"
+            job.write_text(
+                json.dumps(
+                    {
+                        "method": method,
+                        "merged": merged.path,
+                        "out": str(out),
+                        "calibration": calibration,
+                        "bits": section.bits,
+                        "group_size": section.group_size,
+                        "desc_act": section.desc_act,
+                        "smoke": prompts,
+                        "smoke_out": str(ctx.work / f"{method}-smoke.json"),
+                    }
+                )
+            )
+            result = run_measured(["-m", "workbench.export.gptq", str(job)])
+            if result.returncode != 0 or not (out / "quantize_config.json").is_file():
+                raise gguf.ExportFailed(f"{method} export exited with {result.returncode}", result.output)
+            variant.seconds, variant.peak_mem_mb = round(result.seconds, 2), result.peak_rss_mb
+            variant.meta["smoke"] = json.loads((ctx.work / f"{method}-smoke.json").read_text())
+            if conversations:
+                record_parity(ctx, variant, parity.check_hf(training_tokenizer, out, conversations))
+
+        variants.append(attempt(ctx, variant, build))
+    return variants
+
+
 def preflight_export(ctx: StageContext, merged_dir: Path) -> None:
     """All requested files together on disk; the converter's peak (~6 bytes a parameter, measured) in memory."""
     params = preflight.parameter_count(merged_dir)
@@ -146,6 +204,7 @@ def preflight_export(ctx: StageContext, merged_dir: Path) -> None:
     if section.gguf and "f16" not in section.gguf:
         bits += 16  # the f16 source every quantization starts from
     bits += 4.5 if section.nf4 else 0
+    bits += (section.bits + 0.5) * (section.gptq + section.awq)
     memory = params * 6 if section.gguf else params * 4.5
     preflight.check("export", ctx.run_dir, params * bits / 8 * 1.05, memory)
 
@@ -172,12 +231,13 @@ def run(ctx: StageContext) -> list[dict[str, Any]]:
         merged,
         *export_gguf(ctx, merged, training_tokenizer),
         *export_nf4(ctx, merged, training_tokenizer),
+        *export_gptq_awq(ctx, merged, training_tokenizer),
     ]
     # paths point into the temporary folder until the stage is renamed into place
     final = ctx.run_dir / ctx.stage
     for variant in variants[1:]:
         variant.path = str(final / Path(variant.path).name)
-    ctx.store.replace_variants(ctx.run_id, ["hf", "gguf", "nf4"], [v.to_dict() for v in variants])
+    ctx.store.replace_variants(ctx.run_id, ["hf", "gguf", "nf4", "gptq", "awq"], [v.to_dict() for v in variants])
     exported = [v for v in variants[1:] if v.status == "done"]
     failed = [v for v in variants[1:] if v.status == "failed"]
     if failed and not exported:
