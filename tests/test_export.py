@@ -183,3 +183,8 @@ def test_gptq_and_awq_variants_with_gptqmodel(tmp_path: Path, recipe: Path, meth
     assert config.get("quant_method", method) == method
     assert variant["meta"]["calibration_rows"] == 16 and variant["meta"]["parity"]["passed"]
     assert isinstance(variant["meta"]["smoke"][0]["reply"], str)
+
+    from transformers import AutoModelForCausalLM  # plain transformers loads it with GPTQModel's kernels
+
+    model = AutoModelForCausalLM.from_pretrained(variant["path"], device_map="cpu")
+    assert type(model.model.layers[0].self_attn.q_proj).__name__ != "Linear"
