@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from workbench import parity, preflight
 from workbench.export import gguf, gptq, nf4
-from workbench.export.run_measured import run_measured
+from workbench.export.run_measured import Measured, run_measured
 from workbench.fsutil import dir_size
 from workbench.models import display_name
 from workbench.recipe import Recipe
@@ -36,6 +37,24 @@ def record_parity(ctx: StageContext, variant: Variant, result: parity.ParityResu
         ctx.say(f"{variant.name}: SERVING PARITY FAILED: {where}")
 
 
+@dataclass
+class ExportInputs:
+    """What every exporter needs, read once per stage."""
+
+    merged: Variant
+    tokenizer: Any  # the training tokenizer and chat template (saved with the merged model)
+    smoke_prompts: list[list[dict[str, str]]]  # held-out conversations without their answers
+    conversations: list[list[dict[str, str]]]  # held-out conversations for the parity check
+
+    def check_parity(self, ctx: StageContext, variant: Variant, check: Callable[..., parity.ParityResult]) -> None:
+        if self.conversations:
+            record_parity(ctx, variant, check(self.tokenizer, Path(variant.path), self.conversations))
+
+
+def record_measurement(variant: Variant, result: Measured) -> None:
+    variant.seconds, variant.peak_mem_mb = round(result.seconds, 2), result.peak_rss_mb
+
+
 def attempt(ctx: StageContext, variant: Variant, build: Callable[[Variant], None]) -> Variant:
     """Run one exporter; its failure is recorded on the variant and the stage goes on."""
     ctx.say(f"exporting {variant.name}")
@@ -52,28 +71,24 @@ def attempt(ctx: StageContext, variant: Variant, build: Callable[[Variant], None
     return variant
 
 
-def export_gguf(ctx: StageContext, merged: Variant, training_tokenizer: Any) -> list[Variant]:
-    types = ctx.recipe.export.gguf
+def export_gguf(ctx: StageContext, inputs: ExportInputs) -> list[Variant]:
+    types, merged = ctx.recipe.export.gguf, inputs.merged
     if not types:
         return []
     version = metadata.version("llama_cpp_python")
     stem = merged.name
     source = ctx.out / f"{stem}-F16.gguf" if "f16" in types else ctx.work / f"{stem}-F16.gguf"
 
-    prompts = [m[:-1] for m in held_out_conversations(ctx, ctx.recipe.export.smoke_prompts)]
-    conversations = held_out_conversations(ctx, ctx.recipe.export.parity_prompts)
-
     def smoke(variant: Variant) -> None:
-        if conversations:
-            record_parity(ctx, variant, parity.check_gguf(training_tokenizer, Path(variant.path), conversations))
+        inputs.check_parity(ctx, variant, parity.check_gguf)
         variant.meta["smoke"] = [
             {"prompt": messages[-1]["content"], "reply": gguf.chat(Path(variant.path), messages)}
-            for messages in prompts
+            for messages in inputs.smoke_prompts
         ]
 
     def build_f16(variant: Variant) -> None:
         result = gguf.convert(Path(merged.path), source, "f16")
-        variant.seconds, variant.peak_mem_mb = round(result.seconds, 2), result.peak_rss_mb
+        record_measurement(variant, result)
         variant.meta["tensor_types"] = gguf.tensor_types(source)
         smoke(variant)
 
@@ -82,7 +97,7 @@ def export_gguf(ctx: StageContext, merged: Variant, training_tokenizer: Any) -> 
             if not source.is_file():
                 raise gguf.ExportFailed("no f16 GGUF to quantize from (its conversion failed)")
             result, fallbacks = gguf.quantize(source, Path(variant.path), gguf_type)
-            variant.seconds, variant.peak_mem_mb = round(result.seconds, 2), result.peak_rss_mb
+            record_measurement(variant, result)
             variant.meta["tensor_types"] = gguf.tensor_types(Path(variant.path))
             variant.meta["fallbacks"] = fallbacks
             if fallbacks:
@@ -111,9 +126,10 @@ def export_gguf(ctx: StageContext, merged: Variant, training_tokenizer: Any) -> 
     return done  # an f16 made only as a source stays in the work folder, removed with it
 
 
-def export_nf4(ctx: StageContext, merged: Variant, training_tokenizer: Any) -> list[Variant]:
+def export_nf4(ctx: StageContext, inputs: ExportInputs) -> list[Variant]:
     if not ctx.recipe.export.nf4:
         return []
+    merged = inputs.merged
     out = ctx.out / f"{merged.name}-BNB-NF4"
     variant = Variant(
         name=out.name,
@@ -124,30 +140,25 @@ def export_nf4(ctx: StageContext, merged: Variant, training_tokenizer: Any) -> l
         quantizer="bitsandbytes",
         quantizer_version=metadata.version("bitsandbytes"),
     )
-    prompts = [m[:-1] for m in held_out_conversations(ctx, ctx.recipe.export.smoke_prompts)]
-    conversations = held_out_conversations(ctx, ctx.recipe.export.parity_prompts)
 
     def build(variant: Variant) -> None:
         result = run_measured(["-m", "workbench.export.nf4", merged.path, str(out)])
         if result.returncode != 0:
             raise gguf.ExportFailed(f"nf4 export exited with {result.returncode}", result.output)
-        variant.seconds, variant.peak_mem_mb = round(result.seconds, 2), result.peak_rss_mb
-        if conversations:
-            record_parity(ctx, variant, parity.check_hf(training_tokenizer, out, conversations))
-        variant.meta["smoke"] = [{"prompt": m[-1]["content"], "reply": nf4.chat(out, m)} for m in prompts]
+        record_measurement(variant, result)
+        inputs.check_parity(ctx, variant, parity.check_hf)
+        variant.meta["smoke"] = [{"prompt": m[-1]["content"], "reply": nf4.chat(out, m)} for m in inputs.smoke_prompts]
 
     return [attempt(ctx, variant, build)]
 
 
-def export_gptq_awq(ctx: StageContext, merged: Variant, training_tokenizer: Any) -> list[Variant]:
-    section = ctx.recipe.export
+def export_gptq_awq(ctx: StageContext, inputs: ExportInputs) -> list[Variant]:
+    section, merged = ctx.recipe.export, inputs.merged
     methods = [m for m in ("gptq", "awq") if getattr(section, m)]
     if not methods:
         return []
     train_rows = read_jsonl(ctx.inputs["data"] / "train.jsonl")[: section.calibration_rows]
-    calibration = gptq.calibration_texts(train_rows, training_tokenizer)
-    prompts = [m[:-1] for m in held_out_conversations(ctx, section.smoke_prompts)]
-    conversations = held_out_conversations(ctx, section.parity_prompts)
+    calibration = gptq.calibration_texts(train_rows, inputs.tokenizer)
     version = metadata.version("gptqmodel")
     variants = []
     for method in methods:
@@ -179,7 +190,7 @@ def export_gptq_awq(ctx: StageContext, merged: Variant, training_tokenizer: Any)
                         "bits": section.bits,
                         "group_size": section.group_size,
                         "desc_act": section.desc_act,
-                        "smoke": prompts,
+                        "smoke": inputs.smoke_prompts,
                         "smoke_out": str(ctx.work / f"{method}-smoke.json"),
                     }
                 )
@@ -187,10 +198,9 @@ def export_gptq_awq(ctx: StageContext, merged: Variant, training_tokenizer: Any)
             result = run_measured(["-m", "workbench.export.gptq", str(job)])
             if result.returncode != 0 or not (out / "quantize_config.json").is_file():
                 raise gguf.ExportFailed(f"{method} export exited with {result.returncode}", result.output)
-            variant.seconds, variant.peak_mem_mb = round(result.seconds, 2), result.peak_rss_mb
+            record_measurement(variant, result)
             variant.meta["smoke"] = json.loads((ctx.work / f"{method}-smoke.json").read_text())
-            if conversations:
-                record_parity(ctx, variant, parity.check_hf(training_tokenizer, out, conversations))
+            inputs.check_parity(ctx, variant, parity.check_hf)
 
         variants.append(attempt(ctx, variant, build))
     return variants
@@ -223,16 +233,15 @@ def run(ctx: StageContext) -> list[dict[str, Any]]:
         meta={"dtype": ctx.recipe.merge.dtype, "reference": True},
     )
     preflight_export(ctx, merged_dir)
-    training_tokenizer = AutoTokenizer.from_pretrained(merged_dir)  # saved by the train stage
-    conversations = held_out_conversations(ctx, ctx.recipe.export.parity_prompts)
-    if conversations:
-        record_parity(ctx, merged, parity.check_hf(training_tokenizer, merged_dir, conversations))
-    variants = [
-        merged,
-        *export_gguf(ctx, merged, training_tokenizer),
-        *export_nf4(ctx, merged, training_tokenizer),
-        *export_gptq_awq(ctx, merged, training_tokenizer),
-    ]
+    section = ctx.recipe.export
+    inputs = ExportInputs(
+        merged=merged,
+        tokenizer=AutoTokenizer.from_pretrained(merged_dir),  # saved by the train stage
+        smoke_prompts=[m[:-1] for m in held_out_conversations(ctx, section.smoke_prompts)],
+        conversations=held_out_conversations(ctx, section.parity_prompts),
+    )
+    inputs.check_parity(ctx, merged, parity.check_hf)
+    variants = [merged, *export_gguf(ctx, inputs), *export_nf4(ctx, inputs), *export_gptq_awq(ctx, inputs)]
     # paths point into the temporary folder until the stage is renamed into place
     final = ctx.run_dir / ctx.stage
     for variant in variants[1:]:
