@@ -32,7 +32,7 @@ def test_gguf_variants_are_exported_recorded_and_smoke_checked(
     tmp_path: Path, recipe: Path, tiny_llama_256: Path
 ) -> None:
     home = tmp_path / "runs"
-    run_recipe(load_recipe(recipe), home)
+    run_recipe(load_recipe(recipe), home, stages=["export"])
     store = Store(home / "workbench.db")
     variants = {v["name"]: v for v in store.variants("tiny")}
     stem = f"{tiny_llama_256.name}-tiny"
@@ -73,7 +73,7 @@ def test_one_failing_variant_leaves_the_others_done(
 
     monkeypatch.setattr(gguf, "quantize", broken_q8)
     home = tmp_path / "runs"
-    run_recipe(load_recipe(recipe), home)
+    run_recipe(load_recipe(recipe), home, stages=["export"])
     store = Store(home / "workbench.db")
     status = {v["name"].rsplit("-", 1)[-1]: v for v in store.variants("tiny")}
     assert status["Q8_0.gguf"]["status"] == "failed" and "simulated out of memory" in status["Q8_0.gguf"]["error"]
@@ -83,7 +83,7 @@ def test_one_failing_variant_leaves_the_others_done(
     assert stage.status == "partial" and "simulated out of memory" in stage.error
 
     monkeypatch.setattr(gguf, "quantize", real)  # a partial stage is redone on the next run
-    run_recipe(load_recipe(recipe), home)
+    run_recipe(load_recipe(recipe), home, stages=["export"])
     assert all(v["status"] == "done" for v in store.variants("tiny"))
     assert store.stage("tiny", "export").status == "done"
 
@@ -94,7 +94,7 @@ def test_missing_converter_fails_every_variant_with_the_fix(
     monkeypatch.setenv("WORKBENCH_LLAMA_CPP_TOOLS", str(tmp_path / "nothing-here"))
     home = tmp_path / "runs"
     with pytest.raises(gguf.ExportFailed, match="every export failed"):
-        run_recipe(load_recipe(recipe), home)
+        run_recipe(load_recipe(recipe), home, stages=["export"])
     store = Store(home / "workbench.db")
     errors = [v["error"] for v in store.variants("tiny") if v["format"] == "gguf"]
     assert "run `workbench setup`" in errors[0]  # the f16 conversion names the fix
@@ -109,7 +109,7 @@ def test_serving_parity_passes_for_the_real_template_and_fails_for_a_wrong_one(t
     from workbench import parity
 
     home = tmp_path / "runs"
-    run_recipe(load_recipe(recipe, ["export.gguf=[q8_0]"]), home)
+    run_recipe(load_recipe(recipe, ["export.gguf=[q8_0]"]), home, stages=["export"])
     variants = Store(home / "workbench.db").variants("tiny")
     assert all(v["meta"]["parity"]["passed"] for v in variants), [v["meta"].get("parity") for v in variants]
     assert variants[-1]["meta"]["parity"]["checked"] == 8
@@ -134,7 +134,7 @@ def test_nf4_variant_is_a_4bit_checkpoint_transformers_loads(tmp_path: Path, rec
     from transformers import AutoModelForCausalLM
 
     home = tmp_path / "runs"
-    run_recipe(load_recipe(recipe, ["export.gguf=[]", "export.nf4=true"]), home)
+    run_recipe(load_recipe(recipe, ["export.gguf=[]", "export.nf4=true"]), home, stages=["export"])
     nf4 = Store(home / "workbench.db").variants("tiny")[-1]
     assert nf4["format"] == "nf4" and nf4["status"] == "done" and nf4["name"].endswith("-BNB-NF4")
     assert nf4["meta"]["parity"]["passed"]
@@ -161,20 +161,20 @@ def test_preflight_refuses_with_numbers_before_writing_anything(
     run_recipe(load_recipe(recipe), home, stages=["merge"])
     monkeypatch.setattr(preflight, "free_disk", lambda path: 1_000_000)
     with pytest.raises(preflight.PreflightError, match=r"export refused before starting: needs ~0\.\d+ GB free disk"):
-        run_recipe(load_recipe(recipe), home)
+        run_recipe(load_recipe(recipe), home, stages=["export"])
     assert not (home / "tiny" / "export").exists() and not list((home / "tiny").glob(".tmp-export-*"))
     assert Store(home / "workbench.db").variants("tiny") == []
 
     monkeypatch.setattr(preflight, "available_memory", lambda: 10_000_000)
     with pytest.raises(preflight.PreflightError, match=r"merge refused .* GB of memory, 0\.01 GB available"):
-        run_recipe(load_recipe(recipe), home, force=["merge"])
+        run_recipe(load_recipe(recipe), home, stages=["merge"], force=["merge"])
 
 
 @pytest.mark.parametrize("method", ["gptq", "awq"])
 def test_gptq_and_awq_variants_with_gptqmodel(tmp_path: Path, recipe: Path, method: str) -> None:
     home = tmp_path / "runs"
     settings = ["export.gguf=[]", f"export.{method}=true", "export.group_size=64", "export.calibration_rows=16"]
-    run_recipe(load_recipe(recipe, settings), home)
+    run_recipe(load_recipe(recipe, settings), home, stages=["export"])
     variant = Store(home / "workbench.db").variants("tiny")[-1]
     assert variant["status"] == "done", variant["error"]
     assert variant["format"] == method and variant["name"].endswith(f"-{method.upper()}-Int4")

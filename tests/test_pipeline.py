@@ -105,7 +105,7 @@ def test_merged_logits_equal_base_plus_adapter(tmp_path: Path, tiny_model: Path,
 
     path = write_recipe(tmp_path, tiny_model, data_file, train={"max_steps": 4, "learning_rate": 5e-2})
     home = tmp_path / "runs"
-    run_recipe(load_recipe(path), home)
+    run_recipe(load_recipe(path), home, stages=["merge"])
     merged_dir = home / "tiny" / "merge"
     assert (merged_dir / "model.safetensors").is_file() and (merged_dir / "tokenizer.json").is_file()
     assert (merged_dir / "generation_config.json").is_file()
@@ -205,7 +205,7 @@ def test_training_variants_merge_to_what_they_trained(
 
     path = write_recipe(tmp_path, tiny_model, data_file, train={"max_steps": 3, "learning_rate": 2e-2, **train})
     home = tmp_path / "runs"
-    run_recipe(load_recipe(path), home)
+    run_recipe(load_recipe(path), home, stages=["merge"])
     trained = home / "tiny" / "train"
     summary = json.loads((trained / "train_summary.json").read_text())
     ids = torch.tensor([[5, 17, 42, 99, 3, 250, 7]])

@@ -142,6 +142,13 @@ def cmd_show(args: argparse.Namespace) -> int:
             if v["status"] == "failed":
                 note = f"FAILED: {v['error'].splitlines()[0]}"
             print(f"{v['name']:44} {v['format']:6} {v['bits']:>5} {size:>10} {took:>7} {peak:>8} {parity:6}  {note}")
+    metrics = store.metrics(args.run)
+    if metrics:
+        from workbench.evaluate.summary import format_table
+
+        print("\nevaluation (lm-eval; fidelity vs the merged model: next-token KLD, top-1 agreement, perplexity ratio)")
+        print("\n".join(format_table(metrics)))
+        print(f"per-sample outputs: {args.home / args.run / 'eval' / 'models'}/<model>/samples/")
     logs = store.events(args.run, stage="train", kind="train_log")
     if logs:
         first, last = logs[0], logs[-1]

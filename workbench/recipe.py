@@ -79,6 +79,26 @@ class ExportSection(Section):
     parity_prompts: int = Field(default=8, ge=0, description="held-out conversations whose prompt tokens are compared")
 
 
+class EvalSection(Section):
+    tasks: list[str] = Field(
+        default_factory=lambda: ["heldout", "general"],
+        description="heldout (the held-out split), general (offline forgetting probe), tasks in evals/ or"
+        " eval.include, or any lm-eval task name (those need internet for their datasets)",
+    )
+    metric: str = Field(default="exact_match", description="lm-eval metric for held-out chat rows")
+    base: bool = Field(default=True, description="evaluate the base model too (gain and forgetting)")
+    limit: int | None = Field(default=None, gt=0, description="at most this many documents per task")
+    num_fewshot: int | None = Field(default=None, ge=0)
+    seed: int = 1234
+    batch_size: int = Field(default=8, gt=0, description="hf backend batch size")
+    max_length: int = Field(default=2048, gt=0, description="context for every backend (rolling windows too)")
+    max_gen_tokens: int | None = Field(default=None, gt=0, description="default: twice the longest answer + 8")
+    fidelity_rows: int = Field(default=64, ge=0, description="held-out rows for KLD / top-1 vs the merged model")
+    include: list[str] = Field(default_factory=list, description="more folders of lm-eval task YAMLs")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    bootstrap_iters: int = Field(default=1000, ge=0, description="lm-eval bootstrap for non-mean metrics")
+
+
 class PlaceholderSection(Section):
     """Sections of stages added later; accepted now so recipes can carry them."""
 
@@ -92,7 +112,7 @@ class Recipe(Section):
     train: TrainSection = TrainSection()
     merge: MergeSection = MergeSection()
     export: ExportSection = ExportSection()
-    eval: PlaceholderSection = PlaceholderSection()
+    eval: EvalSection = EvalSection()
     bench: PlaceholderSection = PlaceholderSection()
     report: PlaceholderSection = PlaceholderSection()
 

@@ -1,4 +1,4 @@
-"""The run store: one SQLite file with runs, stages, events and artifacts.
+"""The run store: one SQLite file with runs, stages, events, artifacts, variants and metrics.
 
 Every process (CLI, trainer callbacks, later the TUI) opens its own connection; WAL mode lets readers
 tail a run while a worker writes to it.
@@ -63,6 +63,16 @@ CREATE TABLE IF NOT EXISTS variants (
     status TEXT NOT NULL,
     data TEXT NOT NULL,
     PRIMARY KEY (run_id, name)
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id TEXT NOT NULL,
+    model TEXT NOT NULL,
+    role TEXT NOT NULL,
+    task TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    value REAL,
+    stderr REAL,
+    PRIMARY KEY (run_id, model, task, metric)
 );
 """
 
@@ -223,3 +233,18 @@ class Store:
     def variants(self, run_id: str) -> list[dict[str, Any]]:
         rows = self.db.execute("SELECT data FROM variants WHERE run_id=? ORDER BY rowid", (run_id,)).fetchall()
         return [json.loads(r["data"]) for r in rows]
+
+    # metrics --------------------------------------------------------------------------------
+    def replace_metrics(self, run_id: str, rows: list[dict[str, Any]]) -> None:
+        """Replace the run's evaluation results: rows of model, role, task, metric, value, stderr."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM metrics WHERE run_id=?", (run_id,))
+            db.executemany(
+                "INSERT OR REPLACE INTO metrics (run_id, model, role, task, metric, value, stderr)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(run_id, r["model"], r["role"], r["task"], r["metric"], r["value"], r.get("stderr")) for r in rows],
+            )
+
+    def metrics(self, run_id: str) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT * FROM metrics WHERE run_id=? ORDER BY rowid", (run_id,)).fetchall()
+        return [dict(r) for r in rows]

@@ -1,0 +1,80 @@
+"""lm-eval throughput: a GGUF q8_0 through the in-process llama.cpp LM ÷ lm-eval's `hf` backend on the
+merged model, same task, same process, alternating repetitions (target: ratio >= 1.5 on CPU).
+
+Uses a finished run's files (default: the quickstart; `make run` first):
+
+    .venv/bin/python bench/eval_speed.py [--run quickstart] [--task heldout] [--reps 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from workbench.runner import default_home  # noqa: E402
+from workbench.store import Store  # noqa: E402
+
+
+def docs_per_second(lm: object, task: str, task_dir: Path) -> tuple[float, int, dict]:
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(include_path=str(task_dir), include_defaults=False)
+    started = time.perf_counter()
+    output = lm_eval.simple_evaluate(model=lm, tasks=[task], task_manager=manager, bootstrap_iters=0)
+    seconds = time.perf_counter() - started
+    docs = sum(output["n-samples"][name]["effective"] for name in output["n-samples"])
+    return docs / seconds, docs, output["results"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", default="quickstart")
+    parser.add_argument("--home", type=Path, default=default_home())
+    parser.add_argument("--task", default="heldout", help="a task of the run's eval stage (heldout, general_mc, ...)")
+    parser.add_argument("--gguf", default="Q8_0", help="which GGUF variant of the run")
+    parser.add_argument("--batch-size", type=int, default=8, help="hf backend batch size (the eval stage's default)")
+    parser.add_argument("--reps", type=int, default=2)
+    args = parser.parse_args()
+
+    from lm_eval.models.huggingface import HFLM
+
+    from workbench.evaluate.llamacpp_lm import LlamaCppLM
+    from workbench.evaluate.worker import compute_dtype
+
+    variants = {v["name"]: v for v in Store(args.home / "workbench.db").variants(args.run)}
+    merged = next(v for v in variants.values() if v["meta"].get("reference"))
+    gguf = next(v for name, v in variants.items() if name.endswith(f"-{args.gguf}.gguf"))
+    task_dir = args.home / args.run / "eval" / "tasks"
+    if not task_dir.is_dir():
+        sys.exit(f"{task_dir} not found: run the eval stage first (make run)")
+    threads = len(os.sched_getaffinity(0))
+    hf = HFLM(pretrained=merged["path"], device="cpu", dtype=compute_dtype("hf", "cpu"), batch_size=args.batch_size)
+    llama = LlamaCppLM(pretrained=gguf["path"], n_threads=threads)
+    llama.tok_encode("warm up")  # loads the file, as HFLM's constructor loads the model
+    rates: dict[str, list[float]] = {"llama.cpp": [], "hf": []}
+    for rep in range(args.reps):
+        for name, lm in (("llama.cpp", llama), ("hf", hf)):
+            rate, docs, results = docs_per_second(lm, args.task, task_dir)
+            rates[name].append(rate)
+            scores = {k: round(v, 4) for k, v in results[args.task].items() if isinstance(v, float)}
+            print(f"rep {rep + 1} {name:9} {docs} docs  {rate:6.2f} docs/s  {scores}", flush=True)
+    llama.close()
+    ours, theirs = statistics.median(rates["llama.cpp"]), statistics.median(rates["hf"])
+    print(f"\ntask {args.task}, {threads} threads, hf batch {args.batch_size}, torch {compute_dtype('hf', 'cpu')}")
+    print(f"{gguf['name']} (llama.cpp, in process): {ours:.2f} docs/s (median of {args.reps})")
+    print(f"{merged['name']} (lm-eval hf):           {theirs:.2f} docs/s (median of {args.reps})")
+    print(f"ratio llama.cpp / hf = {ours / theirs:.2f}  (target >= 1.5)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,246 @@
+"""Evaluation: the in-process llama.cpp LM against lm-eval's hf backend, fidelity, offline tasks, the stage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import addition_rows, write_recipe
+
+from workbench.evaluate import fidelity, summary, tasks
+from workbench.export import gguf
+from workbench.recipe import load_recipe
+from workbench.runner import run_recipe
+from workbench.store import Store
+
+# A GGUF f16 holds the fp32 checkpoint's weights rounded to f16, and llama.cpp multiplies in f16 where
+# torch uses fp32: log-likelihoods of a tiny random model agree to about 1e-2 nats a token (measured
+# ~2e-3); anything else (wrong positions, an extra BOS, a shifted continuation) is off by whole nats.
+LOGLIK_TOLERANCE_PER_TOKEN = 0.02
+
+
+@pytest.fixture(scope="module")
+def ggufs(tiny_llama_256: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("gguf")
+    f16 = out / "tiny-F16.gguf"
+    assert gguf.convert(tiny_llama_256, f16, "f16").returncode == 0
+    q4 = out / "tiny-Q4_0.gguf"
+    gguf.quantize(f16, q4, "q4_0")
+    return {"f16": f16, "q4_0": q4}
+
+
+@pytest.fixture(scope="module")
+def hf_lm(tiny_llama_256: Path):
+    from lm_eval.models.huggingface import HFLM
+
+    return HFLM(pretrained=str(tiny_llama_256), device="cpu", dtype="float32", batch_size=4, max_length=512)
+
+
+def requests(pairs: list[tuple[str, str]], kind: str = "loglikelihood") -> list:
+    from lm_eval.api.instance import Instance
+
+    return [Instance(kind, {}, pair, idx) for idx, pair in enumerate(pairs)]
+
+
+PAIRS = [
+    ("What is 12 + 30?", " 42"),
+    ("What is 12 + 30?", " forty-two"),
+    ("<|im_start|>user\nHello there<|im_end|>\n<|im_start|>assistant\n", "Hi! How can I help?"),
+    ("The capital of France is", " Paris, a city on the Seine."),
+    ("", "An empty context is conditioned on the prefix token."),
+]
+
+
+def test_llamacpp_loglikelihoods_match_hf_on_the_same_model(ggufs: dict[str, Path], hf_lm) -> None:
+    from workbench.evaluate.llamacpp_lm import LlamaCppLM
+
+    lm = LlamaCppLM(pretrained=str(ggufs["f16"]), max_length=512)
+    try:
+        ours = lm.loglikelihood(requests(PAIRS))
+        theirs = hf_lm.loglikelihood(requests(PAIRS))
+        for (context, continuation), (ll, greedy), (ll_hf, greedy_hf) in zip(PAIRS, ours, theirs, strict=True):
+            tokens = len(hf_lm.tok_encode(continuation, add_special_tokens=False))
+            assert abs(ll - ll_hf) <= LOGLIK_TOLERANCE_PER_TOKEN * tokens, (context, continuation, ll, ll_hf)
+            assert greedy == greedy_hf
+        text = "Assignment statements are used to (re)bind names to values. " * 50  # > one 512-token window
+        rolling, rolling_hf = (
+            lm.loglikelihood_rolling(requests([(text,)])),
+            hf_lm.loglikelihood_rolling(requests([(text,)])),
+        )
+        tokens = len(hf_lm.tok_encode(text))
+        assert tokens > 512
+        assert abs(rolling[0] - rolling_hf[0]) <= LOGLIK_TOLERANCE_PER_TOKEN * tokens
+        # the same requests again come from the KV cache's shared prefixes and must not change
+        assert lm.loglikelihood(requests(PAIRS[:2])) == ours[:2]
+    finally:
+        lm.close()
+
+
+def test_llamacpp_generation_scores_like_hf(ggufs: dict[str, Path], hf_lm, tmp_path: Path) -> None:
+    """Targets are hf's own greedy replies, so hf scores 1.0; llama.cpp on the f16 file must too."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    from workbench.evaluate.llamacpp_lm import LlamaCppLM
+
+    prompts = [f"<|im_start|>user\nWhat is {a} + {a + 7}?<|im_end|>\n<|im_start|>assistant\n" for a in range(10, 16)]
+    settings = {"until": ["<|im_end|>"], "max_gen_toks": 8, "do_sample": False}
+    replies = hf_lm.generate_until(requests([(p, settings) for p in prompts], "generate_until"))
+    data = tmp_path / "gen.jsonl"
+    data.write_text(
+        "".join(json.dumps({"prompt": p, "answer": r}) + "\n" for p, r in zip(prompts, replies, strict=True))
+    )
+    config = tasks.json_task(data, "gen")
+    config.update(
+        output_type="generate_until",
+        doc_to_text="prompt",
+        doc_to_target="answer",
+        target_delimiter="",
+        generation_kwargs=settings,
+        metric_list=[{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
+    )
+    (tmp_path / "gen.yaml").write_text(json.dumps(config))
+    manager = TaskManager(include_path=str(tmp_path), include_defaults=False)
+    lm = LlamaCppLM(pretrained=str(ggufs["f16"]), max_length=512)
+    try:
+        scores = [
+            lm_eval.simple_evaluate(model=model, tasks=["gen"], task_manager=manager)["results"]["gen"]
+            for model in (hf_lm, lm)
+        ]
+    finally:
+        lm.close()
+    assert len(set(replies)) > 1  # a random model still answers differently to different prompts
+    assert scores[0]["exact_match,none"] == 1.0
+    assert scores[1]["exact_match,none"] == scores[0]["exact_match,none"]
+
+
+def test_fidelity_of_a_model_to_itself_is_exact_and_q4_differs(tiny_llama_256: Path, ggufs: dict[str, Path]) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from workbench.evaluate.llamacpp_lm import LlamaCppLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_256, dtype=torch.float32).eval()
+    sequences = [[(7 * i + 13 * j) % 4000 + 10 for j in range(20 + i)] for i in range(6)]
+    reference = fidelity.hf_logits(model, batch_size=4)
+    itself = fidelity.compare(sequences, reference, fidelity.hf_logits(model, batch_size=3))
+    assert itself.kld_mean < 1e-9 and itself.top1_agreement == 1.0 and abs(itself.ppl_ratio - 1) < 1e-6
+    assert itself.tokens == sum(len(s) - 1 for s in sequences)
+    results = {}
+    for name, path in ggufs.items():
+        lm = LlamaCppLM(pretrained=str(path), max_length=512)
+        try:
+            results[name] = fidelity.compare(sequences, reference, fidelity.per_sequence(lm.logits))
+        finally:
+            lm.close()
+    assert results["f16"].kld_mean < 1e-3
+    assert results["q4_0"].kld_mean > 10 * results["f16"].kld_mean
+    assert results["q4_0"].kld_mean > 1e-4 and results["q4_0"].ppl_ratio != 1.0
+
+
+def test_task_folders_get_absolute_data_files_and_code_tags_are_refused(tmp_path: Path) -> None:
+    names = tasks.copy_task_folders([tasks.BUILTIN_EVALS], tmp_path / "out")
+    assert {"general", "general_mc", "stdlib_docs"} <= set(names)
+    import yaml
+
+    copied = yaml.safe_load(next((tmp_path / "out").rglob("general_mc.yaml")).read_text())
+    data_file = Path(copied["dataset_kwargs"]["data_files"]["test"])
+    assert data_file.is_absolute() and data_file == tasks.BUILTIN_EVALS / "general" / "general_mc.jsonl"
+    assert len(data_file.read_text().splitlines()) == 40
+
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    (evil / "task.yaml").write_text("task: evil\nprocess_docs: !function utils.process\n")
+    with pytest.raises(tasks.TaskError, match=r"task.yaml: not plain YAML .*!function"):
+        tasks.copy_task_folders([evil], tmp_path / "out2")
+    with pytest.raises(tasks.TaskError, match="eval task folder not found"):
+        tasks.copy_task_folders([tmp_path / "missing"], tmp_path / "out3")
+
+
+def test_heldout_split_becomes_the_right_kind_of_task(tiny_llama_256: Path, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_256)
+    chat = [{"messages": [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "4"}]}]
+    config = tasks.heldout_task(chat, tokenizer, tmp_path, "exact_match", None)
+    doc = json.loads((tmp_path / "heldout.jsonl").read_text())
+    assert config["output_type"] == "generate_until" and doc["answer"] == "4"
+    assert doc["prompt"] == tokenizer.apply_chat_template(
+        chat[0]["messages"][:1], add_generation_prompt=True, tokenize=False
+    )
+    assert config["generation_kwargs"]["until"] == ["<|im_end|>"]
+    text = tasks.heldout_task([{"text": "plain text"}], tokenizer, tmp_path, "exact_match", None)
+    assert text["output_type"] == "loglikelihood_rolling"
+    with pytest.raises(tasks.TaskError, match="held-out split is empty"):
+        tasks.heldout_task([], tokenizer, tmp_path, "exact_match", None)
+
+
+def test_summary_rows_gain_and_primary_metrics() -> None:
+    rows = [
+        {"model": "m", "role": "reference", "task": "heldout", "metric": "exact_match,strip", "value": 0.9},
+        {"model": "b", "role": "base", "task": "heldout", "metric": "exact_match,strip", "value": 0.1},
+        {"model": "b", "role": "base", "task": "general_mc", "metric": "acc", "value": 0.8},
+        {"model": "b", "role": "base", "task": "general_mc", "metric": "acc_norm", "value": 0.7},
+        {"model": "m", "role": "reference", "task": "general_mc", "metric": "acc", "value": 0.75},
+        {"model": "q", "role": "variant", "task": "heldout", "metric": "exact_match,strip", "value": 0.85},
+        {"model": "q", "role": "variant", "task": "fidelity", "metric": "kld_mean", "value": 0.02},
+    ]
+    models = summary.by_model(rows)
+    assert [m.model for m in models] == ["b", "m", "q"]
+    assert summary.columns(rows) == ["heldout exact_match,strip", "general_mc acc", "kld_mean"]
+    assert summary.gains(rows) == [("heldout exact_match,strip", 0.1, 0.9), ("general_mc acc", 0.8, 0.75)]
+    assert models[2].scores == {"heldout exact_match,strip": 0.85, "kld_mean": 0.02}
+
+
+def test_eval_stage_scores_base_merged_and_variants_and_survives_a_broken_one(
+    tmp_path: Path, tiny_llama_256: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "qa.json"
+    data.write_text(json.dumps(addition_rows(40)))
+    recipe = write_recipe(
+        tmp_path,
+        tiny_llama_256,
+        data,
+        data={"max_length": 128},
+        train={"max_steps": 2},
+        export={"gguf": ["q8_0", "q4_0"], "smoke_prompts": 0, "parity_prompts": 0},
+        eval={"tasks": ["heldout", "general"], "limit": 3, "fidelity_rows": 4, "max_length": 512},
+    )
+    home = tmp_path / "runs"
+    run_recipe(load_recipe(recipe), home, stages=["export"])
+    store = Store(home / "workbench.db")
+    broken = next(v for v in store.variants("tiny") if v["name"].endswith("Q4_0.gguf"))
+    Path(broken["path"]).write_bytes(b"GGUF but not really")
+    run_recipe(load_recipe(recipe), home)
+
+    assert store.stage("tiny", "eval").status == "partial"
+    assert "Q4_0.gguf" in store.stage("tiny", "eval").error
+    rows = store.metrics("tiny")
+    by_model = {m.model: m for m in summary.by_model(rows)}
+    stem = f"{tiny_llama_256.name}-tiny"
+    assert set(by_model) == {tiny_llama_256.name, stem, f"{stem}-Q8_0.gguf"}
+    assert by_model[tiny_llama_256.name].role == "base" and by_model[stem].role == "reference"
+    for model in by_model.values():
+        for column in ("heldout exact_match,strip", "stdlib_docs word_perplexity", "general_mc acc"):
+            assert model.scores[column] is not None
+    q8 = by_model[f"{stem}-Q8_0.gguf"].scores
+    assert 0 <= q8["kld_mean"] < 0.05 and 0.5 < q8["top1_agreement"] <= 1.0
+    assert "kld_mean" not in by_model[stem].scores
+    samples = home / "tiny" / "eval" / "models" / f"{stem}-Q8_0.gguf" / "samples"
+    assert len((samples / "heldout.jsonl").read_text().splitlines()) == 3  # eval.limit
+
+    from workbench.cli import main
+
+    capsys.readouterr()
+    assert main(["--home", str(home), "show", "tiny"]) == 0
+    shown = capsys.readouterr().out
+    assert "heldout exact_match,strip" in shown and "kld_mean" in shown and "fine-tune vs base" in shown
+
+
+def test_unknown_task_names_are_refused_with_a_suggestion(tmp_path: Path) -> None:
+    from workbench.stages.evaluation import check_task_names
+
+    with pytest.raises(tasks.TaskError, match=r"unknown task\(s\): arc_eazy \(did you mean .*arc_easy"):
+        check_task_names(["heldout", "arc_eazy"], ["heldout"], tmp_path)
+    assert check_task_names(["heldout", "general"], ["heldout", "general"], tmp_path) is False

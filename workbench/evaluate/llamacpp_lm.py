@@ -1,0 +1,258 @@
+"""An lm-eval LM over an in-process `llama_cpp.Llama`: GGUF files are evaluated exactly as lm-eval's `hf`
+backend evaluates HF models (same request splitting, same rolling windows), without a server.
+
+Contexts share the memory-mapped weights: one keeps logits for every position (log-likelihoods;
+requests are ordered so those sharing a prefix are adjacent, and the prefix already in the KV cache is
+not evaluated again), one decodes several greedy generations at once (generate_until).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+from lm_eval import utils
+from lm_eval.api.model import TemplateLM
+from lm_eval.api.registry import register_model
+from tqdm import tqdm
+
+
+def log_softmax(logits: np.ndarray, dtype: type = np.float32) -> np.ndarray:
+    logits = logits.astype(dtype, copy=False)
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+@register_model("llama-cpp-inprocess")
+class LlamaCppLM(TemplateLM):
+    def __init__(
+        self,
+        pretrained: str,
+        max_length: int = 2048,
+        n_threads: int | None = None,
+        n_batch: int = 512,
+        max_gen_toks: int = 256,
+        gen_batch: int = 8,
+        add_bos_token: bool | None = None,
+        seed: int = 1234,
+        **_: Any,
+    ):
+        super().__init__()
+        self.path = pretrained
+        self._max_length = int(max_length)
+        self.n_threads = int(n_threads) if n_threads else len(os.sched_getaffinity(0))  # llama-cpp-python: half
+        self.n_batch = int(n_batch)
+        self.max_gen_toks = int(max_gen_toks)
+        self.gen_batch = int(gen_batch)
+        self.add_bos_token = add_bos_token  # None: as the GGUF says (tokenizer.ggml.add_bos_token)
+        self.seed = int(seed)
+        self._llamas: dict[bool, Any] = {}  # by logits_all
+        self._batched: Any = None
+
+    def context(self, logits_all: bool) -> Any:
+        if logits_all not in self._llamas:
+            import llama_cpp
+
+            self._llamas[logits_all] = llama_cpp.Llama(
+                self.path,
+                n_ctx=self._max_length,
+                n_batch=self.n_batch,
+                n_threads=self.n_threads,
+                n_threads_batch=self.n_threads,
+                logits_all=logits_all,
+                seed=self.seed,
+                verbose=False,
+            )
+        return self._llamas[logits_all]
+
+    @property
+    def llm(self) -> Any:
+        return self._llamas.get(True) or self._llamas.get(False) or self.context(False)
+
+    def close(self) -> None:
+        if self._batched is not None:
+            self._batched.close()  # before the model it uses
+            self._batched = None
+        for llm in self._llamas.values():
+            llm.close()
+        self._llamas.clear()
+
+    # tokens ---------------------------------------------------------------------------------
+    @property
+    def eot_token_id(self) -> int:
+        return self.llm.token_eos()
+
+    @property
+    def prefix_token_id(self) -> int:
+        bos = self.llm.token_bos()
+        return bos if bos >= 0 else self.eot_token_id
+
+    @property
+    def max_length(self) -> int:
+        return self._max_length
+
+    def tok_encode(self, string: str, add_special_tokens: bool | None = None, **_: Any) -> list[int]:
+        add = self.add_bos_token if add_special_tokens is None else add_special_tokens
+        return self.llm.tokenize(string.encode("utf-8"), add_bos=True if add is None else add, special=True)
+
+    def tok_decode(self, tokens: list[int]) -> str:
+        return self.llm.detokenize(tokens).decode("utf-8", errors="ignore")
+
+    # scoring ---------------------------------------------------------------------------------
+    def logits(self, tokens: list[int]) -> np.ndarray:
+        """Logits after each of `tokens` (one row per token); the cached common prefix is reused."""
+        llm = self.context(logits_all=True)
+        cached = llm.input_ids[: llm.n_tokens]
+        same = 0
+        for a, b in zip(cached, tokens, strict=False):
+            if a != b:
+                break
+            same += 1
+        if same < len(tokens):
+            llm.n_tokens = same  # eval() drops the KV cache from here on
+            llm.eval(tokens[same:])
+        return llm.scores[: len(tokens)]
+
+    def _loglikelihood_tokens(
+        self, requests: list[tuple[Any, list[int], list[int]]], disable_tqdm: bool = False, **_: Any
+    ) -> list[tuple[float, bool]]:
+        results: list[tuple[float, bool] | None] = [None] * len(requests)
+        order = sorted(range(len(requests)), key=lambda i: requests[i][1] + requests[i][2])
+        for i in tqdm(order, disable=disable_tqdm or len(requests) < 2, desc="llama.cpp loglikelihood"):
+            _, context, continuation = requests[i]
+            window = (context + continuation)[-(self._max_length + 1) :][:-1]
+            rows = log_softmax(self.logits(window)[len(window) - len(continuation) :])
+            picked = rows[np.arange(len(continuation)), continuation]
+            results[i] = (float(picked.sum()), bool((rows.argmax(axis=-1) == continuation).all()))
+        return results  # type: ignore[return-value]
+
+    def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
+        totals = []
+        for request in tqdm(requests, disable=disable_tqdm, desc="llama.cpp rolling loglikelihood"):
+            windows = map(
+                utils.make_disjoint_window,
+                utils.get_rolling_token_windows(
+                    token_list=self.tok_encode(request.args[0]),
+                    prefix_token=self.prefix_token_id,
+                    max_seq_len=self._max_length,
+                    context_len=1,
+                ),
+            )
+            scored = self._loglikelihood_tokens([(None, *window) for window in windows], disable_tqdm=True)
+            totals.append(sum(ll for ll, _ in scored))
+            self.cache_hook.add_partial("loglikelihood_rolling", request.args, totals[-1])
+        return totals
+
+    # generation ------------------------------------------------------------------------------
+    def batched_context(self) -> Any:
+        """A context decoding up to `gen_batch` sequences at once in one KV pool of `max_length` cells:
+        on CPU a step of 8 tokens costs little more than a step of 1."""
+        if self._batched is None:
+            import llama_cpp
+            from llama_cpp import _internals
+
+            params = llama_cpp.llama_context_default_params()
+            params.n_ctx = self._max_length
+            params.n_batch = params.n_ubatch = self.n_batch
+            params.n_seq_max = self.gen_batch
+            params.kv_unified = True
+            params.n_threads = params.n_threads_batch = self.n_threads
+            self._batched = _internals.LlamaContext(model=self.llm._model, params=params, verbose=False)
+        return self._batched
+
+    def _decode(self, ctx: Any, entries: list[tuple[int, int, int, bool]]) -> dict[int, np.ndarray]:
+        """Decode (token, position, sequence, wants_logits) entries; returns logits by sequence."""
+        from llama_cpp import _internals
+
+        batch = _internals.LlamaBatch(n_tokens=len(entries), embd=0, n_seq_max=1, verbose=False)
+        try:
+            raw = batch.batch
+            for i, (token, pos, seq, wants) in enumerate(entries):
+                raw.token[i], raw.pos[i], raw.seq_id[i][0], raw.n_seq_id[i], raw.logits[i] = token, pos, seq, 1, wants
+            raw.n_tokens = len(entries)
+            ctx.decode(batch)
+            vocab = self.llm.n_vocab()
+            return {
+                seq: np.ctypeslib.as_array(ctx.get_logits_ith(i), shape=(vocab,)).copy()
+                for i, (_, _, seq, wants) in enumerate(entries)
+                if wants
+            }
+        finally:
+            batch.close()
+
+    def _decode_chunked(self, ctx: Any, entries: list[tuple[int, int, int, bool]]) -> dict[int, np.ndarray]:
+        logits: dict[int, np.ndarray] = {}
+        for start in range(0, len(entries), self.n_batch):
+            logits.update(self._decode(ctx, entries[start : start + self.n_batch]))
+        return logits
+
+    def _generate_group(self, prompts: list[list[int]], settings: list[tuple[list[str], int]]) -> list[str]:
+        """Greedy generation for a group of prompts that fit the KV pool together."""
+        import llama_cpp
+
+        ctx = self.batched_context()
+        ctx.kv_cache_clear()
+        vocab = self.llm._model.vocab
+        # the prefix all prompts share (a system prompt, few-shot examples) is decoded once and copied
+        shared = len(os.path.commonprefix(prompts)) if len(prompts) > 1 else 0
+        shared = max(0, min(shared, min(len(p) for p in prompts) - 1))  # every prompt keeps a token for logits
+        self._decode_chunked(ctx, [(tok, pos, 0, False) for pos, tok in enumerate(prompts[0][:shared])])
+        for seq in range(1, len(prompts) if shared else 0):
+            ctx.kv_cache_seq_cp(0, seq, 0, shared)
+        rest = [(tok, pos, seq, pos == len(p) - 1) for seq, p in enumerate(prompts) for pos, tok in enumerate(p)]
+        logits = self._decode_chunked(ctx, [entry for entry in rest if entry[1] >= shared])
+        generated: list[list[int]] = [[] for _ in prompts]
+        texts = [""] * len(prompts)
+        active = set(range(len(prompts)))
+        while active:
+            step = []
+            for seq in sorted(active):
+                token = int(logits[seq].argmax())
+                until, limit = settings[seq]
+                if llama_cpp.llama_vocab_is_eog(vocab, token):
+                    active.discard(seq)
+                    continue
+                generated[seq].append(token)
+                texts[seq] = self.tok_decode(generated[seq])
+                if any(stop in texts[seq] for stop in until) or len(generated[seq]) >= limit:
+                    active.discard(seq)
+                    continue
+                step.append((token, len(prompts[seq]) + len(generated[seq]) - 1, seq, True))
+            if step:
+                logits = self._decode(ctx, step)
+        for seq, (until, _) in enumerate(settings):
+            for stop in until:
+                texts[seq] = texts[seq].split(stop)[0]
+        return texts
+
+    def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
+        jobs = []
+        for request in requests:
+            context, kwargs = request.args
+            until = kwargs.get("until") or [self.tok_decode([self.eot_token_id])]
+            until = [until] if isinstance(until, str) else list(until)
+            limit = int(kwargs.get("max_gen_toks", self.max_gen_toks))
+            prompt = self.tok_encode(context)[-(self._max_length - limit) :] or [self.prefix_token_id]
+            jobs.append((prompt, (until, limit)))
+        outputs: list[str] = [""] * len(requests)
+        group: list[int] = []
+        progress = tqdm(total=len(requests), disable=disable_tqdm, desc="llama.cpp generate_until")
+
+        def flush() -> None:
+            texts = self._generate_group([jobs[i][0] for i in group], [jobs[i][1] for i in group])
+            for i, text in zip(group, texts, strict=True):
+                outputs[i] = text
+                self.cache_hook.add_partial("generate_until", requests[i].args, text)
+            progress.update(len(group))
+            group.clear()
+
+        for i, (prompt, (_, limit)) in enumerate(jobs):
+            cells = sum(len(jobs[j][0]) + jobs[j][1][1] for j in group)
+            if group and (len(group) == self.gen_batch or cells + len(prompt) + limit > self._max_length):
+                flush()
+            group.append(i)
+        if group:
+            flush()
+        progress.close()
+        return outputs

@@ -1,0 +1,183 @@
+"""Eval stage: the same lm-eval tasks, shots, limits and seeds on the base model, the merged model and
+every exported variant, plus each variant's fidelity to the merged model. One model per child process;
+one failing model never stops the others."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+import shutil
+import traceback
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from workbench.devices import pick_device
+from workbench.evaluate import tasks
+from workbench.export.measure import MARKER
+from workbench.export.run_measured import run_measured
+from workbench.fsutil import hash_path
+from workbench.models import display_name, resolve_model
+from workbench.recipe import Recipe
+from workbench.stages.base import Stage, StageContext
+from workbench.stages.data import read_jsonl
+
+
+class EvalFailed(RuntimeError):
+    pass
+
+
+def task_folders(recipe: Recipe) -> list[Path]:
+    return [tasks.BUILTIN_EVALS, *(recipe.resolve_path(folder) for folder in recipe.eval.include)]
+
+
+def key_inputs(recipe: Recipe) -> dict[str, Any]:
+    return {
+        "eval": recipe.eval.model_dump(mode="json"),
+        "task_files": [hash_path(folder) if folder.exists() else None for folder in task_folders(recipe)],
+        "lm_eval": metadata.version("lm_eval"),
+        "llama_cpp": metadata.version("llama_cpp_python"),
+    }
+
+
+def check_task_names(requested: list[str], local: list[str], task_dir: Path) -> bool:
+    """Refuse unknown task names before any model loads; returns whether lm-eval's own tasks are needed."""
+    outside = [name for name in requested if name not in local]
+    if not outside:
+        return False
+    from lm_eval.tasks import TaskManager
+
+    known = set(TaskManager(include_path=str(task_dir)).all_tasks)
+    unknown = [name for name in outside if name not in known]
+    if unknown:
+        hints = [f"{name} (did you mean {', '.join(difflib.get_close_matches(name, known, n=3))}?)" for name in unknown]
+        raise tasks.TaskError(f"eval.tasks: unknown task(s): {'; '.join(hints)}")
+    return True
+
+
+def models_to_evaluate(ctx: StageContext) -> list[dict[str, Any]]:
+    """Base model (optional), the merged reference and every variant the export stage finished."""
+    models = []
+    if ctx.recipe.eval.base:
+        base = resolve_model(ctx.recipe.base_model)
+        models.append({"name": display_name(ctx.recipe.base_model), "format": "hf", "path": base, "role": "base"})
+    for variant in ctx.store.variants(ctx.run_id):
+        if variant["status"] != "done":
+            continue
+        role = "reference" if variant["meta"].get("reference") else "variant"
+        models.append({"name": variant["name"], "format": variant["format"], "path": variant["path"], "role": role})
+    return models
+
+
+def fidelity_sequences(rows: list[dict[str, Any]], tokenizer: Any, count: int) -> list[list[int]]:
+    from workbench.data.dataset import render
+
+    texts = [render(row, tokenizer) for row in rows[:count]]
+    return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+
+
+def evaluate_model(ctx: StageContext, model: dict[str, Any], common: dict[str, Any]) -> dict[str, Any]:
+    """One model in a child process; its results folder is kept in the work folder until the stage ends,
+    so an interrupted stage does not evaluate finished models again."""
+    out = ctx.work / "models" / model["name"]
+    done = out / "results.json"
+    fingerprint = model_fingerprint(Path(model["path"]))
+    if done.is_file() and json.loads(done.read_text()).get("fingerprint") == fingerprint:
+        ctx.say(f"{model['name']}: evaluated earlier (kept from an interrupted attempt)")
+        return json.loads(done.read_text())
+    shutil.rmtree(out, ignore_errors=True)
+    job = {**common, **model, "out": str(out)}
+    if model["role"] != "variant":
+        job["fidelity"] = None  # the reference is itself; the base model is not an export of it
+    job_file = ctx.work / f"job-{model['name']}.json"
+    job_file.write_text(json.dumps(job))
+    ctx.say(f"evaluating {model['name']} ({model['format']})")
+    result = run_measured(["-m", "workbench.evaluate.worker", str(job_file)])
+    if result.returncode != 0 or not done.is_file():
+        raise EvalFailed(f"evaluation exited with {result.returncode}: {last_error(result.output)}")
+    summary = json.loads(done.read_text())
+    summary["seconds"]["total"] = round(result.seconds, 2)
+    summary["peak_mem_mb"] = result.peak_rss_mb
+    summary["fingerprint"] = fingerprint
+    done.write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def last_error(output: str) -> str:
+    """The exception line of a child's traceback (else its last line): the part a user needs to see."""
+    lines = [line.strip() for line in output.splitlines() if line.strip() and not line.startswith(MARKER)]
+    errors = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Interrupt)\b", line)]
+    return (errors or lines or ["no output"])[-1]
+
+
+def model_fingerprint(path: Path) -> str | None:
+    """Size and modification time of a model's files: a re-exported variant is evaluated again."""
+    if not path.exists():
+        return None  # a hub id
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+
+
+def metric_rows(model: dict[str, Any], summary: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = [{**row, "model": model["name"], "role": model["role"]} for row in summary.get("metrics", [])]
+    for name, value in (summary.get("fidelity") or {}).items():
+        rows.append({"model": model["name"], "role": model["role"], "task": "fidelity", "metric": name, "value": value})
+    return rows
+
+
+def run(ctx: StageContext) -> list[dict[str, Any]]:
+    from transformers import AutoTokenizer
+
+    section = ctx.recipe.eval
+    merged_dir = ctx.inputs["merge"]
+    tokenizer = AutoTokenizer.from_pretrained(merged_dir)
+    held_out = read_jsonl(ctx.inputs["data"] / "held_out.jsonl")
+    task_dir = ctx.out / "tasks"
+    task_dir.mkdir(parents=True)
+    local = tasks.copy_task_folders(task_folders(ctx.recipe), task_dir / "evals")
+    if tasks.HELDOUT in section.tasks:
+        tasks.heldout_task(held_out, tokenizer, task_dir, section.metric, section.max_gen_tokens)
+        local.append(tasks.HELDOUT)
+    include_defaults = check_task_names(section.tasks, local, task_dir)
+    common = {
+        "tasks": section.tasks,
+        "include": str(task_dir),
+        "include_defaults": include_defaults,
+        "limit": section.limit,
+        "num_fewshot": section.num_fewshot,
+        "seed": section.seed,
+        "batch_size": section.batch_size,
+        "max_length": section.max_length,
+        "bootstrap_iters": section.bootstrap_iters,
+        "device": pick_device(section.device),
+        "fidelity": None,
+    }
+    if section.fidelity_rows:
+        sequences = fidelity_sequences(held_out, tokenizer, section.fidelity_rows)
+        common["fidelity"] = {"reference": str(merged_dir), "sequences": sequences}
+    models = models_to_evaluate(ctx)
+    rows, summaries = [], {}
+    for model in models:
+        try:
+            summary = evaluate_model(ctx, model, common)
+        except Exception as exc:  # noqa: BLE001 - one model's failure is recorded, the rest go on
+            error = "".join(traceback.format_exception_only(exc)).strip()
+            ctx.failures.append(f"{model['name']}: {error.splitlines()[0]}")
+            ctx.say(f"{model['name']} FAILED: {error}")
+            summaries[model["name"]] = {**model, "status": "failed", "error": error}
+            continue
+        summaries[model["name"]] = {**model, "status": "done", **summary}
+        rows += metric_rows(model, summary)
+        ctx.event("evaluated", name=model["name"], metrics=metric_rows(model, summary))
+    if not rows:
+        raise EvalFailed("every evaluation failed: " + "; ".join(ctx.failures))
+    results_dir = ctx.work / "models"
+    shutil.move(results_dir, ctx.out / "models")
+    results = ctx.out / "results.json"
+    results.write_text(json.dumps({"models": list(summaries.values()), "metrics": rows}, indent=2))
+    ctx.store.replace_metrics(ctx.run_id, rows)
+    return [{"name": "eval-results", "kind": "eval", "path": results.name, "size": results.stat().st_size}]
+
+
+STAGE = Stage(name="eval", needs=("data", "merge", "export"), key_inputs=key_inputs, run=run)
