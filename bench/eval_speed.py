@@ -12,6 +12,7 @@ import argparse
 import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,6 +21,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from workbench.evaluate.tasks import BUILTIN_EVALS, copy_task_folders  # noqa: E402
 from workbench.runner import default_home  # noqa: E402
 from workbench.store import Store  # noqa: E402
 
@@ -54,9 +56,11 @@ def main() -> None:
     variants = {v["name"]: v for v in Store(args.home / "workbench.db").variants(args.run)}
     merged = next(v for v in variants.values() if v["meta"].get("reference"))
     gguf = next(v for name, v in variants.items() if name.endswith(f"-{args.gguf}.gguf"))
-    task_dir = args.home / args.run / "eval" / "tasks"
-    if not task_dir.is_dir():
-        sys.exit(f"{task_dir} not found: run the eval stage first (make run)")
+    run_tasks = args.home / args.run / "eval" / "tasks"
+    if not run_tasks.is_dir():
+        sys.exit(f"{run_tasks} not found: run the eval stage first (make run)")
+    task_dir = Path(tempfile.mkdtemp(prefix="eval-speed-"))
+    copy_task_folders([run_tasks, BUILTIN_EVALS], task_dir)
     threads = len(os.sched_getaffinity(0))
     hf = HFLM(pretrained=merged["path"], device="cpu", dtype=compute_dtype("hf", "cpu"), batch_size=args.batch_size)
     llama = LlamaCppLM(pretrained=gguf["path"], n_threads=threads)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import addition_rows, write_recipe
 
 from workbench.evaluate import fidelity, summary, tasks
@@ -142,7 +143,6 @@ def test_fidelity_of_a_model_to_itself_is_exact_and_q4_differs(tiny_llama_256: P
 def test_task_folders_get_absolute_data_files_and_code_tags_are_refused(tmp_path: Path) -> None:
     names = tasks.copy_task_folders([tasks.BUILTIN_EVALS], tmp_path / "out")
     assert {"general", "general_mc", "stdlib_docs"} <= set(names)
-    import yaml
 
     copied = yaml.safe_load(next((tmp_path / "out").rglob("general_mc.yaml")).read_text())
     data_file = Path(copied["dataset_kwargs"]["data_files"]["test"])
@@ -229,6 +229,11 @@ def test_eval_stage_scores_base_merged_and_variants_and_survives_a_broken_one(
     assert "kld_mean" not in by_model[stem].scores
     samples = home / "tiny" / "eval" / "models" / f"{stem}-Q8_0.gguf" / "samples"
     assert len((samples / "heldout.jsonl").read_text().splitlines()) == 3  # eval.limit
+
+    runnable = tmp_path / "again"  # the run's own task folder moves with the run and runs again
+    assert tasks.copy_task_folders([home / "tiny" / "eval" / "tasks"], runnable) == ["heldout"]
+    copied = yaml.safe_load(next(runnable.rglob("heldout.yaml")).read_text())
+    assert Path(copied["dataset_kwargs"]["data_files"]["test"]).is_file()
 
     from workbench.cli import main
 

@@ -23,8 +23,8 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
 
 
-def json_task(data_file: Path, name: str = HELDOUT) -> dict[str, Any]:
-    """An lm-eval task config reading a local JSON-lines file as its test split."""
+def json_task(data_file: Path | str, name: str = HELDOUT) -> dict[str, Any]:
+    """An lm-eval task config reading a local JSON-lines file (relative: to the YAML) as its test split."""
     return {
         "task": name,
         "dataset_path": "json",
@@ -37,7 +37,8 @@ def json_task(data_file: Path, name: str = HELDOUT) -> dict[str, Any]:
 def heldout_task(
     rows: list[dict[str, Any]], tokenizer: Any, out: Path, metric: str, max_gen_tokens: int | None
 ) -> dict[str, Any]:
-    """Write the held-out split as an lm-eval task into `out`; returns the task config.
+    """Write the held-out split as an lm-eval task into `out` (data file beside the YAML, referenced
+    relatively so the folder can move; `copy_task_folders` makes it runnable); returns the task config.
 
     Chat rows are rendered through the training tokenizer's chat template, so every backend is asked the
     exact prompt training used (serving parity checks that each variant's own template agrees). Text rows
@@ -50,7 +51,7 @@ def heldout_task(
     if kind == "text":
         _write_jsonl(data_file, [{"text": row["text"]} for row in rows])
         config = {
-            **json_task(data_file),
+            **json_task(data_file.name),
             "output_type": "loglikelihood_rolling",
             "doc_to_text": "",
             "doc_to_target": "text",
@@ -66,7 +67,7 @@ def heldout_task(
         ]
         _write_jsonl(data_file, docs)
         config = {
-            **json_task(data_file),
+            **json_task(data_file.name),
             "output_type": "multiple_choice",
             "doc_to_text": "prompt",
             "doc_to_choice": "choices",
@@ -89,7 +90,7 @@ def heldout_task(
         until = [tokenizer.decode([end])] if end is not None else []
         longest = max(len(tokenizer(doc["answer"], add_special_tokens=False)["input_ids"]) for doc in docs)
         config = {
-            **json_task(data_file),
+            **json_task(data_file.name),
             "output_type": "generate_until",
             "doc_to_text": "prompt",
             "doc_to_target": "answer",

@@ -133,12 +133,13 @@ def run(ctx: StageContext) -> list[dict[str, Any]]:
     merged_dir = ctx.inputs["merge"]
     tokenizer = AutoTokenizer.from_pretrained(merged_dir)
     held_out = read_jsonl(ctx.inputs["data"] / "held_out.jsonl")
-    task_dir = ctx.out / "tasks"
-    task_dir.mkdir(parents=True)
-    local = tasks.copy_task_folders(task_folders(ctx.recipe), task_dir / "evals")
+    run_tasks = ctx.out / "tasks"  # the run's own tasks (held-out), kept with its results
+    run_tasks.mkdir(parents=True)
     if tasks.HELDOUT in section.tasks:
-        tasks.heldout_task(held_out, tokenizer, task_dir, section.metric, section.max_gen_tokens)
-        local.append(tasks.HELDOUT)
+        tasks.heldout_task(held_out, tokenizer, run_tasks, section.metric, section.max_gen_tokens)
+    task_dir = ctx.work / "lm-eval-tasks"
+    shutil.rmtree(task_dir, ignore_errors=True)
+    local = tasks.copy_task_folders([run_tasks, *task_folders(ctx.recipe)], task_dir)
     include_defaults = check_task_names(section.tasks, local, task_dir)
     common = {
         "tasks": section.tasks,
