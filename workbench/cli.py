@@ -10,6 +10,7 @@ from pathlib import Path
 
 from workbench.data.dataset import DataError
 from workbench.data.files import DataFileError
+from workbench.evaluate.tasks import TaskError
 from workbench.models import ModelError
 from workbench.recipe import RecipeError, load_recipe
 from workbench.runner import RunError, default_home, run_recipe
@@ -214,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     except RecipeError as exc:
         print(exc.report(), file=sys.stderr)
         return 2
-    except (DataError, DataFileError, ModelError, RunError) as exc:
+    except (DataError, DataFileError, ModelError, RunError, TaskError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except StageInterrupted as exc:

@@ -130,6 +130,10 @@ def run(ctx: StageContext) -> list[dict[str, Any]]:
     from transformers import AutoTokenizer
 
     section = ctx.recipe.eval
+    if not section.tasks and not section.fidelity_rows:
+        ctx.say("nothing to evaluate (eval.tasks is empty and eval.fidelity_rows is 0)")
+        ctx.store.replace_metrics(ctx.run_id, [])
+        return []
     merged_dir = ctx.inputs["merge"]
     tokenizer = AutoTokenizer.from_pretrained(merged_dir)
     held_out = read_jsonl(ctx.inputs["data"] / "held_out.jsonl")
@@ -163,7 +167,7 @@ def run(ctx: StageContext) -> list[dict[str, Any]]:
         try:
             summary = evaluate_model(ctx, model, common)
         except Exception as exc:  # noqa: BLE001 - one model's failure is recorded, the rest go on
-            error = "".join(traceback.format_exception_only(exc)).strip()
+            error = str(exc) if isinstance(exc, EvalFailed) else "".join(traceback.format_exception_only(exc)).strip()
             ctx.failures.append(f"{model['name']}: {error.splitlines()[0]}")
             ctx.say(f"{model['name']} FAILED: {error}")
             summaries[model["name"]] = {**model, "status": "failed", "error": error}
