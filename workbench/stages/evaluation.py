@@ -173,8 +173,9 @@ def run(ctx: StageContext) -> list[dict[str, Any]]:
             summaries[model["name"]] = {**model, "status": "failed", "error": error}
             continue
         summaries[model["name"]] = {**model, "status": "done", **summary}
-        rows += metric_rows(model, summary)
-        ctx.event("evaluated", name=model["name"], metrics=metric_rows(model, summary))
+        scored = metric_rows(model, summary)
+        rows += scored
+        ctx.event("evaluated", name=model["name"], metrics=scored)
     if not rows:
         raise EvalFailed("every evaluation failed: " + "; ".join(ctx.failures))
     results_dir = ctx.work / "models"
