@@ -230,9 +230,10 @@ class LlamaCppLM(TemplateLM):
         jobs = []
         for request in requests:
             context, kwargs = request.args
-            until = kwargs.get("until") or [self.tok_decode([self.eot_token_id])]
-            until = [until] if isinstance(until, str) else list(until)
-            limit = int(kwargs.get("max_gen_toks", self.max_gen_toks))
+            until = kwargs.get("until") or []
+            until = [until] if isinstance(until, str) else [stop for stop in until if stop]
+            until.append(self.llm.detokenize([self.eot_token_id], special=True).decode("utf-8", "ignore"))  # as hf
+            limit = min(int(kwargs.get("max_gen_toks", self.max_gen_toks)), self._max_length - 1)
             prompt = self.tok_encode(context)[-(self._max_length - limit) :] or [self.prefix_token_id]
             jobs.append((prompt, (until, limit)))
         outputs: list[str] = [""] * len(requests)
