@@ -13,9 +13,13 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from workbench.evaluate.llamacpp_lm import log_softmax
-
 LogitsOf = Callable[[list[list[int]]], Iterator[np.ndarray]]  # sequences -> logits after each token, in order
+
+
+def log_softmax(logits: np.ndarray, dtype: type = np.float32) -> np.ndarray:
+    logits = logits.astype(dtype, copy=False)
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
 @dataclass

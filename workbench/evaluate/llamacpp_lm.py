@@ -17,11 +17,7 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
-
-def log_softmax(logits: np.ndarray, dtype: type = np.float32) -> np.ndarray:
-    logits = logits.astype(dtype, copy=False)
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+from workbench.evaluate.fidelity import log_softmax
 
 
 @register_model("llama-cpp-inprocess")
@@ -103,12 +99,7 @@ class LlamaCppLM(TemplateLM):
     def logits(self, tokens: list[int]) -> np.ndarray:
         """Logits after each of `tokens` (one row per token); the cached common prefix is reused."""
         llm = self.context(logits_all=True)
-        cached = llm.input_ids[: llm.n_tokens]
-        same = 0
-        for a, b in zip(cached, tokens, strict=False):
-            if a != b:
-                break
-            same += 1
+        same = len(os.path.commonprefix([llm.input_ids[: llm.n_tokens].tolist(), tokens]))
         if same < len(tokens):
             llm.n_tokens = same  # eval() drops the KV cache from here on
             llm.eval(tokens[same:])

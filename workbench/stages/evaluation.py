@@ -83,9 +83,10 @@ def evaluate_model(ctx: StageContext, model: dict[str, Any], common: dict[str, A
     out = ctx.work / "models" / model["name"]
     done = out / "results.json"
     fingerprint = model_fingerprint(Path(model["path"]))
-    if done.is_file() and json.loads(done.read_text()).get("fingerprint") == fingerprint:
+    kept = json.loads(done.read_text()) if done.is_file() else {}
+    if kept and kept.get("fingerprint") == fingerprint:
         ctx.say(f"{model['name']}: evaluated earlier (kept from an interrupted attempt)")
-        return json.loads(done.read_text())
+        return kept
     shutil.rmtree(out, ignore_errors=True)
     job = {**common, **model, "out": str(out)}
     if model["role"] != "variant":
