@@ -149,6 +149,7 @@ def write_recipe(folder: Path, base_model: Path, data_path: Path, **sections: di
             "awq": False,
             **sections.pop("export", {}),
         },  # this tokenizer is unknown to llama.cpp
+        "bench": {"prompt_tokens": 16, "gen_tokens": 8, "repetitions": 1, "warmup": 0, **sections.pop("bench", {})},
         **sections,
     }
     path = folder / "recipe.yaml"

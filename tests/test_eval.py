@@ -7,13 +7,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import addition_rows, write_recipe
 
 from workbench.evaluate import fidelity, summary, tasks
 from workbench.export import gguf
-from workbench.recipe import load_recipe
-from workbench.runner import run_recipe
-from workbench.store import Store
 
 # A GGUF f16 holds the fp32 checkpoint's weights rounded to f16, and llama.cpp multiplies in f16 where
 # torch uses fp32: log-likelihoods of a tiny random model agree to about 1e-2 nats a token (measured
@@ -191,56 +187,6 @@ def test_summary_rows_gain_and_primary_metrics() -> None:
     assert summary.columns(rows) == ["heldout exact_match,strip", "general_mc acc", "kld_mean"]
     assert summary.gains(rows) == [("heldout exact_match,strip", 0.1, 0.9), ("general_mc acc", 0.8, 0.75)]
     assert models[2].scores == {"heldout exact_match,strip": 0.85, "kld_mean": 0.02}
-
-
-def test_eval_stage_scores_base_merged_and_variants_and_survives_a_broken_one(
-    tmp_path: Path, tiny_llama_256: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    data = tmp_path / "qa.json"
-    data.write_text(json.dumps(addition_rows(40)))
-    recipe = write_recipe(
-        tmp_path,
-        tiny_llama_256,
-        data,
-        data={"max_length": 128},
-        train={"max_steps": 2},
-        export={"gguf": ["q8_0", "q4_0"], "smoke_prompts": 0, "parity_prompts": 0},
-        eval={"tasks": ["heldout", "general"], "limit": 3, "fidelity_rows": 4, "max_length": 512},
-    )
-    home = tmp_path / "runs"
-    run_recipe(load_recipe(recipe), home, stages=["export"])
-    store = Store(home / "workbench.db")
-    broken = next(v for v in store.variants("tiny") if v["name"].endswith("Q4_0.gguf"))
-    Path(broken["path"]).write_bytes(b"GGUF but not really")
-    run_recipe(load_recipe(recipe), home)
-
-    assert store.stage("tiny", "eval").status == "partial"
-    assert "Q4_0.gguf" in store.stage("tiny", "eval").error
-    rows = store.metrics("tiny")
-    by_model = {m.model: m for m in summary.by_model(rows)}
-    stem = f"{tiny_llama_256.name}-tiny"
-    assert set(by_model) == {tiny_llama_256.name, stem, f"{stem}-Q8_0.gguf"}
-    assert by_model[tiny_llama_256.name].role == "base" and by_model[stem].role == "reference"
-    for model in by_model.values():
-        for column in ("heldout exact_match,strip", "stdlib_docs word_perplexity", "general_mc acc"):
-            assert model.scores[column] is not None
-    q8 = by_model[f"{stem}-Q8_0.gguf"].scores
-    assert 0 <= q8["kld_mean"] < 0.05 and 0.5 < q8["top1_agreement"] <= 1.0
-    assert "kld_mean" not in by_model[stem].scores
-    samples = home / "tiny" / "eval" / "models" / f"{stem}-Q8_0.gguf" / "samples"
-    assert len((samples / "heldout.jsonl").read_text().splitlines()) == 3  # eval.limit
-
-    runnable = tmp_path / "again"  # the run's own task folder moves with the run and runs again
-    assert tasks.copy_task_folders([home / "tiny" / "eval" / "tasks"], runnable) == ["heldout"]
-    copied = yaml.safe_load(next(runnable.rglob("heldout.yaml")).read_text())
-    assert Path(copied["dataset_kwargs"]["data_files"]["test"]).is_file()
-
-    from workbench.cli import main
-
-    capsys.readouterr()
-    assert main(["--home", str(home), "show", "tiny"]) == 0
-    shown = capsys.readouterr().out
-    assert "heldout exact_match,strip" in shown and "kld_mean" in shown and "fine-tune vs base" in shown
 
 
 def test_unknown_task_names_are_refused_with_a_suggestion(tmp_path: Path) -> None:

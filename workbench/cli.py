@@ -13,6 +13,7 @@ from workbench.data.files import DataFileError
 from workbench.evaluate.tasks import TaskError
 from workbench.models import ModelError
 from workbench.recipe import RecipeError, load_recipe
+from workbench.report import runs, table, write
 from workbench.runner import RunError, default_home, run_recipe
 from workbench.stages.base import StageInterrupted
 from workbench.store import Store
@@ -160,6 +161,35 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_report(store: Store, home: Path, run_id: str, keep_percent: float | None = None) -> write.RunReport:
+    try:
+        return write.load(store, run_id, home / run_id, keep_percent)
+    except KeyError:
+        raise RunError(f"no run {run_id!r}; `workbench runs` lists them") from None
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    store = Store(args.home / "workbench.db")
+    report = _load_report(store, args.home, args.run, args.keep_percent)
+    if args.format == "json":
+        print(json.dumps(report.to_dict(), indent=2))
+        return 0
+    dest = write.write(report, args.out or args.home / args.run / "report")
+    print(table.plain(report.comparison))
+    print()
+    for line in write.recommendation_lines(report.comparison):
+        print(line)
+    print(f"\nreport: {dest / 'report.html'} (also report.md, results.json, comparison.csv)")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    store = Store(args.home / "workbench.db")
+    side = runs.side_by_side([_load_report(store, args.home, run_id) for run_id in args.runs])
+    print(json.dumps(side, indent=2) if args.format == "json" else runs.markdown(side))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="workbench", description=__doc__)
     parser.add_argument(
@@ -205,6 +235,16 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="a run's stages, timings and artifacts")
     show.add_argument("run")
     show.set_defaults(func=cmd_show)
+    report = sub.add_parser("report", help="a run's comparison table, recommendation and report files")
+    report.add_argument("run")
+    report.add_argument("--format", choices=["text", "json"], default="text", help="json: print the results only")
+    report.add_argument("--out", type=Path, help="folder for the report files (default: runs/RUN/report)")
+    report.add_argument("--keep-percent", type=float, help="override report.keep_percent")
+    report.set_defaults(func=cmd_report)
+    compare_runs = sub.add_parser("compare", help="several runs side by side (which training survives quantization)")
+    compare_runs.add_argument("runs", nargs="+")
+    compare_runs.add_argument("--format", choices=["md", "json"], default="md")
+    compare_runs.set_defaults(func=cmd_compare)
     return parser
 
 

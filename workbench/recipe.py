@@ -99,10 +99,32 @@ class EvalSection(Section):
     bootstrap_iters: int = Field(default=1000, ge=0, description="lm-eval bootstrap for non-mean metrics")
 
 
-class PlaceholderSection(Section):
-    """Sections of stages added later; accepted now so recipes can carry them."""
+Format = Literal["hf", "gguf", "gptq", "awq", "nf4"]
+FORMATS: tuple[Format, ...] = ("hf", "gguf", "gptq", "awq", "nf4")
 
-    model_config = ConfigDict(extra="allow")
+
+class BenchSection(Section):
+    prompt_tokens: int = Field(default=512, gt=0, description="prompt processing length (llama-bench's pp512)")
+    gen_tokens: int = Field(default=128, gt=0, description="generation length (llama-bench's tg128)")
+    repetitions: int = Field(default=3, gt=0, description="timed repetitions; the median is reported")
+    warmup: int = Field(default=1, ge=0, description="untimed runs first")
+    threads: int | None = Field(default=None, gt=0, description="CPU threads; default: every usable core")
+    cpu: list[Format] = Field(
+        default_factory=lambda: list(FORMATS), description="formats measured on CPU (GGUF: llama.cpp; others: torch)"
+    )
+    gpu: list[Format] = Field(
+        default_factory=lambda: list(FORMATS), description="formats measured on CUDA, when it is present"
+    )
+    vllm_concurrency: list[int] = Field(
+        default_factory=lambda: [1, 8, 32], description="vLLM throughput runs (only when vLLM and CUDA are present)"
+    )
+
+
+class ReportSection(Section):
+    keep_percent: float = Field(
+        default=98.0, gt=0, le=100, description="a recommended variant keeps at least this % of the merged task score"
+    )
+    task: str | None = Field(default=None, description="the task score to judge by; default: the first eval task")
 
 
 class Recipe(Section):
@@ -113,8 +135,8 @@ class Recipe(Section):
     merge: MergeSection = MergeSection()
     export: ExportSection = ExportSection()
     eval: EvalSection = EvalSection()
-    bench: PlaceholderSection = PlaceholderSection()
-    report: PlaceholderSection = PlaceholderSection()
+    bench: BenchSection = BenchSection()
+    report: ReportSection = ReportSection()
 
     source: Path | None = Field(default=None, exclude=True)
 

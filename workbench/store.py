@@ -1,4 +1,4 @@
-"""The run store: one SQLite file with runs, stages, events, artifacts, variants and metrics.
+"""The run store: one SQLite file with runs, stages, events, artifacts, variants, metrics and bench results.
 
 Every process (CLI, trainer callbacks, later the TUI) opens its own connection; WAL mode lets readers
 tail a run while a worker writes to it.
@@ -73,6 +73,15 @@ CREATE TABLE IF NOT EXISTS metrics (
     value REAL,
     stderr REAL,
     PRIMARY KEY (run_id, model, task, metric)
+);
+CREATE TABLE IF NOT EXISTS bench (
+    run_id TEXT NOT NULL,
+    variant TEXT NOT NULL,
+    device TEXT NOT NULL,
+    backend TEXT NOT NULL,
+    status TEXT NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (run_id, variant, device, backend)
 );
 """
 
@@ -248,3 +257,18 @@ class Store:
     def metrics(self, run_id: str) -> list[dict[str, Any]]:
         rows = self.db.execute("SELECT * FROM metrics WHERE run_id=? ORDER BY rowid", (run_id,)).fetchall()
         return [dict(r) for r in rows]
+
+    # bench ----------------------------------------------------------------------------------
+    def replace_bench(self, run_id: str, results: list[dict[str, Any]]) -> None:
+        """Replace the run's benchmark results: one per variant, device and backend."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM bench WHERE run_id=?", (run_id,))
+            db.executemany(
+                "INSERT OR REPLACE INTO bench (run_id, variant, device, backend, status, data)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [(run_id, r["variant"], r["device"], r["backend"], r["status"], json.dumps(r)) for r in results],
+            )
+
+    def bench(self, run_id: str) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT data FROM bench WHERE run_id=? ORDER BY rowid", (run_id,)).fetchall()
+        return [json.loads(r["data"]) for r in rows]

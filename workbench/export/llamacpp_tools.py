@@ -46,35 +46,49 @@ def converter_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path.rstrip(os.pathsep), "NO_LOCAL_GGUF": ""}
 
 
+def download_sdist(folder: Path) -> Path:
+    """The llama-cpp-python source distribution matching the installed version (pip, PyPI or a mirror)."""
+    version = llama_cpp_version()
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            f"llama-cpp-python=={version}",
+            "-d",
+            str(folder),
+        ],
+        check=True,
+    )
+    return next(Path(folder).glob("llama_cpp_python-*.tar.gz"))
+
+
+def extract_vendored(sdist: Path, dest: Path, members: tuple[str, ...] | None = None) -> None:
+    """Its `vendor/llama.cpp` tree (or only `members` of it) into `dest`, atomically."""
+    prefix = f"{sdist.name.removesuffix('.tar.gz')}/vendor/llama.cpp/"
+    with tarfile.open(sdist) as archive, atomic_dir(dest) as out:
+        for member in archive.getmembers():
+            if not member.name.startswith(prefix):
+                continue
+            relative = member.name[len(prefix) :]
+            if relative and (members is None or relative.startswith(members)):
+                member.name = relative
+                archive.extract(member, out, filter="data")
+
+
 def fetch(dest: Path | None = None) -> Path:
     """Download the matching sdist with pip and keep only the converter scripts."""
     dest = dest or tools_dir()
     if (dest / "convert_hf_to_gguf.py").is_file():
         return dest
-    version = llama_cpp_version()
     with tempfile.TemporaryDirectory() as tmp:
-        print(f"fetching llama.cpp converter scripts from llama-cpp-python {version} sources ...", flush=True)
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--quiet",
-                "--no-deps",
-                "--no-binary",
-                ":all:",
-                f"llama-cpp-python=={version}",
-                "-d",
-                tmp,
-            ],
-            check=True,
+        print(
+            f"fetching llama.cpp converter scripts from llama-cpp-python {llama_cpp_version()} sources ...", flush=True
         )
-        sdist = next(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
-        prefix = f"{sdist.name.removesuffix('.tar.gz')}/vendor/llama.cpp/"
-        with tarfile.open(sdist) as archive, atomic_dir(dest) as out:
-            for member in archive.getmembers():
-                if member.name.startswith(prefix) and member.name[len(prefix) :].startswith(MEMBERS):
-                    member.name = member.name[len(prefix) :]
-                    archive.extract(member, out, filter="data")
+        extract_vendored(download_sdist(Path(tmp)), dest, MEMBERS)
     return dest

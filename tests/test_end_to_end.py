@@ -1,0 +1,93 @@
+"""A tiny run through every stage on CPU: data, train, merge, export, eval, bench, report — with one
+variant broken after export, which fails its own evaluation and benchmark and nothing else."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import addition_rows, write_recipe
+
+from workbench.evaluate import summary, tasks
+from workbench.recipe import load_recipe
+from workbench.runner import run_recipe
+from workbench.stages import STAGE_ORDER
+from workbench.store import Store
+
+
+def test_every_stage_runs_and_a_broken_variant_takes_nothing_else_down(
+    tmp_path: Path, tiny_llama_256: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "qa.json"
+    data.write_text(json.dumps(addition_rows(40)))
+    recipe = write_recipe(
+        tmp_path,
+        tiny_llama_256,
+        data,
+        data={"max_length": 128},
+        train={"max_steps": 2},
+        export={"gguf": ["q8_0", "q4_0"], "smoke_prompts": 0, "parity_prompts": 0},
+        eval={"tasks": ["heldout", "general"], "limit": 3, "fidelity_rows": 4, "max_length": 512},
+        bench={"prompt_tokens": 32, "gen_tokens": 8, "repetitions": 2, "warmup": 1},
+    )
+    home = tmp_path / "runs"
+    run_recipe(load_recipe(recipe), home, stages=["export"])
+    store = Store(home / "workbench.db")
+    broken = next(v for v in store.variants("tiny") if v["name"].endswith("Q4_0.gguf"))
+    Path(broken["path"]).write_bytes(b"GGUF but not really")
+    run_recipe(load_recipe(recipe), home)
+
+    statuses = {stage.name: stage.status for stage in store.stages("tiny")}
+    assert list(statuses) == STAGE_ORDER
+    assert statuses == {**{name: "done" for name in STAGE_ORDER}, "eval": "partial", "bench": "partial"}
+    assert "Q4_0.gguf" in store.stage("tiny", "eval").error and "Q4_0.gguf" in store.stage("tiny", "bench").error
+
+    # eval: base, merged and Q8_0 scored on every task; fidelity for the variant only
+    rows = store.metrics("tiny")
+    by_model = {m.model: m for m in summary.by_model(rows)}
+    stem = f"{tiny_llama_256.name}-tiny"
+    assert set(by_model) == {tiny_llama_256.name, stem, f"{stem}-Q8_0.gguf"}
+    assert by_model[tiny_llama_256.name].role == "base" and by_model[stem].role == "reference"
+    for model in by_model.values():
+        for column in ("heldout exact_match,strip", "stdlib_docs word_perplexity", "general_mc acc"):
+            assert model.scores[column] is not None
+    q8 = by_model[f"{stem}-Q8_0.gguf"].scores
+    assert 0 <= q8["kld_mean"] < 0.05 and 0.5 < q8["top1_agreement"] <= 1.0
+    assert "kld_mean" not in by_model[stem].scores
+    samples = home / "tiny" / "eval" / "models" / f"{stem}-Q8_0.gguf" / "samples"
+    assert len((samples / "heldout.jsonl").read_text().splitlines()) == 3  # eval.limit
+
+    runnable = tmp_path / "again"  # the run's own task folder moves with the run and runs again
+    assert tasks.copy_task_folders([home / "tiny" / "eval" / "tasks"], runnable) == ["heldout"]
+    copied = yaml.safe_load(next(runnable.rglob("heldout.yaml")).read_text())
+    assert Path(copied["dataset_kwargs"]["data_files"]["test"]).is_file()
+
+    # bench: the merged model through torch, Q8_0 through llama.cpp, the broken file recorded as failed
+    bench = {(b["variant"], b["backend"]): b for b in store.bench("tiny")}
+    assert set(bench) == {(stem, "torch"), (f"{stem}-Q8_0.gguf", "llama.cpp"), (broken["name"], "llama.cpp")}
+    assert bench[(broken["name"], "llama.cpp")]["status"] == "failed"
+    for key in ((stem, "torch"), (f"{stem}-Q8_0.gguf", "llama.cpp")):
+        measured = bench[key]
+        assert measured["status"] == "done" and measured["device"] == "cpu" and measured["peak_rss_mb"] > 10
+        assert len(measured["tg_tps"]["samples"]) == 2 and measured["tg_tps"]["median"] > 0
+        assert measured["pp_tps"]["min"] <= measured["pp_tps"]["median"] <= measured["pp_tps"]["max"]
+
+    # report: the table, figures and a CPU recommendation among what was measured
+    report = home / "tiny" / "report"
+    page = (report / "report.html").read_text()
+    assert "<table" in page and "Q8_0.gguf" in page and 'src="data:image/png;base64,' in page
+    results = json.loads((report / "results.json").read_text())
+    cpu = results["comparison"]["recommendations"][0]
+    assert cpu["target"] == "cpu" and cpu["variant"] in {stem, f"{stem}-Q8_0.gguf"} and cpu["measured"]
+    assert any("Q4_0.gguf" in failure for failure in results["failures"])
+
+    from workbench.cli import main
+
+    capsys.readouterr()
+    assert main(["--home", str(home), "show", "tiny"]) == 0
+    shown = capsys.readouterr().out
+    assert "heldout exact_match,strip" in shown and "kld_mean" in shown and "fine-tune vs base" in shown
+    assert main(["--home", str(home), "report", "tiny"]) == 0
+    assert f"report: {report / 'report.html'}" in capsys.readouterr().out

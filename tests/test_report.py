@@ -1,0 +1,182 @@
+"""The comparison rules on fixed numbers, and the report files built from a store."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from workbench.report import runs, write
+from workbench.report.compare import compare, keep_percent, pareto_front
+from workbench.store import Store
+
+MERGED = "m"
+TASK, METRIC = "heldout", "exact_match,strip"
+
+
+def variant(name: str, fmt: str, size_mib: float, parity: bool = True, reference: bool = False) -> dict:
+    meta = {"parity": {"passed": parity}, **({"reference": True} if reference else {})}
+    full = MERGED if reference else f"{MERGED}-{name}"
+    return {"name": full, "format": fmt, "path": f"/x/{full}", "bits": 4, "size": size_mib * 2**20, "status": "done",
+            "error": None, "meta": meta}  # fmt: skip
+
+
+def metrics(scores: dict[str, float], probe: dict[str, float] | None = None) -> list[dict]:
+    rows = []
+    for name, score in scores.items():
+        role = "base" if name == "base" else "reference" if name == MERGED else "variant"
+        rows.append({"model": name, "role": role, "task": TASK, "metric": METRIC, "value": score})
+        if probe and name in probe:
+            rows.append({"model": name, "role": role, "task": "stdlib_docs", "metric": "word_perplexity",
+                         "value": probe[name]})  # fmt: skip
+    return rows
+
+
+def bench(name: str, device: str, tg: float, backend: str = "llama.cpp") -> dict:
+    def stat(v: float) -> dict:
+        return {"median": v, "min": v * 0.95, "max": v * 1.05, "samples": [v]}
+
+    return {"variant": name, "device": device, "backend": backend, "status": "done", "pp_tps": stat(tg * 4),
+            "tg_tps": stat(tg), "ttft_ms": stat(100.0), "peak_rss_mb": 300.0}  # fmt: skip
+
+
+VARIANTS = [
+    variant("merged", "hf", 260, reference=True),
+    variant("F16.gguf", "gguf", 258),
+    variant("Q8_0.gguf", "gguf", 138),
+    variant("Q4_K_M.gguf", "gguf", 100),
+    variant("NF4", "nf4", 110),
+    variant("GPTQ", "gptq", 113),
+    variant("AWQ", "awq", 112, parity=False),
+]
+SCORES = {
+    "base": 0.0,
+    MERGED: 0.90,
+    f"{MERGED}-F16.gguf": 0.90,
+    f"{MERGED}-Q8_0.gguf": 0.89,  # 98.9% kept
+    f"{MERGED}-Q4_K_M.gguf": 0.85,  # 94.4%
+    f"{MERGED}-NF4": 0.80,
+    f"{MERGED}-GPTQ": 0.90,
+    f"{MERGED}-AWQ": 0.91,  # best score but its stop token differs from training's
+}
+CPU_BENCH = [
+    bench(MERGED, "cpu", 13.0, "torch"),
+    bench(f"{MERGED}-F16.gguf", "cpu", 66.0),
+    bench(f"{MERGED}-Q8_0.gguf", "cpu", 92.0),
+    bench(f"{MERGED}-Q4_K_M.gguf", "cpu", 96.0),
+]
+
+
+def test_pareto_front_keeps_exactly_the_undominated_points() -> None:
+    points = {"a": (0.9, 100.0), "b": (0.8, 50.0), "c": (0.7, 80.0), "d": (0.9, 120.0), "e": (0.95, 200.0)}
+    assert pareto_front(points) == ["b", "a", "e"]  # c is beaten by b, d by a; sorted by cost
+    assert pareto_front({"x": (0.5, 1.0), "y": (0.5, 1.0)}) == ["x", "y"]  # ties dominate nobody
+
+
+def test_keep_percent_follows_the_metric_direction() -> None:
+    assert keep_percent(0.45, 0.9, "exact_match") == pytest.approx(50.0)
+    assert keep_percent(20.0, 10.0, "word_perplexity") == pytest.approx(50.0)  # twice the perplexity
+    assert keep_percent(0.0, 0.0, "acc") == 100.0
+
+
+def test_cpu_recommendation_is_the_fastest_that_keeps_the_threshold() -> None:
+    result = compare("r", VARIANTS, metrics(SCORES), CPU_BENCH, keep=98.0, wanted_task=TASK)
+    cpu, gpu = result.recommendations
+    assert cpu.target == "cpu" and cpu.measured
+    assert cpu.variant == f"{MERGED}-Q8_0.gguf"  # Q4_K_M is faster but keeps only 94.4%
+    assert "92.0 tok/s" in cpu.reason and "98.9%" in cpu.reason
+    # a lower bar lets the faster, smaller Q4_K_M through
+    loose = compare("r", VARIANTS, metrics(SCORES), CPU_BENCH, keep=90.0, wanted_task=TASK).recommendations[0]
+    assert loose.variant == f"{MERGED}-Q4_K_M.gguf"
+    # no GPU measured: the smallest GPU format that keeps the score and passed parity (not AWQ, not NF4)
+    assert gpu.target == "gpu" and not gpu.measured
+    assert gpu.variant == f"{MERGED}-GPTQ" and "not measured" in gpu.reason
+
+
+def test_gpu_recommendation_uses_gpu_speed_when_measured() -> None:
+    gpu_bench = [bench(MERGED, "cuda", 150.0, "torch"), bench(f"{MERGED}-GPTQ", "cuda", 120.0, "torch")]
+    gpu = compare("r", VARIANTS, metrics(SCORES), CPU_BENCH + gpu_bench, wanted_task=TASK).recommendations[1]
+    assert gpu.measured and gpu.variant == MERGED  # the merged model keeps 100% and is faster here
+    assert "smallest that qualifies: GPTQ" in gpu.reason
+
+
+def test_when_nothing_keeps_the_threshold_the_closest_is_named() -> None:
+    scores = {**SCORES, f"{MERGED}-F16.gguf": 0.5, f"{MERGED}-Q8_0.gguf": 0.6, f"{MERGED}-Q4_K_M.gguf": 0.4}
+    cpu = compare("r", VARIANTS, metrics(scores), CPU_BENCH[1:], wanted_task=TASK).recommendations[0]
+    assert cpu.variant == f"{MERGED}-Q8_0.gguf" and "no variant keeps 98%" in cpu.reason and "66.7%" in cpu.reason
+
+
+def test_rows_carry_deltas_probes_and_pareto_fronts() -> None:
+    probe = {MERGED: 300.0, f"{MERGED}-Q4_K_M.gguf": 330.0}
+    result = compare("r", VARIANTS, metrics(SCORES, probe), CPU_BENCH, wanted_task=TASK)
+    rows = {r.label: r for r in result.rows}
+    assert list(rows)[:2] == ["base", "merged"]
+    assert rows["Q4_K_M.gguf"].delta == pytest.approx(-0.05)
+    assert rows["Q4_K_M.gguf"].probes == {"stdlib_docs word_perplexity": 330.0}
+    assert rows["AWQ"].parity is False and rows["Q8_0.gguf"].speed["cpu"].tg_tps == 92.0
+    # size: AWQ (0.91 at 112 MiB) beats GPTQ and NF4; CPU speed: the merged model ties F16's score, slower
+    assert result.pareto_size == [f"{MERGED}-Q4_K_M.gguf", f"{MERGED}-AWQ"]
+    assert result.pareto_speed["cpu"] == [f"{MERGED}-Q4_K_M.gguf", f"{MERGED}-Q8_0.gguf", f"{MERGED}-F16.gguf"]
+
+
+def fill_store(store: Store, run_id: str, scores: dict[str, float], method: str) -> None:
+    store.upsert_run(run_id, run_id, {"name": run_id, "train": {"method": method}, "eval": {"tasks": [TASK]}}, None, 1)
+    store.replace_variants(run_id, ["hf", "gguf", "nf4", "gptq", "awq"], VARIANTS)
+    store.replace_metrics(run_id, metrics(scores))
+    store.replace_bench(run_id, CPU_BENCH)
+    for stage in ("data", "train"):
+        store.start_stage(run_id, stage, "k")
+        store.finish_stage(run_id, stage, "done")
+
+
+def test_report_files_hold_the_table_the_figures_and_the_numbers(tmp_path: Path) -> None:
+    store = Store(tmp_path / "workbench.db")
+    fill_store(store, "lora", SCORES, "lora")
+    run_dir = tmp_path / "lora"
+    (run_dir / "train").mkdir(parents=True)
+    history = [{"step": s, "loss": 3.0 / s} for s in range(1, 9)] + [{"step": 8, "eval_loss": 0.5}]
+    (run_dir / "train" / "log_history.json").write_text(json.dumps(history))
+
+    dest = write.write(write.load(store, "lora", run_dir), run_dir / "report")
+
+    page = (dest / "report.html").read_text()
+    assert page.count("<table") == 1 and "Q4_K_M.gguf" in page and "exact_match,strip" in page
+    assert page.count('src="data:image/png;base64,') == 3  # quality vs size, vs CPU speed, loss (no GPU numbers)
+    assert "CPU: Q8_0.gguf" in page
+    assert "| Q8_0.gguf | gguf | 138 | 0.890 | -0.010 | 98.9 |" in (dest / "report.md").read_text()
+    assert {p.name for p in dest.glob("*.png")} == {"quality_vs_size.png", "quality_vs_cpu_speed.png", "loss_curve.png"}
+    table = list(csv.DictReader((dest / "comparison.csv").open()))
+    assert len(table) == 8 and float(table[4]["CPU tg tok/s"]) == 96.0
+    results = json.loads((dest / "results.json").read_text())
+    assert results["comparison"]["recommendations"][0]["variant"] == f"{MERGED}-Q8_0.gguf"
+    assert results["loss"][0] == {"step": 1, "loss": 3.0}
+
+
+def test_report_and_compare_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from workbench.cli import main
+
+    store = Store(tmp_path / "workbench.db")
+    fill_store(store, "lora", SCORES, "lora")
+    fill_store(store, "qlora", {**SCORES, f"{MERGED}-Q4_K_M.gguf": 0.88}, "qlora")
+
+    assert main(["--home", str(tmp_path), "report", "lora", "--format", "json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["comparison"]["task"] == TASK and not (tmp_path / "lora" / "report").exists()
+    assert main(["--home", str(tmp_path), "report", "lora", "--keep-percent", "90"]) == 0
+    out = capsys.readouterr().out
+    assert "CPU: Q4_K_M.gguf" in out and (tmp_path / "lora" / "report" / "report.html").is_file()
+
+    assert main(["--home", str(tmp_path), "compare", "lora", "qlora", "--format", "json"]) == 0
+    side = json.loads(capsys.readouterr().out)
+    q4 = next(row for row in side["rows"] if row["variant"] == "Q4_K_M.gguf")
+    assert q4["keeps_most"] == "qlora" and q4["runs"]["lora"]["delta"] == pytest.approx(-0.05)
+    assert main(["--home", str(tmp_path), "compare", "lora", "qlora"]) == 0
+    assert "| Q4_K_M.gguf | 0.850 (-0.050) | 0.880 (-0.020) | qlora |" in capsys.readouterr().out
+    assert main(["--home", str(tmp_path), "compare", "lora", "nope"]) == 2
+
+
+def test_side_by_side_marks_nothing_for_a_single_run() -> None:
+    report = write.RunReport(compare("a", VARIANTS, metrics(SCORES), []), {"train": {"method": "lora"}}, [], [])
+    assert all(row["keeps_most"] is None for row in runs.side_by_side([report])["rows"])

@@ -1,0 +1,81 @@
+"""llama.cpp's own `llama-bench`, built from the same vendored llama.cpp source the installed
+llama-cpp-python was built from, so the workbench's llama.cpp numbers can be checked against it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from workbench.bench.timing import usable_cores
+from workbench.export import llamacpp_tools
+
+CMAKE_FLAGS = [
+    "-DCMAKE_BUILD_TYPE=Release",
+    "-DLLAMA_CURL=OFF",
+    "-DLLAMA_BUILD_TESTS=OFF",
+    "-DLLAMA_BUILD_EXAMPLES=OFF",
+    "-DLLAMA_BUILD_SERVER=OFF",
+]
+
+
+def build_dir() -> Path:
+    return llamacpp_tools.tools_dir().with_name(f"llama.cpp-{llamacpp_tools.llama_cpp_version()}-build")
+
+
+def find_or_build() -> Path:
+    """$WORKBENCH_LLAMA_BENCH, else an earlier build, else build it (needs cmake, a C++ compiler and the
+    llama-cpp-python sdist from PyPI once; a few minutes on 2 cores)."""
+    override = os.environ.get("WORKBENCH_LLAMA_BENCH")
+    if override:
+        return Path(override)
+    binary = build_dir() / "bin" / "llama-bench"
+    if binary.is_file():
+        return binary
+    if not shutil.which("cmake"):
+        raise RuntimeError("building llama-bench needs cmake on PATH (or set WORKBENCH_LLAMA_BENCH)")
+    source = build_dir().with_name(build_dir().name + "-src")
+    if not (source / "CMakeLists.txt").is_file():
+        with tempfile.TemporaryDirectory() as tmp:
+            print("fetching the llama.cpp sources of the installed llama-cpp-python ...", flush=True)
+            llamacpp_tools.extract_vendored(llamacpp_tools.download_sdist(Path(tmp)), source)
+    work = build_dir().with_name(build_dir().name + "-cmake")
+    print(f"building llama-bench from {source} ...", flush=True)
+    subprocess.run(["cmake", "-S", str(source), "-B", str(work), *CMAKE_FLAGS], check=True, stdout=subprocess.DEVNULL)
+    jobs = str(usable_cores())
+    subprocess.run(["cmake", "--build", str(work), "--target", "llama-bench", "-j", jobs], check=True)
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(work / "bin" / "llama-bench", binary)
+    for library in (work / "bin").glob("*.so*"):  # shared builds keep their libraries beside the binary
+        shutil.copy2(library, binary.parent / library.name)
+    return binary
+
+
+def run(
+    binary: Path, model: str, threads: int, prompt_tokens: int, gen_tokens: int, repetitions: int
+) -> dict[str, Any]:
+    """llama-bench with the settings the workbench's llama.cpp benchmark uses (batch 512, no flash
+    attention); returns {"pp_tps": ..., "tg_tps": ...} (averages over the repetitions, as it reports)."""
+    command = [
+        str(binary),
+        "-m", model,
+        "-t", str(threads),
+        "-p", str(prompt_tokens),
+        "-n", str(gen_tokens),
+        "-r", str(repetitions),
+        "-b", str(min(512, prompt_tokens)),
+        "-ub", "512",
+        "-fa", "0",
+        "-o", "json",
+    ]  # fmt: skip
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    result = {}
+    for test in json.loads(output):
+        key = "pp_tps" if test["n_prompt"] and not test["n_gen"] else "tg_tps"
+        result[key] = test["avg_ts"]
+        result[key.replace("tps", "stddev")] = test["stddev_ts"]
+    return result

@@ -1,0 +1,50 @@
+"""HF-format variants through torch with each format's real kernels: transformers for the merged model,
+GPTQModel's kernels for GPTQ/AWQ, bitsandbytes for nf4 (the loader the evaluation uses)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from workbench.bench.timing import Settings, measure
+
+
+def bench(path: str, model_format: str, device: str, settings: Settings, threads: int) -> dict[str, Any]:
+    import torch
+    from transformers import AutoModelForCausalLM, DynamicCache
+
+    from workbench.evaluate.worker import compute_dtype
+
+    torch.set_num_threads(threads)
+    dtype = compute_dtype(model_format, device)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype if dtype == "auto" else getattr(torch, dtype))
+    if model_format == "hf" or device == "cpu":
+        model = model.to(device)  # quantized formats are placed by their loaders
+    model.eval()
+    cuda = device.startswith("cuda")
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
+    @torch.inference_mode()
+    def prompt(ids: list[int]) -> None:
+        input_ids = torch.tensor([ids], device=model.device)
+        model(input_ids=input_ids, cache=DynamicCache(), use_cache=True, logits_to_keep=1).logits.argmax(-1)
+        sync()
+
+    @torch.inference_mode()
+    def generate(count: int) -> None:
+        cache = DynamicCache()
+        token = torch.tensor([[model.config.bos_token_id or 0]], device=model.device)
+        for _ in range(count):
+            logits = model(input_ids=token, cache=cache, use_cache=True).logits
+            token = logits[:, -1:].argmax(-1)
+        sync()
+
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    result = measure(settings, prompt, generate, model.config.vocab_size)
+    if cuda:
+        result["peak_vram_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    result["dtype"] = str(next(model.parameters()).dtype).removeprefix("torch.")
+    return result

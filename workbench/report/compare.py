@@ -1,0 +1,271 @@
+"""One row per model of a run (size, task score and its change vs the merged model, general probes,
+fidelity, parity, CPU and GPU speed, memory), the Pareto fronts and a recommendation per target.
+
+Pure functions of the run's stored results, so the rules are testable on fixed numbers."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from workbench.evaluate.summary import primary_metrics
+
+LOWER_IS_BETTER = ("perplexity", "ppl", "bits_per_byte", "kld", "loss")
+# where a format serves when no benchmark on that target says otherwise
+TARGET_FORMATS = {"cpu": ("gguf",), "gpu": ("gptq", "awq", "nf4", "hf")}
+TARGETS = ("cpu", "gpu")
+
+
+def higher_is_better(metric: str) -> bool:
+    return not any(word in metric for word in LOWER_IS_BETTER)
+
+
+@dataclass
+class Speed:
+    backend: str
+    pp_tps: float | None = None
+    tg_tps: float | None = None
+    ttft_ms: float | None = None
+    peak_rss_mb: float | None = None
+    peak_vram_mb: float | None = None
+    tg_spread: tuple[float, float] | None = None  # min, max over the repetitions
+    throughput: dict[str, float] = field(default_factory=dict)  # vLLM: concurrency -> output tok/s
+
+
+@dataclass
+class Row:
+    name: str
+    label: str  # the part of the name after the merged model's: "Q4_K_M.gguf", "GPTQ-Int4"; "merged", "base"
+    format: str
+    role: str  # base | reference | variant
+    status: str = "done"
+    error: str | None = None
+    size_mb: float | None = None
+    bits: float | None = None
+    score: float | None = None
+    delta: float | None = None  # score - merged score
+    keep_pct: float | None = None  # share of the merged score kept (oriented so 100 = as good)
+    probes: dict[str, float] = field(default_factory=dict)  # other tasks' primary metrics
+    kld: float | None = None
+    top1: float | None = None
+    parity: bool | None = None
+    speed: dict[str, Speed] = field(default_factory=dict)  # target -> fastest measurement there
+
+    def tg(self, target: str) -> float | None:
+        return self.speed[target].tg_tps if target in self.speed else None
+
+
+@dataclass
+class Recommendation:
+    target: str
+    variant: str | None
+    reason: str
+    measured: bool  # chosen on measured speed on this target (else on size)
+
+
+@dataclass
+class Comparison:
+    run_id: str
+    task: str | None
+    metric: str | None
+    keep_percent: float
+    rows: list[Row]
+    pareto_size: list[str]
+    pareto_speed: dict[str, list[str]]
+    recommendations: list[Recommendation]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
+    """Names not dominated on (quality, cost): higher quality and lower cost are better. A point is
+    dominated when another is at least as good on both and strictly better on one."""
+    front = []
+    for name, (quality, cost) in points.items():
+        dominated = any(
+            q >= quality and c <= cost and (q > quality or c < cost)
+            for other, (q, c) in points.items()
+            if other != name
+        )
+        if not dominated:
+            front.append(name)
+    return sorted(front, key=lambda n: points[n][1])
+
+
+def keep_percent(value: float | None, reference: float | None, metric: str) -> float | None:
+    if value is None or reference is None:
+        return None
+    if not higher_is_better(metric):
+        value, reference = reference, value  # lower is better: reference / value
+    if reference == 0:
+        return 100.0 if value >= 0 else 0.0
+    return 100.0 * value / reference
+
+
+def oriented(row: Row, metric: str) -> float:
+    assert row.score is not None
+    return row.score if higher_is_better(metric) else -row.score
+
+
+def choose_task(metrics: list[dict[str, Any]], wanted: str | None) -> tuple[str | None, str | None]:
+    primary = primary_metrics(metrics)
+    if wanted and wanted in primary:
+        return wanted, primary[wanted]
+    if not primary:
+        return None, None
+    task = next(iter(primary))
+    return task, primary[task]
+
+
+def label_of(name: str, reference: str | None, role: str) -> str:
+    if role == "reference":
+        return "merged"
+    if role == "base":
+        return "base"
+    if reference and name.startswith(reference + "-"):
+        return name[len(reference) + 1 :]
+    return name
+
+
+def speeds(bench: list[dict[str, Any]]) -> dict[str, dict[str, Speed]]:
+    """variant -> target -> its fastest measurement there, with vLLM's throughput attached on GPU."""
+    found: dict[str, dict[str, Speed]] = {}
+    throughput: dict[str, dict[str, float]] = {}
+    for record in bench:
+        if record.get("status") != "done":
+            continue
+        if "concurrency" in record:
+            throughput[record["variant"]] = {level: v["output_tps"] for level, v in record["concurrency"].items()}
+            continue
+        target = "cpu" if record["device"] == "cpu" else "gpu"
+        tg = record["tg_tps"]
+        speed = Speed(
+            record["backend"],
+            pp_tps=record["pp_tps"]["median"],
+            tg_tps=tg["median"],
+            ttft_ms=record["ttft_ms"]["median"],
+            peak_rss_mb=record.get("peak_rss_mb"),
+            peak_vram_mb=record.get("peak_vram_mb"),
+            tg_spread=(tg["min"], tg["max"]),
+        )
+        current = found.setdefault(record["variant"], {}).get(target)
+        if current is None or (speed.tg_tps or 0) > (current.tg_tps or 0):
+            found[record["variant"]][target] = speed
+    for variant, levels in throughput.items():
+        gpu = found.setdefault(variant, {}).setdefault("gpu", Speed("vllm", tg_tps=levels.get("1")))
+        gpu.throughput = levels
+    return found
+
+
+def build_rows(
+    variants: list[dict[str, Any]], metrics: list[dict[str, Any]], bench: list[dict[str, Any]], task: str | None
+) -> list[Row]:
+    primary = primary_metrics(metrics)
+    values = {(m["model"], m["task"], m["metric"]): m["value"] for m in metrics}
+    roles = {m["model"]: m["role"] for m in metrics}
+    reference = next((v["name"] for v in variants if v.get("meta", {}).get("reference")), None)
+    measured = speeds(bench)
+    rows = []
+    base_names = [name for name, role in roles.items() if role == "base"]
+    for name in base_names:
+        rows.append(Row(name=name, label="base", format="hf", role="base"))
+    for variant in variants:
+        role = "reference" if variant.get("meta", {}).get("reference") else "variant"
+        rows.append(
+            Row(
+                name=variant["name"],
+                label=label_of(variant["name"], reference, role),
+                format=variant["format"],
+                role=role,
+                status=variant["status"],
+                error=variant.get("error"),
+                size_mb=variant["size"] / 2**20 if variant.get("size") else None,
+                bits=variant.get("bits"),
+                parity=(variant.get("meta", {}).get("parity") or {}).get("passed"),
+            )
+        )
+    for row in rows:
+        if task:
+            row.score = values.get((row.name, task, primary[task]))
+        row.probes = {
+            f"{other} {metric}": values[(row.name, other, metric)]
+            for other, metric in primary.items()
+            if other != task and (row.name, other, metric) in values
+        }
+        row.kld = values.get((row.name, "fidelity", "kld_mean"))
+        row.top1 = values.get((row.name, "fidelity", "top1_agreement"))
+        row.speed = measured.get(row.name, {})
+    merged = next((r for r in rows if r.role == "reference"), None)
+    if task and merged and merged.score is not None:
+        for row in rows:
+            if row.score is not None:
+                row.delta = row.score - merged.score
+                row.keep_pct = keep_percent(row.score, merged.score, primary[task])
+    return rows
+
+
+def candidates(rows: list[Row]) -> list[Row]:
+    return [r for r in rows if r.role != "base" and r.status == "done" and r.score is not None]
+
+
+def recommend(rows: list[Row], target: str, keep: float, task: str | None, metric: str | None) -> Recommendation:
+    """The fastest variant measured on the target (else the smallest of the target's formats) that keeps
+    at least `keep`% of the merged model's task score and passed the parity check."""
+    pool = [r for r in candidates(rows) if r.tg(target) is not None]
+    measured = bool(pool)
+    if not measured:
+        pool = [r for r in candidates(rows) if r.format in TARGET_FORMATS[target] and r.size_mb is not None]
+    if not pool or task is None or metric is None:
+        return Recommendation(target, None, f"nothing to choose from on {target}: no scored variant runs there", False)
+    what = f"the merged model's {task} {metric}"
+    keeping = [r for r in pool if r.keep_pct is not None and r.keep_pct >= keep and r.parity is not False]
+    if not keeping:
+        best = max(pool, key=lambda r: oriented(r, metric))
+        return Recommendation(
+            target,
+            best.name,
+            f"no variant keeps {keep:g}% of {what}; {best.label} comes closest ({best.keep_pct or 0:.1f}%)",
+            measured,
+        )
+    smallest = min(keeping, key=lambda r: (r.size_mb or float("inf"), -oriented(r, metric)))
+    if not measured:
+        return Recommendation(
+            target,
+            smallest.name,
+            f"smallest ({smallest.size_mb:.0f} MiB) that keeps {smallest.keep_pct:.1f}% of {what}"
+            f" (>= {keep:g}%); speed on {target} not measured here",
+            False,
+        )
+    fastest = max(keeping, key=lambda r: (r.tg(target) or 0, -(r.size_mb or 0)))
+    reason = (
+        f"fastest on {target} ({fastest.tg(target):.1f} tok/s generating, {fastest.size_mb or 0:.0f} MiB) that keeps"
+        f" {fastest.keep_pct:.1f}% of {what} (>= {keep:g}%)"
+    )
+    if smallest is not fastest:
+        reason += (
+            f"; smallest that qualifies: {smallest.label} ({smallest.size_mb:.0f} MiB, {smallest.tg(target):.1f} tok/s)"
+        )
+    return Recommendation(target, fastest.name, reason, True)
+
+
+def compare(
+    run_id: str,
+    variants: list[dict[str, Any]],
+    metrics: list[dict[str, Any]],
+    bench: list[dict[str, Any]],
+    keep: float = 98.0,
+    wanted_task: str | None = None,
+) -> Comparison:
+    task, metric = choose_task(metrics, wanted_task)
+    rows = build_rows(variants, metrics, bench, task)
+    scored = candidates(rows)
+    pareto_size, pareto_speed = [], {}
+    if metric:
+        pareto_size = pareto_front({r.name: (oriented(r, metric), r.size_mb) for r in scored if r.size_mb is not None})
+        for target in TARGETS:
+            points = {r.name: (oriented(r, metric), -(r.tg(target) or 0)) for r in scored if r.tg(target) is not None}
+            if points:
+                pareto_speed[target] = pareto_front(points)
+    recommendations = [recommend(rows, target, keep, task, metric) for target in TARGETS]
+    return Comparison(run_id, task, metric, keep, rows, pareto_size, pareto_speed, recommendations)

@@ -1,0 +1,58 @@
+"""Several runs side by side (e.g. LoRA vs QLoRA vs LoftQ): for each kind of variant, each run's task
+score, its change vs that run's own merged model and KLD — which training survives quantization best."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from workbench.report.write import RunReport
+
+
+def side_by_side(reports: list[RunReport]) -> dict[str, Any]:
+    runs = []
+    for report in reports:
+        c = report.comparison
+        train = report.recipe.get("train") or {}
+        runs.append({"run": c.run_id, "method": train.get("method"), "task": c.task, "metric": c.metric})
+    labels = list(dict.fromkeys(row.label for report in reports for row in report.comparison.rows))
+    rows = []
+    for label in labels:
+        cells = {}
+        for report in reports:
+            row = next((r for r in report.comparison.rows if r.label == label), None)
+            if row is not None:
+                cells[report.comparison.run_id] = {
+                    "score": row.score,
+                    "delta": row.delta,
+                    "keep_pct": row.keep_pct,
+                    "kld": row.kld,
+                    "size_mb": row.size_mb,
+                    "cpu_tg_tps": row.tg("cpu"),
+                }
+        kept = {run: cell["keep_pct"] for run, cell in cells.items() if cell["keep_pct"] is not None}
+        best = max(kept, key=lambda run: kept[run]) if len(kept) > 1 and label not in ("merged", "base") else None
+        rows.append({"variant": label, "runs": cells, "keeps_most": best})
+    return {"runs": runs, "rows": rows}
+
+
+def _cell(cell: dict[str, Any] | None) -> str:
+    if not cell or cell["score"] is None:
+        return "-"
+    text = f"{cell['score']:.3f}"
+    if cell["delta"] is not None:
+        text += f" ({cell['delta']:+.3f})"
+    if cell["kld"] is not None:
+        text += f" KLD {cell['kld']:.3f}"
+    return text
+
+
+def markdown(table: dict[str, Any]) -> str:
+    runs = [r["run"] for r in table["runs"]]
+    heads = [f"{r['run']} ({r['method']})" if r["method"] else r["run"] for r in table["runs"]]
+    tasks = {f"{r['task']} {r['metric']}" for r in table["runs"] if r["task"]}
+    lines = [f"Score: {', '.join(sorted(tasks)) or 'none'}; (change vs the run's merged model), KLD vs it.", ""]
+    lines += ["| variant | " + " | ".join(heads) + " | keeps most |", "|---" * (len(runs) + 2) + "|"]
+    for row in table["rows"]:
+        cells = [_cell(row["runs"].get(run)) for run in runs]
+        lines.append(f"| {row['variant']} | " + " | ".join(cells) + f" | {row['keeps_most'] or ''} |")
+    return "\n".join(lines)

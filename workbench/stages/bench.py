@@ -1,0 +1,101 @@
+"""Bench stage: speed and memory of every variant where it would serve. GGUF through llama.cpp on CPU
+(and on GPU when llama.cpp was built with it); merged, GPTQ, AWQ and nf4 through torch on CPU and, with
+CUDA, on GPU; vLLM throughput when vLLM is installed. One child process per measurement."""
+
+from __future__ import annotations
+
+import json
+import traceback
+from importlib import metadata
+from typing import Any
+
+from workbench.bench import vllm_bench
+from workbench.bench.timing import usable_cores
+from workbench.export.run_measured import run_measured
+from workbench.recipe import Recipe
+from workbench.stages.base import Stage, StageContext
+from workbench.stages.evaluation import last_error
+
+VLLM_FORMATS = ("hf", "gptq", "awq")
+
+
+class BenchFailed(RuntimeError):
+    pass
+
+
+def key_inputs(recipe: Recipe) -> dict[str, Any]:
+    return {"bench": recipe.bench.model_dump(mode="json"), "llama_cpp": metadata.version("llama_cpp_python")}
+
+
+def plan_jobs(variants: list[dict[str, Any]], recipe: Recipe, cuda: bool, vllm: bool) -> list[dict[str, Any]]:
+    section = recipe.bench
+    common = section.model_dump(include={"prompt_tokens", "gen_tokens", "repetitions", "warmup", "vllm_concurrency"})
+    jobs = []
+    for variant in variants:
+        if variant["status"] != "done":
+            continue
+        backend = "llama.cpp" if variant["format"] == "gguf" else "torch"
+        base = {**common, "variant": variant["name"], "format": variant["format"], "path": variant["path"]}
+        threads = section.threads or usable_cores()
+        if variant["format"] in section.cpu:
+            jobs.append({**base, "backend": backend, "device": "cpu", "threads": threads})
+        if cuda and variant["format"] in section.gpu:
+            jobs.append({**base, "backend": backend, "device": "cuda", "threads": threads})
+            if vllm and variant["format"] in VLLM_FORMATS:
+                jobs.append({**base, "backend": "vllm", "device": "cuda", "threads": None})
+    return jobs
+
+
+def bench_one(ctx: StageContext, job: dict[str, Any], index: int) -> dict[str, Any]:
+    job_file = ctx.work / f"job-{index}.json"
+    out = ctx.work / f"result-{index}.json"
+    job_file.write_text(json.dumps({**job, "out": str(out)}))
+    ctx.say(f"{job['variant']} on {job['device']} ({job['backend']})")
+    result = run_measured(["-m", "workbench.bench.worker", str(job_file)], echo=False)
+    if result.returncode != 0 or not out.is_file():
+        raise BenchFailed(f"benchmark exited with {result.returncode}: {last_error(result.output)}")
+    measured = json.loads(out.read_text())
+    measured["peak_rss_mb"] = result.peak_rss_mb
+    return measured
+
+
+def describe(record: dict[str, Any]) -> str:
+    if "pp_tps" in record:
+        return (
+            f"pp{record['prompt_tokens']} {record['pp_tps']['median']:.1f} tok/s, "
+            f"tg{record['gen_tokens']} {record['tg_tps']['median']:.1f} tok/s, "
+            f"peak RSS {record['peak_rss_mb'] or 0:.0f} MiB"
+        )
+    if "concurrency" in record:
+        return ", ".join(f"x{level}: {v['output_tps']:.0f} tok/s" for level, v in record["concurrency"].items())
+    return record["status"]
+
+
+def run(ctx: StageContext) -> list[dict[str, Any]]:
+    from workbench.devices import pick_device
+
+    cuda = pick_device("auto") == "cuda"
+    if ctx.recipe.bench.gpu and not cuda:
+        ctx.say("no CUDA device: GPU benchmarks skipped")
+    jobs = plan_jobs(ctx.store.variants(ctx.run_id), ctx.recipe, cuda, cuda and vllm_bench.available())
+    records = []
+    for index, job in enumerate(jobs):
+        keep = {k: v for k, v in job.items() if k not in ("path", "vllm_concurrency")}
+        try:
+            record = {**keep, **bench_one(ctx, job, index)}
+        except Exception as exc:  # noqa: BLE001 - one failed measurement is recorded, the rest go on
+            error = str(exc) if isinstance(exc, BenchFailed) else "".join(traceback.format_exception_only(exc)).strip()
+            ctx.failures.append(f"{job['variant']} on {job['device']} ({job['backend']}): {error}")
+            record = {**keep, "status": "failed", "error": error}
+        ctx.say(f"{job['variant']} on {job['device']} ({job['backend']}): {describe(record)}")
+        ctx.event("benchmarked", **record)
+        records.append(record)
+    if jobs and all(r["status"] == "failed" for r in records):
+        raise BenchFailed("every benchmark failed: " + "; ".join(ctx.failures))
+    ctx.store.replace_bench(ctx.run_id, records)
+    results = ctx.out / "results.json"
+    results.write_text(json.dumps({"cuda": cuda, "results": records}, indent=2))
+    return [{"name": "bench-results", "kind": "bench", "path": results.name, "size": results.stat().st_size}]
+
+
+STAGE = Stage(name="bench", needs=("export",), key_inputs=key_inputs, run=run)
