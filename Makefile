@@ -25,7 +25,7 @@ $(DEFAULT_MODEL): | $(STAMP)
 
 run: install model
 	$(OFFLINE) $(BIN)/workbench run recipes/quickstart.yaml
-	$(BIN)/workbench show quickstart
+	$(BIN)/workbench report quickstart
 
 lint: install
 	$(BIN)/ruff check workbench tests bench recipes

@@ -15,6 +15,7 @@ def gpu_offload_available() -> bool:
 
 def bench(path: str, settings: Settings, threads: int, gpu: bool) -> dict[str, Any]:
     import llama_cpp
+    import numpy as np
 
     llm = llama_cpp.Llama(
         model_path=path,
@@ -32,14 +33,18 @@ def bench(path: str, settings: Settings, threads: int, gpu: bool) -> dict[str, A
         llm.reset()
         llm.eval(ids)
 
-    def generate(count: int) -> None:
-        ctx.kv_cache_clear()
-        llm.reset()
-        token = bos
-        for _ in range(count):
-            llm.eval([token])
-            token = int(llm.scores[llm.n_tokens - 1].argmax())
+    n_vocab = llm.n_vocab()
 
-    result = measure(settings, prompt, generate, llm.n_vocab())
+    def generate(count: int) -> None:
+        """One token a time through llama_decode, greedy from the last logits (no Python-side copies)."""
+        ctx.kv_cache_clear()
+        token = (llama_cpp.llama_token * 1)(bos)
+        for _ in range(count):
+            if llama_cpp.llama_decode(ctx.ctx, llama_cpp.llama_batch_get_one(token, 1)) != 0:
+                raise RuntimeError("llama_decode failed")
+            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx.ctx, -1), shape=(n_vocab,))
+            token[0] = int(logits.argmax())
+
+    result = measure(settings, prompt, generate, n_vocab)
     llm.close()
     return result
