@@ -16,9 +16,9 @@ def bench(path: str, model_format: str, device: str, settings: Settings, threads
 
     torch.set_num_threads(threads)
     dtype = compute_dtype(model_format, device)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype if dtype == "auto" else getattr(torch, dtype))
-    if model_format == "hf" or device == "cpu":
-        model = model.to(device)  # quantized formats are placed by their loaders
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=dtype if dtype == "auto" else getattr(torch, dtype), device_map={"": device}
+    )
     model.eval()
     cuda = device.startswith("cuda")
 

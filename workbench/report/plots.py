@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from workbench.report.compare import Comparison, Row, candidates
+from workbench.report.compare import Comparison, Row, candidates, higher_is_better
 
 FIGSIZE = (6.4, 4.0)
 
@@ -44,16 +44,21 @@ def quality_vs(comparison: Comparison, axis: str) -> bytes | None:
     if not rows:
         return None
     figure, ax = _figure()
-    for row in rows:
+    for index, row in enumerate(sorted(rows, key=x_of)):
         on_front = row.name in front
         ax.scatter(x_of(row), row.score, s=60 if on_front else 35, color="C3" if on_front else "C0", zorder=3)
-        ax.annotate(row.label, (x_of(row), row.score), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        below = index % 2 == 1  # neighbours' labels alternate above and below, so close points stay readable
+        ax.annotate(row.label, (x_of(row), row.score), textcoords="offset points", xytext=(5, -11 if below else 4),
+                    fontsize=8)  # fmt: skip
     ordered: list[Row] = sorted((r for r in rows if r.name in front), key=x_of)
     if len(ordered) > 1:
         ax.plot([x_of(r) for r in ordered], [r.score for r in ordered], color="C3", lw=1.2, label="Pareto front")
     merged = next((r for r in comparison.rows if r.role == "reference" and r.score is not None), None)
-    if merged is not None:
+    if merged is not None and merged.score is not None:
         ax.axhline(merged.score, color="grey", ls="--", lw=0.8, label="merged")
+        share = comparison.keep_percent / 100
+        bar = merged.score * share if higher_is_better(comparison.metric or "") else merged.score / share
+        ax.axhline(bar, color="grey", ls=":", lw=0.8, label=f"{comparison.keep_percent:g}% of merged")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(f"{comparison.task} {comparison.metric}")
     ax.grid(alpha=0.3)

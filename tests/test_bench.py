@@ -1,0 +1,62 @@
+"""Benchmark planning and protocol (the real backends run in the end-to-end test and on a GPU below)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from workbench.bench.timing import Settings, measure
+from workbench.recipe import Recipe
+from workbench.stages.bench import plan_jobs
+
+VARIANTS = [
+    {"name": "m", "format": "hf", "path": "/m", "status": "done"},
+    {"name": "m-Q8_0.gguf", "format": "gguf", "path": "/q8", "status": "done"},
+    {"name": "m-GPTQ", "format": "gptq", "path": "/g", "status": "done"},
+    {"name": "m-NF4", "format": "nf4", "path": "/n", "status": "failed"},
+]
+
+
+def recipe(**bench: object) -> Recipe:
+    return Recipe.model_validate({"name": "r", "base_model": "x", "data": {"path": "d.json"}, "bench": bench})
+
+
+def test_jobs_follow_the_formats_per_target_and_skip_failed_variants() -> None:
+    jobs = plan_jobs(VARIANTS, recipe(cpu=["gguf", "hf"], threads=3), cuda=False, vllm=True)
+    assert [(j["variant"], j["backend"], j["device"]) for j in jobs] == [
+        ("m", "torch", "cpu"),
+        ("m-Q8_0.gguf", "llama.cpp", "cpu"),
+    ]
+    assert all(j["threads"] == 3 and j["prompt_tokens"] == 512 and j["gen_tokens"] == 128 for j in jobs)
+
+    on_gpu = plan_jobs(VARIANTS, recipe(cpu=[], gpu=["gguf", "gptq"]), cuda=True, vllm=True)
+    assert [(j["variant"], j["backend"], j["device"]) for j in on_gpu] == [
+        ("m-Q8_0.gguf", "llama.cpp", "cuda"),
+        ("m-GPTQ", "torch", "cuda"),
+        ("m-GPTQ", "vllm", "cuda"),  # vLLM serves GPTQ, not GGUF
+    ]
+    assert on_gpu[2]["vllm_concurrency"] == [1, 8, 32]
+    assert plan_jobs(VARIANTS, recipe(), cuda=False, vllm=False)[-1]["variant"] == "m-GPTQ"  # nf4 failed
+
+
+def test_measure_follows_the_warmup_and_repetition_protocol() -> None:
+    prompts: list[list[int]] = []
+    generated: list[int] = []
+    result = measure(Settings(prompt_tokens=7, gen_tokens=5, repetitions=3, warmup=2), prompts.append,
+                     generated.append, vocab_size=11)  # fmt: skip
+    assert len(prompts) == len(generated) == 5  # warm-up runs are run, not reported
+    assert all(len(ids) == 7 and all(0 <= t < 11 for t in ids) for ids in prompts)
+    assert prompts[0] != prompts[1]  # a fresh random prompt each time: no prefix cache can help
+    assert generated == [5] * 5
+    for key in ("pp_tps", "tg_tps", "ttft_ms"):
+        stats = result[key]
+        assert len(stats["samples"]) == 3 and stats["min"] <= stats["median"] <= stats["max"]
+
+
+@pytest.mark.gpu
+def test_torch_bench_on_cuda_reports_vram(tiny_model: Path) -> None:
+    from workbench.bench import torch_bench
+
+    result = torch_bench.bench(str(tiny_model), "hf", "cuda", Settings(32, 8, 2, 1), threads=1)
+    assert result["peak_vram_mb"] > 0 and result["tg_tps"]["median"] > 0
