@@ -39,7 +39,8 @@ def bench(name: str, device: str, tg: float, backend: str = "llama.cpp") -> dict
         return {"median": v, "min": v * 0.95, "max": v * 1.05, "samples": [v]}
 
     return {"variant": name, "device": device, "backend": backend, "status": "done", "pp_tps": stat(tg * 4),
-            "tg_tps": stat(tg), "ttft_ms": stat(100.0), "peak_rss_mb": 300.0}  # fmt: skip
+            "tg_tps": stat(tg), "ttft_ms": stat(100.0), "peak_rss_mb": 300.0, "threads": 2, "prompt_tokens": 512,
+            "gen_tokens": 128, "repetitions": 3, "warmup": 1}  # fmt: skip
 
 
 VARIANTS = [
@@ -105,7 +106,18 @@ def test_gpu_recommendation_uses_gpu_speed_when_measured() -> None:
 def test_when_nothing_keeps_the_threshold_the_closest_is_named() -> None:
     scores = {**SCORES, f"{MERGED}-F16.gguf": 0.5, f"{MERGED}-Q8_0.gguf": 0.6, f"{MERGED}-Q4_K_M.gguf": 0.4}
     cpu = compare("r", VARIANTS, metrics(scores), CPU_BENCH[1:], wanted_task=TASK).recommendations[0]
-    assert cpu.variant == f"{MERGED}-Q8_0.gguf" and "no variant keeps 98%" in cpu.reason and "66.7%" in cpu.reason
+    assert cpu.variant == f"{MERGED}-Q8_0.gguf" and "keeps 98%" in cpu.reason and "66.7%" in cpu.reason
+
+
+def test_parity_failures_are_never_recommended_and_a_missing_merged_score_is_said() -> None:
+    broken = [
+        {**v, "meta": {**v["meta"], "parity": {"passed": False}}} if v["format"] == "gguf" else v for v in VARIANTS
+    ]
+    cpu = compare("r", broken, metrics(SCORES), CPU_BENCH[1:], wanted_task=TASK).recommendations[0]
+    assert cpu.variant is None and "parity" in cpu.reason  # every CPU-measured variant failed parity
+    unscored = {name: score for name, score in SCORES.items() if name != MERGED}
+    cpu = compare("r", VARIANTS, metrics(unscored), CPU_BENCH, wanted_task=TASK).recommendations[0]
+    assert cpu.variant is None and "cannot judge" in cpu.reason
 
 
 def test_rows_carry_deltas_probes_and_pareto_fronts() -> None:
@@ -144,7 +156,7 @@ def test_report_files_hold_the_table_the_figures_and_the_numbers(tmp_path: Path)
     page = (dest / "report.html").read_text()
     assert page.count("<table") == 1 and "Q4_K_M.gguf" in page and "exact_match,strip" in page
     assert page.count('src="data:image/png;base64,') == 3  # quality vs size, vs CPU speed, loss (no GPU numbers)
-    assert "CPU: Q8_0.gguf" in page
+    assert "CPU: Q8_0.gguf" in page and "CPU: pp512 / tg128, median of 3 runs after 1 warm-up, 2 threads" in page
     assert "| Q8_0.gguf | gguf | 138 | 0.890 | -0.010 | 98.9 |" in (dest / "report.md").read_text()
     assert {p.name for p in dest.glob("*.png")} == {"quality_vs_size.png", "quality_vs_cpu_speed.png", "loss_curve.png"}
     table = list(csv.DictReader((dest / "comparison.csv").open()))
@@ -166,7 +178,13 @@ def test_report_and_compare_commands(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert printed["comparison"]["task"] == TASK and not (tmp_path / "lora" / "report").exists()
     assert main(["--home", str(tmp_path), "report", "lora", "--keep-percent", "90"]) == 0
     out = capsys.readouterr().out
-    assert "CPU: Q4_K_M.gguf" in out and (tmp_path / "lora" / "report" / "report.html").is_file()
+    assert "CPU: Q4_K_M.gguf" in out and (tmp_path / "lora" / "report-keep90" / "report.html").is_file()
+    assert not (tmp_path / "lora" / "report").exists()  # the run's own report keeps the recipe's threshold
+    keep = tmp_path / "mine"
+    (keep / "notes.txt").parent.mkdir()
+    (keep / "notes.txt").write_text("not a report")
+    assert main(["--home", str(tmp_path), "report", "lora", "--out", str(keep)]) == 2
+    assert (keep / "notes.txt").read_text() == "not a report"  # nothing of the user's is replaced
 
     assert main(["--home", str(tmp_path), "compare", "lora", "qlora", "--format", "json"]) == 0
     side = json.loads(capsys.readouterr().out)

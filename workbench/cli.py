@@ -23,6 +23,13 @@ def _csv(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
+def _percent(value: str) -> float:
+    number = float(value)
+    if not 0 < number <= 100:
+        raise argparse.ArgumentTypeError(f"{value}: expected a percentage above 0 and at most 100")
+    return number
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.set)
     run_id = run_recipe(recipe, args.home, stages=args.stages, force=args.force, run_id=args.run_id)
@@ -158,6 +165,8 @@ def cmd_show(args: argparse.Namespace) -> int:
             f"\ntraining: step {last['step']}/{last['total_steps']}, loss {first['loss']:.4f} -> {last['loss']:.4f}"
             + (f", {last['tokens_per_s']} tokens/s" if last.get("tokens_per_s") else "")
         )
+    if metrics or store.bench(args.run):
+        print(f"\nspeed, comparison and recommendation: `workbench report {args.run}`")
     return 0
 
 
@@ -174,7 +183,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps(report.to_dict(), indent=2))
         return 0
-    dest = write.write(report, args.out or args.home / args.run / "report")
+    dest = args.out or args.home / args.run / "report"
+    if args.keep_percent is not None and args.out is None:  # the run's own report keeps the recipe's threshold
+        dest = dest.with_name(f"report-keep{args.keep_percent:g}")
+    if dest.is_dir() and any(dest.iterdir()) and not (dest / "report.html").is_file():
+        raise RunError(f"--out {dest}: folder exists and is not a report; the report replaces the whole folder")
+    dest = write.write(report, dest)
     print(table.plain(report.comparison))
     print()
     for line in write.recommendation_lines(report.comparison):
@@ -239,7 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run")
     report.add_argument("--format", choices=["text", "json"], default="text", help="json: print the results only")
     report.add_argument("--out", type=Path, help="folder for the report files (default: runs/RUN/report)")
-    report.add_argument("--keep-percent", type=float, help="override report.keep_percent")
+    report.add_argument(
+        "--keep-percent", type=_percent, help="override report.keep_percent (files go to runs/RUN/report-keepX)"
+    )
     report.set_defaults(func=cmd_report)
     compare_runs = sub.add_parser("compare", help="several runs side by side (which training survives quantization)")
     compare_runs.add_argument("runs", nargs="+")

@@ -70,6 +70,7 @@ def run(
         "-b", str(min(512, prompt_tokens)),
         "-ub", "512",
         "-fa", "0",
+        "-ngl", "0",  # CPU against CPU even when llama.cpp was built with a GPU backend
         "-o", "json",
     ]  # fmt: skip
     output = subprocess.run(command, check=True, capture_output=True, text=True).stdout

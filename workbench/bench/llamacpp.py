@@ -26,7 +26,7 @@ def bench(path: str, settings: Settings, threads: int, gpu: bool) -> dict[str, A
         n_gpu_layers=-1 if gpu else 0,
         verbose=False,
     )
-    ctx, bos = llm._ctx, llm.token_bos()
+    ctx, bos = llm._ctx, max(llm.token_bos(), 0)  # -1: the model has no BOS token
 
     def prompt(ids: list[int]) -> None:
         ctx.kv_cache_clear()

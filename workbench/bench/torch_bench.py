@@ -29,12 +29,14 @@ def bench(path: str, model_format: str, device: str, settings: Settings, threads
     @torch.inference_mode()
     def prompt(ids: list[int]) -> None:
         input_ids = torch.tensor([ids], device=model.device)
-        model(input_ids=input_ids, cache=DynamicCache(), use_cache=True, logits_to_keep=1).logits.argmax(-1)
+        model(
+            input_ids=input_ids, cache=DynamicCache(config=model.config), use_cache=True, logits_to_keep=1
+        ).logits.argmax(-1)
         sync()
 
     @torch.inference_mode()
     def generate(count: int) -> None:
-        cache = DynamicCache()
+        cache = DynamicCache(config=model.config)  # sliding-window layers where the model has them
         token = torch.tensor([[model.config.bos_token_id or 0]], device=model.device)
         for _ in range(count):
             logits = model(input_ids=token, cache=cache, use_cache=True).logits

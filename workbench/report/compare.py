@@ -98,8 +98,8 @@ def keep_percent(value: float | None, reference: float | None, metric: str) -> f
         return None
     if not higher_is_better(metric):
         value, reference = reference, value  # lower is better: reference / value
-    if reference == 0:
-        return 100.0 if value >= 0 else 0.0
+    if reference <= 0 or value < 0:  # a share means nothing here: as good or not
+        return 100.0 if value >= reference else 0.0
     return 100.0 * value / reference
 
 
@@ -153,8 +153,8 @@ def speeds(bench: list[dict[str, Any]]) -> dict[str, dict[str, Speed]]:
         if current is None or (speed.tg_tps or 0) > (current.tg_tps or 0):
             found[record["variant"]][target] = speed
     for variant, levels in throughput.items():
-        gpu = found.setdefault(variant, {}).setdefault("gpu", Speed("vllm", tg_tps=levels.get("1")))
-        gpu.throughput = levels
+        # serving throughput includes prefill: kept apart from the decode-only tg the rules compare
+        found.setdefault(variant, {}).setdefault("gpu", Speed("vllm")).throughput = levels
     return found
 
 
@@ -180,7 +180,7 @@ def build_rows(
                 role=role,
                 status=variant["status"],
                 error=variant.get("error"),
-                size_mb=variant["size"] / 2**20 if variant.get("size") else None,
+                size_mb=variant["size"] / 2**20 if variant.get("size") is not None else None,
                 bits=variant.get("bits"),
                 parity=(variant.get("meta", {}).get("parity") or {}).get("passed"),
             )
@@ -209,42 +209,48 @@ def candidates(rows: list[Row]) -> list[Row]:
     return [r for r in rows if r.role != "base" and r.status == "done" and r.score is not None]
 
 
+def mib(size: float | None) -> str:
+    return "? MiB" if size is None else f"{size:.0f} MiB"
+
+
 def recommend(rows: list[Row], target: str, keep: float, task: str | None, metric: str | None) -> Recommendation:
     """The fastest variant measured on the target (else the smallest of the target's formats) that keeps
     at least `keep`% of the merged model's task score and passed the parity check."""
     pool = [r for r in candidates(rows) if r.tg(target) is not None]
     measured = bool(pool)
     if not measured:
-        pool = [r for r in candidates(rows) if r.format in TARGET_FORMATS[target] and r.size_mb is not None]
+        pool = [r for r in candidates(rows) if r.format in TARGET_FORMATS[target]]
     if not pool or task is None or metric is None:
         return Recommendation(target, None, f"nothing to choose from on {target}: no scored variant runs there", False)
     what = f"the merged model's {task} {metric}"
-    keeping = [r for r in pool if r.keep_pct is not None and r.keep_pct >= keep and r.parity is not False]
+    if all(r.keep_pct is None for r in pool):
+        return Recommendation(target, None, f"cannot judge: {what} is missing (its evaluation failed?)", measured)
+    servable = [r for r in pool if r.parity is not False]
+    if not servable:
+        return Recommendation(target, None, "every variant here failed the serving parity check", measured)
+    keeping = [r for r in servable if r.keep_pct is not None and r.keep_pct >= keep]
     if not keeping:
-        best = max(pool, key=lambda r: oriented(r, metric))
-        return Recommendation(
-            target,
-            best.name,
-            f"no variant keeps {keep:g}% of {what}; {best.label} comes closest ({best.keep_pct or 0:.1f}%)",
-            measured,
-        )
-    smallest = min(keeping, key=lambda r: (r.size_mb or float("inf"), -oriented(r, metric)))
+        best = max(servable, key=lambda r: oriented(r, metric))
+        kept = "?" if best.keep_pct is None else f"{best.keep_pct:.1f}%"
+        reason = f"no variant that passed parity keeps {keep:g}% of {what}; {best.label} comes closest ({kept})"
+        return Recommendation(target, best.name, reason, measured)
+    smallest = min(keeping, key=lambda r: (r.size_mb if r.size_mb is not None else float("inf"), -oriented(r, metric)))
     if not measured:
         return Recommendation(
             target,
             smallest.name,
-            f"smallest ({smallest.size_mb:.0f} MiB) that keeps {smallest.keep_pct:.1f}% of {what}"
+            f"smallest ({mib(smallest.size_mb)}) that keeps {smallest.keep_pct:.1f}% of {what}"
             f" (>= {keep:g}%); speed on {target} not measured here",
             False,
         )
     fastest = max(keeping, key=lambda r: (r.tg(target) or 0, -(r.size_mb or 0)))
     reason = (
-        f"fastest on {target} ({fastest.tg(target):.1f} tok/s generating, {fastest.size_mb or 0:.0f} MiB) that keeps"
+        f"fastest on {target} ({fastest.tg(target):.1f} tok/s generating, {mib(fastest.size_mb)}) that keeps"
         f" {fastest.keep_pct:.1f}% of {what} (>= {keep:g}%)"
     )
     if smallest is not fastest:
         reason += (
-            f"; smallest that qualifies: {smallest.label} ({smallest.size_mb:.0f} MiB, {smallest.tg(target):.1f} tok/s)"
+            f"; smallest that qualifies: {smallest.label} ({mib(smallest.size_mb)}, {smallest.tg(target):.1f} tok/s)"
         )
     return Recommendation(target, fastest.name, reason, True)
 

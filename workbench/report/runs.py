@@ -15,6 +15,7 @@ def side_by_side(reports: list[RunReport]) -> dict[str, Any]:
         train = report.recipe.get("train") or {}
         runs.append({"run": c.run_id, "method": train.get("method"), "task": c.task, "metric": c.metric})
     labels = list(dict.fromkeys(row.label for report in reports for row in report.comparison.rows))
+    same_yardstick = len({(r["task"], r["metric"]) for r in runs}) == 1  # else shares are not comparable
     rows = []
     for label in labels:
         cells = {}
@@ -30,7 +31,8 @@ def side_by_side(reports: list[RunReport]) -> dict[str, Any]:
                     "cpu_tg_tps": row.tg("cpu"),
                 }
         kept = {run: cell["keep_pct"] for run, cell in cells.items() if cell["keep_pct"] is not None}
-        best = max(kept, key=lambda run: kept[run]) if len(kept) > 1 and label not in ("merged", "base") else None
+        comparable = same_yardstick and len(kept) > 1 and label not in ("merged", "base")
+        best = max(kept, key=lambda run: kept[run]) if comparable else None
         rows.append({"variant": label, "runs": cells, "keeps_most": best})
     return {"runs": runs, "rows": rows}
 

@@ -31,6 +31,7 @@ class RunReport:
     stages: list[dict[str, Any]]
     loss: list[dict[str, Any]]
     failures: list[str] = field(default_factory=list)
+    settings: list[str] = field(default_factory=list)  # how the speeds were measured, per target
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -39,6 +40,7 @@ class RunReport:
             "comparison": self.comparison.to_dict(),
             "stages": self.stages,
             "failures": self.failures,
+            "bench_settings": self.settings,
             "loss": self.loss,
         }
 
@@ -56,19 +58,39 @@ def load(store: Store, run_id: str, run_dir: Path, keep_percent: float | None = 
         store.variants(run_id),
         store.metrics(run_id),
         store.bench(run_id),
-        keep_percent or section.get("keep_percent", 98.0),
+        keep_percent if keep_percent is not None else section.get("keep_percent", 98.0),
         wanted,
     )
     stages = [
         {"name": s.name, "status": s.status, "seconds": s.seconds, "error": s.error} for s in store.stages(run_id)
     ]
-    failures = [f"{r.label}: {r.error}" for r in comparison.rows if r.status == "failed" and r.error]
+    bench = store.bench(run_id)
+    failures = [f"{r.label}: {first_line(r.error)}" for r in comparison.rows if r.status == "failed" and r.error]
     failures += [
-        f"bench {b['variant']} on {b['device']}: {b['error']}" for b in store.bench(run_id) if b["status"] == "failed"
+        f"bench {b['variant']} on {b['device']}: {first_line(b['error'])}" for b in bench if b["status"] == "failed"
     ]
+    if wanted and comparison.task != wanted:
+        failures.append(f"no results for task {wanted!r}; judged by {comparison.task!r} instead")
     history = run_dir / "train" / "log_history.json"
     loss = json.loads(history.read_text()) if history.is_file() else []
-    return RunReport(comparison, recipe, stages, loss, failures)
+    return RunReport(comparison, recipe, stages, loss, failures, bench_settings(bench))
+
+
+def first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else text
+
+
+def bench_settings(bench: list[dict[str, Any]]) -> list[str]:
+    """One line per device: lengths, repetitions and threads of its measurements."""
+    lines = {}
+    for b in bench:
+        if b["status"] == "done" and "pp_tps" in b and b["device"] not in lines:
+            threads = f", {b['threads']} threads" if b.get("threads") and b["device"] == "cpu" else ""
+            lines[b["device"]] = (
+                f"{b['device'].upper()}: pp{b['prompt_tokens']} / tg{b['gen_tokens']}, median of"
+                f" {b['repetitions']} runs after {b['warmup']} warm-up{threads}"
+            )
+    return list(lines.values())
 
 
 def figures(report: RunReport) -> dict[str, bytes]:
@@ -103,7 +125,8 @@ def markdown(report: RunReport, images: dict[str, bytes]) -> str:
     comparison = report.comparison
     parts = [f"# Run {comparison.run_id}", "", "## Recommendation", ""]
     parts += [f"- {line}" for line in recommendation_lines(comparison)]
-    parts += ["", f"Threshold: {comparison.keep_percent:g}% of the merged model's score (`report.keep_percent`).", ""]
+    parts += ["", f"Threshold: {comparison.keep_percent:g}% of the merged model's score (`report.keep_percent`)."]
+    parts += [f"Speeds measured with {line}." for line in report.settings] + [""]
     parts += ["## Variants", "", table.markdown(comparison), ""]
     if report.failures:
         parts += ["## Failures", "", *[f"- {line}" for line in report.failures], ""]
@@ -147,6 +170,7 @@ def to_html(report: RunReport, images: dict[str, bytes]) -> str:
             *[f"<li>{esc(line)}</li>" for line in recommendation_lines(comparison)],
             "</ul>",
             f"<p>Threshold: {comparison.keep_percent:g}% of the merged model's score. Bold: on a Pareto front.</p>",
+            *[f"<p>Speeds measured with {esc(line)}.</p>" for line in report.settings],
             "<h2>Variants</h2><table><thead><tr>",
             "".join(f"<th>{esc(h)}</th>" for h in headers),
             "</tr></thead><tbody>",
