@@ -8,15 +8,13 @@ import json
 import sys
 from pathlib import Path
 
-from workbench.data.dataset import DataError
-from workbench.data.files import DataFileError
-from workbench.evaluate.tasks import TaskError
-from workbench.models import ModelError
-from workbench.recipe import RecipeError, load_recipe
+from workbench import launcher
+from workbench.errors import RunError, default_home
 from workbench.report import runs, table, write
-from workbench.runner import RunError, default_home, run_recipe
-from workbench.stages.base import StageInterrupted
 from workbench.store import Store
+
+# Heavier modules (pydantic recipes, data, the runner's stages) load inside the commands that need them,
+# so `workbench` / `workbench tui` start fast.
 
 
 def _csv(value: str) -> list[str]:
@@ -31,13 +29,27 @@ def _percent(value: str) -> float:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from workbench.recipe import load_recipe
+    from workbench.runner import run_recipe
+
     recipe = load_recipe(args.recipe, args.set)
+    if args.detach:
+        if args.stages or args.force:
+            raise RunError("--detach runs the whole recipe; leave out --stages and --force")
+        started = launcher.launch(Path(args.recipe), args.home, args.run_id or recipe.name, args.set)
+        print(f"run {started.run_id} started in the background (pid {started.pid}); output: {started.log}")
+        run_id = started.run_id
+        print(f"follow it: `workbench tui` or `workbench show {run_id}`; stop it: `workbench cancel {run_id}`")
+        return 0
+    launcher.stop_on_sigterm()
     run_id = run_recipe(recipe, args.home, stages=args.stages, force=args.force, run_id=args.run_id)
     print(f"run {run_id} done; `workbench show {run_id}` lists its stages and artifacts")
     return 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from workbench.recipe import load_recipe
+
     recipe = load_recipe(args.recipe, args.set)
     print(f"{args.recipe}: ok (recipe {recipe.name!r}, base model {recipe.base_model})")
     return 0
@@ -57,11 +69,11 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
         print(f"  ... and {len(data.bad) - 20} more")
     if not data.rows:
         return 1
+    from transformers import AutoTokenizer
+
+    from workbench.models import ModelError, resolve_model
+
     try:
-        from transformers import AutoTokenizer
-
-        from workbench.models import resolve_model
-
         tokenizer = AutoTokenizer.from_pretrained(resolve_model(args.model))
     except (ModelError, OSError) as exc:
         print(f"(no tokenizer: {exc}; showing the first row as data)")
@@ -103,6 +115,20 @@ def cmd_setup(args: argparse.Namespace) -> int:
     from workbench.export import llamacpp_tools
 
     print(f"llama.cpp converter: {llamacpp_tools.fetch()}")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    if not launcher.cancel(Store(args.home / "workbench.db"), args.run):
+        raise RunError(f"run {args.run!r} has no live worker to stop")
+    print(f"asked run {args.run} to stop; it saves what it can resume from")
+    return 0
+
+
+def cmd_tui(args: argparse.Namespace) -> int:
+    from workbench.tui.app import WorkbenchApp
+
+    WorkbenchApp(args.home).run()
     return 0
 
 
@@ -212,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=default_home(),
         help="folder of the run store and run artifacts (default: $WORKBENCH_HOME or ./runs)",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command")
 
     run = sub.add_parser("run", help="run a recipe's stages (finished, unchanged stages are skipped)")
     run.add_argument("recipe")
@@ -220,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--stages", type=_csv, help="comma-separated stages to run (and what they need)")
     run.add_argument("--force", type=_csv, default=[], help="comma-separated stages to redo even if cached")
     run.add_argument("--run-id", help="run name (default: the recipe's name; re-running resumes it)")
+    run.add_argument("--detach", action="store_true", help="run in a background worker that outlives the terminal")
     run.set_defaults(func=cmd_run)
 
     recipe = sub.add_parser("recipe", help="recipe tools").add_subparsers(dest="recipe_command", required=True)
@@ -246,6 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_setup
     )
     sub.add_parser("runs", help="list runs with status").set_defaults(func=cmd_runs)
+    cancel = sub.add_parser("cancel", help="stop a run's worker (training checkpoints first)")
+    cancel.add_argument("run")
+    cancel.set_defaults(func=cmd_cancel)
+    sub.add_parser("tui", help="the terminal UI (also `workbench` with no arguments)").set_defaults(func=cmd_tui)
     show = sub.add_parser("show", help="a run's stages, timings and artifacts")
     show.add_argument("run")
     show.set_defaults(func=cmd_show)
@@ -266,20 +297,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command is None:
+        args.func = cmd_tui
     try:
         return args.func(args)
-    except RecipeError as exc:
-        print(exc.report(), file=sys.stderr)
-        return 2
-    except (DataError, DataFileError, ModelError, RunError, TaskError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except StageInterrupted as exc:
-        print(f"interrupted: {exc}", file=sys.stderr)
-        return 130
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - problems the user can fix get a message; anything else raises
+        return _explain(exc)
+
+
+def _explain(exc: Exception) -> int:
+    from workbench.data.dataset import DataError
+    from workbench.data.files import DataFileError
+    from workbench.evaluate.tasks import TaskError
+    from workbench.models import ModelError
+    from workbench.recipe import RecipeError
+    from workbench.stages.base import StageInterrupted
+
+    if isinstance(exc, RecipeError):
+        print(exc.report(), file=sys.stderr)
+        return 2
+    if isinstance(exc, DataError | DataFileError | ModelError | RunError | TaskError):
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if isinstance(exc, StageInterrupted):
+        print(f"interrupted: {exc}", file=sys.stderr)
+        return 130
+    raise exc
 
 
 if __name__ == "__main__":

@@ -7,19 +7,12 @@ import shutil
 import traceback
 from pathlib import Path
 
+from workbench.errors import RunError, default_home  # noqa: F401 - part of the runner API
 from workbench.fsutil import atomic_dir
 from workbench.recipe import Recipe
 from workbench.stages import STAGE_ORDER, STAGES
 from workbench.stages.base import StageContext, StageInterrupted, cache_key
 from workbench.store import Store
-
-
-class RunError(Exception):
-    pass
-
-
-def default_home() -> Path:
-    return Path(os.environ.get("WORKBENCH_HOME", "runs"))
 
 
 def plan(selected: list[str] | None) -> list[str]:

@@ -53,31 +53,20 @@ def load(store: Store, run_id: str, run_dir: Path, keep_percent: float | None = 
     recipe = json.loads(run["recipe"])
     section = recipe.get("report") or {}
     wanted = section.get("task") or next(iter((recipe.get("eval") or {}).get("tasks") or []), None)
-    comparison = compare(
-        run_id,
-        store.variants(run_id),
-        store.metrics(run_id),
-        store.bench(run_id),
-        keep_percent if keep_percent is not None else section.get("keep_percent", 98.0),
-        wanted,
-    )
-    stages = [
-        {"name": s.name, "status": s.status, "seconds": s.seconds, "error": s.error} for s in store.stages(run_id)
-    ]
     bench = store.bench(run_id)
-    failures = [f"{r.label}: {first_line(r.error)}" for r in comparison.rows if r.status == "failed" and r.error]
-    failures += [
-        f"bench {b['variant']} on {b['device']}: {first_line(b['error'])}" for b in bench if b["status"] == "failed"
-    ]
-    if wanted and comparison.task != wanted:
+    keep = keep_percent if keep_percent is not None else section.get("keep_percent", 98.0)
+    comparison = compare(run_id, store.variants(run_id), store.metrics(run_id), bench, keep, wanted)
+    records = store.stages(run_id)
+    stages = [{"name": s.name, "status": s.status, "seconds": s.seconds, "error": s.error} for s in records]
+    # a partial stage's error lists every part that failed (variant, model or measurement) and why
+    failures = [f"{s.name}: {s.error}" for s in records if s.status in ("partial", "failed") and s.error]
+    if comparison.task is None:
+        failures.append("no evaluation results: nothing to judge the variants by")
+    elif wanted and comparison.task != wanted:
         failures.append(f"no results for task {wanted!r}; judged by {comparison.task!r} instead")
     history = run_dir / "train" / "log_history.json"
     loss = json.loads(history.read_text()) if history.is_file() else []
     return RunReport(comparison, recipe, stages, loss, failures, bench_settings(bench))
-
-
-def first_line(text: str) -> str:
-    return text.strip().splitlines()[0] if text.strip() else text
 
 
 def bench_settings(bench: list[dict[str, Any]]) -> list[str]:

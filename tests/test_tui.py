@@ -1,0 +1,131 @@
+"""The TUI over the run store (headless, Pilot), and runs in detached workers that outlive it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from pathlib import Path
+
+from conftest import addition_rows, write_recipe
+
+from workbench import launcher
+from workbench.store import Store
+from workbench.tui import progress
+from workbench.tui.app import WorkbenchApp
+from workbench.tui.screens.run import RunScreen
+
+
+def finished_run(home: Path) -> None:
+    store = Store(home / "workbench.db")
+    store.upsert_run("done-run", "done-run", {"name": "done-run"}, "recipes/x.yaml", os.getpid())
+    for name in ("data", "train"):
+        store.start_stage("done-run", name, "k")
+        store.finish_stage("done-run", name, "done")
+    store.start_stage("done-run", "merge", "k")
+    store.finish_stage("done-run", "merge", "failed", "OSError: disk full\nmore")
+    store.add_event("done-run", "train", "train_log", {"step": 8, "total_steps": 8, "loss": 0.25, "eta_s": 0})
+    store.set_run_status("done-run", "failed")
+    (home / "done-run").mkdir(parents=True)
+    (home / "done-run" / "worker.log").write_text("[data] ok\nstep 1\rstep 2\rstep 8\n[merge] FAILED\n")
+
+
+def test_progress_lines_on_fixed_records(tmp_path: Path) -> None:
+    finished_run(tmp_path)
+    store = Store(tmp_path / "workbench.db")
+    log = {"step": 34, "total_steps": 64, "loss": 0.1234, "learning_rate": 5e-4, "tokens_per_s": 112.4, "eta_s": 150}
+    running = store.stages("done-run")[:1]
+    assert progress.pipeline(store.stages("done-run")) == "data✓ train✓ merge✗ export· eval· bench· report·"
+    store.start_stage("done-run", "train", "k")
+    assert progress.pipeline(store.stages("done-run"), log).startswith("data✓ train 34/64 merge✗")
+    assert progress.training_line(log) == "training: step 34/64 · loss 0.1234 · lr 5.00e-04 · 112 tok/s · ETA 2m30s"
+    assert progress.tail(tmp_path / "done-run" / "worker.log")[-2:] == ["step 8", "[merge] FAILED"]
+    assert running and progress.tail(tmp_path / "missing.log") == []
+
+
+def test_runs_and_run_screens_at_80x24(tmp_path: Path) -> None:
+    finished_run(tmp_path)
+
+    async def drive() -> None:
+        app = WorkbenchApp(tmp_path)
+        async with app.run_test(size=(80, 24)) as pilot:
+            table = app.screen.query_one("#runs")
+            assert table.row_count == 1
+            assert table.get_row("done-run")[:2] == ["done-run", "failed"]
+            await pilot.press("enter")
+            await pilot.pause()
+            assert isinstance(app.screen, RunScreen)
+            stages = app.screen.query_one("#stages")
+            assert [stages.get_row_at(i)[:2] for i in range(stages.row_count)] == [
+                ["data", "done"],
+                ["train", "done"],
+                ["merge", "failed"],
+            ]
+            assert stages.get_row_at(2)[3] == "OSError: disk full"
+            assert "step 8/8" in str(app.screen.query_one("#training").render())
+            assert app.screen.query_one("#log").lines[-1] == "[merge] FAILED"
+            await pilot.press("c")  # no live worker: a warning, nothing else
+            await pilot.press("escape")
+            assert not isinstance(app.screen, RunScreen)
+
+    asyncio.run(drive())
+
+
+def _steps(home: Path) -> list[int]:
+    store = Store(home / "workbench.db")
+    try:
+        return [e["step"] for e in store.events("tiny", stage="train", kind="train_log")]
+    finally:
+        store.close()
+
+
+def _wait_for(condition, seconds: float = 120) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting for the worker"
+        time.sleep(0.1)
+
+
+def test_a_detached_run_outlives_the_app_and_cancels_from_it(tmp_path: Path, tiny_model: Path) -> None:
+    data = tmp_path / "qa.json"
+    data.write_text(json.dumps(addition_rows(72)))
+    recipe = write_recipe(tmp_path, tiny_model, data, train={"max_steps": 3000, "checkpoint_every": 5})
+    home = tmp_path / "runs"
+    started = launcher.launch(recipe, home, "tiny")
+    assert os.getsid(started.pid) != os.getsid(0)  # its own session: a closing terminal does not reach it
+    try:
+        _wait_for(lambda: (home / "workbench.db").exists() and len(_steps(home)) >= 3)
+
+        async def look(cancel: bool) -> str:
+            app = WorkbenchApp(home)
+            async with app.run_test(size=(80, 24)) as pilot:
+                await pilot.pause()
+                row = app.screen.query_one("#runs").get_row("tiny")
+                if cancel:
+                    await pilot.press("c")
+                return row[1] + " " + row[2]
+
+        seen = asyncio.run(look(cancel=False))
+        assert seen.startswith("running ") and " train " in seen
+        after_close = len(_steps(home))
+        _wait_for(lambda: len(_steps(home)) >= after_close + 3)  # the app is gone; training goes on
+        asyncio.run(look(cancel=True))  # reopened: the same run, live; `c` stops it
+        _wait_for(lambda: Store.live_status(Store(home / "workbench.db").run("tiny")) != "running", 60)
+    finally:
+        if Store.live_status(Store(home / "workbench.db").run("tiny")) == "running":
+            os.killpg(started.pid, 9)
+    store = Store(home / "workbench.db")
+    assert store.run("tiny")["status"] == "interrupted"
+    assert store.stage("tiny", "train").status == "interrupted"
+    assert max(_steps(home)) < 3000
+    assert list((home / "tiny" / ".work").glob("train-*/checkpoints/checkpoint-*"))  # what the next run resumes from
+    assert "interrupted" in started.log.read_text()
+
+
+def test_cancel_without_a_live_worker_is_a_clear_error(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    from workbench.cli import main
+
+    finished_run(tmp_path)
+    assert main(["--home", str(tmp_path), "cancel", "done-run"]) == 2
+    assert "no live worker" in capsys.readouterr().err

@@ -1,0 +1,31 @@
+"""`workbench tui` (or `workbench` alone): the app. Screens read the run store; runs are started and
+stopped through detached workers (workbench.launcher), so closing the app never stops a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual.app import App
+
+from workbench import launcher
+from workbench.store import Store
+from workbench.tui.screens.runs import RunsScreen
+
+
+class WorkbenchApp(App):
+    CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute: subclasses defined elsewhere find it too
+    TITLE = "workbench"
+
+    def __init__(self, home: Path) -> None:
+        super().__init__()
+        self.home = Path(home)
+        self.store = Store(self.home / "workbench.db")
+
+    def on_mount(self) -> None:
+        self.push_screen(RunsScreen())
+
+    def cancel_run(self, run_id: str) -> None:
+        if launcher.cancel(self.store, run_id):
+            self.notify(f"asked {run_id} to stop; it saves what it can resume from")
+        else:
+            self.notify(f"{run_id} has no live worker", severity="warning")

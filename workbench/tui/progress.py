@@ -1,0 +1,57 @@
+"""What the TUI shows of a run, computed from the store (plain functions, testable without a terminal)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from workbench.store import StageRecord
+
+STAGE_ORDER = ("data", "train", "merge", "export", "eval", "bench", "report")  # as workbench.stages, without torch
+MARKS = {"done": "✓", "partial": "~", "failed": "✗", "interrupted": "‖", "running": "…"}
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def pipeline(stages: list[StageRecord], train: dict[str, Any] | None = None) -> str:
+    """One line: each stage with its mark; the training stage with step/total while it runs."""
+    by_name = {s.name: s for s in stages}
+    parts = []
+    for name in STAGE_ORDER:
+        stage = by_name.get(name)
+        if stage is None:
+            parts.append(f"{name}·")
+        elif name == "train" and stage.status == "running" and train:
+            parts.append(f"train {train['step']}/{train['total_steps']}")
+        else:
+            parts.append(f"{name}{MARKS.get(stage.status, '?')}")
+    return " ".join(parts)
+
+
+def training_line(log: dict[str, Any] | None) -> str:
+    if not log:
+        return "training: no steps logged yet"
+    parts = [f"step {log['step']}/{log['total_steps']}", f"loss {log['loss']:.4f}"]
+    if log.get("learning_rate") is not None:
+        parts.append(f"lr {log['learning_rate']:.2e}")
+    if log.get("tokens_per_s"):
+        parts.append(f"{log['tokens_per_s']:.0f} tok/s")
+    if log.get("eta_s") is not None:
+        parts.append(f"ETA {duration(log['eta_s'])}")
+    return "training: " + " · ".join(parts)
+
+
+def tail(path: Any, lines: int = 200) -> list[str]:
+    """The last lines of a log file, carriage-return progress bars reduced to their latest state."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, 2)
+            handle.seek(max(0, handle.tell() - 64 * 1024))
+            text = handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return []
+    return [line.rsplit("\r", 1)[-1] for line in text.splitlines()[-lines:]]

@@ -1,0 +1,75 @@
+"""Runs: every run in the store with its status and stage pipeline, refreshed every second."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header
+
+from workbench.tui import progress
+
+
+class RunsScreen(Screen):
+    BINDINGS = [
+        Binding("enter", "open", "Open"),
+        Binding("c", "cancel", "Cancel run"),
+        Binding("q", "app.quit", "Quit"),
+    ]
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.title = "workbench · runs"
+        table = self.query_one(DataTable)
+        table.add_columns("run", "status", "stages", "updated")
+        self.refresh_runs()
+        self.set_interval(1.0, self.refresh_runs)
+
+    def refresh_runs(self) -> None:
+        store = self.app.store  # type: ignore[attr-defined]
+        table = self.query_one(DataTable)
+        seen = set()
+        for run in store.runs():
+            run_id = run["id"]
+            seen.add(run_id)
+            logs = store.events(run_id, stage="train", kind="train_log")
+            cells = (
+                run_id,
+                store.live_status(run),
+                progress.pipeline(store.stages(run_id), logs[-1] if logs else None),
+                dt.datetime.fromtimestamp(run["updated"]).strftime("%m-%d %H:%M:%S"),
+            )
+            if run_id in table.rows:
+                for column, value in zip(table.columns, cells, strict=True):
+                    table.update_cell(run_id, column, value)
+            else:
+                table.add_row(*cells, key=run_id)
+        for key in [k for k in table.rows if k.value not in seen]:
+            table.remove_row(key)
+
+    def selected(self) -> str | None:
+        table = self.query_one(DataTable)
+        if not table.row_count:
+            return None
+        return table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+
+    def action_open(self) -> None:
+        from workbench.tui.screens.run import RunScreen
+
+        run_id = self.selected()
+        if run_id:
+            self.app.push_screen(RunScreen(run_id))
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        self.action_open()
+
+    def action_cancel(self) -> None:
+        run_id = self.selected()
+        if run_id:
+            self.app.cancel_run(run_id)  # type: ignore[attr-defined]
