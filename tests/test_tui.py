@@ -129,3 +129,34 @@ def test_cancel_without_a_live_worker_is_a_clear_error(tmp_path: Path, capsys) -
     finished_run(tmp_path)
     assert main(["--home", str(tmp_path), "cancel", "done-run"]) == 2
     assert "no live worker" in capsys.readouterr().err
+
+
+def test_compare_screen_shows_the_recommendation_and_sorts_from_the_keyboard(tmp_path: Path) -> None:
+    from test_report import MERGED, SCORES, fill_store
+
+    from workbench.tui.screens.compare import CompareScreen
+
+    fill_store(Store(tmp_path / "workbench.db"), "lora", SCORES, "lora")
+
+    async def drive() -> None:
+        app = WorkbenchApp(tmp_path)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.press("enter")  # Runs -> Run
+            await pilot.press("v")  # Run -> Compare
+            await pilot.pause()
+            screen = app.screen
+            assert isinstance(screen, CompareScreen)
+            assert "CPU: Q8_0.gguf" in str(screen.query_one("#recommendation").render())
+            grid = screen.query_one("#comparison")
+            assert grid.row_count == 8
+
+            def first() -> str:
+                return grid.coordinate_to_cell_key((0, 0)).row_key.value
+
+            for _ in range(screen.headers.index("size MiB") + 1):
+                await pilot.press("s")
+            assert first() == f"{MERGED}-Q4_K_M.gguf"  # smallest first; the base row (no size) last
+            await pilot.press("r")
+            assert first() == MERGED  # largest first; rows without a size stay last
+
+    asyncio.run(drive())

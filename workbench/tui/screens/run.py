@@ -14,6 +14,7 @@ class RunScreen(Screen):
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back"),
         Binding("c", "cancel", "Cancel run"),
+        Binding("v", "compare", "Compare variants"),
         Binding("q", "app.quit", "Quit"),
     ]
 
@@ -64,3 +65,8 @@ class RunScreen(Screen):
 
     def action_cancel(self) -> None:
         self.app.cancel_run(self.run_id)  # type: ignore[attr-defined]
+
+    def action_compare(self) -> None:
+        from workbench.tui.screens.compare import CompareScreen
+
+        self.app.push_screen(CompareScreen(self.run_id))
