@@ -106,6 +106,9 @@ def test_a_detached_run_outlives_the_app_and_cancels_from_it(tmp_path: Path, tin
                     await pilot.press("c")
                 return row[1] + " " + row[2]
 
+        from workbench.cli import main
+
+        assert main(["--home", str(home), "run", str(recipe)]) == 2  # one worker per run: a second is refused
         seen = asyncio.run(look(cancel=False))
         assert seen.startswith("running ") and " train " in seen
         after_close = len(_steps(home))

@@ -33,12 +33,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     from workbench.runner import run_recipe
 
     recipe = load_recipe(args.recipe, args.set)
+    run_id = args.run_id or recipe.name
+    live = Store(args.home / "workbench.db").run(run_id)
+    if live is not None and Store.live_status(live) == "running":
+        raise RunError(f"run {run_id} is already running (pid {live['pid']}); `workbench cancel {run_id}` stops it")
     if args.detach:
         if args.stages or args.force:
             raise RunError("--detach runs the whole recipe; leave out --stages and --force")
-        started = launcher.launch(Path(args.recipe), args.home, args.run_id or recipe.name, args.set)
-        print(f"run {started.run_id} started in the background (pid {started.pid}); output: {started.log}")
-        run_id = started.run_id
+        started = launcher.launch(Path(args.recipe), args.home, run_id, args.set)
+        print(f"run {run_id} started in the background (pid {started.pid}); output: {started.log}")
         print(f"follow it: `workbench tui` or `workbench show {run_id}`; stop it: `workbench cancel {run_id}`")
         return 0
     launcher.stop_on_sigterm()
