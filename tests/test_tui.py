@@ -163,3 +163,43 @@ def test_compare_screen_shows_the_recommendation_and_sorts_from_the_keyboard(tmp
             assert first() == MERGED  # largest first; rows without a size stay last
 
     asyncio.run(drive())
+
+
+def test_new_run_validates_like_the_cli_then_launches_a_detached_run(tmp_path: Path, tiny_model: Path) -> None:
+    from textual.widgets import Input, TextArea
+
+    data = tmp_path / "qa.json"
+    data.write_text(json.dumps(addition_rows(72)))
+    recipe = write_recipe(tmp_path, tiny_model, data, train={"max_steps": 3000, "checkpoint_every": 50})
+    home = tmp_path / "runs"
+
+    async def drive() -> None:
+        app = WorkbenchApp(home)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.press("n")
+            screen = app.screen
+            screen.query_one("#recipe", Input).value = str(recipe)
+            screen.query_one("#overrides", TextArea).text = "train.max_step=10\n"
+            await pilot.press("ctrl+r")
+            problems = str(screen.query_one("#problems").render())
+            assert "train.max_step" in problems and "max_steps" in problems  # did-you-mean, nothing launched
+            assert not (home / "tiny").exists()
+            screen.query_one("#overrides", TextArea).text = "train.max_steps=2000\n"
+            await pilot.press("ctrl+r")
+            await pilot.pause()
+            assert isinstance(app.screen, RunScreen) and app.screen.run_id == "tiny"
+            _wait_for(lambda: (home / "workbench.db").exists() and len(_steps(home)) >= 2)
+            await pilot.pause(1.2)  # one refresh later the Run screen shows the live training
+            assert "step" in str(app.screen.query_one("#training").render())
+            await pilot.press("c")
+
+    try:
+        asyncio.run(drive())
+        _wait_for(lambda: Store.live_status(Store(home / "workbench.db").run("tiny")) != "running", 60)
+    finally:
+        run = Store(home / "workbench.db").run("tiny") if (home / "workbench.db").exists() else None
+        if run is not None and Store.live_status(run) == "running":
+            os.killpg(run["pid"], 9)
+    store = Store(home / "workbench.db")
+    assert json.loads(store.run("tiny")["recipe"])["train"]["max_steps"] == 2000  # the override reached the run
+    assert store.stage("tiny", "train").status == "interrupted"

@@ -15,6 +15,7 @@ from workbench.tui import progress
 class RunsScreen(Screen):
     BINDINGS = [
         Binding("enter", "open", "Open"),
+        Binding("n", "new", "New run"),
         Binding("c", "cancel", "Cancel run"),
         Binding("q", "app.quit", "Quit"),
     ]
@@ -65,6 +66,11 @@ class RunsScreen(Screen):
         run_id = self.selected()
         if run_id:
             self.app.push_screen(RunScreen(run_id))
+
+    def action_new(self) -> None:
+        from workbench.tui.screens.new_run import NewRunScreen
+
+        self.app.push_screen(NewRunScreen())
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         self.action_open()

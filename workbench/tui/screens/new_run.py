@@ -1,0 +1,81 @@
+"""New run: pick a recipe, override fields (`section.field=value`, one per line, as `--set` on the
+command line), check them with the same validation as `workbench recipe validate`, and launch the run
+in a detached worker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Footer, Header, Input, Label, Static, TextArea
+
+from workbench import launcher
+
+
+def recipe_files(folder: Path = Path("recipes")) -> list[Path]:
+    return sorted(folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+class NewRunScreen(Screen):
+    BINDINGS = [
+        Binding("ctrl+r", "launch", "Validate and launch", priority=True),
+        Binding("f5", "validate", "Validate", priority=True),
+        Binding("escape", "app.pop_screen", "Back"),
+    ]
+
+    def compose(self) -> ComposeResult:
+        found = recipe_files()
+        yield Header()
+        with VerticalScroll():
+            yield Label("Recipe file" + (f" (in recipes/: {', '.join(p.name for p in found)})" if found else ""))
+            yield Input(value=str(found[0]) if found else "", placeholder="recipes/quickstart.yaml", id="recipe")
+            yield Label("Run name (default: the recipe's name)")
+            yield Input(placeholder="run id", id="run-id")
+            yield Label("Overrides, one per line: section.field=value")
+            yield TextArea(id="overrides", soft_wrap=True)
+            yield Static(id="problems")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.title = "workbench · new run"
+        self.query_one("#recipe", Input).focus()
+
+    def overrides(self) -> list[str]:
+        text = self.query_one("#overrides", TextArea).text
+        return [line.strip() for line in text.splitlines() if line.strip()]
+
+    def check(self) -> tuple[Path, str] | None:
+        """The recipe and run id when the recipe validates; else its problems are shown."""
+        from workbench.recipe import RecipeError, load_recipe
+
+        path = Path(self.query_one("#recipe", Input).value.strip())
+        problems = self.query_one("#problems", Static)
+        try:
+            recipe = load_recipe(path, self.overrides())
+        except RecipeError as exc:
+            problems.update(exc.report())
+            return None
+        run_id = self.query_one("#run-id", Input).value.strip() or recipe.name
+        problems.update(f"ok: recipe {recipe.name!r}, base model {recipe.base_model}, run {run_id!r}")
+        return path, run_id
+
+    def action_validate(self) -> None:
+        self.check()
+
+    def action_launch(self) -> None:
+        checked = self.check()
+        if checked is None:
+            return
+        path, run_id = checked
+        store = self.app.store  # type: ignore[attr-defined]
+        live = store.run(run_id)
+        if live is not None and store.live_status(live) == "running":
+            self.query_one("#problems", Static).update(f"run {run_id} is already running (pid {live['pid']})")
+            return
+        launcher.launch(path, self.app.home, run_id, self.overrides())  # type: ignore[attr-defined]
+        from workbench.tui.screens.run import RunScreen
+
+        self.app.switch_screen(RunScreen(run_id))
