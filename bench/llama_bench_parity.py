@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from workbench.bench import llama_bench  # noqa: E402
-from workbench.bench.timing import usable_cores  # noqa: E402
+from workbench.devices import usable_cores  # noqa: E402
 from workbench.export.run_measured import run_measured  # noqa: E402
 from workbench.runner import default_home  # noqa: E402
 from workbench.store import Store  # noqa: E402

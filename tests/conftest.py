@@ -155,3 +155,14 @@ def write_recipe(folder: Path, base_model: Path, data_path: Path, **sections: di
     path = folder / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path
+
+
+def train_steps(home: Path, run_id: str = "tiny") -> list[int]:
+    """The training steps a run has logged to its store, in order."""
+    from workbench.store import Store
+
+    store = Store(home / "workbench.db")
+    try:
+        return [e["step"] for e in store.events(run_id, stage="train", kind="train_log")]
+    finally:
+        store.close()

@@ -8,7 +8,7 @@ import signal
 from pathlib import Path
 
 import pytest
-from conftest import addition_rows, write_recipe
+from conftest import addition_rows, train_steps, write_recipe
 from transformers import TrainerCallback
 
 from workbench.cli import main
@@ -250,13 +250,13 @@ def test_killed_worker_resumes_from_the_last_interval_checkpoint(
     deadline = time.monotonic() + 120
     try:
         while time.monotonic() < deadline and worker.poll() is None:
-            if (home / "workbench.db").exists() and max(_steps(home), default=0) >= 7:
+            if (home / "workbench.db").exists() and max(train_steps(home), default=0) >= 7:
                 break
             time.sleep(0.05)
     finally:
         worker.kill()
         worker.wait()
-    killed_at = max(_steps(home))
+    killed_at = max(train_steps(home))
     assert Store.live_status(Store(home / "workbench.db").run("tiny")) == "stopped"
     assert 7 <= killed_at < 120, "the worker should have been killed mid-training"
     assert list((home / "tiny").glob(".tmp-train-*"))  # its half-written output was left behind...
@@ -270,14 +270,6 @@ def test_killed_worker_resumes_from_the_last_interval_checkpoint(
     ]
     checkpoint = int(resumed[0].rsplit("-", 1)[1])
     assert checkpoint % 3 == 0 and killed_at - 3 <= checkpoint <= killed_at
-    steps = _steps(home)
+    steps = train_steps(home)
     assert steps[killed_at:] == list(range(checkpoint + 1, 121))  # the re-run continued after the checkpoint
     assert store.stage("tiny", "train").status == "done"
-
-
-def _steps(home: Path) -> list[int]:
-    store = Store(home / "workbench.db")
-    try:
-        return [e["step"] for e in store.events("tiny", stage="train", kind="train_log")]
-    finally:
-        store.close()

@@ -8,7 +8,7 @@ import os
 import time
 from pathlib import Path
 
-from conftest import addition_rows, write_recipe
+from conftest import addition_rows, train_steps, write_recipe
 
 from workbench import launcher
 from workbench.store import Store
@@ -72,14 +72,6 @@ def test_runs_and_run_screens_at_80x24(tmp_path: Path) -> None:
     asyncio.run(drive())
 
 
-def _steps(home: Path) -> list[int]:
-    store = Store(home / "workbench.db")
-    try:
-        return [e["step"] for e in store.events("tiny", stage="train", kind="train_log")]
-    finally:
-        store.close()
-
-
 def _wait_for(condition, seconds: float = 120) -> None:  # noqa: ANN001
     deadline = time.monotonic() + seconds
     while not condition():
@@ -95,7 +87,7 @@ def test_a_detached_run_outlives_the_app_and_cancels_from_it(tmp_path: Path, tin
     started = launcher.launch(recipe, home, "tiny")
     assert os.getsid(started.pid) != os.getsid(0)  # its own session: a closing terminal does not reach it
     try:
-        _wait_for(lambda: (home / "workbench.db").exists() and len(_steps(home)) >= 3)
+        _wait_for(lambda: (home / "workbench.db").exists() and len(train_steps(home)) >= 3)
 
         async def look(cancel: bool) -> str:
             app = WorkbenchApp(home)
@@ -111,8 +103,8 @@ def test_a_detached_run_outlives_the_app_and_cancels_from_it(tmp_path: Path, tin
         assert main(["--home", str(home), "run", str(recipe)]) == 2  # one worker per run: a second is refused
         seen = asyncio.run(look(cancel=False))
         assert seen.startswith("running ") and " train " in seen
-        after_close = len(_steps(home))
-        _wait_for(lambda: len(_steps(home)) >= after_close + 3)  # the app is gone; training goes on
+        after_close = len(train_steps(home))
+        _wait_for(lambda: len(train_steps(home)) >= after_close + 3)  # the app is gone; training goes on
         asyncio.run(look(cancel=True))  # reopened: the same run, live; `c` stops it
         _wait_for(lambda: Store.live_status(Store(home / "workbench.db").run("tiny")) != "running", 60)
     finally:
@@ -121,7 +113,7 @@ def test_a_detached_run_outlives_the_app_and_cancels_from_it(tmp_path: Path, tin
     store = Store(home / "workbench.db")
     assert store.run("tiny")["status"] == "interrupted"
     assert store.stage("tiny", "train").status == "interrupted"
-    assert max(_steps(home)) < 3000
+    assert max(train_steps(home)) < 3000
     assert list((home / "tiny" / ".work").glob("train-*/checkpoints/checkpoint-*"))  # what the next run resumes from
     assert "interrupted" in started.log.read_text()
 
@@ -188,7 +180,7 @@ def test_new_run_validates_like_the_cli_then_launches_a_detached_run(tmp_path: P
             await pilot.press("ctrl+r")
             await pilot.pause()
             assert isinstance(app.screen, RunScreen) and app.screen.run_id == "tiny"
-            _wait_for(lambda: (home / "workbench.db").exists() and len(_steps(home)) >= 2)
+            _wait_for(lambda: (home / "workbench.db").exists() and len(train_steps(home)) >= 2)
             await pilot.pause(1.2)  # one refresh later the Run screen shows the live training
             assert "step" in str(app.screen.query_one("#training").render())
             await pilot.press("c")

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from workbench import launcher
-from workbench.errors import RunError, default_home
+from workbench.common import RunError, default_home
 from workbench.report import runs, table, write
 from workbench.store import Store
 
@@ -34,9 +34,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe, args.set)
     run_id = args.run_id or recipe.name
-    live = Store(args.home / "workbench.db").run(run_id)
-    if live is not None and Store.live_status(live) == "running":
-        raise RunError(f"run {run_id} is already running (pid {live['pid']}); `workbench cancel {run_id}` stops it")
+    pid = launcher.live_worker(Store(args.home / "workbench.db"), run_id)
+    if pid is not None:
+        raise RunError(f"run {run_id} is already running (pid {pid}); `workbench cancel {run_id}` stops it")
     if args.detach:
         if args.stages or args.force:
             raise RunError("--detach runs the whole recipe; leave out --stages and --force")

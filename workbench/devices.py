@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 
 def pick_device(requested: str = "auto") -> str:
     import torch
@@ -11,3 +13,8 @@ def pick_device(requested: str = "auto") -> str:
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return requested
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity), not the machine's count."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -34,15 +34,21 @@ def launch(recipe: Path, home: Path, run_id: str, overrides: list[str] | None = 
     return Launched(run_id, process.pid, log)
 
 
+def live_worker(store: Store, run_id: str) -> int | None:
+    """The pid of the run's worker while it is alive (one worker per run)."""
+    run = store.run(run_id)
+    return run["pid"] if run is not None and store.live_status(run) == "running" else None
+
+
 def cancel(store: Store, run_id: str) -> bool:
     """Ask a run's worker (and the model processes it started) to stop: training saves a checkpoint
     after the current step, other stages stop and are redone or resumed on the next run. False when the
     run has no live worker."""
-    run = store.run(run_id)
-    if run is None or store.live_status(run) != "running":
+    pid = live_worker(store, run_id)
+    if pid is None:
         return False
     try:
-        os.killpg(run["pid"], signal.SIGTERM)
+        os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:
         return False
     return True

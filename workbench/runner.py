@@ -7,7 +7,7 @@ import shutil
 import traceback
 from pathlib import Path
 
-from workbench.errors import RunError, default_home  # noqa: F401 - part of the runner API
+from workbench.common import RunError, default_home  # noqa: F401 - part of the runner API
 from workbench.fsutil import atomic_dir
 from workbench.recipe import Recipe
 from workbench.stages import STAGE_ORDER, STAGES

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from workbench.bench.timing import usable_cores
+from workbench.devices import usable_cores
 from workbench.export import llamacpp_tools
 
 CMAKE_FLAGS = [

@@ -17,6 +17,7 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
+from workbench.devices import usable_cores
 from workbench.evaluate.fidelity import log_softmax
 
 
@@ -37,7 +38,7 @@ class LlamaCppLM(TemplateLM):
         super().__init__()
         self.path = pretrained
         self._max_length = int(max_length)
-        self.n_threads = int(n_threads) if n_threads else len(os.sched_getaffinity(0))  # llama-cpp-python: half
+        self.n_threads = int(n_threads) if n_threads else usable_cores()  # llama-cpp-python: half
         self.n_batch = int(n_batch)
         self.max_gen_toks = int(max_gen_toks)
         self.gen_batch = int(gen_batch)

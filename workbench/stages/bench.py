@@ -11,7 +11,7 @@ from importlib import metadata
 from typing import Any
 
 from workbench.bench import vllm_bench
-from workbench.bench.timing import usable_cores
+from workbench.devices import pick_device, usable_cores
 from workbench.export.run_measured import run_measured
 from workbench.recipe import Recipe
 from workbench.stages.base import Stage, StageContext
@@ -26,8 +26,6 @@ class BenchFailed(RuntimeError):
 
 def key_inputs(recipe: Recipe) -> dict[str, Any]:
     """The section, the backends' versions and the machine: numbers from another machine are not reused."""
-    from workbench.devices import pick_device
-
     versions = {name: version_of(name) for name in ("llama_cpp_python", "gptqmodel", "vllm")}
     return {
         "bench": recipe.bench.model_dump(mode="json"),
@@ -88,8 +86,6 @@ def describe(record: dict[str, Any]) -> str:
 
 
 def run(ctx: StageContext) -> list[dict[str, Any]]:
-    from workbench.devices import pick_device
-
     cuda = pick_device("auto") == "cuda"
     if ctx.recipe.bench.gpu and not cuda:
         ctx.say("no CUDA device: GPU benchmarks skipped")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from workbench.common import STAGE_ORDER
 from workbench.store import StageRecord
 
-STAGE_ORDER = ("data", "train", "merge", "export", "eval", "bench", "report")  # as workbench.stages, without torch
 MARKS = {"done": "✓", "partial": "~", "failed": "✗", "interrupted": "‖", "running": "…"}
 
 

@@ -70,10 +70,9 @@ class NewRunScreen(Screen):
         if checked is None:
             return
         path, run_id = checked
-        store = self.app.store  # type: ignore[attr-defined]
-        live = store.run(run_id)
-        if live is not None and store.live_status(live) == "running":
-            self.query_one("#problems", Static).update(f"run {run_id} is already running (pid {live['pid']})")
+        pid = launcher.live_worker(self.app.store, run_id)  # type: ignore[attr-defined]
+        if pid is not None:
+            self.query_one("#problems", Static).update(f"run {run_id} is already running (pid {pid})")
             return
         launcher.launch(path, self.app.home, run_id, self.overrides())  # type: ignore[attr-defined]
         from workbench.tui.screens.run import RunScreen

@@ -10,5 +10,9 @@ class RunError(Exception):
     """A run cannot start or go on, for a reason the user can fix."""
 
 
+# stage names in the order they run (the stages themselves live in workbench.stages, which loads torch)
+STAGE_ORDER = ["data", "train", "merge", "export", "eval", "bench", "report"]
+
+
 def default_home() -> Path:
     return Path(os.environ.get("WORKBENCH_HOME", "runs"))
