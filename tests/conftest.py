@@ -109,6 +109,19 @@ def tiny_llama_256(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_llama(out, tokenizer, hidden=256, intermediate=512, context=512)
 
 
+@pytest.fixture(scope="session")
+def tiny_ggufs(tiny_llama_256: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """tiny_llama_256 through llama.cpp's converter (f16) and quantizer (q4_0)."""
+    from workbench.export import gguf
+
+    out = tmp_path_factory.mktemp("gguf")
+    f16 = out / "tiny-F16.gguf"
+    assert gguf.convert(tiny_llama_256, f16, "f16").returncode == 0
+    q4 = out / "tiny-Q4_0.gguf"
+    gguf.quantize(f16, q4, "q4_0")
+    return {"f16": f16, "q4_0": q4}
+
+
 def addition_rows(count: int, seed: int = 0) -> list[dict[str, str]]:
     rng = random.Random(seed)
     rows = []

@@ -9,7 +9,6 @@ import pytest
 import yaml
 
 from workbench.evaluate import fidelity, summary, tasks
-from workbench.export import gguf
 
 # A GGUF f16 holds the fp32 checkpoint's weights rounded to f16, and llama.cpp multiplies in f16 where
 # torch uses fp32: log-likelihoods of a tiny random model agree to about 1e-2 nats a token (measured
@@ -17,14 +16,9 @@ from workbench.export import gguf
 LOGLIK_TOLERANCE_PER_TOKEN = 0.02
 
 
-@pytest.fixture(scope="module")
-def ggufs(tiny_llama_256: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    out = tmp_path_factory.mktemp("gguf")
-    f16 = out / "tiny-F16.gguf"
-    assert gguf.convert(tiny_llama_256, f16, "f16").returncode == 0
-    q4 = out / "tiny-Q4_0.gguf"
-    gguf.quantize(f16, q4, "q4_0")
-    return {"f16": f16, "q4_0": q4}
+@pytest.fixture
+def ggufs(tiny_ggufs: dict[str, Path]) -> dict[str, Path]:
+    return tiny_ggufs
 
 
 @pytest.fixture(scope="module")

@@ -195,3 +195,44 @@ def test_new_run_validates_like_the_cli_then_launches_a_detached_run(tmp_path: P
     store = Store(home / "workbench.db")
     assert json.loads(store.run("tiny")["recipe"])["train"]["max_steps"] == 2000  # the override reached the run
     assert store.stage("tiny", "train").status == "interrupted"
+
+
+def test_chat_arena_answers_side_by_side_and_a_broken_variant_fails_alone(
+    tmp_path: Path, tiny_ggufs: dict[str, Path]
+) -> None:
+    from test_chat import CHAT, arena_run, llama_cpp_reference
+
+    from workbench import chat
+    from workbench.tui.screens.chat import Answer, ChatScreen
+
+    arena_run(
+        tmp_path,
+        [
+            {"name": "t-F16.gguf", "format": "gguf", "path": str(tiny_ggufs["f16"]), "status": "done"},
+            {"name": "t-Q4_0.gguf", "format": "gguf", "path": str(tmp_path / "missing.gguf"), "status": "done"},
+            {"name": "t-NF4", "format": "nf4", "path": "/n", "status": "failed"},
+        ],
+    )
+
+    async def drive() -> list[Answer]:
+        app = WorkbenchApp(tmp_path)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.press("enter", "a")  # Runs -> Run -> Chat arena
+            screen = app.screen
+            assert isinstance(screen, ChatScreen)
+            assert "2 variants" in str(screen.query_one("#chat-info").render())  # the failed export cannot answer
+            assert "'You are a calculator.'" in str(screen.query_one("#chat-info").render())
+            await pilot.press(*CHAT[-1]["content"], "enter")
+            panels = list(screen.query(Answer))
+            for _ in range(600):
+                await pilot.pause(0.1)
+                if all(p.border_subtitle not in ("waiting", "generating") for p in panels):
+                    break
+            widths = [p.region.width for p in panels]
+            assert widths[0] == widths[1] == 40  # side by side, sharing the 80 columns
+            return panels
+
+    good, broken = asyncio.run(drive())
+    assert good.border_title == "t-F16.gguf" and good.border_subtitle != "FAILED"
+    assert good.text == llama_cpp_reference(tiny_ggufs["f16"], chat.MAX_TOKENS)
+    assert broken.border_subtitle == "FAILED" and not broken.text

@@ -128,6 +128,29 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_chat(args: argparse.Namespace) -> int:
+    from workbench import chat
+
+    found, system_prompt = chat.for_run(Store(args.home / "workbench.db"), args.run)
+    chosen = chat.pick(found, args.variant) if args.variant else found
+    if not chosen:
+        raise RunError(f"run {args.run!r} has no finished variants to ask yet")
+    conversation = chat.messages(args.prompt, system_prompt)
+    failed = 0
+    for candidate in chosen:  # one at a time: each gets the machine to itself, so tok/s compare
+        label, name = candidate["label"], candidate["name"]
+        print(f"── {name if label == name else f'{label}: {name}'} ({candidate['format']})", flush=True)
+        for event in chat.ask(chat.job(candidate, conversation, args.max_tokens)):
+            if "text" in event:
+                print(event["text"], end="", flush=True)
+            elif "done" in event:
+                print(f"\n   {chat.describe(event['done'])}\n", flush=True)
+            elif "error" in event:
+                print(f"   FAILED: {event['error']}\n", flush=True)
+                failed += 1
+    return 1 if failed else 0
+
+
 def cmd_tui(args: argparse.Namespace) -> int:
     from workbench.tui.app import WorkbenchApp
 
@@ -279,6 +302,14 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = sub.add_parser("cancel", help="stop a run's worker (training checkpoints first)")
     cancel.add_argument("run")
     cancel.set_defaults(func=cmd_cancel)
+    chat_parser = sub.add_parser("chat", help="one prompt answered by a run's variants, with tok/s each")
+    chat_parser.add_argument("run")
+    chat_parser.add_argument("prompt")
+    chat_parser.add_argument(
+        "--variant", action="append", default=[], help="a variant's name or part of it (repeatable; default: all)"
+    )
+    chat_parser.add_argument("--max-tokens", type=int, default=128, help="per answer")
+    chat_parser.set_defaults(func=cmd_chat)
     sub.add_parser("tui", help="the terminal UI (also `workbench` with no arguments)").set_defaults(func=cmd_tui)
     show = sub.add_parser("show", help="a run's stages, timings and artifacts")
     show.add_argument("run")

@@ -15,6 +15,7 @@ class RunScreen(Screen):
         Binding("escape", "app.pop_screen", "Back"),
         Binding("c", "cancel", "Cancel run"),
         Binding("v", "compare", "Compare variants"),
+        Binding("a", "arena", "Chat arena"),
         Binding("q", "app.quit", "Quit"),
     ]
 
@@ -70,3 +71,8 @@ class RunScreen(Screen):
         from workbench.tui.screens.compare import CompareScreen
 
         self.app.push_screen(CompareScreen(self.run_id))
+
+    def action_arena(self) -> None:
+        from workbench.tui.screens.chat import ChatScreen
+
+        self.app.push_screen(ChatScreen(self.run_id))

@@ -1,0 +1,109 @@
+"""Chat arena back end: one prompt answered by each variant in its own process, greedy, with speeds."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from workbench import chat
+from workbench.cli import main as cli
+from workbench.common import RunError
+from workbench.store import Store
+
+CHAT = chat.messages("What is 12 + 30?", "You are a calculator.")
+MAX_TOKENS = 12
+
+
+def events(candidate: dict, max_tokens: int = MAX_TOKENS) -> list[dict]:
+    return list(chat.ask(chat.job(candidate, CHAT, max_tokens)))
+
+
+def answer_text(found: list[dict]) -> str:
+    return "".join(e["text"] for e in found if "text" in e)
+
+
+def llama_cpp_reference(path: Path, max_tokens: int = MAX_TOKENS) -> str:
+    """llama-cpp-python's own chat completion, greedy, no repetition penalty: what the worker must say."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(str(path), n_ctx=512, verbose=False)
+    try:
+        reply = llm.create_chat_completion(CHAT, max_tokens=max_tokens, temperature=0.0, repeat_penalty=1.0)
+    finally:
+        llm.close()
+    return reply["choices"][0]["message"]["content"]
+
+
+def test_gguf_answer_streams_what_llama_cpp_says(tiny_ggufs: dict[str, Path]) -> None:
+    found = events({"path": str(tiny_ggufs["f16"]), "format": "gguf"})
+    assert "loaded" in found[0] and "done" in found[-1]
+    result = found[-1]["done"]
+    assert 0 < result["tokens"] <= MAX_TOKENS
+    assert answer_text(found) == llama_cpp_reference(tiny_ggufs["f16"])
+    assert result["ttft_s"] > 0 and (result["tok_s"] is None or result["tok_s"] > 0)
+
+
+def test_hf_answer_streams_what_transformers_generates(tiny_llama_256: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    found = events({"path": str(tiny_llama_256), "format": "hf"})
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_256)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_256, dtype=torch.float32)
+    inputs = tokenizer.apply_chat_template(CHAT, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    output = model.generate(**inputs, max_new_tokens=MAX_TOKENS, do_sample=False)[0, inputs["input_ids"].shape[1] :]
+    assert answer_text(found) == tokenizer.decode(output, skip_special_tokens=True)
+    assert found[-1]["done"]["tokens"] == len(output)
+
+
+def test_a_broken_variant_reports_why(tmp_path: Path) -> None:
+    found = events({"path": str(tmp_path / "gone.gguf"), "format": "gguf"})
+    assert len(found) == 1 and "gone.gguf" in found[0]["error"]
+
+
+def test_candidates_labels_and_picking(tiny_llama_256: Path) -> None:
+    variants = [
+        {"name": "M-run", "format": "hf", "path": "/m", "status": "done", "meta": {"reference": True}},
+        {"name": "M-run-Q8_0.gguf", "format": "gguf", "path": "/q8", "status": "done"},
+        {"name": "M-run-Q4_K_M.gguf", "format": "gguf", "path": "/q4", "status": "done"},
+        {"name": "M-run-GPTQ-Int4", "format": "gptq", "path": "/g", "status": "failed"},
+    ]
+    found = chat.candidates(variants, str(tiny_llama_256))
+    assert [c["label"] for c in found] == ["merged", "Q8_0.gguf", "Q4_K_M.gguf", "base"]
+    assert found[-1]["path"] == str(tiny_llama_256.resolve())
+    assert [c["path"] for c in chat.pick(found, ["q4_k_m", "merged", "M-run-Q8_0.gguf"])] == ["/q4", "/m", "/q8"]
+    with pytest.raises(RunError, match="'gguf' matches several"):
+        chat.pick(found, ["gguf"])
+    with pytest.raises(RunError, match="'GPTQ' matches nothing; this run has: merged, Q8_0.gguf"):
+        chat.pick(found, ["GPTQ"])  # failed variants cannot answer
+    assert chat.messages("hi", None) == [{"role": "user", "content": "hi"}]
+
+
+def arena_run(home: Path, variants: list[dict]) -> None:
+    store = Store(home / "workbench.db")
+    recipe = {"name": "arena", "base_model": "not-local/model", "data": {"system_prompt": "You are a calculator."}}
+    store.upsert_run("arena", "arena", recipe, None, os.getpid())
+    store.replace_variants("arena", ["gguf"], variants)
+    store.set_run_status("arena", "done")
+    store.close()
+
+
+def test_chat_command_answers_with_each_variant_and_survives_a_broken_one(
+    tiny_ggufs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    arena_run(
+        tmp_path,
+        [
+            {"name": "t-Q4_0.gguf", "format": "gguf", "path": str(tmp_path / "missing.gguf"), "status": "done"},
+            {"name": "t-F16.gguf", "format": "gguf", "path": str(tiny_ggufs["f16"]), "status": "done"},
+        ],
+    )
+    prompt = CHAT[-1]["content"]
+    code = cli(["--home", str(tmp_path), "chat", "arena", prompt, "--max-tokens", str(MAX_TOKENS)])
+    out = capsys.readouterr().out
+    assert code == 1  # one variant failed
+    assert "── t-Q4_0.gguf (gguf)\n   FAILED:" in out and "missing.gguf" in out
+    assert f"t-F16.gguf (gguf)\n{llama_cpp_reference(tiny_ggufs['f16'])}\n   " in out
+    assert " tokens · " in out  # the speed line

@@ -1,0 +1,297 @@
+"""One prompt answered by one variant, in its own process: `python -m workbench.chat JOB_JSON`.
+
+GGUF through llama.cpp with the chat template stored in the file, everything else through transformers
+with the format's kernels (the loaders the evaluation uses). Greedy, so variants differ only by what
+quantization did. The worker prints JSON lines as it goes — `{"loaded": s}`, `{"text": piece}` per
+token, then `{"done": stats}` or `{"error": message}` — so the TUI (which never imports torch) and the
+CLI can show answers as they stream. This module's top level imports only the standard library.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from workbench.common import RunError
+from workbench.store import Store
+
+MAX_TOKENS = 128
+
+
+def candidates(variants: list[dict[str, Any]], base_model: str | None = None) -> list[dict[str, Any]]:
+    """What can answer: the run's finished variants, then its base model when that is a local folder.
+    Each has the comparison table's label too ("merged", "Q4_K_M.gguf", "GPTQ-Int4", "base")."""
+    from workbench.report.compare import label_of
+
+    reference = next((v["name"] for v in variants if v.get("meta", {}).get("reference")), None)
+    found = [
+        {
+            "name": v["name"],
+            "label": label_of(v["name"], reference, "reference" if v["name"] == reference else "variant"),
+            "format": v["format"],
+            "path": v["path"],
+        }
+        for v in variants
+        if v["status"] == "done"
+    ]
+    if base_model:
+        from workbench.models import ModelError, resolve_model
+
+        try:
+            path = resolve_model(base_model)
+        except ModelError:
+            return found
+        if Path(path).is_dir():
+            found.append({"name": Path(path).name, "label": "base", "format": "hf", "path": path})
+    return found
+
+
+def for_run(store: Store, run_id: str) -> tuple[list[dict[str, Any]], str | None]:
+    """A run's answerers and the system prompt its rows were trained with."""
+    run = store.run(run_id)
+    if run is None:
+        raise RunError(f"no run {run_id!r}; `workbench runs` lists them")
+    recipe = json.loads(run["recipe"])
+    system_prompt = (recipe.get("data") or {}).get("system_prompt")
+    return candidates(store.variants(run_id), recipe.get("base_model")), system_prompt
+
+
+def pick(found: list[dict[str, Any]], wanted: list[str]) -> list[dict[str, Any]]:
+    """Candidates by label ("merged", "base", "Q4_K_M.gguf") or name, or by a part of either such as
+    `Q4_K_M` or `GPTQ` (case-insensitive)."""
+    chosen = []
+    for want in wanted:
+        exact = [c for c in found if want in (c["name"], c["label"])]
+        matches = exact or [c for c in found if want.lower() in f"{c['name']} {c['label']}".lower()]
+        if len(matches) != 1:
+            names = ", ".join(c["label"] for c in found)
+            what = "matches nothing" if not matches else "matches several"
+            raise RunError(f"variant {want!r} {what}; this run has: {names}")
+        chosen.append(matches[0])
+    return chosen
+
+
+def messages(prompt: str, system_prompt: str | None) -> list[dict[str, str]]:
+    """The prompt as the fine-tune saw its rows: with the recipe's system prompt when it has one."""
+    turns = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return [*turns, {"role": "user", "content": prompt}]
+
+
+def job(candidate: dict[str, Any], chat: list[dict[str, str]], max_tokens: int = MAX_TOKENS) -> dict[str, Any]:
+    return {"path": candidate["path"], "format": candidate["format"], "messages": chat, "max_tokens": max_tokens}
+
+
+def command(request: dict[str, Any]) -> list[str]:
+    return [sys.executable, "-m", "workbench.chat", json.dumps(request)]
+
+
+def ask(
+    request: dict[str, Any], started: Callable[[subprocess.Popen], None] | None = None
+) -> Iterator[dict[str, Any]]:
+    """Run one answer in a child process and yield its events; a crash becomes an `error` event.
+    `started` gets the process (to stop it early)."""
+    with tempfile.TemporaryFile("w+") as stderr:
+        process = subprocess.Popen(command(request), stdout=subprocess.PIPE, stderr=stderr, text=True)
+        if started:
+            started(process)
+        assert process.stdout is not None
+        finished = False
+        try:
+            for line in process.stdout:
+                event = parse(line)
+                if event:
+                    finished = finished or "done" in event or "error" in event
+                    yield event
+        finally:  # also when the caller stops early: the model process goes too
+            if process.poll() is None and not finished:
+                process.kill()
+            process.wait()
+            process.stdout.close()
+        if process.returncode != 0 and not finished:
+            stderr.seek(0)
+            yield {"error": crash_message(process.returncode, stderr.read())}
+
+
+def parse(line: str) -> dict[str, Any] | None:
+    """One event line; anything else a library printed is not an event."""
+    try:
+        event = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return event if isinstance(event, dict) else None
+
+
+def crash_message(returncode: int, stderr: str) -> str:
+    last = [line for line in stderr.strip().splitlines() if line.strip()][-1:] or [f"exit status {returncode}"]
+    return f"the model process died: {last[0]}"
+
+
+def stats(started: float, loaded: float, token_times: list[float]) -> dict[str, Any]:
+    """Time to first token from the request (after loading), and generation speed after the first token."""
+    count = len(token_times)
+    result: dict[str, Any] = {"tokens": count, "load_s": loaded - started, "ttft_s": None, "tok_s": None}
+    if count:
+        result["ttft_s"] = token_times[0] - loaded
+    if count > 1 and token_times[-1] > token_times[0]:
+        result["tok_s"] = (count - 1) / (token_times[-1] - token_times[0])
+    return result
+
+
+def describe(result: dict[str, Any]) -> str:
+    parts = [f"{result['tokens']} tokens"]
+    if result["tok_s"] is not None:
+        parts.append(f"{result['tok_s']:.1f} tok/s")
+    if result["ttft_s"] is not None:
+        parts.append(f"first token {result['ttft_s']:.2f} s")
+    parts.append(f"load {result['load_s']:.1f} s")
+    return " · ".join(parts)
+
+
+# --- in the worker process ----------------------------------------------------------------------------
+
+
+def gguf_stream(request: dict[str, Any], loaded: Callable[[], None]) -> Iterator[str]:
+    """Greedy tokens through llama.cpp; each yield is one generated token's text (end token: '')."""
+    import codecs
+
+    import llama_cpp
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    from workbench.devices import usable_cores
+
+    gpu = bool(llama_cpp.llama_supports_gpu_offload())
+    llm = llama_cpp.Llama(
+        request["path"], n_ctx=2048, n_threads=usable_cores(), n_gpu_layers=-1 if gpu else 0, verbose=False
+    )
+    try:
+        template = llm.metadata.get("tokenizer.chat_template")
+        if template:
+
+            def text(token: int) -> str:
+                return llm.detokenize([token], special=True).decode("utf-8", "replace") if token >= 0 else ""
+
+            formatter = Jinja2ChatFormatter(template, eos_token=text(llm.token_eos()), bos_token=text(llm.token_bos()))
+            prompt = llm.tokenize(formatter(messages=request["messages"]).prompt.encode(), add_bos=False, special=True)
+        else:  # no template in the file: the turns as plain text
+            plain = "\n".join(turn["content"] for turn in request["messages"]) + "\n"
+            prompt = llm.tokenize(plain.encode(), add_bos=True)
+        loaded()
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        generated: list[int] = []
+        tokens = llm.generate(prompt, temp=0.0, top_k=1, repeat_penalty=1.0)
+        try:
+            for token in tokens:
+                if llama_cpp.llama_vocab_is_eog(llm._model.vocab, token):
+                    yield ""
+                    return
+                yield decoder.decode(llm.detokenize([token], prev_tokens=prompt + generated))
+                generated.append(token)
+                if len(generated) >= request["max_tokens"]:
+                    return
+        finally:
+            tokens.close()  # before the model goes: a live generator holding freed state aborts at exit
+    finally:
+        llm.close()
+
+
+def torch_stream(request: dict[str, Any], loaded: Callable[[], None]) -> Iterator[str]:
+    """Greedy tokens through transformers; each yield is one generated token's text."""
+    from queue import Queue
+    from threading import Thread
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from workbench.devices import pick_device, usable_cores
+    from workbench.evaluate.worker import compute_dtype
+
+    torch.set_num_threads(usable_cores())
+    device = pick_device("auto")
+    dtype = compute_dtype(request["format"], device)
+    tokenizer = AutoTokenizer.from_pretrained(request["path"])
+    model = AutoModelForCausalLM.from_pretrained(
+        request["path"], dtype=dtype if dtype == "auto" else getattr(torch, dtype), device_map={"": device}
+    )
+    inputs = tokenizer.apply_chat_template(
+        request["messages"], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    ).to(model.device)
+    loaded()
+    pieces: Queue[str | BaseException | None] = Queue()
+
+    class Streamer:  # transformers calls put() with the prompt first, then once per new token
+        def __init__(self) -> None:
+            self.prompt_seen = False
+            self.ids: list[int] = []
+            self.shown = 0  # characters already handed out
+
+        def put(self, value: torch.Tensor) -> None:
+            if not self.prompt_seen:
+                self.prompt_seen = True
+                return
+            self.ids += value.flatten().tolist()
+            text = tokenizer.decode(self.ids, skip_special_tokens=True)
+            if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
+                pieces.put("")
+                return
+            pieces.put(text[self.shown :])
+            self.shown = len(text)
+
+        def end(self) -> None:
+            pieces.put(None)
+
+    def generate() -> None:
+        try:
+            with torch.inference_mode():
+                model.generate(
+                    **inputs, max_new_tokens=request["max_tokens"], do_sample=False, streamer=Streamer()
+                )
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            pieces.put(exc)
+
+    Thread(target=generate, daemon=True).start()
+    while (piece := pieces.get()) is not None:
+        if isinstance(piece, BaseException):
+            raise piece
+        yield piece
+
+
+def answer(request: dict[str, Any], emit: Callable[[dict[str, Any]], None]) -> None:
+    started = time.perf_counter()
+    loaded_at: list[float] = []
+
+    def loaded() -> None:
+        loaded_at.append(time.perf_counter())
+        emit({"loaded": loaded_at[0] - started})
+
+    stream = gguf_stream if request["format"] == "gguf" else torch_stream
+    times: list[float] = []
+    for piece in stream(request, loaded):
+        times.append(time.perf_counter())
+        if piece:
+            emit({"text": piece})
+    emit({"done": stats(started, loaded_at[0] if loaded_at else started, times)})
+
+
+def main(argv: list[str]) -> int:
+    events = sys.stdout
+    sys.stdout = sys.stderr  # libraries that print must not break the event stream
+
+    def emit(event: dict[str, Any]) -> None:
+        print(json.dumps(event), file=events, flush=True)
+
+    try:
+        answer(json.loads(argv[0]), emit)
+    except Exception as exc:  # noqa: BLE001 - reported to the caller, one variant fails alone
+        emit({"error": f"{type(exc).__name__}: {exc}"})
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

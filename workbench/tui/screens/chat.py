@@ -1,0 +1,141 @@
+"""Chat arena: one prompt answered by the chosen variants of a run, side by side, each with its speed.
+Answers come from `workbench.chat` model processes, one variant at a time (so each gets the machine to
+itself and the tok/s compare); the app itself never loads a model."""
+
+from __future__ import annotations
+
+import subprocess
+from typing import Any
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import HorizontalScroll, Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Footer, Header, Input, SelectionList, Static
+from textual.worker import get_current_worker
+
+from workbench import chat
+from workbench.common import RunError
+
+MIN_WIDTH = 26
+
+
+class Answer(Vertical):
+    """One variant's answer: its label and speed on the border, the details under the text."""
+
+    def __init__(self, candidate: dict[str, Any]) -> None:
+        super().__init__(classes="answer")
+        self.border_title = candidate["label"]
+        self.border_subtitle = "waiting"
+        self.text = ""
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll():
+            yield Static(classes="answer-text")
+        yield Static(classes="answer-stats")
+
+    def show(self, event: dict[str, Any]) -> None:
+        body = self.query_one(".answer-text", Static)
+        if "loaded" in event:
+            self.border_subtitle = "generating"
+        elif "text" in event:
+            self.text += event["text"]
+            body.update(self.text)
+        elif "done" in event:
+            result = event["done"]
+            self.border_subtitle = f"{result['tok_s']:.1f} tok/s" if result["tok_s"] else "done"
+            self.query_one(".answer-stats", Static).update(chat.describe(result))
+        elif "error" in event:
+            self.border_subtitle = "FAILED"
+            self.query_one(".answer-stats", Static).update(f"FAILED: {event['error']}")
+
+
+class ChatScreen(Screen):
+    BINDINGS = [
+        Binding("escape", "leave", "Back"),
+        Binding("f2", "stop", "Stop answering", priority=True),
+    ]
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__()
+        self.run_id = run_id
+        self.found: list[dict[str, Any]] = []
+        self.system_prompt: str | None = None
+        self.process: subprocess.Popen | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static(id="chat-info")
+        yield SelectionList[int](id="variants")
+        yield HorizontalScroll(id="answers")
+        yield Input(placeholder="Ask the chosen variants (enter)", id="prompt")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.title = f"workbench · chat · {self.run_id}"
+        info = self.query_one("#chat-info", Static)
+        try:
+            self.found, self.system_prompt = chat.for_run(self.app.store, self.run_id)  # type: ignore[attr-defined]
+        except RunError as exc:
+            info.update(str(exc))
+            return
+        choices = self.query_one("#variants", SelectionList)
+        for index, candidate in enumerate(self.found):
+            # llama.cpp answers in a second; torch loads take several: GGUF and the merged model by default
+            chosen = candidate["format"] == "gguf" or candidate["label"] == "merged"
+            choices.add_option((f"{candidate['label']} ({candidate['format']})", index, chosen))
+        system = f"system: {self.system_prompt!r}" if self.system_prompt else "no system prompt"
+        what = f"{len(self.found)} variants (space picks)" if self.found else "no finished variants yet"
+        info.update(f"{what} · greedy, ≤{chat.MAX_TOKENS} tokens · {system}")
+        self.query_one("#prompt", Input).focus()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        prompt = event.value.strip()
+        chosen = [self.found[i] for i in self.query_one("#variants", SelectionList).selected]
+        if not prompt:
+            return
+        if not chosen:
+            self.notify("pick at least one variant (space in the list)", severity="warning")
+            return
+        answers = self.query_one("#answers", HorizontalScroll)
+        answers.remove_children()
+        panels = [Answer(candidate) for candidate in chosen]
+        answers.mount_all(panels)
+        self.fit_answers()
+        self.ask_all(prompt, chosen, panels)
+
+    def fit_answers(self) -> None:
+        """Share the width; below MIN_WIDTH columns each, scroll sideways instead (CSS `fr` widths
+        would give each panel the whole width once they overflow)."""
+        answers = self.query_one("#answers", HorizontalScroll)
+        panels = list(answers.query(Answer))
+        if panels:
+            width = max(MIN_WIDTH, answers.size.width // len(panels))
+            for panel in panels:
+                panel.styles.width = width
+
+    def on_resize(self) -> None:
+        self.fit_answers()
+
+    @work(thread=True, exclusive=True, group="arena")
+    def ask_all(self, prompt: str, chosen: list[dict[str, Any]], panels: list[Answer]) -> None:
+        conversation = chat.messages(prompt, self.system_prompt)
+        worker = get_current_worker()
+        for candidate, panel in zip(chosen, panels, strict=True):
+            for event in chat.ask(chat.job(candidate, conversation), started=self._started):
+                if worker.is_cancelled:
+                    return  # closing ask() stops its model process
+                self.app.call_from_thread(panel.show, event)
+
+    def _started(self, process: subprocess.Popen) -> None:
+        self.process = process
+
+    def action_stop(self) -> None:
+        self.workers.cancel_group(self, "arena")
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+
+    def action_leave(self) -> None:
+        self.action_stop()
+        self.app.pop_screen()
