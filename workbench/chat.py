@@ -91,9 +91,7 @@ def command(request: dict[str, Any]) -> list[str]:
     return [sys.executable, "-m", "workbench.chat", json.dumps(request)]
 
 
-def ask(
-    request: dict[str, Any], started: Callable[[subprocess.Popen], None] | None = None
-) -> Iterator[dict[str, Any]]:
+def ask(request: dict[str, Any], started: Callable[[subprocess.Popen], None] | None = None) -> Iterator[dict[str, Any]]:
     """Run one answer in a child process and yield its events; a crash becomes an `error` event.
     `started` gets the process (to stop it early)."""
     with tempfile.TemporaryFile("w+") as stderr:
@@ -248,9 +246,7 @@ def torch_stream(request: dict[str, Any], loaded: Callable[[], None]) -> Iterato
     def generate() -> None:
         try:
             with torch.inference_mode():
-                model.generate(
-                    **inputs, max_new_tokens=request["max_tokens"], do_sample=False, streamer=Streamer()
-                )
+                model.generate(**inputs, max_new_tokens=request["max_tokens"], do_sample=False, streamer=Streamer())
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread
             pieces.put(exc)
 
