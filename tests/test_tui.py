@@ -8,6 +8,7 @@ import os
 import time
 from pathlib import Path
 
+import pytest
 from conftest import addition_rows, train_steps, write_recipe
 
 from workbench import launcher
@@ -236,3 +237,43 @@ def test_chat_arena_answers_side_by_side_and_a_broken_variant_fails_alone(
     assert good.border_title == "t-F16.gguf" and good.border_subtitle != "FAILED"
     assert good.text == llama_cpp_reference(tiny_ggufs["f16"], chat.MAX_TOKENS)
     assert broken.border_subtitle == "FAILED" and not broken.text
+
+
+def test_models_screen_lists_registry_and_local_folders_and_reports_a_failed_pull(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from workbench.tui.screens.models import ModelsScreen
+
+    monkeypatch.setenv("WORKBENCH_MODELS", str(tmp_path / "models"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a hub pull cannot work here: its error must show
+    for name in ("qwen2.5-0.5b-instruct", "my-checkpoint"):
+        (tmp_path / "models" / name).mkdir(parents=True)
+        (tmp_path / "models" / name / "config.json").write_text("{}")
+    (tmp_path / "models" / "my-checkpoint" / "model.safetensors").write_bytes(b"\0" * 3 * 2**20)
+
+    async def drive() -> None:
+        app = WorkbenchApp(tmp_path)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.press("m")
+            screen = app.screen
+            assert isinstance(screen, ModelsScreen)
+            table = screen.query_one("#models")
+            assert table.get_row("smollm2-135m-instruct")[:3] == ["smollm2-135m-instruct (default)", "135M", "no"]
+            assert table.get_row("qwen2.5-0.5b-instruct")[2] == "yes"
+            assert table.get_row("my-checkpoint")[2:4] == ["yes", "3 MiB"]  # not in the registry, still listed
+            info = screen.query_one("#model-info")
+            assert "base_model: smollm2-135m-instruct" in str(info.render())
+            await pilot.press("down", "p")  # smollm2-360m-instruct: from the hub
+            status = screen.query_one("#pull-status")
+            assert "pulling smollm2-360m-instruct" in str(status.render())
+            for _ in range(600):
+                await pilot.pause(0.1)
+                if "failed" in str(status.render()):
+                    break
+            assert "pulling smollm2-360m-instruct failed: error: smollm2-360m-instruct: could not download" in str(
+                status.render()
+            )
+            assert "base_model: smollm2-360m-instruct" in str(info.render())  # the cursor stayed
+            assert table.get_row("smollm2-360m-instruct")[2] == "no"
+
+    asyncio.run(drive())

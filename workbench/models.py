@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ class ModelEntry:
 
     @property
     def local_dir(self) -> Path:
-        return MODELS_DIR / self.name
+        return models_dir() / self.name
 
     @property
     def is_local(self) -> bool:
@@ -37,6 +38,21 @@ class ModelEntry:
 
 class ModelError(ValueError):
     pass
+
+
+def models_dir() -> Path:
+    """Where models are materialised: `models/` in the project, or `$WORKBENCH_MODELS` (shared storage)."""
+    return Path(os.environ.get("WORKBENCH_MODELS") or MODELS_DIR)
+
+
+def local_folders() -> list[Path]:
+    """Checkpoints under the models folder: pulled registry models and any folder put there by hand."""
+    folder = models_dir()
+    return sorted(p for p in folder.iterdir() if (p / "config.json").is_file()) if folder.is_dir() else []
+
+
+def folder_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 def load_registry(path: Path = REGISTRY) -> tuple[str, dict[str, ModelEntry]]:
@@ -98,8 +114,14 @@ def _from_hub(entry: ModelEntry, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     assert entry.hub_id
-    AutoTokenizer.from_pretrained(entry.hub_id).save_pretrained(out)
-    AutoModelForCausalLM.from_pretrained(entry.hub_id, dtype="auto").save_pretrained(out)
+    try:
+        AutoTokenizer.from_pretrained(entry.hub_id).save_pretrained(out)
+        AutoModelForCausalLM.from_pretrained(entry.hub_id, dtype="auto").save_pretrained(out)
+    except OSError as exc:  # offline, no access to a gated model, no such repository
+        reason = str(exc).strip().splitlines()[0]
+        raise ModelError(
+            f"{entry.name}: could not download {entry.hub_id} from the Hugging Face Hub: {reason}"
+        ) from exc
 
 
 def _from_packaged_gguf(entry: ModelEntry, out: Path) -> None:

@@ -17,6 +17,7 @@ class RunsScreen(Screen):
         Binding("enter", "open", "Open"),
         Binding("n", "new", "New run"),
         Binding("c", "cancel", "Cancel run"),
+        Binding("m", "models", "Models"),
         Binding("q", "app.quit", "Quit"),
     ]
 
@@ -71,6 +72,11 @@ class RunsScreen(Screen):
         from workbench.tui.screens.new_run import NewRunScreen
 
         self.app.push_screen(NewRunScreen())
+
+    def action_models(self) -> None:
+        from workbench.tui.screens.models import ModelsScreen
+
+        self.app.push_screen(ModelsScreen())
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         self.action_open()
