@@ -26,7 +26,12 @@ def finished_run(home: Path) -> None:
         store.finish_stage("done-run", name, "done")
     store.start_stage("done-run", "merge", "k")
     store.finish_stage("done-run", "merge", "failed", "OSError: disk full\nmore")
-    store.add_event("done-run", "train", "train_log", {"step": 8, "total_steps": 8, "loss": 0.25, "eta_s": 0})
+    for step in range(1, 9):
+        log = {"step": step, "total_steps": 8, "loss": 1 / step, "learning_rate": 1e-3, "eta_s": 8 - step}
+        store.add_event("done-run", "train", "train_log", log)
+    store.replace_artifacts(
+        "done-run", "train", [{"name": "adapter", "kind": "adapter", "path": "/x/adapter", "size": 3 * 2**20}]
+    )
     store.set_run_status("done-run", "failed")
     (home / "done-run").mkdir(parents=True)
     (home / "done-run" / "worker.log").write_text("[data] ok\nstep 1\rstep 2\rstep 8\n[merge] FAILED\n")
@@ -66,6 +71,12 @@ def test_runs_and_run_screens_at_80x24(tmp_path: Path) -> None:
             assert stages.get_row_at(2)[3] == "OSError: disk full"
             assert "step 8/8" in str(app.screen.query_one("#training").render())
             assert app.screen.query_one("#log").lines[-1] == "[merge] FAILED"
+            await pilot.press("2")  # the loss/lr curve tab
+            assert app.screen.query_one("#tabs").active == "curve-tab"
+            assert app.screen.plotted == 8
+            assert app.screen.query_one("#curve").region.height > 10  # the plot fills the tab
+            await pilot.press("4")
+            assert app.screen.query_one("#artifacts").get_row("adapter") == ["train", "adapter", "3.0", "/x/adapter"]
             await pilot.press("c")  # no live worker: a warning, nothing else
             await pilot.press("escape")
             assert not isinstance(app.screen, RunScreen)

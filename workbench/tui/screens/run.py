@@ -1,13 +1,20 @@
-"""Run: its stage pipeline with times and errors, live training progress and the worker's log tail."""
+"""Run: its stage pipeline with times and errors, live training progress and loss/lr curve, the worker's
+log tail and the run's artifacts (one tab each, keys 1-4)."""
 
 from __future__ import annotations
+
+import os
+from typing import Any
 
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Log, Static
+from textual.widgets import DataTable, Footer, Header, Log, Static, TabbedContent, TabPane
+from textual_plotext import PlotextPlot
 
 from workbench.tui import progress
+
+TABS = ("stages", "curve", "log", "artifacts")
 
 
 class RunScreen(Screen):
@@ -17,26 +24,40 @@ class RunScreen(Screen):
         Binding("v", "compare", "Compare variants"),
         Binding("a", "arena", "Chat arena"),
         Binding("q", "app.quit", "Quit"),
+        *(Binding(str(n), f"show_tab('{tab}')", tab, show=False) for n, tab in enumerate(TABS, 1)),
     ]
 
     def __init__(self, run_id: str) -> None:
         super().__init__()
         self.run_id = run_id
         self.log_lines: list[str] = []
+        self.train_logs: list[dict[str, Any]] = []
+        self.plotted = 0
 
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static(id="summary")
-        yield DataTable(id="stages", cursor_type="none")
         yield Static(id="training")
-        yield Log(id="log", max_lines=500)
+        with TabbedContent(id="tabs"):
+            with TabPane("1 Stages", id="stages-tab"):
+                yield DataTable(id="stages", cursor_type="none")
+            with TabPane("2 Loss", id="curve-tab"):
+                yield PlotextPlot(id="curve")
+            with TabPane("3 Log", id="log-tab"):
+                yield Log(id="log", max_lines=500)
+            with TabPane("4 Artifacts", id="artifacts-tab"):
+                yield DataTable(id="artifacts", cursor_type="row")
         yield Footer()
 
     def on_mount(self) -> None:
         self.title = f"workbench · {self.run_id}"
         self.query_one("#stages", DataTable).add_columns("stage", "status", "time", "note")
+        self.query_one("#artifacts", DataTable).add_columns("stage", "artifact", "MiB", "path")
         self.refresh_run()
         self.set_interval(1.0, self.refresh_run)
+
+    def action_show_tab(self, tab: str) -> None:
+        self.query_one(TabbedContent).active = f"{tab}-tab"
 
     def refresh_run(self) -> None:
         store = self.app.store  # type: ignore[attr-defined]
@@ -45,11 +66,12 @@ class RunScreen(Screen):
             self.query_one("#summary", Static).update(f"run {self.run_id}: waiting for its worker to start")
             return
         stages = store.stages(self.run_id)
-        logs = store.events(self.run_id, stage="train", kind="train_log")
-        last = logs[-1] if logs else None
-        status = store.live_status(run)
+        after = self.train_logs[-1]["id"] if self.train_logs else 0
+        self.train_logs += store.events(self.run_id, stage="train", kind="train_log", after=after)
+        last = self.train_logs[-1] if self.train_logs else None
         self.query_one("#summary", Static).update(
-            f"{self.run_id} · {status} · {run['recipe_path'] or run['name']}\n{progress.pipeline(stages, last)}"
+            f"{self.run_id} · {store.live_status(run)} · {run['recipe_path'] or run['name']}\n"
+            + progress.pipeline(stages, last)
         )
         table = self.query_one("#stages", DataTable)
         table.clear()
@@ -57,12 +79,38 @@ class RunScreen(Screen):
             note = (stage.error or "").splitlines()[0][:60] if stage.error else ""
             table.add_row(stage.name, stage.status, progress.duration(stage.seconds), note)
         self.query_one("#training", Static).update(progress.training_line(last))
+        self.plot_curve()
+        self.show_artifacts(store.artifacts(self.run_id))
         lines = progress.tail(self.app.home / self.run_id / "worker.log")  # type: ignore[attr-defined]
         if lines != self.log_lines:
             log = self.query_one("#log", Log)
             log.clear()
             log.write_lines(lines)
             self.log_lines = lines
+
+    def plot_curve(self) -> None:
+        if len(self.train_logs) == self.plotted:
+            return
+        self.plotted = len(self.train_logs)
+        widget = self.query_one("#curve", PlotextPlot)
+        plt = widget.plt
+        plt.clear_data()
+        plt.title("training loss (left) and learning rate (right) by step")
+        steps = [log["step"] for log in self.train_logs]
+        plt.plot(steps, [log["loss"] for log in self.train_logs], label="loss", marker="braille")
+        rates = [log.get("learning_rate") for log in self.train_logs]
+        if all(rate is not None for rate in rates):
+            plt.plot(steps, rates, label="lr", yside="right", marker="dot")
+        widget.refresh()
+
+    def show_artifacts(self, artifacts: list[dict[str, Any]]) -> None:
+        table = self.query_one("#artifacts", DataTable)
+        if table.row_count == len(artifacts):
+            return
+        table.clear()
+        for item in artifacts:
+            path = os.path.relpath(item["path"]) if item["path"].startswith(os.getcwd() + os.sep) else item["path"]
+            table.add_row(item["stage"], item["name"], f"{item['size'] / 2**20:.1f}", path, key=item["name"])
 
     def action_cancel(self) -> None:
         self.app.cancel_run(self.run_id)  # type: ignore[attr-defined]
