@@ -138,7 +138,7 @@ def test_cancel_without_a_live_worker_is_a_clear_error(tmp_path: Path, capsys) -
     assert "no live worker" in capsys.readouterr().err
 
 
-def test_compare_screen_shows_the_recommendation_and_sorts_from_the_keyboard(tmp_path: Path) -> None:
+def test_compare_screen_shows_the_recommendation_sorts_and_draws_pareto_charts(tmp_path: Path) -> None:
     from test_report import MERGED, SCORES, fill_store
 
     from workbench.tui.screens.compare import CompareScreen
@@ -165,6 +165,42 @@ def test_compare_screen_shows_the_recommendation_and_sorts_from_the_keyboard(tmp
             assert first() == f"{MERGED}-Q4_K_M.gguf"  # smallest first; the base row (no size) last
             await pilot.press("r")
             assert first() == MERGED  # largest first; rows without a size stay last
+
+            assert set(screen.charts) == {"size", "cpu"}  # no GPU measurements: no GPU chart
+            size = screen.charts["size"]
+            assert [p.label for p in size.front] == [p.label for p in size.points if p.on_front]
+            assert size.front[0].label == "Q4_K_M.gguf"  # the smallest variant always starts the front
+            await pilot.press("2")
+            await pilot.pause()
+            drawn = screen.query_one("#size-chart").render().plain
+            assert "Q4_K_M" in drawn and "Pareto front" in drawn and "size (MiB)" in drawn
+            await pilot.press("4")
+            assert screen.query_one("#compare-tabs").active == "size-tab"  # its tab is hidden, the key does nothing
+
+    asyncio.run(drive())
+
+
+def test_marked_runs_open_side_by_side(tmp_path: Path) -> None:
+    from test_report import MERGED, SCORES, fill_store
+
+    from workbench.tui.screens.compare_runs import CompareRunsScreen
+
+    store = Store(tmp_path / "workbench.db")
+    fill_store(store, "lora", SCORES, "lora")
+    fill_store(store, "qlora", {**SCORES, f"{MERGED}-Q4_K_M.gguf": 0.88}, "qlora")
+
+    async def drive() -> None:
+        app = WorkbenchApp(tmp_path)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.press("space", "down", "space")
+            assert app.screen.marked == ["qlora", "lora"]  # newest run first in the list
+            assert app.screen.query_one("#runs").get_row("lora")[0] == "* lora"
+            await pilot.press("v")
+            screen = app.screen
+            assert isinstance(screen, CompareRunsScreen) and screen.run_ids == ["qlora", "lora"]
+            grid = screen.query_one("#runs-comparison")
+            assert grid.get_row("Q4_K_M.gguf") == ["Q4_K_M.gguf", "0.880 (-0.020)", "0.850 (-0.050)", "qlora"]
+            assert [c.label.plain for c in grid.columns.values()][1:3] == ["qlora (qlora)", "lora (lora)"]
 
     asyncio.run(drive())
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from workbench.report.compare import Comparison, Row, candidates, higher_is_better
+from workbench.report import chart
+from workbench.report.compare import Comparison
 
 FIGSIZE = (6.4, 4.0)
 
@@ -32,35 +33,23 @@ def _figure() -> tuple[Any, Any]:
 def quality_vs(comparison: Comparison, axis: str) -> bytes | None:
     """Task score against size (axis "size") or generation speed on a target ("cpu"/"gpu"); the Pareto
     front drawn and its points filled, the merged score and the keep threshold as lines."""
-    if axis == "size":
-        x_of, front, xlabel = (lambda r: r.size_mb), comparison.pareto_size, "size (MiB)"
-    else:
-        x_of, front, xlabel = (
-            (lambda r: r.tg(axis)),
-            comparison.pareto_speed.get(axis, []),
-            f"{axis.upper()} generation (tok/s)",
-        )
-    rows = [r for r in candidates(comparison.rows) if x_of(r) is not None]
-    if not rows:
+    data = chart.quality_vs(comparison, axis)
+    if data is None:
         return None
     figure, ax = _figure()
-    for index, row in enumerate(sorted(rows, key=x_of)):
-        on_front = row.name in front
-        ax.scatter(x_of(row), row.score, s=60 if on_front else 35, color="C3" if on_front else "C0", zorder=3)
+    for index, point in enumerate(data.points):
+        on_front = point.on_front
+        ax.scatter(point.x, point.y, s=60 if on_front else 35, color="C3" if on_front else "C0", zorder=3)
         below = index % 2 == 1  # neighbours' labels alternate above and below, so close points stay readable
-        ax.annotate(row.label, (x_of(row), row.score), textcoords="offset points", xytext=(5, -11 if below else 4),
+        ax.annotate(point.label, (point.x, point.y), textcoords="offset points", xytext=(5, -11 if below else 4),
                     fontsize=8)  # fmt: skip
-    ordered: list[Row] = sorted((r for r in rows if r.name in front), key=x_of)
-    if len(ordered) > 1:
-        ax.plot([x_of(r) for r in ordered], [r.score for r in ordered], color="C3", lw=1.2, label="Pareto front")
-    merged = next((r for r in comparison.rows if r.role == "reference" and r.score is not None), None)
-    if merged is not None and merged.score is not None:
-        ax.axhline(merged.score, color="grey", ls="--", lw=0.8, label="merged")
-        share = comparison.keep_percent / 100
-        bar = merged.score * share if higher_is_better(comparison.metric or "") else merged.score / share
-        ax.axhline(bar, color="grey", ls=":", lw=0.8, label=f"{comparison.keep_percent:g}% of merged")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(f"{comparison.task} {comparison.metric}")
+    if len(data.front) > 1:
+        ax.plot([p.x for p in data.front], [p.y for p in data.front], color="C3", lw=1.2, label="Pareto front")
+    if data.merged is not None and data.bar is not None:
+        ax.axhline(data.merged, color="grey", ls="--", lw=0.8, label="merged")
+        ax.axhline(data.bar, color="grey", ls=":", lw=0.8, label=data.bar_label)
+    ax.set_xlabel(data.xlabel)
+    ax.set_ylabel(data.ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     return _png(figure)

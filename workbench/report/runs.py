@@ -37,7 +37,7 @@ def side_by_side(reports: list[RunReport]) -> dict[str, Any]:
     return {"runs": runs, "rows": rows}
 
 
-def _cell(cell: dict[str, Any] | None) -> str:
+def cell_text(cell: dict[str, Any] | None) -> str:
     if not cell or cell["score"] is None:
         return "-"
     text = f"{cell['score']:.3f}"
@@ -48,13 +48,21 @@ def _cell(cell: dict[str, Any] | None) -> str:
     return text
 
 
+def headings(table: dict[str, Any]) -> list[str]:
+    return [f"{r['run']} ({r['method']})" if r["method"] else r["run"] for r in table["runs"]]
+
+
+def legend(table: dict[str, Any]) -> str:
+    tasks = {f"{r['task']} {r['metric']}" for r in table["runs"] if r["task"]}
+    return f"Score: {', '.join(sorted(tasks)) or 'none'}; (change vs the run's merged model), KLD vs it."
+
+
 def markdown(table: dict[str, Any]) -> str:
     runs = [r["run"] for r in table["runs"]]
-    heads = [f"{r['run']} ({r['method']})" if r["method"] else r["run"] for r in table["runs"]]
-    tasks = {f"{r['task']} {r['metric']}" for r in table["runs"] if r["task"]}
-    lines = [f"Score: {', '.join(sorted(tasks)) or 'none'}; (change vs the run's merged model), KLD vs it.", ""]
+    heads = headings(table)
+    lines = [legend(table), ""]
     lines += ["| variant | " + " | ".join(heads) + " | keeps most |", "|---" * (len(runs) + 2) + "|"]
     for row in table["rows"]:
-        cells = [_cell(row["runs"].get(run)) for run in runs]
+        cells = [cell_text(row["runs"].get(run)) for run in runs]
         lines.append(f"| {row['variant']} | " + " | ".join(cells) + f" | {row['keeps_most'] or ''} |")
     return "\n".join(lines)

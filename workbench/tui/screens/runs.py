@@ -13,13 +13,21 @@ from workbench.tui import progress
 
 
 class RunsScreen(Screen):
+    """`space` marks runs; `v` compares the marked runs side by side (or the highlighted run's variants)."""
+
     BINDINGS = [
         Binding("enter", "open", "Open"),
+        Binding("space", "mark", "Mark"),
+        Binding("v", "compare", "Compare"),
         Binding("n", "new", "New run"),
         Binding("c", "cancel", "Cancel run"),
         Binding("m", "models", "Models"),
         Binding("q", "app.quit", "Quit"),
     ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.marked: list[str] = []
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -42,7 +50,7 @@ class RunsScreen(Screen):
             seen.add(run_id)
             logs = store.events(run_id, stage="train", kind="train_log")
             cells = (
-                run_id,
+                f"* {run_id}" if run_id in self.marked else run_id,
                 store.live_status(run),
                 progress.pipeline(store.stages(run_id), logs[-1] if logs else None),
                 dt.datetime.fromtimestamp(run["updated"]).strftime("%m-%d %H:%M:%S"),
@@ -54,6 +62,7 @@ class RunsScreen(Screen):
                 table.add_row(*cells, key=run_id)
         for key in [k for k in table.rows if k.value not in seen]:
             table.remove_row(key)
+        self.marked = [run_id for run_id in self.marked if run_id in seen]
 
     def selected(self) -> str | None:
         table = self.query_one(DataTable)
@@ -67,6 +76,25 @@ class RunsScreen(Screen):
         run_id = self.selected()
         if run_id:
             self.app.push_screen(RunScreen(run_id))
+
+    def action_mark(self) -> None:
+        run_id = self.selected()
+        if run_id:
+            if run_id in self.marked:
+                self.marked.remove(run_id)
+            else:
+                self.marked.append(run_id)
+            self.refresh_runs()
+
+    def action_compare(self) -> None:
+        if len(self.marked) > 1:
+            from workbench.tui.screens.compare_runs import CompareRunsScreen
+
+            self.app.push_screen(CompareRunsScreen(list(self.marked)))
+        elif run_id := (self.marked[0] if self.marked else self.selected()):
+            from workbench.tui.screens.compare import CompareScreen
+
+            self.app.push_screen(CompareScreen(run_id))
 
     def action_new(self) -> None:
         from workbench.tui.screens.new_run import NewRunScreen

@@ -1,0 +1,58 @@
+"""What a quality-vs-size or quality-vs-speed chart shows, whatever draws it (matplotlib for the report,
+plotext in the terminal): the points, the Pareto front through them, the merged score and the bar a
+variant must clear to keep `keep_percent` of it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from workbench.report.compare import Comparison, Row, candidates, higher_is_better
+
+
+@dataclass
+class Point:
+    label: str
+    x: float
+    y: float
+    on_front: bool
+
+
+@dataclass
+class Chart:
+    xlabel: str
+    ylabel: str
+    points: list[Point]  # by x
+    front: list[Point]  # the Pareto front, by x
+    merged: float | None  # the merged model's score
+    bar: float | None  # keep_percent of it, direction-aware
+    bar_label: str
+
+
+def quality_vs(comparison: Comparison, axis: str) -> Chart | None:
+    """Task score against size (axis "size") or generation speed on a target ("cpu"/"gpu"); None when
+    nothing has both numbers."""
+    x_of: Callable[[Row], float | None]
+    if axis == "size":
+        x_of, front, xlabel = (lambda r: r.size_mb), comparison.pareto_size, "size (MiB)"
+    else:
+        x_of, front = (lambda r: r.tg(axis)), comparison.pareto_speed.get(axis, [])
+        xlabel = f"{axis.upper()} generation (tok/s)"
+    rows = sorted((r for r in candidates(comparison.rows) if x_of(r) is not None), key=lambda r: x_of(r) or 0)
+    if not rows:
+        return None
+    points = [Point(r.label, x_of(r) or 0, r.score or 0, r.name in front) for r in rows]
+    merged = next((r.score for r in comparison.rows if r.role == "reference" and r.score is not None), None)
+    bar = None
+    if merged is not None:
+        share = comparison.keep_percent / 100
+        bar = merged * share if higher_is_better(comparison.metric or "") else merged / share
+    return Chart(
+        xlabel=xlabel,
+        ylabel=f"{comparison.task} {comparison.metric}",
+        points=points,
+        front=[p for p in points if p.on_front],
+        merged=merged,
+        bar=bar,
+        bar_label=f"{comparison.keep_percent:g}% of merged",
+    )

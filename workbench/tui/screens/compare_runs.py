@@ -1,0 +1,39 @@
+"""Several runs side by side (e.g. LoRA vs QLoRA vs LoftQ): per kind of variant, each run's score, its
+change vs that run's merged model and KLD, and which run kept the most — as `workbench compare`."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Static
+
+from workbench.report import runs, write
+
+
+class CompareRunsScreen(Screen):
+    BINDINGS = [
+        Binding("escape", "app.pop_screen", "Back"),
+        Binding("q", "app.quit", "Quit"),
+    ]
+
+    def __init__(self, run_ids: list[str]) -> None:
+        super().__init__()
+        self.run_ids = run_ids
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static(id="runs-legend")
+        yield DataTable(id="runs-comparison", cursor_type="row", zebra_stripes=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.title = f"workbench · compare {', '.join(self.run_ids)}"
+        store, home = self.app.store, self.app.home  # type: ignore[attr-defined]
+        table = runs.side_by_side([write.load(store, run_id, home / run_id) for run_id in self.run_ids])
+        self.query_one("#runs-legend", Static).update(runs.legend(table))
+        grid = self.query_one("#runs-comparison", DataTable)
+        grid.add_columns("variant", *runs.headings(table), "keeps most")
+        for row in table["rows"]:
+            cells = [runs.cell_text(row["runs"].get(r["run"])) for r in table["runs"]]
+            grid.add_row(row["variant"], *cells, row["keeps_most"] or "", key=row["variant"])
