@@ -48,6 +48,7 @@ def test_progress_lines_on_fixed_records(tmp_path: Path) -> None:
     assert progress.training_line(log) == "training: step 34/64 · loss 0.1234 · lr 5.00e-04 · 112 tok/s · ETA 2m30s"
     assert progress.tail(tmp_path / "done-run" / "worker.log")[-2:] == ["step 8", "[merge] FAILED"]
     assert running and progress.tail(tmp_path / "missing.log") == []
+    assert [progress.age(s) for s in (-1, 42, 60, 3599, 7200, 86400 * 3)] == ["0s", "42s", "1m", "59m", "2h", "3d"]
 
 
 def test_runs_and_run_screens_at_80x24(tmp_path: Path) -> None:
@@ -108,7 +109,7 @@ def test_a_detached_run_outlives_the_app_and_cancels_from_it(tmp_path: Path, tin
                 row = app.screen.query_one("#runs").get_row("tiny")
                 if cancel:
                     await pilot.press("c")
-                return row[1] + " " + row[2]
+                return row[1] + " " + row[3]
 
         from workbench.cli import main
 
@@ -324,3 +325,53 @@ def test_models_screen_lists_registry_and_local_folders_and_reports_a_failed_pul
             assert table.get_row("smollm2-360m-instruct")[2] == "no"
 
     asyncio.run(drive())
+
+
+def test_web_tui_serves_the_app_on_loopback_only(tmp_path: Path) -> None:
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    import aiohttp
+
+    finished_run(tmp_path)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "workbench.cli", "--home", str(tmp_path), "tui", "--web", "--port", str(port)]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    async def browse() -> tuple[str, str]:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(200):
+                try:
+                    async with session.get(f"http://127.0.0.1:{port}/") as page:
+                        html = await page.text()
+                        break
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.1)
+            screen = ""
+            async with session.ws_connect(f"http://127.0.0.1:{port}/ws?width=80&height=24") as ws:
+                deadline = time.monotonic() + 60
+                while "done-run" not in screen and time.monotonic() < deadline:
+                    try:
+                        message = await ws.receive(timeout=5)
+                    except TimeoutError:
+                        continue
+                    if message.type == aiohttp.WSMsgType.BINARY:
+                        screen += message.data.decode("utf-8", "replace")
+                    elif message.type == aiohttp.WSMsgType.TEXT:
+                        screen += message.data
+            return html, screen
+
+    try:
+        html, screen = asyncio.run(browse())
+        listening = Path("/proc/net/tcp").read_text().splitlines()[1:]
+        local = {line.split()[1] for line in listening if line.split()[3] == "0A"}  # 0A: LISTEN
+    finally:
+        server.send_signal(signal.SIGINT)
+        output = server.communicate(timeout=30)[0]
+    assert f"http://127.0.0.1:{port}" in output and "workbench" in html
+    assert "done-run" in screen  # the Runs screen of this store, rendered by a real app process
+    assert f"0100007F:{port:04X}" in local and f"00000000:{port:04X}" not in local  # 127.0.0.1, not 0.0.0.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -151,10 +152,27 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
 def cmd_tui(args: argparse.Namespace) -> int:
+    if getattr(args, "web", False):
+        return serve_tui(args.home, args.host, args.port)
     from workbench.tui.app import WorkbenchApp
 
     WorkbenchApp(args.home).run()
+    return 0
+
+
+def serve_tui(home: Path, host: str, port: int) -> int:
+    """The same app in a browser: textual-serve starts one app process per page that connects."""
+    from textual_serve.server import Server
+
+    if host not in LOOPBACK:
+        print(f"warning: listening on {host}: anyone who can reach it can start and cancel runs", file=sys.stderr)
+    command = shlex.join([sys.executable, "-m", "workbench.cli", "--home", str(home.resolve()), "tui"])
+    print(f"workbench TUI at http://{host}:{port} (Ctrl-C stops the server; runs keep going)", flush=True)
+    Server(command, host=host, port=port, title="workbench").serve()
     return 0
 
 
@@ -310,7 +328,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     chat_parser.add_argument("--max-tokens", type=int, default=128, help="per answer")
     chat_parser.set_defaults(func=cmd_chat)
-    sub.add_parser("tui", help="the terminal UI (also `workbench` with no arguments)").set_defaults(func=cmd_tui)
+    tui = sub.add_parser("tui", help="the terminal UI (also `workbench` with no arguments)")
+    tui.add_argument("--web", action="store_true", help="serve it to a browser (textual-serve) instead")
+    tui.add_argument("--host", default="127.0.0.1", help="--web: address to listen on (default: this machine only)")
+    tui.add_argument("--port", type=int, default=8000, help="--web: port (default 8000)")
+    tui.set_defaults(func=cmd_tui)
     show = sub.add_parser("show", help="a run's stages, timings and artifacts")
     show.add_argument("run")
     show.set_defaults(func=cmd_show)

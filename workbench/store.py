@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from workbench.common import STAGE_ORDER
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY,
@@ -162,8 +164,11 @@ class Store:
         return StageRecord(**{k: row[k] for k in StageRecord.__dataclass_fields__}) if row else None
 
     def stages(self, run_id: str) -> list[StageRecord]:
+        """In pipeline order (a stage redone later still shows in its place)."""
         rows = self.db.execute("SELECT * FROM stages WHERE run_id=? ORDER BY started", (run_id,)).fetchall()
-        return [StageRecord(**{k: r[k] for k in StageRecord.__dataclass_fields__}) for r in rows]
+        records = [StageRecord(**{k: r[k] for k in StageRecord.__dataclass_fields__}) for r in rows]
+        order = {name: index for index, name in enumerate(STAGE_ORDER)}
+        return sorted(records, key=lambda record: order.get(record.name, len(order)))
 
     def start_stage(self, run_id: str, name: str, cache_key: str) -> None:
         self.db.execute(

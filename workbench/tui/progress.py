@@ -17,6 +17,14 @@ def duration(seconds: float | None) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
+def age(seconds: float) -> str:
+    """Compact elapsed time: 42s, 5m, 3h, 2d."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{max(0, int(seconds))}s"
+
+
 def pipeline(stages: list[StageRecord], train: dict[str, Any] | None = None) -> str:
     """One line: each stage with its mark; the training stage with step/total while it runs."""
     by_name = {s.name: s for s in stages}

@@ -16,7 +16,9 @@ from workbench import launcher
 
 
 def recipe_files(folder: Path = Path("recipes")) -> list[Path]:
-    return sorted(folder.glob("*.yaml")) if folder.is_dir() else []
+    """The recipes folder's YAML files, the quickstart first (it runs anywhere)."""
+    found = sorted(folder.glob("*.yaml")) if folder.is_dir() else []
+    return sorted(found, key=lambda path: path.name != "quickstart.yaml")
 
 
 class NewRunScreen(Screen):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import datetime as dt
+import time
 
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -37,7 +37,7 @@ class RunsScreen(Screen):
     def on_mount(self) -> None:
         self.title = "workbench · runs"
         table = self.query_one(DataTable)
-        table.add_columns("run", "status", "stages", "updated")
+        table.add_columns("run", "status", "since", "stages")
         self.refresh_runs()
         self.set_interval(1.0, self.refresh_runs)
 
@@ -52,12 +52,12 @@ class RunsScreen(Screen):
             cells = (
                 f"* {run_id}" if run_id in self.marked else run_id,
                 store.live_status(run),
+                progress.age(time.time() - run["updated"]),  # since its status last changed
                 progress.pipeline(store.stages(run_id), logs[-1] if logs else None),
-                dt.datetime.fromtimestamp(run["updated"]).strftime("%m-%d %H:%M:%S"),
             )
             if run_id in table.rows:
                 for column, value in zip(table.columns, cells, strict=True):
-                    table.update_cell(run_id, column, value)
+                    table.update_cell(run_id, column, value, update_width=True)
             else:
                 table.add_row(*cells, key=run_id)
         for key in [k for k in table.rows if k.value not in seen]:
