@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 from conftest import addition_rows, train_steps, write_recipe
 
-from workbench import launcher
 from workbench.store import Store
 from workbench.tui import progress
 from workbench.tui.app import WorkbenchApp
@@ -92,45 +91,6 @@ def _wait_for(condition, seconds: float = 120) -> None:  # noqa: ANN001
         time.sleep(0.1)
 
 
-def test_a_detached_run_outlives_the_app_and_cancels_from_it(tmp_path: Path, tiny_model: Path) -> None:
-    data = tmp_path / "qa.json"
-    data.write_text(json.dumps(addition_rows(72)))
-    recipe = write_recipe(tmp_path, tiny_model, data, train={"max_steps": 3000, "checkpoint_every": 5})
-    home = tmp_path / "runs"
-    started = launcher.launch(recipe, home, "tiny")
-    assert os.getsid(started.pid) != os.getsid(0)  # its own session: a closing terminal does not reach it
-    try:
-        _wait_for(lambda: (home / "workbench.db").exists() and len(train_steps(home)) >= 3)
-
-        async def look(cancel: bool) -> str:
-            app = WorkbenchApp(home)
-            async with app.run_test(size=(80, 24)) as pilot:
-                await pilot.pause()
-                row = app.screen.query_one("#runs").get_row("tiny")
-                if cancel:
-                    await pilot.press("c")
-                return row[1] + " " + row[3]
-
-        from workbench.cli import main
-
-        assert main(["--home", str(home), "run", str(recipe)]) == 2  # one worker per run: a second is refused
-        seen = asyncio.run(look(cancel=False))
-        assert seen.startswith("running ") and " train " in seen
-        after_close = len(train_steps(home))
-        _wait_for(lambda: len(train_steps(home)) >= after_close + 3)  # the app is gone; training goes on
-        asyncio.run(look(cancel=True))  # reopened: the same run, live; `c` stops it
-        _wait_for(lambda: Store.live_status(Store(home / "workbench.db").run("tiny")) != "running", 60)
-    finally:
-        if Store.live_status(Store(home / "workbench.db").run("tiny")) == "running":
-            os.killpg(started.pid, 9)
-    store = Store(home / "workbench.db")
-    assert store.run("tiny")["status"] == "interrupted"
-    assert store.stage("tiny", "train").status == "interrupted"
-    assert max(train_steps(home)) < 3000
-    assert list((home / "tiny" / ".work").glob("train-*/checkpoints/checkpoint-*"))  # what the next run resumes from
-    assert "interrupted" in started.log.read_text()
-
-
 def test_cancel_without_a_live_worker_is_a_clear_error(tmp_path: Path, capsys) -> None:  # noqa: ANN001
     from workbench.cli import main
 
@@ -206,15 +166,19 @@ def test_marked_runs_open_side_by_side(tmp_path: Path) -> None:
     asyncio.run(drive())
 
 
-def test_new_run_validates_like_the_cli_then_launches_a_detached_run(tmp_path: Path, tiny_model: Path) -> None:
+def test_a_run_started_from_the_tui_outlives_it_and_is_cancelled_from_it(tmp_path: Path, tiny_model: Path) -> None:
+    """New run validates like the CLI and launches; the app closes, training goes on; the reopened app
+    shows the same run live and cancels it."""
     from textual.widgets import Input, TextArea
+
+    from workbench.cli import main
 
     data = tmp_path / "qa.json"
     data.write_text(json.dumps(addition_rows(72)))
-    recipe = write_recipe(tmp_path, tiny_model, data, train={"max_steps": 3000, "checkpoint_every": 50})
+    recipe = write_recipe(tmp_path, tiny_model, data, train={"max_steps": 3000, "checkpoint_every": 5})
     home = tmp_path / "runs"
 
-    async def drive() -> None:
+    async def launch() -> None:
         app = WorkbenchApp(home)
         async with app.run_test(size=(80, 24)) as pilot:
             await pilot.press("n")
@@ -232,18 +196,37 @@ def test_new_run_validates_like_the_cli_then_launches_a_detached_run(tmp_path: P
             _wait_for(lambda: (home / "workbench.db").exists() and len(train_steps(home)) >= 2)
             await pilot.pause(1.2)  # one refresh later the Run screen shows the live training
             assert "step" in str(app.screen.query_one("#training").render())
+
+    async def reopen_and_cancel() -> str:
+        app = WorkbenchApp(home)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            row = app.screen.query_one("#runs").get_row("tiny")
             await pilot.press("c")
+            return row[1] + " " + row[3]
+
+    def live() -> bool:
+        return Store.live_status(Store(home / "workbench.db").run("tiny")) == "running"
 
     try:
-        asyncio.run(drive())
-        _wait_for(lambda: Store.live_status(Store(home / "workbench.db").run("tiny")) != "running", 60)
+        asyncio.run(launch())  # the app has closed
+        pid = Store(home / "workbench.db").run("tiny")["pid"]
+        assert os.getsid(pid) != os.getsid(0)  # its own session: a closing terminal does not reach it
+        assert main(["--home", str(home), "run", str(recipe)]) == 2  # one worker per run: a second is refused
+        after_close = len(train_steps(home))
+        _wait_for(lambda: len(train_steps(home)) >= after_close + 3)  # no app; training goes on
+        seen = asyncio.run(reopen_and_cancel())
+        assert seen.startswith("running ") and " train " in seen  # the same run, live
+        _wait_for(lambda: not live(), 60)
     finally:
-        run = Store(home / "workbench.db").run("tiny") if (home / "workbench.db").exists() else None
-        if run is not None and Store.live_status(run) == "running":
-            os.killpg(run["pid"], 9)
+        if (home / "workbench.db").exists() and live():
+            os.killpg(Store(home / "workbench.db").run("tiny")["pid"], 9)
     store = Store(home / "workbench.db")
     assert json.loads(store.run("tiny")["recipe"])["train"]["max_steps"] == 2000  # the override reached the run
+    assert store.run("tiny")["status"] == "interrupted"
     assert store.stage("tiny", "train").status == "interrupted"
+    assert list((home / "tiny" / ".work").glob("train-*/checkpoints/checkpoint-*"))  # what the next run resumes from
+    assert "interrupted" in (home / "tiny" / "worker.log").read_text()
 
 
 def test_chat_arena_answers_side_by_side_and_a_broken_variant_fails_alone(
