@@ -358,3 +358,34 @@ def test_web_tui_serves_the_app_on_loopback_only(tmp_path: Path) -> None:
     assert f"http://127.0.0.1:{port}" in output and "workbench" in html
     assert "done-run" in screen  # the Runs screen of this store, rendered by a real app process
     assert f"0100007F:{port:04X}" in local and f"00000000:{port:04X}" not in local  # 127.0.0.1, not 0.0.0.0
+
+
+def test_chat_arena_stop_kills_the_model_process(tmp_path: Path, tiny_llama_256: Path) -> None:
+    from test_chat import arena_run
+
+    from workbench.tui.screens.chat import Answer, ChatScreen
+
+    arena_run(tmp_path, [{"name": "t", "format": "hf", "path": str(tiny_llama_256), "status": "done"}])
+
+    async def drive() -> tuple[int | None, str]:
+        app = WorkbenchApp(tmp_path)
+        async with app.run_test(size=(80, 24)) as pilot:
+            screen = ChatScreen("arena")
+            await app.push_screen(screen)
+            assert screen.query_one("#variants").selected == []  # an hf variant is not picked by default
+            screen.query_one("#variants").focus()
+            await pilot.press("space")
+            assert screen.query_one("#variants").selected == [0]
+            screen.query_one("#prompt").focus()
+            await pilot.press(*"hello", "enter")
+            for _ in range(300):
+                await pilot.pause(0.05)
+                if screen.process is not None:
+                    break
+            process = screen.process
+            await pilot.press("f2")  # while torch is still loading
+            process.wait(timeout=10)
+            return process.returncode, screen.query_one(Answer).border_subtitle
+
+    returncode, subtitle = asyncio.run(drive())
+    assert returncode == -9 and subtitle == "stopped"

@@ -85,6 +85,8 @@ class ChatScreen(Screen):
             # llama.cpp answers in a second; torch loads take several: GGUF and the merged model by default
             chosen = candidate["format"] == "gguf" or candidate["label"] == "merged"
             choices.add_option((f"{candidate['label']} ({candidate['format']})", index, chosen))
+        if self.found:
+            choices.highlighted = 0  # so `space` works as soon as the list has focus
         system = f"system: {self.system_prompt!r}" if self.system_prompt else "no system prompt"
         what = f"{len(self.found)} variants (space picks)" if self.found else "no finished variants yet"
         info.update(f"{what} · greedy, ≤{chat.MAX_TOKENS} tokens · {system}")
@@ -98,6 +100,7 @@ class ChatScreen(Screen):
         if not chosen:
             self.notify("pick at least one variant (space in the list)", severity="warning")
             return
+        self.action_stop()  # a new question replaces the one being answered
         answers = self.query_one("#answers", HorizontalScroll)
         answers.remove_children()
         panels = [Answer(candidate) for candidate in chosen]
@@ -135,7 +138,12 @@ class ChatScreen(Screen):
         self.workers.cancel_group(self, "arena")
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
+        for panel in self.query(Answer):
+            if panel.border_subtitle in ("waiting", "generating"):
+                panel.border_subtitle = "stopped"
 
     def action_leave(self) -> None:
-        self.action_stop()
         self.app.pop_screen()
+
+    def on_unmount(self) -> None:
+        self.action_stop()  # leaving (or quitting) stops the model process too
