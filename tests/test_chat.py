@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,7 +42,8 @@ def test_gguf_answer_streams_what_llama_cpp_says(tiny_ggufs: dict[str, Path]) ->
     assert "loaded" in found[0] and "done" in found[-1]
     result = found[-1]["done"]
     assert 0 < result["tokens"] <= MAX_TOKENS
-    assert answer_text(found) == llama_cpp_reference(tiny_ggufs["f16"])
+    reference = llama_cpp_reference(tiny_ggufs["f16"])
+    assert reference and answer_text(found) == reference
     assert result["ttft_s"] > 0 and (result["tok_s"] is None or result["tok_s"] > 0)
 
 
@@ -58,9 +60,21 @@ def test_hf_answer_streams_what_transformers_generates(tiny_llama_256: Path) -> 
     assert found[-1]["done"]["tokens"] == len(output)
 
 
-def test_a_broken_variant_reports_why(tmp_path: Path) -> None:
+def test_a_broken_variant_reports_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     found = events({"path": str(tmp_path / "gone.gguf"), "format": "gguf"})
     assert len(found) == 1 and "gone.gguf" in found[0]["error"]
+
+    quiet = [
+        sys.executable,
+        "-c",
+        "import sys; sys.stdin.read(); print('not an event'); print('last words', file=sys.stderr)",
+    ]
+    monkeypatch.setattr(chat, "COMMAND", quiet)  # a process that ends well without answering
+    assert events({"path": "x", "format": "gguf"}) == [
+        {"error": "the model process ended without an answer: last words"}
+    ]
+    monkeypatch.setattr(chat, "COMMAND", [str(tmp_path / "no-such-python")])
+    assert "could not start the model process" in events({"path": "x", "format": "gguf"})[0]["error"]
 
 
 def test_candidates_labels_and_picking(tiny_llama_256: Path) -> None:
@@ -101,6 +115,9 @@ def test_chat_command_answers_with_each_variant_and_survives_a_broken_one(
         ],
     )
     prompt = CHAT[-1]["content"]
+    with pytest.raises(SystemExit):
+        cli(["--home", str(tmp_path), "chat", "arena", prompt, "--max-tokens", "0"])
+    assert "expected a whole number of 1 or more" in capsys.readouterr().err
     code = cli(["--home", str(tmp_path), "chat", "arena", prompt, "--max-tokens", str(MAX_TOKENS)])
     out = capsys.readouterr().out
     assert code == 1  # one variant failed

@@ -84,6 +84,14 @@ def test_runs_and_run_screens_at_80x24(tmp_path: Path) -> None:
     asyncio.run(drive())
 
 
+async def until(pilot, condition, seconds: float = 60) -> None:  # noqa: ANN001
+    """Let the app run until `condition()` holds (answers and pulls come from other processes)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting for the app"
+        await pilot.pause(0.1)
+
+
 def _wait_for(condition, seconds: float = 120) -> None:  # noqa: ANN001
     deadline = time.monotonic() + seconds
     while not condition():
@@ -240,8 +248,8 @@ def test_chat_arena_answers_side_by_side_and_a_broken_variant_fails_alone(
     arena_run(
         tmp_path,
         [
-            {"name": "t-F16.gguf", "format": "gguf", "path": str(tiny_ggufs["f16"]), "status": "done"},
             {"name": "t-Q4_0.gguf", "format": "gguf", "path": str(tmp_path / "missing.gguf"), "status": "done"},
+            {"name": "t-F16.gguf", "format": "gguf", "path": str(tiny_ggufs["f16"]), "status": "done"},
             {"name": "t-NF4", "format": "nf4", "path": "/n", "status": "failed"},
         ],
     )
@@ -256,16 +264,15 @@ def test_chat_arena_answers_side_by_side_and_a_broken_variant_fails_alone(
             assert "'You are a calculator.'" in str(screen.query_one("#chat-info").render())
             await pilot.press(*CHAT[-1]["content"], "enter")
             panels = list(screen.query(Answer))
-            for _ in range(600):
-                await pilot.pause(0.1)
-                if all(p.border_subtitle not in ("waiting", "generating") for p in panels):
-                    break
+            await until(pilot, lambda: all(p.border_subtitle not in ("waiting", "generating") for p in panels))
             widths = [p.region.width for p in panels]
             assert widths[0] == widths[1] == 40  # side by side, sharing the 80 columns
             return panels
 
-    good, broken = asyncio.run(drive())
-    assert good.border_title == "t-F16.gguf" and good.border_subtitle != "FAILED"
+    broken, good = asyncio.run(drive())  # the broken one asked first: the next still answers
+    assert good.border_title == "t-F16.gguf" and (
+        good.border_subtitle.endswith("tok/s") or good.border_subtitle == "done"
+    )
     assert good.text == llama_cpp_reference(tiny_ggufs["f16"], chat.MAX_TOKENS)
     assert broken.border_subtitle == "FAILED" and not broken.text
 
@@ -297,10 +304,7 @@ def test_models_screen_lists_registry_and_local_folders_and_reports_a_failed_pul
             await pilot.press("down", "p")  # smollm2-360m-instruct: from the hub
             status = screen.query_one("#pull-status")
             assert "pulling smollm2-360m-instruct" in str(status.render())
-            for _ in range(600):
-                await pilot.pause(0.1)
-                if "failed" in str(status.render()):
-                    break
+            await until(pilot, lambda: "failed" in str(status.render()))
             assert "pulling smollm2-360m-instruct failed: error: smollm2-360m-instruct: could not download" in str(
                 status.render()
             )
@@ -327,6 +331,7 @@ def test_web_tui_serves_the_app_on_loopback_only(tmp_path: Path) -> None:
 
     async def browse() -> tuple[str, str]:
         async with aiohttp.ClientSession() as session:
+            html = ""
             for _ in range(200):
                 try:
                     async with session.get(f"http://127.0.0.1:{port}/") as page:
@@ -334,6 +339,9 @@ def test_web_tui_serves_the_app_on_loopback_only(tmp_path: Path) -> None:
                         break
                 except aiohttp.ClientConnectionError:
                     await asyncio.sleep(0.1)
+            for headers in ({"Origin": "http://evil.example"}, {"Host": f"evil.example:{port}"}):
+                async with session.get(f"http://127.0.0.1:{port}/", headers=headers) as page:
+                    assert page.status == 403  # another site's page, or a rebound name: refused
             screen = ""
             async with session.ws_connect(f"http://127.0.0.1:{port}/ws?width=80&height=24") as ws:
                 deadline = time.monotonic() + 60
@@ -354,7 +362,11 @@ def test_web_tui_serves_the_app_on_loopback_only(tmp_path: Path) -> None:
         local = {line.split()[1] for line in listening if line.split()[3] == "0A"}  # 0A: LISTEN
     finally:
         server.send_signal(signal.SIGINT)
-        output = server.communicate(timeout=30)[0]
+        try:
+            output = server.communicate(timeout=30)[0]
+        except subprocess.TimeoutExpired:
+            server.kill()
+            raise
     assert f"http://127.0.0.1:{port}" in output and "workbench" in html
     assert "done-run" in screen  # the Runs screen of this store, rendered by a real app process
     assert f"0100007F:{port:04X}" in local and f"00000000:{port:04X}" not in local  # 127.0.0.1, not 0.0.0.0
@@ -378,10 +390,7 @@ def test_chat_arena_stop_kills_the_model_process(tmp_path: Path, tiny_llama_256:
             assert screen.query_one("#variants").selected == [0]
             screen.query_one("#prompt").focus()
             await pilot.press(*"hello", "enter")
-            for _ in range(300):
-                await pilot.pause(0.05)
-                if screen.process is not None:
-                    break
+            await until(pilot, lambda: screen.process is not None)
             process = screen.process
             await pilot.press("f2")  # while torch is still loading
             process.wait(timeout=10)
@@ -389,3 +398,29 @@ def test_chat_arena_stop_kills_the_model_process(tmp_path: Path, tiny_llama_256:
 
     returncode, subtitle = asyncio.run(drive())
     assert returncode == -9 and subtitle == "stopped"
+
+
+def test_web_requests_must_come_from_this_server() -> None:
+    from workbench.tui.web import allowed
+
+    assert allowed("127.0.0.1:8000", None, "127.0.0.1", 8000)
+    assert allowed("localhost:8000", "http://127.0.0.1:8000", "127.0.0.1", 8000)  # the page's own socket
+    assert not allowed("127.0.0.1:8000", "http://evil.example", "127.0.0.1", 8000)  # another site's page
+    assert not allowed("evil.example:8000", "http://evil.example:8000", "127.0.0.1", 8000)  # DNS rebinding
+    assert not allowed("127.0.0.1:9000", None, "127.0.0.1", 8000)
+    assert allowed("box.lan:8000", "http://box.lan:8000", "0.0.0.0", 8000)  # beyond loopback: same origin
+    assert not allowed("box.lan:8000", "http://evil.example", "0.0.0.0", 8000)
+
+
+def test_the_app_never_imports_torch_transformers_or_numpy() -> None:
+    import subprocess
+    import sys
+
+    screens = ", ".join(["runs", "run", "compare", "compare_runs", "chat", "models", "new_run"])
+    code = (
+        "import sys, workbench.cli, workbench.chat, workbench.tui.app, workbench.tui.web\n"
+        f"from workbench.tui.screens import {screens}\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'numpy') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

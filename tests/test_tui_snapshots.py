@@ -31,6 +31,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     store.db.commit()
     store.close()
     yield tmp_path
+    monkeypatch.undo()  # TZ back first, then re-read it
     time.tzset()
 
 

@@ -1,15 +1,18 @@
-"""One prompt answered by one variant, in its own process: `python -m workbench.chat JOB_JSON`.
+"""One prompt answered by one variant, in its own process: `python -m workbench.chat < JOB.json`.
 
 GGUF through llama.cpp with the chat template stored in the file, everything else through transformers
 with the format's kernels (the loaders the evaluation uses). Greedy, so variants differ only by what
 quantization did. The worker prints JSON lines as it goes — `{"loaded": s}`, `{"text": piece}` per
 token, then `{"done": stats}` or `{"error": message}` — so the TUI (which never imports torch) and the
-CLI can show answers as they stream. This module's top level imports only the standard library.
+CLI can show answers as they stream. The job arrives as JSON on stdin. This module's top level imports
+only the standard library and the light workbench.common / workbench.store.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -18,7 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from workbench.common import RunError
+from workbench.common import RunError, last_line
 from workbench.store import Store
 
 MAX_TOKENS = 128
@@ -45,8 +48,8 @@ def candidates(variants: list[dict[str, Any]], base_model: str | None = None) ->
 
         try:
             path = resolve_model(base_model)
-        except ModelError:
-            return found
+        except (ModelError, OSError, ValueError, KeyError):  # the base is optional here; a broken registry
+            return found  # shows up where a run needs it
         if Path(path).is_dir():
             found.append({"name": Path(path).name, "label": "base", "format": "hf", "path": path})
     return found
@@ -87,20 +90,26 @@ def job(candidate: dict[str, Any], chat: list[dict[str, str]], max_tokens: int =
     return {"path": candidate["path"], "format": candidate["format"], "messages": chat, "max_tokens": max_tokens}
 
 
-def command(request: dict[str, Any]) -> list[str]:
-    return [sys.executable, "-m", "workbench.chat", json.dumps(request)]
+COMMAND = [sys.executable, "-m", "workbench.chat"]  # reads the job as JSON on stdin
 
 
 def ask(request: dict[str, Any], started: Callable[[subprocess.Popen], None] | None = None) -> Iterator[dict[str, Any]]:
-    """Run one answer in a child process and yield its events; a crash becomes an `error` event.
-    `started` gets the process (to stop it early)."""
+    """Run one answer in a child process and yield its events; a crash, or an exit without an answer,
+    becomes an `error` event. `started` gets the process (to stop it early)."""
     with tempfile.TemporaryFile("w+") as stderr:
-        process = subprocess.Popen(command(request), stdout=subprocess.PIPE, stderr=stderr, text=True)
+        try:
+            process = subprocess.Popen(COMMAND, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True)
+        except OSError as exc:
+            yield {"error": f"could not start the model process: {exc}"}
+            return
         if started:
             started(process)
-        assert process.stdout is not None
+        assert process.stdin is not None and process.stdout is not None
         finished = False
         try:
+            with contextlib.suppress(BrokenPipeError):  # stopped before it read the job
+                process.stdin.write(json.dumps(request))
+                process.stdin.close()
             for line in process.stdout:
                 event = parse(line)
                 if event:
@@ -111,7 +120,7 @@ def ask(request: dict[str, Any], started: Callable[[subprocess.Popen], None] | N
                 process.kill()
             process.wait()
             process.stdout.close()
-        if process.returncode != 0 and not finished:
+        if not finished:
             stderr.seek(0)
             yield {"error": crash_message(process.returncode, stderr.read())}
 
@@ -126,8 +135,7 @@ def parse(line: str) -> dict[str, Any] | None:
 
 
 def crash_message(returncode: int, stderr: str) -> str:
-    last = [line for line in stderr.strip().splitlines() if line.strip()][-1:] or [f"exit status {returncode}"]
-    return f"the model process died: {last[0]}"
+    return f"the model process ended without an answer: {last_line(stderr, f'exit status {returncode}')}"
 
 
 def stats(started: float, loaded: float, token_times: list[float]) -> dict[str, Any]:
@@ -154,6 +162,10 @@ def describe(result: dict[str, Any]) -> str:
 # --- in the worker process ----------------------------------------------------------------------------
 
 
+def plain_text(turns: list[dict[str, str]]) -> str:
+    return "\n".join(turn["content"] for turn in turns) + "\n"
+
+
 def gguf_stream(request: dict[str, Any], loaded: Callable[[], None]) -> Iterator[str]:
     """Greedy tokens through llama.cpp; each yield is one generated token's text (end token: '')."""
     import codecs
@@ -177,8 +189,7 @@ def gguf_stream(request: dict[str, Any], loaded: Callable[[], None]) -> Iterator
             formatter = Jinja2ChatFormatter(template, eos_token=text(llm.token_eos()), bos_token=text(llm.token_bos()))
             prompt = llm.tokenize(formatter(messages=request["messages"]).prompt.encode(), add_bos=False, special=True)
         else:  # no template in the file: the turns as plain text
-            plain = "\n".join(turn["content"] for turn in request["messages"]) + "\n"
-            prompt = llm.tokenize(plain.encode(), add_bos=True)
+            prompt = llm.tokenize(plain_text(request["messages"]).encode(), add_bos=True)
         loaded()
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         generated: list[int] = []
@@ -216,9 +227,13 @@ def torch_stream(request: dict[str, Any], loaded: Callable[[], None]) -> Iterato
     model = AutoModelForCausalLM.from_pretrained(
         request["path"], dtype=dtype if dtype == "auto" else getattr(torch, dtype), device_map={"": device}
     )
-    inputs = tokenizer.apply_chat_template(
-        request["messages"], add_generation_prompt=True, return_tensors="pt", return_dict=True
-    ).to(model.device)
+    if tokenizer.chat_template:
+        inputs = tokenizer.apply_chat_template(
+            request["messages"], add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+    else:  # no template: the turns as plain text, as for a GGUF without one
+        inputs = tokenizer(plain_text(request["messages"]), return_tensors="pt")
+    inputs = inputs.to(model.device)
     loaded()
     pieces: Queue[str | BaseException | None] = Queue()
 
@@ -274,15 +289,16 @@ def answer(request: dict[str, Any], emit: Callable[[dict[str, Any]], None]) -> N
     emit({"done": stats(started, loaded_at[0] if loaded_at else started, times)})
 
 
-def main(argv: list[str]) -> int:
-    events = sys.stdout
-    sys.stdout = sys.stderr  # libraries that print must not break the event stream
+def main() -> int:
+    events = os.fdopen(os.dup(1), "w")  # the event stream; everything else that writes to stdout, Python
+    os.dup2(2, 1)  # or native (llama.cpp, CUDA), goes to stderr instead
+    sys.stdout = sys.stderr
 
     def emit(event: dict[str, Any]) -> None:
         print(json.dumps(event), file=events, flush=True)
 
     try:
-        answer(json.loads(argv[0]), emit)
+        answer(json.loads(sys.stdin.read()), emit)
     except Exception as exc:  # noqa: BLE001 - reported to the caller, one variant fails alone
         emit({"error": f"{type(exc).__name__}: {exc}"})
         return 1
@@ -290,4 +306,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import shlex
 import sys
 from pathlib import Path
 
@@ -20,6 +19,12 @@ from workbench.store import Store
 
 def _csv(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def _positive(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value}: expected a whole number of 1 or more")
+    return int(value)
 
 
 def _percent(value: str) -> float:
@@ -152,27 +157,15 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
 def cmd_tui(args: argparse.Namespace) -> int:
     if getattr(args, "web", False):
-        return serve_tui(args.home, args.host, args.port)
+        from workbench.tui import web
+
+        web.serve(args.home, args.host, args.port)
+        return 0
     from workbench.tui.app import WorkbenchApp
 
     WorkbenchApp(args.home).run()
-    return 0
-
-
-def serve_tui(home: Path, host: str, port: int) -> int:
-    """The same app in a browser: textual-serve starts one app process per page that connects."""
-    from textual_serve.server import Server
-
-    if host not in LOOPBACK:
-        print(f"warning: listening on {host}: anyone who can reach it can start and cancel runs", file=sys.stderr)
-    command = shlex.join([sys.executable, "-m", "workbench.cli", "--home", str(home.resolve()), "tui"])
-    print(f"workbench TUI at http://{host}:{port} (Ctrl-C stops the server; runs keep going)", flush=True)
-    Server(command, host=host, port=port, title="workbench").serve()
     return 0
 
 
@@ -326,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat_parser.add_argument(
         "--variant", action="append", default=[], help="a variant's name or part of it (repeatable; default: all)"
     )
-    chat_parser.add_argument("--max-tokens", type=int, default=128, help="per answer")
+    chat_parser.add_argument("--max-tokens", type=_positive, default=128, help="per answer")
     chat_parser.set_defaults(func=cmd_chat)
     tui = sub.add_parser("tui", help="the terminal UI (also `workbench` with no arguments)")
     tui.add_argument("--web", action="store_true", help="serve it to a browser (textual-serve) instead")

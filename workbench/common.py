@@ -16,3 +16,9 @@ STAGE_ORDER = ["data", "train", "merge", "export", "eval", "bench", "report"]
 
 def default_home() -> Path:
     return Path(os.environ.get("WORKBENCH_HOME", "runs"))
+
+
+def last_line(text: str, fallback: str) -> str:
+    """The last non-empty line of a process's output (usually the error), or `fallback`."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else fallback

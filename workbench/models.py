@@ -118,7 +118,7 @@ def _from_hub(entry: ModelEntry, out: Path) -> None:
         AutoTokenizer.from_pretrained(entry.hub_id).save_pretrained(out)
         AutoModelForCausalLM.from_pretrained(entry.hub_id, dtype="auto").save_pretrained(out)
     except OSError as exc:  # offline, no access to a gated model, no such repository
-        reason = str(exc).strip().splitlines()[0]
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ModelError(
             f"{entry.name}: could not download {entry.hub_id} from the Hugging Face Hub: {reason}"
         ) from exc

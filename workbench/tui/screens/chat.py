@@ -4,7 +4,9 @@ itself and the tok/s compare); the app itself never loads a model."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
+import threading
 from typing import Any
 
 from textual import work
@@ -35,7 +37,13 @@ class Answer(Vertical):
             yield Static(classes="answer-text")
         yield Static(classes="answer-stats")
 
+    def stop(self) -> None:
+        if self.border_subtitle in ("waiting", "generating"):
+            self.border_subtitle = "stopped"
+
     def show(self, event: dict[str, Any]) -> None:
+        if self.border_subtitle == "stopped":
+            return  # an event already on its way when the answer was stopped
         body = self.query_one(".answer-text", Static)
         if "loaded" in event:
             self.border_subtitle = "generating"
@@ -62,7 +70,8 @@ class ChatScreen(Screen):
         self.run_id = run_id
         self.found: list[dict[str, Any]] = []
         self.system_prompt: str | None = None
-        self.process: subprocess.Popen | None = None
+        self.process: subprocess.Popen | None = None  # the model process answering now
+        self.lock = threading.Lock()  # between the answering thread starting one and `stop` killing it
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -125,22 +134,30 @@ class ChatScreen(Screen):
     def ask_all(self, prompt: str, chosen: list[dict[str, Any]], panels: list[Answer]) -> None:
         conversation = chat.messages(prompt, self.system_prompt)
         worker = get_current_worker()
-        for candidate, panel in zip(chosen, panels, strict=True):
-            for event in chat.ask(chat.job(candidate, conversation), started=self._started):
-                if worker.is_cancelled:
-                    return  # closing ask() stops its model process
-                self.app.call_from_thread(panel.show, event)
 
-    def _started(self, process: subprocess.Popen) -> None:
-        self.process = process
+        def started(process: subprocess.Popen) -> None:
+            with self.lock:
+                if worker.is_cancelled:  # stopped while this one was starting
+                    process.kill()
+                else:
+                    self.process = process
+
+        for candidate, panel in zip(chosen, panels, strict=True):
+            if worker.is_cancelled:
+                return
+            with contextlib.closing(chat.ask(chat.job(candidate, conversation), started=started)) as events:
+                for event in events:
+                    if worker.is_cancelled:
+                        return  # closing ask() stops its model process
+                    self.app.call_from_thread(panel.show, event)
 
     def action_stop(self) -> None:
-        self.workers.cancel_group(self, "arena")
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
+        with self.lock:
+            self.workers.cancel_group(self, "arena")
+            if self.process is not None and self.process.poll() is None:
+                self.process.kill()
         for panel in self.query(Answer):
-            if panel.border_subtitle in ("waiting", "generating"):
-                panel.border_subtitle = "stopped"
+            panel.stop()
 
     def action_leave(self) -> None:
         self.app.pop_screen()

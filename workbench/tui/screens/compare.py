@@ -13,6 +13,7 @@ from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, Ta
 from textual_plotext import PlotextPlot
 
 from workbench.report import chart, table, write
+from workbench.tui.tabs import NumberedTabs, tab_keys
 
 CHARTS = {"size": "2 Quality/size", "cpu": "3 Quality/CPU speed", "gpu": "4 Quality/GPU speed"}
 
@@ -57,13 +58,13 @@ def draw(plot: PlotextPlot, data: chart.Chart) -> None:
     plot.refresh()
 
 
-class CompareScreen(Screen):
+class CompareScreen(NumberedTabs, Screen):
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back"),
         Binding("s", "sort", "Sort by next column"),
         Binding("r", "reverse", "Reverse"),
         Binding("q", "app.quit", "Quit"),
-        *(Binding(str(n), f"show_tab('{tab}')", tab, show=False) for n, tab in enumerate(["table", *CHARTS], 1)),
+        *tab_keys(["table", *CHARTS]),
     ]
 
     def __init__(self, run_id: str) -> None:
@@ -106,10 +107,6 @@ class CompareScreen(Screen):
             else:
                 self.charts[axis] = data
                 draw(self.query_one(f"#{axis}-chart", PlotextPlot), data)
-
-    def action_show_tab(self, tab: str) -> None:
-        if tab == "table" or tab in self.charts:
-            self.query_one(TabbedContent).active = f"{tab}-tab"
 
     def action_sort(self) -> None:
         self.sort_column = (self.sort_column + 1) % len(self.headers)

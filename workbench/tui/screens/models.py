@@ -3,8 +3,9 @@ checkpoint in the models folder; `p` pulls one in a background process."""
 
 from __future__ import annotations
 
-import subprocess
+import asyncio
 import sys
+from asyncio.subprocess import DEVNULL, STDOUT
 
 from textual import work
 from textual.app import ComposeResult
@@ -13,6 +14,9 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from workbench import models
+from workbench.common import last_line
+
+PULL = [sys.executable, "-m", "workbench.cli", "models", "pull"]
 
 COLUMNS = ("model", "params", "local", "size", "license")
 
@@ -58,6 +62,10 @@ class ModelsScreen(Screen):
         Binding("q", "app.quit", "Quit"),
     ]
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.pulling: set[str] = set()
+
     def compose(self) -> ComposeResult:
         yield Header()
         yield DataTable(id="models", cursor_type="row", zebra_stripes=True)
@@ -99,24 +107,30 @@ class ModelsScreen(Screen):
             self.notify(f"{name} is a local folder, not a registry model", severity="warning")
         elif entries[name].is_local:
             self.notify(f"{name} is already local")
+        elif name in self.pulling:
+            self.notify(f"{name} is being pulled already")
         else:
+            self.pulling.add(name)
             self.query_one("#pull-status", Static).update(f"pulling {name}…")
             self.pull(name)
 
-    @work(thread=True, group="pull")
-    def pull(self, name: str) -> None:
-        """In a child process: a pull loads torch, which the app never imports."""
-        done = subprocess.run(
-            [sys.executable, "-m", "workbench.cli", "models", "pull", name], capture_output=True, text=True
-        )
-        if done.returncode == 0:
-            message = f"pulled {name}: {done.stdout.strip()}"
+    @work(group="pull")
+    async def pull(self, name: str) -> None:
+        """`workbench models pull` in its own session, output to a log file: a pull loads torch, which the
+        app never imports, and it finishes (atomically) even if the app is closed meanwhile."""
+        log = self.app.home / "pulls" / f"{name}.log"  # type: ignore[attr-defined]
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "wb") as out:
+            process = await asyncio.create_subprocess_exec(
+                *PULL, name, stdin=DEVNULL, stdout=out, stderr=STDOUT, start_new_session=True
+            )
+        await process.wait()
+        self.pulling.discard(name)
+        output = last_line(log.read_text(errors="replace"), "no output")
+        if process.returncode == 0:
+            message = f"pulled {name}: {output}"
         else:
-            last = [line for line in done.stderr.splitlines() if line.strip()][-1:] or ["no output"]
-            message = f"pulling {name} failed: {last[0]}"
-        self.app.call_from_thread(self.pulled, message, done.returncode == 0)
-
-    def pulled(self, message: str, ok: bool) -> None:
+            message = f"pulling {name} failed: {output} (log: {log})"
         self.query_one("#pull-status", Static).update(message)
-        self.notify(message, severity="information" if ok else "error")
+        self.notify(message, severity="information" if process.returncode == 0 else "error")
         self.refresh_models()

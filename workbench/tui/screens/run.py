@@ -13,18 +13,19 @@ from textual.widgets import DataTable, Footer, Header, Log, Static, TabbedConten
 from textual_plotext import PlotextPlot
 
 from workbench.tui import progress
+from workbench.tui.tabs import NumberedTabs, tab_keys
 
 TABS = ("stages", "curve", "log", "artifacts")
 
 
-class RunScreen(Screen):
+class RunScreen(NumberedTabs, Screen):
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back"),
         Binding("c", "cancel", "Cancel run"),
         Binding("v", "compare", "Compare variants"),
         Binding("a", "arena", "Chat arena"),
         Binding("q", "app.quit", "Quit"),
-        *(Binding(str(n), f"show_tab('{tab}')", tab, show=False) for n, tab in enumerate(TABS, 1)),
+        *tab_keys(TABS),
     ]
 
     def __init__(self, run_id: str) -> None:
@@ -33,6 +34,7 @@ class RunScreen(Screen):
         self.log_lines: list[str] = []
         self.train_logs: list[dict[str, Any]] = []
         self.plotted = 0
+        self.artifact_rows: list[tuple[str, ...]] = []
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -55,9 +57,6 @@ class RunScreen(Screen):
         self.query_one("#artifacts", DataTable).add_columns("stage", "artifact", "MiB", "path")
         self.refresh_run()
         self.set_interval(1.0, self.refresh_run)
-
-    def action_show_tab(self, tab: str) -> None:
-        self.query_one(TabbedContent).active = f"{tab}-tab"
 
     def refresh_run(self) -> None:
         store = self.app.store  # type: ignore[attr-defined]
@@ -104,13 +103,17 @@ class RunScreen(Screen):
         widget.refresh()
 
     def show_artifacts(self, artifacts: list[dict[str, Any]]) -> None:
-        table = self.query_one("#artifacts", DataTable)
-        if table.row_count == len(artifacts):
-            return
-        table.clear()
+        rows = []
         for item in artifacts:
             path = os.path.relpath(item["path"]) if item["path"].startswith(os.getcwd() + os.sep) else item["path"]
-            table.add_row(item["stage"], item["name"], f"{item['size'] / 2**20:.1f}", path, key=item["name"])
+            rows.append((item["stage"], item["name"], f"{item['size'] / 2**20:.1f}", path))
+        if rows == self.artifact_rows:
+            return
+        self.artifact_rows = rows
+        table = self.query_one("#artifacts", DataTable)
+        table.clear()
+        for row in rows:
+            table.add_row(*row, key=row[1])
 
     def action_cancel(self) -> None:
         self.app.cancel_run(self.run_id)  # type: ignore[attr-defined]
