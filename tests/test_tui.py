@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import addition_rows, train_steps, write_recipe
+from rich.text import Text
 
 from workbench.store import Store
 from workbench.tui import progress
@@ -24,7 +25,7 @@ def finished_run(home: Path) -> None:
         store.start_stage("done-run", name, "k")
         store.finish_stage("done-run", name, "done")
     store.start_stage("done-run", "merge", "k")
-    store.finish_stage("done-run", "merge", "failed", "OSError: disk full\nmore")
+    store.finish_stage("done-run", "merge", "failed", "OSError: [Errno 28] No space left on device\nmore")
     for step in range(1, 9):
         log = {"step": step, "total_steps": 8, "loss": 1 / step, "learning_rate": 1e-3, "eta_s": 8 - step}
         store.add_event("done-run", "train", "train_log", log)
@@ -68,7 +69,8 @@ def test_runs_and_run_screens_at_80x24(tmp_path: Path) -> None:
                 ["train", "done"],
                 ["merge", "failed"],
             ]
-            assert stages.get_row_at(2)[3] == "OSError: disk full"
+            note = Text.from_markup(stages.get_row_at(2)[3]).plain  # as the table draws it
+            assert note == "OSError: [Errno 28] No space left on device"  # brackets shown, not read as markup
             assert "step 8/8" in str(app.screen.query_one("#training").render())
             assert app.screen.query_one("#log").lines[-1] == "[merge] FAILED"
             await pilot.press("2")  # the loss/lr curve tab

@@ -78,7 +78,8 @@ def test_chat_arena_with_answers(home: Path, snap_compare) -> None:  # noqa: ANN
         panels = [Answer(candidate) for candidate in screen.found[1:3]]
         await screen.query_one("#answers").mount_all(panels)
         screen.fit_answers()
-        events = [{"loaded": 0.4}, {"text": "42"}, {"done": {"tokens": 2, "load_s": 0.4, "ttft_s": 0.1, "tok_s": 50.0}}]
+        done = {"tokens": 2, "load_s": 0.4, "ttft_s": 0.1, "tok_s": 50.0}
+        events = [{"loaded": 0.4}, {"text": "42 [/] [b]as is[/b]"}, {"done": done}]  # text, not markup
         for event in events:
             panels[0].show(event)
         panels[1].show({"error": "the model process died: out of memory"})

@@ -26,6 +26,6 @@ class WorkbenchApp(App):
 
     def cancel_run(self, run_id: str) -> None:
         if launcher.cancel(self.store, run_id):
-            self.notify(f"asked {run_id} to stop; it saves what it can resume from")
+            self.notify(f"asked {run_id} to stop; it saves what it can resume from", markup=False)
         else:
-            self.notify(f"{run_id} has no live worker", severity="warning")
+            self.notify(f"{run_id} has no live worker", severity="warning", markup=False)

@@ -19,6 +19,7 @@ from textual.worker import get_current_worker
 
 from workbench import chat
 from workbench.common import RunError
+from workbench.tui.text import plain
 
 MIN_WIDTH = 26
 
@@ -28,14 +29,14 @@ class Answer(Vertical):
 
     def __init__(self, candidate: dict[str, Any]) -> None:
         super().__init__(classes="answer")
-        self.border_title = candidate["label"]
+        self.border_title = plain(candidate["label"])
         self.border_subtitle = "waiting"
         self.text = ""
 
     def compose(self) -> ComposeResult:
         with VerticalScroll():
-            yield Static(classes="answer-text")
-        yield Static(classes="answer-stats")
+            yield Static(classes="answer-text", markup=False)
+        yield Static(classes="answer-stats", markup=False)
 
     def stop(self) -> None:
         if self.border_subtitle in ("waiting", "generating"):
@@ -75,7 +76,7 @@ class ChatScreen(Screen):
 
     def compose(self) -> ComposeResult:
         yield Header()
-        yield Static(id="chat-info")
+        yield Static(id="chat-info", markup=False)
         yield SelectionList[int](id="variants")
         yield HorizontalScroll(id="answers")
         yield Input(placeholder="Ask the chosen variants (enter)", id="prompt")
@@ -93,7 +94,7 @@ class ChatScreen(Screen):
         for index, candidate in enumerate(self.found):
             # llama.cpp answers in a second; torch loads take several: GGUF and the merged model by default
             chosen = candidate["format"] == "gguf" or candidate["label"] == "merged"
-            choices.add_option((f"{candidate['label']} ({candidate['format']})", index, chosen))
+            choices.add_option((plain(f"{candidate['label']} ({candidate['format']})"), index, chosen))
         if self.found:
             choices.highlighted = 0  # so `space` works as soon as the list has focus
         system = f"system: {self.system_prompt!r}" if self.system_prompt else "no system prompt"

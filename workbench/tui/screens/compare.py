@@ -14,6 +14,7 @@ from textual_plotext import PlotextPlot
 
 from workbench.report import chart, table, write
 from workbench.tui.tabs import NumberedTabs, tab_keys
+from workbench.tui.text import cell
 
 CHARTS = {"size": "2 Quality/size", "cpu": "3 Quality/CPU speed", "gpu": "4 Quality/GPU speed"}
 
@@ -77,7 +78,7 @@ class CompareScreen(NumberedTabs, Screen):
         yield Header()
         with TabbedContent(id="compare-tabs"):
             with TabPane("1 Table", id="table-tab"):
-                yield Static(id="recommendation")
+                yield Static(id="recommendation", markup=False)
                 yield DataTable(id="comparison", cursor_type="row", zebra_stripes=True)
             for axis, title in CHARTS.items():
                 with TabPane(title, id=f"{axis}-tab"):
@@ -97,7 +98,7 @@ class CompareScreen(NumberedTabs, Screen):
         self.headers = headers
         grid.add_columns(*headers)
         for row, cells in zip(comparison.rows, body, strict=True):
-            grid.add_row(*cells, key=row.name)
+            grid.add_row(*map(cell, cells), key=row.name)
         tabs = self.query_one(TabbedContent)
         self.charts: dict[str, chart.Chart] = {}
         for axis in CHARTS:
@@ -127,4 +128,4 @@ class CompareScreen(NumberedTabs, Screen):
         for name in order:
             grid.add_row(*rows[name], key=name)
         direction = "descending" if self.descending else "ascending"
-        self.notify(f"sorted by {self.headers[column]} ({direction})", timeout=2)
+        self.notify(f"sorted by {self.headers[column]} ({direction})", timeout=2, markup=False)

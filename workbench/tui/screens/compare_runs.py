@@ -9,6 +9,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from workbench.report import runs, write
+from workbench.tui.text import cell
 
 
 class CompareRunsScreen(Screen):
@@ -23,7 +24,7 @@ class CompareRunsScreen(Screen):
 
     def compose(self) -> ComposeResult:
         yield Header()
-        yield Static(id="runs-legend")
+        yield Static(id="runs-legend", markup=False)
         yield DataTable(id="runs-comparison", cursor_type="row", zebra_stripes=True)
         yield Footer()
 
@@ -36,4 +37,4 @@ class CompareRunsScreen(Screen):
         grid.add_columns("variant", *runs.headings(table), "keeps most")
         for row in table["rows"]:
             cells = [runs.cell_text(row["runs"].get(r["run"])) for r in table["runs"]]
-            grid.add_row(row["variant"], *cells, row["keeps_most"] or "", key=row["variant"])
+            grid.add_row(*map(cell, (row["variant"], *cells, row["keeps_most"] or "")), key=row["variant"])

@@ -15,6 +15,7 @@ from textual.widgets import DataTable, Footer, Header, Static
 
 from workbench import models
 from workbench.common import last_line
+from workbench.tui.text import cell
 
 PULL = [sys.executable, "-m", "workbench.cli", "models", "pull"]
 
@@ -69,8 +70,8 @@ class ModelsScreen(Screen):
     def compose(self) -> ComposeResult:
         yield Header()
         yield DataTable(id="models", cursor_type="row", zebra_stripes=True)
-        yield Static(id="model-info")
-        yield Static(id="pull-status")
+        yield Static(id="model-info", markup=False)
+        yield Static(id="pull-status", markup=False)
         yield Footer()
 
     def on_mount(self) -> None:
@@ -85,7 +86,7 @@ class ModelsScreen(Screen):
         table.clear()
         self.found = {row["name"]: row for row in rows()}
         for name, row in self.found.items():
-            table.add_row(*(row[column] for column in COLUMNS), key=name)
+            table.add_row(*(cell(row[column]) for column in COLUMNS), key=name)
         table.move_cursor(row=cursor)
 
     def selected(self) -> str | None:
@@ -104,11 +105,11 @@ class ModelsScreen(Screen):
             return
         _, entries = models.load_registry()
         if name not in entries:
-            self.notify(f"{name} is a local folder, not a registry model", severity="warning")
+            self.notify(f"{name} is a local folder, not a registry model", severity="warning", markup=False)
         elif entries[name].is_local:
-            self.notify(f"{name} is already local")
+            self.notify(f"{name} is already local", markup=False)
         elif name in self.pulling:
-            self.notify(f"{name} is being pulled already")
+            self.notify(f"{name} is being pulled already", markup=False)
         else:
             self.pulling.add(name)
             self.query_one("#pull-status", Static).update(f"pulling {name}…")
@@ -132,5 +133,5 @@ class ModelsScreen(Screen):
         else:
             message = f"pulling {name} failed: {output} (log: {log})"
         self.query_one("#pull-status", Static).update(message)
-        self.notify(message, severity="information" if process.returncode == 0 else "error")
+        self.notify(message, severity="information" if process.returncode == 0 else "error", markup=False)
         self.refresh_models()

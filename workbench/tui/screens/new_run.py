@@ -38,7 +38,7 @@ class NewRunScreen(Screen):
             yield Input(placeholder="run id", id="run-id")
             yield Label("Overrides, one per line: section.field=value")
             yield TextArea(id="overrides", soft_wrap=True)
-            yield Static(id="problems")
+            yield Static(id="problems", markup=False)
         yield Footer()
 
     def on_mount(self) -> None:

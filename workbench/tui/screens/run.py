@@ -14,6 +14,7 @@ from textual_plotext import PlotextPlot
 
 from workbench.tui import progress
 from workbench.tui.tabs import NumberedTabs, tab_keys
+from workbench.tui.text import cell
 
 TABS = ("stages", "curve", "log", "artifacts")
 
@@ -38,8 +39,8 @@ class RunScreen(NumberedTabs, Screen):
 
     def compose(self) -> ComposeResult:
         yield Header()
-        yield Static(id="summary")
-        yield Static(id="training")
+        yield Static(id="summary", markup=False)
+        yield Static(id="training", markup=False)
         with TabbedContent(id="tabs"):
             with TabPane("1 Stages", id="stages-tab"):
                 yield DataTable(id="stages", cursor_type="none")
@@ -76,7 +77,7 @@ class RunScreen(NumberedTabs, Screen):
         table.clear()
         for stage in stages:
             note = (stage.error or "").splitlines()[0][:60] if stage.error else ""
-            table.add_row(stage.name, stage.status, progress.duration(stage.seconds), note)
+            table.add_row(*map(cell, (stage.name, stage.status, progress.duration(stage.seconds), note)))
         self.query_one("#training", Static).update(progress.training_line(last))
         self.plot_curve()
         self.show_artifacts(store.artifacts(self.run_id))
@@ -113,7 +114,7 @@ class RunScreen(NumberedTabs, Screen):
         table = self.query_one("#artifacts", DataTable)
         table.clear()
         for row in rows:
-            table.add_row(*row, key=row[1])
+            table.add_row(*map(cell, row), key=row[1])
 
     def action_cancel(self) -> None:
         self.app.cancel_run(self.run_id)  # type: ignore[attr-defined]

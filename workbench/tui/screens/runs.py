@@ -10,6 +10,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header
 
 from workbench.tui import progress
+from workbench.tui.text import cell
 
 
 class RunsScreen(Screen):
@@ -57,9 +58,9 @@ class RunsScreen(Screen):
             )
             if run_id in table.rows:
                 for column, value in zip(table.columns, cells, strict=True):
-                    table.update_cell(run_id, column, value, update_width=True)
+                    table.update_cell(run_id, column, cell(value), update_width=True)
             else:
-                table.add_row(*cells, key=run_id)
+                table.add_row(*map(cell, cells), key=run_id)
         for key in [k for k in table.rows if k.value not in seen]:
             table.remove_row(key)
         self.marked = [run_id for run_id in self.marked if run_id in seen]
