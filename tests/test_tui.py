@@ -49,6 +49,8 @@ def test_progress_lines_on_fixed_records(tmp_path: Path) -> None:
     assert progress.tail(tmp_path / "done-run" / "worker.log")[-2:] == ["step 8", "[merge] FAILED"]
     assert running and progress.tail(tmp_path / "missing.log") == []
     assert [progress.age(s) for s in (-1, 42, 60, 3599, 7200, 86400 * 3)] == ["0s", "42s", "1m", "59m", "2h", "3d"]
+    assert store.last_event("done-run", "train", "train_log")["step"] == 8  # the newest of the 8 logged
+    assert store.last_event("done-run", "eval", "train_log") is None
 
 
 def test_runs_and_run_screens_at_80x24(tmp_path: Path) -> None:

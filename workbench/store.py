@@ -203,11 +203,13 @@ class Store:
         if kind:
             query += " AND kind=?"
             params.append(kind)
-        rows = self.db.execute(query + " ORDER BY id", params).fetchall()
-        return [
-            {"id": r["id"], "stage": r["stage"], "ts": r["ts"], "kind": r["kind"], **json.loads(r["data"])}
-            for r in rows
-        ]
+        return [_event(row) for row in self.db.execute(query + " ORDER BY id", params).fetchall()]
+
+    def last_event(self, run_id: str, stage: str, kind: str) -> dict[str, Any] | None:
+        """The newest event of a kind (e.g. the last training log), without reading the others."""
+        query = "SELECT * FROM events WHERE run_id=? AND stage=? AND kind=? ORDER BY id DESC LIMIT 1"
+        row = self.db.execute(query, (run_id, stage, kind)).fetchone()
+        return _event(row) if row else None
 
     # artifacts ------------------------------------------------------------------------------
     def replace_artifacts(self, run_id: str, stage: str, artifacts: list[dict[str, Any]]) -> None:
@@ -277,3 +279,7 @@ class Store:
     def bench(self, run_id: str) -> list[dict[str, Any]]:
         rows = self.db.execute("SELECT data FROM bench WHERE run_id=? ORDER BY rowid", (run_id,)).fetchall()
         return [json.loads(r["data"]) for r in rows]
+
+
+def _event(row: sqlite3.Row) -> dict[str, Any]:
+    return {"id": row["id"], "stage": row["stage"], "ts": row["ts"], "kind": row["kind"], **json.loads(row["data"])}

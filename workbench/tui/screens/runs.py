@@ -49,12 +49,12 @@ class RunsScreen(Screen):
         for run in store.runs():
             run_id = run["id"]
             seen.add(run_id)
-            logs = store.events(run_id, stage="train", kind="train_log")
+            last = store.last_event(run_id, "train", "train_log")
             cells = (
                 f"* {run_id}" if run_id in self.marked else run_id,
                 store.live_status(run),
                 progress.age(time.time() - run["updated"]),  # since its status last changed
-                progress.pipeline(store.stages(run_id), logs[-1] if logs else None),
+                progress.pipeline(store.stages(run_id), last),
             )
             if run_id in table.rows:
                 for column, value in zip(table.columns, cells, strict=True):
@@ -64,6 +64,7 @@ class RunsScreen(Screen):
         for key in [k for k in table.rows if k.value not in seen]:
             table.remove_row(key)
         self.marked = [run_id for run_id in self.marked if run_id in seen]
+        self.sub_title = "" if seen else "no runs yet: n starts one"
 
     def selected(self) -> str | None:
         table = self.query_one(DataTable)
