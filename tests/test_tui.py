@@ -202,6 +202,8 @@ def test_a_run_started_from_the_tui_outlives_it_and_is_cancelled_from_it(tmp_pat
             assert "train.max_step" in problems and "max_steps" in problems  # did-you-mean, nothing launched
             assert not (home / "tiny").exists()
             screen.query_one("#overrides", TextArea).text = "train.max_steps=2000\n"
+            await pilot.press("f5")  # validate only: says what the overrides change
+            assert "train.max_steps: 3000 → 2000" in str(screen.query_one("#problems").render())
             await pilot.press("ctrl+r")
             await pilot.pause()
             assert isinstance(app.screen, RunScreen) and app.screen.run_id == "tiny"

@@ -61,6 +61,13 @@ class Answer(Vertical):
 
 
 class ChatScreen(Screen):
+    DEFAULT_CSS = """
+    #chat-info { height: auto; padding: 0 1; }
+    #variants { height: auto; max-height: 6; }
+    #answers { height: 1fr; }
+    .answer { border: round $accent; padding: 0 1; }
+    .answer-stats { height: auto; color: $text-muted; }
+    """
     BINDINGS = [
         Binding("escape", "leave", "Back"),
         Binding("f2", "stop", "Stop answering", priority=True),

@@ -60,6 +60,10 @@ def draw(plot: PlotextPlot, data: chart.Chart) -> None:
 
 
 class CompareScreen(NumberedTabs, Screen):
+    DEFAULT_CSS = """
+    #compare-tabs { height: 1fr; }
+    #recommendation { height: auto; padding: 0 1; }
+    """
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back"),
         Binding("s", "sort", "Sort by next column"),

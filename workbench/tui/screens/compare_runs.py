@@ -13,6 +13,10 @@ from workbench.tui.text import cell
 
 
 class CompareRunsScreen(Screen):
+    DEFAULT_CSS = """
+    #runs-legend { height: auto; padding: 0 1; }
+    #runs-comparison { height: 1fr; }
+    """
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back"),
         Binding("q", "app.quit", "Quit"),

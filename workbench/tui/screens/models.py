@@ -57,6 +57,10 @@ def rows() -> list[dict[str, str]]:
 
 
 class ModelsScreen(Screen):
+    DEFAULT_CSS = """
+    #models { height: 1fr; }
+    #model-info, #pull-status { height: auto; padding: 0 1; }
+    """
     BINDINGS = [
         Binding("p", "pull", "Pull"),
         Binding("escape", "app.pop_screen", "Back"),

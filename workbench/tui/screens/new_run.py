@@ -5,6 +5,7 @@ in a detached worker."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -14,11 +15,26 @@ from textual.widgets import Footer, Header, Input, Label, Static, TextArea
 
 from workbench import launcher
 
+if TYPE_CHECKING:
+    from workbench.recipe import Recipe  # pydantic: loaded when a recipe is checked, not at start-up
+
 
 def recipe_files(folder: Path = Path("recipes")) -> list[Path]:
     """The recipes folder's YAML files, the quickstart first (it runs anywhere)."""
     found = sorted(folder.glob("*.yaml")) if folder.is_dir() else []
     return sorted(found, key=lambda path: path.name != "quickstart.yaml")
+
+
+def flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in flat(item, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): value}
+
+
+def changes(before: Recipe, after: Recipe) -> list[tuple[str, Any, Any]]:
+    """The fields the overrides changed, as `section.field`, old and new value."""
+    old, new = flat(before.model_dump(mode="json")), flat(after.model_dump(mode="json"))
+    return [(key, old.get(key), new[key]) for key in new if old.get(key) != new[key]]
 
 
 class NewRunScreen(Screen):
@@ -61,7 +77,9 @@ class NewRunScreen(Screen):
             problems.update(exc.report())
             return None
         run_id = self.query_one("#run-id", Input).value.strip() or recipe.name
-        problems.update(f"ok: recipe {recipe.name!r}, base model {recipe.base_model}, run {run_id!r}")
+        lines = [f"ok: recipe {recipe.name!r}, base model {recipe.base_model}, run {run_id!r}"]
+        lines += [f"  {key}: {old!r} → {new!r}" for key, old, new in changes(load_recipe(path), recipe)]
+        problems.update("\n".join(lines))
         return path, run_id
 
     def action_validate(self) -> None:

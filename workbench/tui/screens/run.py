@@ -20,6 +20,10 @@ TABS = ("stages", "curve", "log", "artifacts")
 
 
 class RunScreen(NumberedTabs, Screen):
+    DEFAULT_CSS = """
+    #summary, #training { height: auto; padding: 0 1; }
+    #tabs { height: 1fr; }
+    """
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back"),
         Binding("c", "cancel", "Cancel run"),
