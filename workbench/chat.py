@@ -30,9 +30,9 @@ MAX_TOKENS = 128
 def candidates(variants: list[dict[str, Any]], base_model: str | None = None) -> list[dict[str, Any]]:
     """What can answer: the run's finished variants, then its base model when that is a local folder.
     Each has the comparison table's label too ("merged", "Q4_K_M.gguf", "GPTQ-Int4", "base")."""
-    from workbench.report.compare import label_of
+    from workbench.report.compare import label_of, reference_name
 
-    reference = next((v["name"] for v in variants if v.get("meta", {}).get("reference")), None)
+    reference = reference_name(variants)
     found = [
         {
             "name": v["name"],

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from workbench.store import Store
 
+CLI = [sys.executable, "-m", "workbench.cli"]  # `workbench` in this environment, for child processes
+
 
 @dataclass
 class Launched:
@@ -24,7 +26,7 @@ def launch(recipe: Path, home: Path, run_id: str, overrides: list[str] | None = 
     """Start `workbench run` for the recipe in a new session; its output goes to `<home>/<run>/worker.log`."""
     log = home / run_id / "worker.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "workbench.cli", "--home", str(home), "run", str(recipe), "--run-id", run_id]
+    command = [*CLI, "--home", str(home), "run", str(recipe), "--run-id", run_id]
     for override in overrides or []:
         command += ["--set", override]
     with open(log, "ab") as out:

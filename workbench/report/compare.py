@@ -118,6 +118,11 @@ def choose_task(metrics: list[dict[str, Any]], wanted: str | None) -> tuple[str 
     return task, primary[task]
 
 
+def reference_name(variants: list[dict[str, Any]]) -> str | None:
+    """The merged model every variant is compared with."""
+    return next((v["name"] for v in variants if v.get("meta", {}).get("reference")), None)
+
+
 def label_of(name: str, reference: str | None, role: str) -> str:
     if role == "reference":
         return "merged"
@@ -164,7 +169,7 @@ def build_rows(
     primary = primary_metrics(metrics)
     values = {(m["model"], m["task"], m["metric"]): m["value"] for m in metrics}
     roles = {m["model"]: m["role"] for m in metrics}
-    reference = next((v["name"] for v in variants if v.get("meta", {}).get("reference")), None)
+    reference = reference_name(variants)
     measured = speeds(bench)
     rows = []
     base_names = [name for name, role in roles.items() if role == "base"]

@@ -13,6 +13,8 @@ from typing import Any
 from aiohttp import web
 from textual_serve.server import Server
 
+from workbench import launcher
+
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -46,7 +48,7 @@ class GuardedServer(Server):
 def serve(home: Path, host: str, port: int) -> None:
     if host not in LOOPBACK:
         print(f"warning: listening on {host}: anyone who can reach it can start and cancel runs", file=sys.stderr)
-    command = shlex.join([sys.executable, "-m", "workbench.cli", "--home", str(home.resolve()), "tui"])
+    command = shlex.join([*launcher.CLI, "--home", str(home.resolve()), "tui"])
     shown = f"[{host}]" if ":" in host else host
     print(f"workbench TUI at http://{shown}:{port} (Ctrl-C stops the server; runs keep going)", flush=True)
     GuardedServer(command, host=host, port=port, title="workbench").serve()

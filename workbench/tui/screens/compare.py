@@ -13,8 +13,8 @@ from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, Ta
 from textual_plotext import PlotextPlot
 
 from workbench.report import chart, table, write
+from workbench.tui.tables import cell
 from workbench.tui.tabs import NumberedTabs, tab_keys
-from workbench.tui.text import cell
 
 CHARTS = {"size": "2 Quality/size", "cpu": "3 Quality/CPU speed", "gpu": "4 Quality/GPU speed"}
 

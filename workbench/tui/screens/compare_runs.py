@@ -9,7 +9,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from workbench.report import runs, write
-from workbench.tui.text import cell
+from workbench.tui.tables import cell
 
 
 class CompareRunsScreen(Screen):

@@ -4,7 +4,6 @@ checkpoint in the models folder; `p` pulls one in a background process."""
 from __future__ import annotations
 
 import asyncio
-import sys
 from asyncio.subprocess import DEVNULL, STDOUT
 
 from textual import work
@@ -13,11 +12,9 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
-from workbench import models
+from workbench import launcher, models
 from workbench.common import last_line
-from workbench.tui.text import cell
-
-PULL = [sys.executable, "-m", "workbench.cli", "models", "pull"]
+from workbench.tui.tables import cell, selected_row
 
 COLUMNS = ("model", "params", "local", "size", "license")
 
@@ -94,10 +91,7 @@ class ModelsScreen(Screen):
         table.move_cursor(row=cursor)
 
     def selected(self) -> str | None:
-        table = self.query_one(DataTable)
-        if not table.row_count:
-            return None
-        return table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        return selected_row(self.query_one(DataTable))
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         row = self.found[event.row_key.value]
@@ -127,7 +121,7 @@ class ModelsScreen(Screen):
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "wb") as out:
             process = await asyncio.create_subprocess_exec(
-                *PULL, name, stdin=DEVNULL, stdout=out, stderr=STDOUT, start_new_session=True
+                *launcher.CLI, "models", "pull", name, stdin=DEVNULL, stdout=out, stderr=STDOUT, start_new_session=True
             )
         await process.wait()
         self.pulling.discard(name)

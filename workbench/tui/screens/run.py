@@ -13,8 +13,8 @@ from textual.widgets import DataTable, Footer, Header, Log, Static, TabbedConten
 from textual_plotext import PlotextPlot
 
 from workbench.tui import progress
+from workbench.tui.tables import cell
 from workbench.tui.tabs import NumberedTabs, tab_keys
-from workbench.tui.text import cell
 
 TABS = ("stages", "curve", "log", "artifacts")
 

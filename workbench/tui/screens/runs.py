@@ -10,7 +10,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header
 
 from workbench.tui import progress
-from workbench.tui.text import cell
+from workbench.tui.tables import cell, selected_row
 
 
 class RunsScreen(Screen):
@@ -67,10 +67,7 @@ class RunsScreen(Screen):
         self.sub_title = "" if seen else "no runs yet: n starts one"
 
     def selected(self) -> str | None:
-        table = self.query_one(DataTable)
-        if not table.row_count:
-            return None
-        return table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        return selected_row(self.query_one(DataTable))
 
     def action_open(self) -> None:
         from workbench.tui.screens.run import RunScreen
