@@ -7,23 +7,41 @@ DEFAULT_MODEL := models/smollm2-135m-instruct/config.json
 # The default path never downloads weights or data sets.
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_NO_ADVISORY_WARNINGS=1
 
-.PHONY: install model run test lint lock clean
+# llama-cpp-python compiles llama.cpp here. Native (this CPU's AVX2/AVX-512/VNNI kernels), but with Intel
+# AMX off: ggml's AMX kernels crash on virtualised Sapphire/Granite Rapids CPUs (llama.cpp #20824), which
+# is where cloud CPU servers run. `make llama-cpp LLAMA_AMX=1` keeps them; `workbench doctor` tells
+# whether they work. `make llama-cpp LLAMA_CMAKE_ARGS=-DGGML_NATIVE=OFF` builds for any AVX2 CPU.
+AMX_OFF := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=ON$(if $(LLAMA_AMX),, -DCMAKE_C_FLAGS='$(AMX_OFF)' -DCMAKE_CXX_FLAGS='$(AMX_OFF)')
+
+.PHONY: install model doctor run test lint lock clean llama-cpp
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install -c requirements.lock -e '.[stack,dev]'
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install -c requirements.lock -e '.[stack,dev]'
+	$(BIN)/python -m workbench.doctor.build "$(LLAMA_CMAKE_ARGS)" || $(MAKE) llama-cpp
 	$(BIN)/workbench setup
 	touch $(STAMP)
+
+# Rebuild llama-cpp-python with LLAMA_CMAKE_ARGS (pip's wheel cache would hand back the earlier build).
+llama-cpp:
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install --no-cache-dir --force-reinstall --no-deps \
+		-c requirements.lock llama-cpp-python
+	$(BIN)/python -m workbench.doctor.build "$(LLAMA_CMAKE_ARGS)"
 
 model: $(DEFAULT_MODEL)
 
 $(DEFAULT_MODEL): | $(STAMP)
 	$(OFFLINE) $(BIN)/workbench models pull smollm2-135m-instruct
 
-run: install model
+# Each backend the quickstart needs does a tiny piece of work in its own process; stops with advice if one cannot.
+doctor: install
+	$(OFFLINE) $(BIN)/workbench doctor --for recipes/quickstart.yaml
+
+run: install model doctor
 	$(OFFLINE) $(BIN)/workbench run recipes/quickstart.yaml
 	$(BIN)/workbench report quickstart
 

@@ -11,18 +11,16 @@ llama-bench is built once from the llama.cpp source vendored in the installed ll
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from workbench import workers  # noqa: E402
 from workbench.bench import llama_bench  # noqa: E402
 from workbench.devices import usable_cores  # noqa: E402
-from workbench.export.run_measured import run_measured  # noqa: E402
 from workbench.runner import default_home  # noqa: E402
 from workbench.store import Store  # noqa: E402
 
@@ -38,17 +36,14 @@ def default_model(run: str) -> str:
 def workbench_numbers(model: str, args: argparse.Namespace) -> dict[str, float]:
     """The bench stage's own worker, in its own process as in a run; means over the repetitions, the
     statistic llama-bench reports."""
-    with tempfile.TemporaryDirectory() as tmp:
-        job = {
-            "variant": Path(model).name, "format": "gguf", "path": model, "backend": "llama.cpp", "device": "cpu",
-            "threads": args.threads, "prompt_tokens": args.p, "gen_tokens": args.n, "repetitions": args.r,
-            "warmup": 1, "out": str(Path(tmp) / "out.json"),
-        }  # fmt: skip
-        (Path(tmp) / "job.json").write_text(json.dumps(job))
-        result = run_measured(["-m", "workbench.bench.worker", str(Path(tmp) / "job.json")], echo=False)
-        if result.returncode != 0:
-            sys.exit(result.output)
-        measured = json.loads((Path(tmp) / "out.json").read_text())
+    job = {
+        "variant": Path(model).name, "format": "gguf", "path": model, "backend": "llama.cpp", "device": "cpu",
+        "threads": args.threads, "prompt_tokens": args.p, "gen_tokens": args.n, "repetitions": args.r, "warmup": 1,
+    }  # fmt: skip
+    outcome = workers.run("bench.measure", job, name=Path(model).name)
+    if not outcome.ok:
+        sys.exit(outcome.error)
+    measured = outcome.value()
     return {key: statistics.mean(measured[key]["samples"]) for key in ("pp_tps", "tg_tps")}
 
 

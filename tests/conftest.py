@@ -116,10 +116,23 @@ def tiny_ggufs(tiny_llama_256: Path, tmp_path_factory: pytest.TempPathFactory) -
 
     out = tmp_path_factory.mktemp("gguf")
     f16 = out / "tiny-F16.gguf"
-    assert gguf.convert(tiny_llama_256, f16, "f16").returncode == 0
+    gguf.convert(tiny_llama_256, f16, "f16").value()
     q4 = out / "tiny-Q4_0.gguf"
-    gguf.quantize(f16, q4, "q4_0")
+    gguf.quantize(f16, q4, "q4_0").value()
     return {"f16": f16, "q4_0": q4}
+
+
+@pytest.fixture
+def fault(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """`fault("decode:Q8_0:segv")`: llama.cpp fails that way in the workers this test starts, as it does on
+    other machines (see tests/faults/sitecustomize.py)."""
+    folder = Path(__file__).with_name("faults")
+
+    def inject(spec: str) -> None:
+        monkeypatch.setenv("PYTHONPATH", f"{folder}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+        monkeypatch.setenv("WORKBENCH_FAULT", spec)
+
+    return inject
 
 
 def addition_rows(count: int, seed: int = 0) -> list[dict[str, str]]:

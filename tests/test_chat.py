@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from workbench import chat
 from workbench.cli import main as cli
-from workbench.common import RunError
+from workbench.errors import RunError
 from workbench.store import Store
 
 CHAT = chat.messages("What is 12 + 30?", "You are a calculator.")
@@ -60,20 +61,17 @@ def test_hf_answer_streams_what_transformers_generates(tiny_llama_256: Path) -> 
     assert found[-1]["done"]["tokens"] == len(output)
 
 
-def test_a_broken_variant_reports_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_broken_variant_reports_why(
+    tmp_path: Path, tiny_ggufs: dict[str, Path], fault: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     found = events({"path": str(tmp_path / "gone.gguf"), "format": "gguf"})
-    assert len(found) == 1 and "gone.gguf" in found[0]["error"]
+    assert len(found) == 1 and "gone.gguf: answer failed:" in found[0]["error"] and "gone.gguf" in found[0]["error"]
 
-    quiet = [
-        sys.executable,
-        "-c",
-        "import sys; sys.stdin.read(); print('not an event'); print('last words', file=sys.stderr)",
-    ]
-    monkeypatch.setattr(chat, "COMMAND", quiet)  # a process that ends well without answering
-    assert events({"path": "x", "format": "gguf"}) == [
-        {"error": "the model process ended without an answer: last words"}
-    ]
-    monkeypatch.setattr(chat, "COMMAND", [str(tmp_path / "no-such-python")])
+    fault("decode:F16:segv")  # the model process dies in llama.cpp's kernels after loading
+    found = events({"path": str(tiny_ggufs["f16"]), "format": "gguf"})
+    assert "loaded" in found[0] and found[-1] == {"error": "tiny-F16.gguf: answer crashed (SIGSEGV)"}
+
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
     assert "could not start the model process" in events({"path": "x", "format": "gguf"})[0]["error"]
 
 

@@ -208,3 +208,37 @@ def test_loss_on_switches_between_masked_prompt_and_full_text() -> None:
     masked = to_trl(MESSAGES, "responses")
     assert masked["prompt"] == MESSAGES["messages"][:1] and masked["completion"] == MESSAGES["messages"][1:]
     assert to_trl(MESSAGES, "all") == MESSAGES
+
+
+def test_spreadsheet_csv_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    """Excel's "CSV UTF-8" starts with a BOM; the first column must still be called `question`."""
+    path = tmp_path / "qa.csv"
+    path.write_bytes("question,answer\r\n一加一是多少？,二\r\n二加二是多少？,四\r\n".encode("utf-8-sig"))
+    data = load_data(path)
+    assert data.format == "qa" and not data.bad
+    assert data.rows[0][1]["messages"][0]["content"] == "一加一是多少？"
+
+
+def test_other_encodings_get_a_clear_error_and_can_be_named(tmp_path: Path) -> None:
+    path = tmp_path / "qa.csv"
+    path.write_bytes("question,answer\n一加一是多少？,二\n".encode("gbk"))
+    expected = r"qa\.csv: not readable as utf-8 \(byte 0x\w\w on line 2\).*data\.encoding"
+    with pytest.raises(DataFileError, match=expected):
+        load_data(path)
+    data = load_data(path, encoding="gbk")
+    assert data.rows[0][1]["messages"][-1]["content"] == "二"
+    with pytest.raises(DataFileError, match="data.encoding 'klingon' is not an encoding Python knows"):
+        load_data(path, encoding="klingon")
+
+
+def test_a_jsonl_file_with_a_bom_keeps_its_first_line(tmp_path: Path) -> None:
+    path = tmp_path / "chat.jsonl"
+    path.write_bytes(("\ufeff" + json.dumps(MESSAGES) + "\n" + json.dumps(MESSAGES) + "\n").encode())
+    data = load_data(path)
+    assert len(data.rows) == 2 and not data.bad
+
+
+def test_too_few_rows_for_the_split_says_how_many_are_needed(tmp_path: Path) -> None:
+    rows = [(n, MESSAGES) for n in range(1, 4)]
+    with pytest.raises(DataError, match="held_out is 60: 60 of the 3 usable rows .* use at least 61 rows"):
+        split_rows(rows, 60, 0)

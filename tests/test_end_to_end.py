@@ -1,10 +1,13 @@
-"""A tiny run through every stage on CPU: data, train, merge, export, eval, bench, report — with one
-variant broken after export, which fails its own evaluation and benchmark and nothing else."""
+"""A tiny run through every stage on CPU: data, train, merge, export, eval, bench, report — with llama.cpp
+failing as it does on other machines (its AMX kernels crash on virtualised Xeons): one variant's smoke check
+dies with SIGSEGV, another's evaluation does, and its benchmark hangs. Each fails alone; everything else is
+measured and the report names every failure."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -17,8 +20,8 @@ from workbench.stages import STAGE_ORDER
 from workbench.store import Store
 
 
-def test_every_stage_runs_and_a_broken_variant_takes_nothing_else_down(
-    tmp_path: Path, tiny_llama_256: Path, capsys: pytest.CaptureFixture[str]
+def test_every_stage_runs_and_crashing_variants_take_nothing_else_down(
+    tmp_path: Path, tiny_llama_256: Path, fault: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data = tmp_path / "qa.json"
     data.write_text(json.dumps(addition_rows(40)))
@@ -28,26 +31,32 @@ def test_every_stage_runs_and_a_broken_variant_takes_nothing_else_down(
         data,
         data={"max_length": 128},
         train={"max_steps": 2},
-        export={"gguf": ["q8_0", "q4_0"], "smoke_prompts": 0, "parity_prompts": 0},
+        export={"gguf": ["q8_0", "q4_0", "q4_k_m"], "smoke_prompts": 1, "parity_prompts": 2},
         eval={"tasks": ["heldout", "general"], "limit": 3, "fidelity_rows": 4, "max_length": 512},
-        bench={"prompt_tokens": 32, "gen_tokens": 8, "repetitions": 2, "warmup": 1},
+        bench={"prompt_tokens": 32, "gen_tokens": 8, "repetitions": 2, "warmup": 1, "timeout_s": 10},
     )
     home = tmp_path / "runs"
-    run_recipe(load_recipe(recipe), home, stages=["export"])
-    store = Store(home / "workbench.db")
-    broken = next(v for v in store.variants("tiny") if v["name"].endswith("Q4_0.gguf"))
-    Path(broken["path"]).write_bytes(b"GGUF but not really")
+    fault("decode:Q4_0:segv:-check.job,decode:Q4_K_M:segv:/eval/,decode:Q4_K_M:hang:/bench/")
     run_recipe(load_recipe(recipe), home)
+    store = Store(home / "workbench.db")
+    stem = f"{tiny_llama_256.name}-tiny"
+    broken = f"{stem}-Q4_K_M.gguf"
 
     statuses = {stage.name: stage.status for stage in store.stages("tiny")}
-    assert list(statuses) == STAGE_ORDER
-    assert statuses == {**{name: "done" for name in STAGE_ORDER}, "eval": "partial", "bench": "partial"}
-    assert "Q4_0.gguf" in store.stage("tiny", "eval").error and "Q4_0.gguf" in store.stage("tiny", "bench").error
+    assert list(statuses) == STAGE_ORDER and store.run("tiny")["status"] == "done"
+    assert statuses == {
+        **{name: "done" for name in STAGE_ORDER},
+        "export": "partial",
+        "eval": "partial",
+        "bench": "partial",
+    }
+    assert f"{stem}-Q4_0.gguf: smoke check crashed (SIGSEGV) — see " in store.stage("tiny", "export").error
+    assert f"{broken}: lm-eval crashed (SIGSEGV) — see " in store.stage("tiny", "eval").error  # the phase named
+    assert f"{broken}: benchmark timed out after 10 s — see " in store.stage("tiny", "bench").error
 
     # eval: base, merged and Q8_0 scored on every task; fidelity for the variant only
     rows = store.metrics("tiny")
     by_model = {m.model: m for m in summary.by_model(rows)}
-    stem = f"{tiny_llama_256.name}-tiny"
     assert set(by_model) == {tiny_llama_256.name, stem, f"{stem}-Q8_0.gguf"}
     assert by_model[tiny_llama_256.name].role == "base" and by_model[stem].role == "reference"
     for model in by_model.values():
@@ -66,8 +75,8 @@ def test_every_stage_runs_and_a_broken_variant_takes_nothing_else_down(
 
     # bench: the merged model through torch, Q8_0 through llama.cpp, the broken file recorded as failed
     bench = {(b["variant"], b["backend"]): b for b in store.bench("tiny")}
-    assert set(bench) == {(stem, "torch"), (f"{stem}-Q8_0.gguf", "llama.cpp"), (broken["name"], "llama.cpp")}
-    assert bench[(broken["name"], "llama.cpp")]["status"] == "failed"
+    assert set(bench) == {(stem, "torch"), (f"{stem}-Q8_0.gguf", "llama.cpp"), (broken, "llama.cpp")}
+    assert bench[(broken, "llama.cpp")]["status"] == "failed"
     for key in ((stem, "torch"), (f"{stem}-Q8_0.gguf", "llama.cpp")):
         measured = bench[key]
         assert measured["status"] == "done" and measured["device"] == "cpu" and measured["peak_rss_mb"] > 10
@@ -82,6 +91,7 @@ def test_every_stage_runs_and_a_broken_variant_takes_nothing_else_down(
     cpu = results["comparison"]["recommendations"][0]
     assert cpu["target"] == "cpu" and cpu["variant"] in {stem, f"{stem}-Q8_0.gguf"} and cpu["measured"]
     assert any("Q4_0.gguf" in failure for failure in results["failures"])
+    assert any("Q4_K_M.gguf" in failure for failure in results["failures"])
 
     from workbench.cli import main
 

@@ -12,6 +12,7 @@ from conftest import addition_rows, train_steps, write_recipe
 from transformers import TrainerCallback
 
 from workbench.cli import main
+from workbench.common import tail
 from workbench.recipe import RecipeError, load_recipe
 from workbench.runner import run_recipe
 from workbench.stages.base import StageInterrupted
@@ -141,11 +142,12 @@ def test_unchanged_stages_are_cached_and_changes_redo_them(
     assert all(f"[{name}] unchanged, skipped" in out for name in ("data", "train", "merge"))
     assert {s.name: s.started for s in store.stages("tiny")} == first
 
-    assert main(["--home", str(home), "run", str(path), "--set", "merge.dtype=bfloat16"]) == 0
+    changed = ["--set", "merge.dtype=bfloat16", "--stages", "merge"]  # (what comes after merge is not the point)
+    assert main(["--home", str(home), "run", str(path), *changed]) == 0
     again = {s.name: s.started for s in store.stages("tiny")}
     assert again["train"] == first["train"] and again["merge"] > first["merge"]
 
-    assert main(["--home", str(home), "run", str(path), "--set", "merge.dtype=bfloat16", "--force", "train"]) == 0
+    assert main(["--home", str(home), "run", str(path), *changed, "--force", "train"]) == 0
     forced = {s.name: s.started for s in store.stages("tiny")}
     assert forced["data"] == again["data"] and forced["train"] > again["train"] and forced["merge"] > again["merge"]
 
@@ -232,17 +234,18 @@ def test_loftq_without_cuda_is_refused_clearly(tmp_path: Path, tiny_model: Path,
         run_recipe(load_recipe(path), tmp_path / "runs")
 
 
-def test_killed_worker_resumes_from_the_last_interval_checkpoint(
-    tmp_path: Path, tiny_model: Path, data_file: Path
+def test_killed_worker_reads_crashed_and_resumes_from_the_last_complete_checkpoint(
+    tmp_path: Path, tiny_model: Path, data_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """SIGKILL gives no chance to save: the re-run resumes from the last `checkpoint_every` checkpoint."""
+    """SIGKILL gives no chance to save or say anything: the run reads `crashed` with the last lines of its
+    log, and the re-run resumes from the last complete `checkpoint_every` checkpoint."""
     import subprocess
     import sys
     import time
 
     path = write_recipe(tmp_path, tiny_model, data_file, train={"max_steps": 120, "checkpoint_every": 3})
     home = tmp_path / "runs"
-    worker = subprocess.Popen(
+    worker = subprocess.Popen(  # in the foreground: it writes its own worker.log
         [sys.executable, "-m", "workbench.cli", "--home", str(home), "run", str(path)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -257,9 +260,25 @@ def test_killed_worker_resumes_from_the_last_interval_checkpoint(
         worker.kill()
         worker.wait()
     killed_at = max(train_steps(home))
-    assert Store.live_status(Store(home / "workbench.db").run("tiny")) == "stopped"
+    store = Store(home / "workbench.db")
+    assert store.run("tiny")["status"] == "running"  # what the dead worker last wrote...
+    assert store.live_status(store.run("tiny")) == "crashed"  # ...and what everyone reads
+    train = next(s for s in store.stages("tiny") if s.name == "train")
+    assert train.status == "crashed" and "ended without finishing it" in train.error
     assert 7 <= killed_at < 120, "the worker should have been killed mid-training"
     assert list((home / "tiny").glob(".tmp-train-*"))  # its half-written output was left behind...
+    capsys.readouterr()
+    assert main(["--home", str(home), "runs"]) == 0
+    listed = capsys.readouterr().out
+    assert "crashed" in listed and "train:crashed" in listed and "last words:" in listed
+    assert main(["--home", str(home), "show", "tiny"]) == 0
+    shown = capsys.readouterr().out
+    assert "status crashed" in shown and f"the last lines of {home / 'tiny' / 'worker.log'}" in shown
+    log = home / "tiny" / "worker.log"  # written by the foreground worker itself
+    assert "[train] lora on cpu" in log.read_text() and tail(log)[-1].strip() in shown
+    checkpoints = next((home / "tiny" / ".work").glob("train-*")) / "checkpoints"
+    (checkpoints / "checkpoint-999").mkdir()  # what a kill in the middle of saving a checkpoint leaves
+    (checkpoints / "checkpoint-999" / "adapter_model.safetensors").write_bytes(b"half")
 
     recipe = load_recipe(path)
     run_recipe(recipe, home, stages=["train"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from conftest import addition_rows, train_steps, write_recipe
 from rich.text import Text
 
+from workbench.common import tail
 from workbench.store import Store
 from workbench.tui import progress
 from workbench.tui.app import WorkbenchApp
@@ -46,8 +48,8 @@ def test_progress_lines_on_fixed_records(tmp_path: Path) -> None:
     store.start_stage("done-run", "train", "k")
     assert progress.pipeline(store.stages("done-run"), log).startswith("data✓ train 34/64 merge✗")
     assert progress.training_line(log) == "training: step 34/64 · loss 0.1234 · lr 5.00e-04 · 112 tok/s · ETA 2m30s"
-    assert progress.tail(tmp_path / "done-run" / "worker.log")[-2:] == ["step 8", "[merge] FAILED"]
-    assert running and progress.tail(tmp_path / "missing.log") == []
+    assert tail(tmp_path / "done-run" / "worker.log")[-2:] == ["step 8", "[merge] FAILED"]
+    assert running and tail(tmp_path / "missing.log") == []
     assert [progress.age(s) for s in (-1, 42, 60, 3599, 7200, 86400 * 3)] == ["0s", "42s", "1m", "59m", "2h", "3d"]
     assert store.last_event("done-run", "train", "train_log")["step"] == 8  # the newest of the 8 logged
     assert store.last_event("done-run", "eval", "train_log") is None
@@ -396,14 +398,14 @@ def test_chat_arena_stop_kills_the_model_process(tmp_path: Path, tiny_llama_256:
             assert screen.query_one("#variants").selected == [0]
             screen.query_one("#prompt").focus()
             await pilot.press(*"hello", "enter")
-            await until(pilot, lambda: screen.process is not None)
-            process = screen.process
+            await until(pilot, lambda: screen.running is not None)
+            process = screen.running.process
             await pilot.press("f2")  # while torch is still loading
             process.wait(timeout=10)
             return process.returncode, screen.query_one(Answer).border_subtitle
 
     returncode, subtitle = asyncio.run(drive())
-    assert returncode == -9 and subtitle == "stopped"
+    assert returncode == -signal.SIGTERM and subtitle == "stopped"
 
 
 def test_web_requests_must_come_from_this_server() -> None:

@@ -1,30 +1,28 @@
-"""One prompt answered by one variant, in its own process: `python -m workbench.chat < JOB.json`.
+"""One prompt answered by one variant, in a worker (task `chat.answer`).
 
 GGUF through llama.cpp with the chat template stored in the file, everything else through transformers
 with the format's kernels (the loaders the evaluation uses). Greedy, so variants differ only by what
-quantization did. The worker prints JSON lines as it goes — `{"loaded": s}`, `{"text": piece}` per
+quantization did. `ask` yields events as the answer streams — `{"loaded": s}`, `{"text": piece}` per
 token, then `{"done": stats}` or `{"error": message}` — so the TUI (which never imports torch) and the
-CLI can show answers as they stream. The job arrives as JSON on stdin. This module's top level imports
-only the standard library and the light workbench.common / workbench.store.
+CLI can show answers as they come. This module's top level imports only the standard library and the
+light workbench.errors / workbench.store / workbench.workers.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from workbench.common import RunError, last_line
+from workbench import workers
+from workbench.errors import RunError
 from workbench.store import Store
+from workbench.workers.child import Channel
 
 MAX_TOKENS = 128
+ANSWER_TIMEOUT_S = 900  # loading and answering; a hung model process is stopped after this
 
 
 def candidates(variants: list[dict[str, Any]], base_model: str | None = None) -> list[dict[str, Any]]:
@@ -90,52 +88,24 @@ def job(candidate: dict[str, Any], chat: list[dict[str, str]], max_tokens: int =
     return {"path": candidate["path"], "format": candidate["format"], "messages": chat, "max_tokens": max_tokens}
 
 
-COMMAND = [sys.executable, "-m", "workbench.chat"]  # reads the job as JSON on stdin
-
-
-def ask(request: dict[str, Any], started: Callable[[subprocess.Popen], None] | None = None) -> Iterator[dict[str, Any]]:
-    """Run one answer in a child process and yield its events; a crash, or an exit without an answer,
-    becomes an `error` event. `started` gets the process (to stop it early)."""
-    with tempfile.TemporaryFile("w+") as stderr:
-        try:
-            process = subprocess.Popen(COMMAND, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True)
-        except OSError as exc:
-            yield {"error": f"could not start the model process: {exc}"}
-            return
-        if started:
-            started(process)
-        assert process.stdin is not None and process.stdout is not None
-        finished = False
-        try:
-            with contextlib.suppress(BrokenPipeError):  # stopped before it read the job
-                process.stdin.write(json.dumps(request))
-                process.stdin.close()
-            for line in process.stdout:
-                event = parse(line)
-                if event:
-                    finished = finished or "done" in event or "error" in event
-                    yield event
-        finally:  # also when the caller stops early: the model process goes too
-            if process.poll() is None and not finished:
-                process.kill()
-            process.wait()
-            process.stdout.close()
-        if not finished:
-            stderr.seek(0)
-            yield {"error": crash_message(process.returncode, stderr.read())}
-
-
-def parse(line: str) -> dict[str, Any] | None:
-    """One event line; anything else a library printed is not an event."""
+def ask(
+    request: dict[str, Any],
+    started: Callable[[workers.Running], None] | None = None,
+    timeout: float | None = ANSWER_TIMEOUT_S,
+) -> Iterator[dict[str, Any]]:
+    """Answer in a worker and yield its events; a crash, a timeout or an exit without an answer becomes an
+    `error` event. `started` gets the running worker (to stop it early); closing this generator stops it."""
     try:
-        event = json.loads(line)
-    except json.JSONDecodeError:
-        return None
-    return event if isinstance(event, dict) else None
-
-
-def crash_message(returncode: int, stderr: str) -> str:
-    return f"the model process ended without an answer: {last_line(stderr, f'exit status {returncode}')}"
+        running = workers.start("chat.answer", request, name=Path(request["path"]).name, timeout=timeout)
+    except OSError as exc:
+        yield {"error": f"could not start the model process: {exc}"}
+        return
+    if started:
+        started(running)
+    yield from running.events()
+    outcome = running.outcome
+    assert outcome is not None
+    yield {"done": outcome.result} if outcome.ok else {"error": outcome.error}
 
 
 def stats(started: float, loaded: float, token_times: list[float]) -> dict[str, Any]:
@@ -272,38 +242,28 @@ def torch_stream(request: dict[str, Any], loaded: Callable[[], None]) -> Iterato
         yield piece
 
 
-def answer(request: dict[str, Any], emit: Callable[[dict[str, Any]], None]) -> None:
+def answer_job(request: dict[str, Any], channel: Channel) -> dict[str, Any]:
+    """In a worker: stream one greedy answer as events; returns its stats."""
     started = time.perf_counter()
     loaded_at: list[float] = []
 
     def loaded() -> None:
         loaded_at.append(time.perf_counter())
-        emit({"loaded": loaded_at[0] - started})
+        channel.emit({"loaded": loaded_at[0] - started})
 
-    stream = gguf_stream if request["format"] == "gguf" else torch_stream
+    stream = stream_for(request)
     times: list[float] = []
     for piece in stream(request, loaded):
         times.append(time.perf_counter())
         if piece:
-            emit({"text": piece})
-    emit({"done": stats(started, loaded_at[0] if loaded_at else started, times)})
+            channel.emit({"text": piece})
+    return stats(started, loaded_at[0] if loaded_at else started, times)
 
 
-def main() -> int:
-    events = os.fdopen(os.dup(1), "w")  # the event stream; everything else that writes to stdout, Python
-    os.dup2(2, 1)  # or native (llama.cpp, CUDA), goes to stderr instead
-    sys.stdout = sys.stderr
-
-    def emit(event: dict[str, Any]) -> None:
-        print(json.dumps(event), file=events, flush=True)
-
-    try:
-        answer(json.loads(sys.stdin.read()), emit)
-    except Exception as exc:  # noqa: BLE001 - reported to the caller, one variant fails alone
-        emit({"error": f"{type(exc).__name__}: {exc}"})
-        return 1
-    return 0
+def reply(request: dict[str, Any]) -> str:
+    """In a worker: one whole greedy answer (the export checks' smoke test)."""
+    return "".join(stream_for(request)(request, lambda: None))
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def stream_for(request: dict[str, Any]) -> Callable[[dict[str, Any], Callable[[], None]], Iterator[str]]:
+    return gguf_stream if request["format"] == "gguf" else torch_stream

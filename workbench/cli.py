@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import faulthandler
 import json
 import sys
 from pathlib import Path
 
 from workbench import launcher
-from workbench.common import RunError, default_home
+from workbench.common import default_home
+from workbench.errors import RunError, WorkbenchError
 from workbench.report import runs, table, write
+from workbench.report.compare import parity_status
+from workbench.runlock import RunLock
 from workbench.store import Store
 
 # Heavier modules (pydantic recipes, data, the runner's stages) load inside the commands that need them,
@@ -40,9 +44,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe, args.set)
     run_id = args.run_id or recipe.name
-    pid = launcher.live_worker(Store(args.home / "workbench.db"), run_id)
-    if pid is not None:
-        raise RunError(f"run {run_id} is already running (pid {pid}); `workbench cancel {run_id}` stops it")
     if args.detach:
         if args.stages or args.force:
             raise RunError("--detach runs the whole recipe; leave out --stages and --force")
@@ -51,7 +52,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"follow it: `workbench tui` or `workbench show {run_id}`; stop it: `workbench cancel {run_id}`")
         return 0
     launcher.stop_on_sigterm()
-    run_id = run_recipe(recipe, args.home, stages=args.stages, force=args.force, run_id=args.run_id)
+    with RunLock.held(args.home, run_id):  # refused here, before anything is written, if the run is live
+        if args.worker:  # started by `launch`: its output already goes to worker.log
+            faulthandler.enable(all_threads=True)
+            run_recipe(recipe, args.home, stages=args.stages, force=args.force, run_id=run_id)
+        else:
+            with launcher.logged_to(args.home / run_id / "worker.log"):
+                run_recipe(recipe, args.home, stages=args.stages, force=args.force, run_id=run_id)
     print(f"run {run_id} done; `workbench show {run_id}` lists its stages and artifacts")
     return 0
 
@@ -68,7 +75,7 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
     from workbench.data.dataset import load_data, render, token_lengths
     from workbench.stages.data import length_stats
 
-    data = load_data(Path(args.file), args.format, args.system_prompt)
+    data = load_data(Path(args.file), args.format, args.system_prompt, args.encoding)
     print(f"file:    {data.path}")
     print(f"format:  {data.format}")
     print(f"rows:    {data.total} ({len(data.rows)} good, {len(data.bad)} bad)")
@@ -127,6 +134,31 @@ def cmd_setup(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from workbench import doctor
+
+    recipe = None
+    if args.recipe:
+        from workbench.recipe import load_recipe
+
+        recipe = load_recipe(args.recipe)
+    report = doctor.examine(args.home, recipe)
+    if not args.json:
+        doctor.print_header(report)
+        needed = ", ".join(report.needed)
+        print(f"\nbackends needed ({needed}), each in its own process (logs in {args.home / 'doctor'}):", flush=True)
+
+    def show(probe: doctor.Probe) -> None:
+        print(doctor.probe_line(probe), flush=True)
+
+    doctor.run_probes(report, args.home, doctor.gguf_types_of(recipe), on_probe=None if args.json else show)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        doctor.print_verdict(report)
+    return 3 if report.failing else 0
+
+
 def cmd_cancel(args: argparse.Namespace) -> int:
     if not launcher.cancel(Store(args.home / "workbench.db"), args.run):
         raise RunError(f"run {args.run!r} has no live worker to stop")
@@ -178,7 +210,11 @@ def cmd_runs(args: argparse.Namespace) -> int:
     print(f"{'run':24} {'status':12} {'updated':20} stages")
     for run in runs:
         stages = " ".join(f"{s.name}:{s.status}" for s in store.stages(run["id"]))
-        print(f"{run['id']:24} {store.live_status(run):12} {_when(run['updated']):20} {stages}")
+        status = store.live_status(run)
+        print(f"{run['id']:24} {status:12} {_when(run['updated']):20} {stages}")
+        if status == "crashed":
+            last = store.log_tail(run["id"], 1)
+            print(f"{'':24} last words: {last[0] if last else '(no log)'}")
     return 0
 
 
@@ -188,11 +224,16 @@ def cmd_show(args: argparse.Namespace) -> int:
     if run is None:
         print(f"no run {args.run!r}; `workbench runs` lists them", file=sys.stderr)
         return 1
-    print(f"run {run['id']}  recipe {run['recipe_path'] or run['name']}  status {store.live_status(run)}")
+    status = store.live_status(run)
+    print(f"run {run['id']}  recipe {run['recipe_path'] or run['name']}  status {status}")
     print(f"\n{'stage':10} {'status':12} {'time':>9}  error")
     for stage in store.stages(args.run):
         took = f"{stage.seconds:.1f}s" if stage.seconds else "-"
         print(f"{stage.name:10} {stage.status:12} {took:>9}  {stage.error or ''}")
+    if status == "crashed":
+        print(f"\nits worker (pid {run['pid']}) is gone; the last lines of {store.worker_log(args.run)}:")
+        print("\n".join(f"  {line}" for line in store.log_tail(args.run)) or "  (empty)")
+        print(f"`workbench run {run['recipe_path'] or '<recipe>'} --run-id {args.run}` resumes it")
     artifacts = store.artifacts(args.run)
     if artifacts:
         print(f"\n{'artifact':16} {'kind':8} {'size':>10}  path")
@@ -207,8 +248,9 @@ def cmd_show(args: argparse.Namespace) -> int:
             size = f"{v['size'] / 1e6:.1f}MB" if v["size"] else "-"
             took = f"{v['seconds']:.1f}s" if v.get("seconds") else "-"
             peak = f"{v['peak_mem_mb']:.0f}MB" if v.get("peak_mem_mb") else "-"
-            check = v["meta"].get("parity")
-            parity = "-" if check is None else "ok" if check["passed"] else "FAIL"
+            parity = {"passed": "ok", "failed": "FAIL", "skipped": "skip"}.get(
+                parity_status(v["meta"].get("parity")), "-"
+            )
             smoke = v["meta"].get("smoke")
             note = repr(smoke[0]["reply"])[:40] if smoke else "-"
             if v["status"] == "failed":
@@ -284,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", type=_csv, default=[], help="comma-separated stages to redo even if cached")
     run.add_argument("--run-id", help="run name (default: the recipe's name; re-running resumes it)")
     run.add_argument("--detach", action="store_true", help="run in a background worker that outlives the terminal")
+    run.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # set by `launch` for its worker
     run.set_defaults(func=cmd_run)
 
     recipe = sub.add_parser("recipe", help="recipe tools").add_subparsers(dest="recipe_command", required=True)
@@ -298,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--format", default="auto")
     inspect.add_argument("--model", default="smollm2-135m-instruct", help="whose chat template and tokenizer")
     inspect.add_argument("--system-prompt")
+    inspect.add_argument("--encoding", default="utf-8", help="text encoding of the file (default utf-8)")
     inspect.set_defaults(func=cmd_data_inspect)
 
     models = sub.add_parser("models", help="base models").add_subparsers(dest="models_command", required=True)
@@ -309,6 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("setup", help="fetch what runs need offline later (llama.cpp's converter)").set_defaults(
         func=cmd_setup
     )
+    doctor = sub.add_parser("doctor", help="CPU, builds, versions, and a tiny run of each backend in its own process")
+    doctor.add_argument("--for", dest="recipe", metavar="RECIPE", help="judge by the backends this recipe needs")
+    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+    doctor.set_defaults(func=cmd_doctor)
     sub.add_parser("runs", help="list runs with status").set_defaults(func=cmd_runs)
     cancel = sub.add_parser("cancel", help="stop a run's worker (training checkpoints first)")
     cancel.add_argument("run")
@@ -358,22 +406,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _explain(exc: Exception) -> int:
-    from workbench.data.dataset import DataError
-    from workbench.data.files import DataFileError
-    from workbench.evaluate.tasks import TaskError
-    from workbench.models import ModelError
-    from workbench.recipe import RecipeError
-    from workbench.stages.base import StageInterrupted
-
-    if isinstance(exc, RecipeError):
-        print(exc.report(), file=sys.stderr)
-        return 2
-    if isinstance(exc, DataError | DataFileError | ModelError | RunError | TaskError):
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if isinstance(exc, StageInterrupted):
-        print(f"interrupted: {exc}", file=sys.stderr)
-        return 130
+    """A WorkbenchError is one message and its exit status; anything else is a bug and keeps its traceback."""
+    if isinstance(exc, WorkbenchError):
+        print(exc.message(), file=sys.stderr)
+        return exc.exit_code
     raise exc
 
 

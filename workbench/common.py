@@ -5,11 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-
-class RunError(Exception):
-    """A run cannot start or go on, for a reason the user can fix."""
-
-
 # stage names in the order they run (the stages themselves live in workbench.stages, which loads torch)
 STAGE_ORDER = ["data", "train", "merge", "export", "eval", "bench", "report"]
 
@@ -22,3 +17,15 @@ def last_line(text: str, fallback: str) -> str:
     """The last non-empty line of a process's output (usually the error), or `fallback`."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1] if lines else fallback
+
+
+def tail(path: Path, lines: int = 200) -> list[str]:
+    """The last lines of a log file, carriage-return progress bars reduced to their latest state."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, 2)
+            handle.seek(max(0, handle.tell() - 64 * 1024))
+            text = handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return []
+    return [line.rsplit("\r", 1)[-1] for line in text.splitlines()[-lines:]]

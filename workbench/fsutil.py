@@ -37,6 +37,17 @@ def atomic_dir(dest: Path) -> Iterator[Path]:
         os.rename(tmp, dest)
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a file so that a reader (or a retry after a crash) sees the old content or the new, never half."""
+    path = Path(path)
+    tmp = path.parent / f".tmp-{path.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def hash_path(path: Path) -> str:
     """Hash of a file or folder. Large files count by size and modification time, not content."""
     digest = hashlib.sha256()

@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from workbench.errors import InputError
 from workbench.fsutil import atomic_dir
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -36,7 +37,7 @@ class ModelEntry:
         return (self.local_dir / "config.json").is_file()
 
 
-class ModelError(ValueError):
+class ModelError(InputError, ValueError):
     pass
 
 

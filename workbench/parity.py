@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 Messages = list[dict[str, str]]
 
@@ -24,13 +24,23 @@ class Rendered:
 
 @dataclass
 class ParityResult:
-    passed: bool
+    status: Literal["passed", "failed", "skipped"]
     checked: int
     first_difference: dict[str, Any] | None = None
     stop_token: dict[str, Any] = field(default_factory=dict)
+    reason: str | None = None  # why it was skipped
+
+    @property
+    def passed(self) -> bool | None:
+        """True / False, or None when nothing was checked (never shown as passed)."""
+        return None if self.status == "skipped" else self.status == "passed"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "passed": self.passed}
+
+    @classmethod
+    def skipped(cls, reason: str) -> ParityResult:
+        return cls(status="skipped", checked=0, reason=reason)
 
 
 def training_end_of_turn(tokenizer: Any, messages: Messages) -> int | None:
@@ -83,45 +93,83 @@ class GGUFRenderer:
         self.llm.close()
 
 
-def compare(training_tokenizer: Any, render_variant: Any, conversations: list[Messages]) -> ParityResult:
+@dataclass
+class Expected:
+    """What training rendered for each held-out conversation: its prompt token ids, and the special token
+    that closes the assistant turn. Made where the training tokenizer is loaded; JSON-able, so a worker can
+    hold a variant against it without loading that tokenizer again."""
+
+    conversations: list[Messages]
+    prompt_ids: list[list[int]]
+    end_of_turn: int | None
+    decode: Any = field(default=None, repr=False, compare=False)  # training ids -> text, where it is loaded
+
+    @classmethod
+    def of(cls, training_tokenizer: Any, conversations: list[Messages]) -> Expected:
+        ids = [render_hf(training_tokenizer, messages).prompt_ids for messages in conversations]
+        end = training_end_of_turn(training_tokenizer, conversations[0]) if conversations else None
+        return cls(conversations, ids, end, training_tokenizer.decode)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"conversations": self.conversations, "prompt_ids": self.prompt_ids, "end_of_turn": self.end_of_turn}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Expected:
+        return cls(data["conversations"], data["prompt_ids"], data["end_of_turn"])
+
+
+def compare(expected: Expected, render_variant: Any) -> ParityResult:
     """Compare token ids of every conversation's prompt and the stop token; report the first difference."""
-    for number, messages in enumerate(conversations, 1):
-        expected = render_hf(training_tokenizer, messages)
+    if not expected.conversations:
+        return ParityResult.skipped("no held-out conversations to compare")
+    for number, (messages, wanted) in enumerate(zip(expected.conversations, expected.prompt_ids, strict=True), 1):
         actual = render_variant(messages)
-        if expected.prompt_ids != actual.prompt_ids:
+        if wanted != actual.prompt_ids:
             at = next(
-                (i for i, (a, b) in enumerate(zip(expected.prompt_ids, actual.prompt_ids, strict=False)) if a != b),
-                min(len(expected.prompt_ids), len(actual.prompt_ids)),
+                (i for i, (a, b) in enumerate(zip(wanted, actual.prompt_ids, strict=False)) if a != b),
+                min(len(wanted), len(actual.prompt_ids)),
             )
             window = slice(max(0, at - 3), at + 5)
-            return ParityResult(
-                passed=False,
-                checked=number,
-                first_difference={
-                    "conversation": number,
-                    "token_index": at,
-                    "training": expected.decode(expected.prompt_ids[window]),
-                    "variant": actual.decode(actual.prompt_ids[window]),
-                    "training_length": len(expected.prompt_ids),
-                    "variant_length": len(actual.prompt_ids),
-                },
-            )
-    end = training_end_of_turn(training_tokenizer, conversations[0]) if conversations else None
-    stops = render_variant(conversations[0]).stop_ids if conversations else set()
+            difference = {
+                "conversation": number,
+                "token_index": at,
+                "training_ids": wanted[window],
+                "variant": actual.decode(actual.prompt_ids[window]),
+                "training_length": len(wanted),
+                "variant_length": len(actual.prompt_ids),
+            }
+            if expected.decode is not None:
+                difference["training"] = expected.decode(difference["training_ids"])
+            return ParityResult(status="failed", checked=number, first_difference=difference)
+    end = expected.end_of_turn
+    stops = render_variant(expected.conversations[0]).stop_ids
     stop = {"training_end_of_turn": end, "variant_stops": sorted(stops), "ok": end is None or end in stops}
-    return ParityResult(passed=stop["ok"], checked=len(conversations), stop_token=stop)
+    status = "passed" if stop["ok"] else "failed"
+    return ParityResult(status=status, checked=len(expected.conversations), stop_token=stop)
 
 
-def check_gguf(training_tokenizer: Any, path: Path, conversations: list[Messages]) -> ParityResult:
+def with_training_text(result: dict[str, Any], training_tokenizer: Any) -> dict[str, Any]:
+    """A worker's result with the training side of its first difference decoded (the worker had only ids)."""
+    difference = result.get("first_difference")
+    if difference and "training" not in difference:
+        difference["training"] = training_tokenizer.decode(difference["training_ids"])
+    return result
+
+
+def check_gguf(expected: Expected, path: Path) -> ParityResult:
+    if not expected.conversations:
+        return ParityResult.skipped("no held-out conversations to compare")
     renderer = GGUFRenderer(path)
     try:
-        return compare(training_tokenizer, renderer.render, conversations)
+        return compare(expected, renderer.render)
     finally:
         renderer.close()
 
 
-def check_hf(training_tokenizer: Any, variant_dir: Path, conversations: list[Messages]) -> ParityResult:
+def check_hf(expected: Expected, variant_dir: Path) -> ParityResult:
     from transformers import AutoTokenizer
 
+    if not expected.conversations:
+        return ParityResult.skipped("no held-out conversations to compare")
     variant_tokenizer = AutoTokenizer.from_pretrained(variant_dir)
-    return compare(training_tokenizer, lambda messages: render_hf(variant_tokenizer, messages), conversations)
+    return compare(expected, lambda messages: render_hf(variant_tokenizer, messages))

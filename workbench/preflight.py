@@ -8,10 +8,12 @@ from pathlib import Path
 
 import psutil
 
+from workbench.errors import ResourceError
+
 GB = 1024**3
 
 
-class PreflightError(RuntimeError):
+class PreflightError(ResourceError):
     pass
 
 

@@ -9,6 +9,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from workbench.errors import InputError
+
 DataFormat = Literal["auto", "messages", "sharegpt", "alpaca", "qa", "prompt_completion", "preference", "text"]
 
 
@@ -19,6 +21,9 @@ class Section(BaseModel):
 class DataSection(Section):
     path: str = Field(description="JSON, JSONL, CSV or Parquet file, relative to the recipe")
     format: DataFormat = "auto"
+    encoding: str = Field(
+        default="utf-8", description="text encoding of JSON / JSONL / CSV files (a byte-order mark is always read)"
+    )
     system_prompt: str | None = Field(
         default=None, description="added to rows that have no system message of their own"
     )
@@ -77,6 +82,12 @@ class ExportSection(Section):
     calibration_rows: int = Field(default=128, gt=0, description="training rows used to calibrate GPTQ / AWQ")
     smoke_prompts: int = Field(default=1, ge=0, description="held-out prompts each variant answers after export")
     parity_prompts: int = Field(default=8, ge=0, description="held-out conversations whose prompt tokens are compared")
+    timeout_s: float | None = Field(
+        default=7200, gt=0, description="seconds one exporter may run before it is stopped; null: no limit"
+    )
+    check_timeout_s: float | None = Field(
+        default=900, gt=0, description="seconds one variant's parity and smoke check may run; null: no limit"
+    )
 
 
 class EvalSection(Section):
@@ -97,6 +108,9 @@ class EvalSection(Section):
     include: list[str] = Field(default_factory=list, description="more folders of lm-eval task YAMLs")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     bootstrap_iters: int = Field(default=1000, ge=0, description="lm-eval bootstrap for non-mean metrics")
+    timeout_s: float | None = Field(
+        default=7200, gt=0, description="seconds one model's evaluation may run before it is stopped; null: no limit"
+    )
 
 
 Format = Literal["hf", "gguf", "gptq", "awq", "nf4"]
@@ -117,6 +131,9 @@ class BenchSection(Section):
     )
     vllm_concurrency: list[int] = Field(
         default_factory=lambda: [1, 8, 32], description="vLLM throughput runs (only when vLLM and CUDA are present)"
+    )
+    timeout_s: float | None = Field(
+        default=1800, gt=0, description="seconds one measurement may run before it is stopped; null: no limit"
     )
 
 
@@ -156,13 +173,16 @@ class Recipe(Section):
         return beside if beside.exists() or not path.exists() else path
 
 
-class RecipeError(Exception):
+class RecipeError(InputError):
     """A recipe that cannot be used; `problems` lists one line per problem."""
 
     def __init__(self, source: str, problems: list[str]):
         self.source = source
         self.problems = problems
         super().__init__(f"{source}: " + "; ".join(problems))
+
+    def message(self) -> str:
+        return self.report()
 
     def report(self) -> str:
         count = len(self.problems)

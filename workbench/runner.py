@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import traceback
+import uuid
 from pathlib import Path
+from typing import Any
 
-from workbench.common import RunError, default_home  # noqa: F401 - part of the runner API
-from workbench.fsutil import atomic_dir
+from workbench.common import default_home  # noqa: F401 - part of the runner API
+from workbench.errors import RunError
+from workbench.fsutil import atomic_dir, atomic_write_text
 from workbench.recipe import Recipe
+from workbench.runlock import RunLock
 from workbench.stages import STAGE_ORDER, STAGES
-from workbench.stages.base import StageContext, StageInterrupted, cache_key
+from workbench.stages.base import StageContext, StageInterrupted, cache_key, can_resume, differences, key_payload
 from workbench.store import Store
+
+KEY_FILE = "key.json"  # in a stage's work folder: the key payload it was made under
 
 
 def plan(selected: list[str] | None) -> list[str]:
@@ -40,13 +47,20 @@ def run_recipe(
     force: list[str] | None = None,
     run_id: str | None = None,
 ) -> str:
-    """Run (or resume) a recipe; returns the run id. Raises StageInterrupted or RunError."""
+    """Run (or resume) a recipe; returns the run id. Raises StageInterrupted or RunError. Holds the run's
+    lock throughout: a second worker for the same run is refused."""
     force = force or []
     names = plan(stages)
     bad_force = [name for name in force if name not in STAGES]
     if bad_force:
         raise RunError(f"--force: unknown stage(s) {', '.join(bad_force)}")
     run_id = run_id or recipe.name
+    with RunLock.held(home, run_id):
+        _run(recipe, home, run_id, names, force)
+    return run_id
+
+
+def _run(recipe: Recipe, home: Path, run_id: str, names: list[str], force: list[str]) -> None:
     run_dir = home / run_id
     store = Store(home / "workbench.db")
     store.upsert_run(
@@ -57,8 +71,8 @@ def run_recipe(
     try:
         for name in names:
             stage = STAGES[name]
-            key = cache_key(stage, recipe, {need: keys[need] for need in stage.needs})
-            keys[name] = key
+            payload = key_payload(stage, recipe, {need: keys[need] for need in stage.needs})
+            key = keys[name] = cache_key(payload)
             out = run_dir / name
             record = store.stage(run_id, name)
             fresh = record and record.status == "done" and record.cache_key == key and out.exists()
@@ -66,7 +80,8 @@ def run_recipe(
                 print(f"[{name}] unchanged, skipped (cached)", flush=True)
                 continue
             redone.add(name)
-            _run_stage(store, recipe, run_id, run_dir, name, key, {need: run_dir / need for need in stage.needs})
+            inputs = {need: run_dir / need for need in stage.needs}
+            _run_stage(store, recipe, run_id, run_dir, name, payload, inputs)
         store.set_run_status(run_id, "done")
     except (StageInterrupted, KeyboardInterrupt):
         store.set_run_status(run_id, "interrupted")
@@ -76,24 +91,59 @@ def run_recipe(
         raise
     finally:
         store.close()
-    return run_id
+
+
+def work_folder(ctx: StageContext, payload: dict[str, Any]) -> None:
+    """Prepare the stage's work folder (checkpoints and finished parts survive an interruption there).
+    Unfinished work of an earlier attempt under another key is resumed when the change allows it (a
+    longer training, a library's patch upgrade), else kept aside — never deleted."""
+    stage, work = STAGES[ctx.stage], ctx.work
+    for old in sorted(p for p in work.parent.glob(f"{ctx.stage}-*") if p != work and p.is_dir()):
+        if not any(p.name != KEY_FILE for p in old.iterdir()):
+            shutil.rmtree(old)  # nothing in it worth keeping
+            continue
+        try:
+            before = json.loads((old / KEY_FILE).read_text())
+        except (OSError, ValueError):
+            before = {}
+        changes = differences(before, payload)
+        said = ", ".join(f"{path.removeprefix('inputs.')}: {a!r} -> {b!r}" for path, a, b in changes[:4]) or "?"
+        if before and not work.exists() and can_resume(stage, changes):
+            os.rename(old, work)
+            ctx.say(f"continuing the unfinished work of an earlier attempt ({said})")
+            continue
+        kept = work.parent / "kept" / f"{old.name}-{uuid.uuid4().hex[:6]}"
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(old, kept)
+        ctx.say(
+            f"the unfinished work of an earlier attempt cannot continue under this configuration ({said}); "
+            f"kept in {kept} — delete it when no longer needed"
+        )
+    work.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(work / KEY_FILE, json.dumps(payload, indent=1))
 
 
 def _run_stage(
-    store: Store, recipe: Recipe, run_id: str, run_dir: Path, name: str, key: str, inputs: dict[str, Path]
+    store: Store,
+    recipe: Recipe,
+    run_id: str,
+    run_dir: Path,
+    name: str,
+    payload: dict[str, Any],
+    inputs: dict[str, Path],
 ) -> None:
+    key = cache_key(payload)
     out = run_dir / name
-    work = run_dir / ".work" / f"{name}-{key[:12]}"
-    for stale in (run_dir / ".work").glob(f"{name}-*"):
-        if stale != work:  # state of an earlier, different configuration cannot be resumed
-            shutil.rmtree(stale, ignore_errors=True)
-    work.mkdir(parents=True, exist_ok=True)
     for leftover in run_dir.glob(f".tmp-{name}-*"):  # output of a process that was killed mid-stage
         shutil.rmtree(leftover, ignore_errors=True)
+    shutil.rmtree(run_dir / "logs" / name, ignore_errors=True)  # worker logs of an earlier attempt
     store.start_stage(run_id, name, key)
     try:
         with atomic_dir(out) as tmp:
-            ctx = StageContext(run_id, run_dir, recipe, store, name, tmp, work, inputs)
+            ctx = StageContext(
+                run_id, run_dir, recipe, store, name, tmp, run_dir / ".work" / f"{name}-{key[:12]}", inputs
+            )
+            work_folder(ctx, payload)
             artifacts = STAGES[name].run(ctx)
     except (StageInterrupted, KeyboardInterrupt) as exc:
         store.finish_stage(run_id, name, "interrupted", str(exc) or "interrupted")
@@ -106,4 +156,4 @@ def _run_stage(
     store.replace_artifacts(run_id, name, artifacts)
     # a partial stage keeps its output for what comes next but is redone on the next run
     store.finish_stage(run_id, name, "partial" if ctx.failures else "done", "; ".join(ctx.failures) or None)
-    shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(ctx.work, ignore_errors=True)

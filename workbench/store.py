@@ -1,24 +1,32 @@
 """The run store: one SQLite file with runs, stages, events, artifacts, variants, metrics and bench results.
 
-Every process (CLI, trainer callbacks, later the TUI) opens its own connection; WAL mode lets readers
-tail a run while a worker writes to it.
+Every process (CLI, trainer callbacks, the TUI) opens its own connection; WAL mode lets readers tail a
+run while a worker writes to it. The file carries its schema version (`PRAGMA user_version`); older
+stores are migrated forward when opened, newer ones refused.
+
+A run's status says what its worker last wrote. Readers see it through `live_status`: a run marked
+running whose worker process is gone (or whose pid now belongs to another process) is `crashed`, and so
+is the stage it was in.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from workbench.common import STAGE_ORDER
+import psutil
 
-SCHEMA = """
+from workbench.common import STAGE_ORDER, tail
+from workbench.errors import ResourceError
+
+# version 1: the tables below (stores made before versioning read as 0 and are version 1)
+BASELINE = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
@@ -86,6 +94,39 @@ CREATE TABLE IF NOT EXISTS bench (
     PRIMARY KEY (run_id, variant, device, backend)
 );
 """
+# version -> statements that bring a store of the version before it up to it
+MIGRATIONS: dict[int, list[str]] = {
+    2: ["ALTER TABLE runs ADD COLUMN pid_started REAL"],  # the worker's start time: a reused pid is not it
+}
+SCHEMA_VERSION = max(MIGRATIONS)
+
+
+class StoreError(ResourceError):
+    pass
+
+
+def process_started(pid: int) -> float | None:
+    """When a process started (seconds since the epoch), or None when there is no such process."""
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return None
+    except psutil.Error:
+        return None
+
+
+def is_alive(pid: int | None, started: float | None) -> bool:
+    """Whether the process that had `pid` and started at `started` still runs (not another one that got
+    its pid later). Without a start time (a store from before version 2) the pid alone decides."""
+    if not pid:
+        return False
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return started is None or abs(process.create_time() - started) < 0.01
+    except psutil.Error:
+        return False
 
 
 @dataclass
@@ -110,7 +151,27 @@ class Store:
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA busy_timeout=30000")
-        self.db.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        if self.version() == SCHEMA_VERSION:
+            return
+        with self.transaction() as db:  # one process migrates; the others wait and find it done
+            version = self.version()
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path} was written by a newer workbench (store version {version}; this one reads up to "
+                    f"{SCHEMA_VERSION}): upgrade the workbench, or give another --home"
+                )
+            for statement in [part for part in BASELINE.split(";") if part.strip()] if version == 0 else []:
+                db.execute(statement)
+            for target in range(max(version, 1) + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[target]:
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def version(self) -> int:
+        return self.db.execute("PRAGMA user_version").fetchone()[0]
 
     def close(self) -> None:
         self.db.close()
@@ -127,13 +188,14 @@ class Store:
 
     # runs -----------------------------------------------------------------------------------
     def upsert_run(self, run_id: str, name: str, recipe: dict[str, Any], recipe_path: str | None, pid: int) -> None:
+        """Mark the run running in process `pid` (its start time is recorded with it)."""
         now = time.time()
         self.db.execute(
-            """INSERT INTO runs (id, name, recipe_path, recipe, status, created, updated, pid)
-               VALUES (?, ?, ?, ?, 'running', ?, ?, ?)
+            """INSERT INTO runs (id, name, recipe_path, recipe, status, created, updated, pid, pid_started)
+               VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?)
                ON CONFLICT(id) DO UPDATE SET recipe=excluded.recipe, recipe_path=excluded.recipe_path,
-                   status='running', updated=excluded.updated, pid=excluded.pid""",
-            (run_id, name, recipe_path, json.dumps(recipe), now, now, pid),
+                   status='running', updated=excluded.updated, pid=excluded.pid, pid_started=excluded.pid_started""",
+            (run_id, name, recipe_path, json.dumps(recipe), now, now, pid, process_started(pid)),
         )
 
     def set_run_status(self, run_id: str, status: str) -> None:
@@ -141,16 +203,18 @@ class Store:
 
     @staticmethod
     def live_status(run: sqlite3.Row) -> str:
-        """A run's status, with 'running' corrected to 'stopped' when its worker process is gone."""
-        if run["status"] != "running" or not run["pid"]:
+        """A run's status, with 'running' corrected to 'crashed' when its worker process is gone (or its pid
+        now belongs to another process)."""
+        if run["status"] != "running":
             return run["status"]
-        try:
-            os.kill(run["pid"], 0)
-        except ProcessLookupError:
-            return "stopped"
-        except PermissionError:
-            pass
-        return "running"
+        return "running" if is_alive(run["pid"], run["pid_started"]) else "crashed"
+
+    def worker_log(self, run_id: str) -> Path:
+        """The run worker's own output (stage messages, worker output, a native crash's traceback)."""
+        return self.path.parent / run_id / "worker.log"
+
+    def log_tail(self, run_id: str, lines: int = 10) -> list[str]:
+        return [line for line in tail(self.worker_log(run_id), 4 * lines) if line.strip()][-lines:]
 
     def runs(self) -> list[sqlite3.Row]:
         return self.db.execute("SELECT * FROM runs ORDER BY created DESC").fetchall()
@@ -164,9 +228,14 @@ class Store:
         return StageRecord(**{k: row[k] for k in StageRecord.__dataclass_fields__}) if row else None
 
     def stages(self, run_id: str) -> list[StageRecord]:
-        """In pipeline order (a stage redone later still shows in its place)."""
+        """In pipeline order (a stage redone later still shows in its place). A stage left running by a
+        worker that is gone reads `crashed`."""
         rows = self.db.execute("SELECT * FROM stages WHERE run_id=? ORDER BY started", (run_id,)).fetchall()
         records = [StageRecord(**{k: r[k] for k in StageRecord.__dataclass_fields__}) for r in rows]
+        run = self.run(run_id)
+        if run is not None and any(r.status == "running" for r in records) and self.live_status(run) == "crashed":
+            gone = f"its worker (pid {run['pid']}) ended without finishing it; the next run redoes it"
+            records = [replace(r, status="crashed", error=gone) if r.status == "running" else r for r in records]
         order = {name: index for index, name in enumerate(STAGE_ORDER)}
         return sorted(records, key=lambda record: order.get(record.name, len(order)))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -23,17 +24,28 @@ CMAKE_FLAGS = [
 ]
 
 
-def build_dir() -> Path:
-    return llamacpp_tools.tools_dir().with_name(f"llama.cpp-{llamacpp_tools.llama_cpp_version()}-build")
+def build_dir(flavour: str = "installed") -> Path:
+    name = f"llama.cpp-{llamacpp_tools.llama_cpp_version()}-build" + ("" if flavour == "installed" else f"-{flavour}")
+    return llamacpp_tools.tools_dir().with_name(name)
+
+
+def installed_cmake_args() -> list[str]:
+    """The CMake arguments the installed llama-cpp-python was built with, as `make install` recorded them."""
+    from workbench.doctor import llama_build
+
+    return shlex.split((llama_build() or {}).get("cmake_args") or "")
 
 
 def find_or_build() -> Path:
-    """$WORKBENCH_LLAMA_BENCH, else an earlier build, else build it (needs cmake, a C++ compiler and the
-    llama-cpp-python sdist from PyPI once; a few minutes on 2 cores)."""
+    """$WORKBENCH_LLAMA_BENCH, else llama-bench built with the installed llama-cpp-python's flags."""
     override = os.environ.get("WORKBENCH_LLAMA_BENCH")
-    if override:
-        return Path(override)
-    binary = build_dir() / "bin" / "llama-bench"
+    return Path(override) if override else build(installed_cmake_args())
+
+
+def build(cmake_args: list[str], flavour: str = "installed") -> Path:
+    """llama-bench from the vendored sources with `cmake_args`, kept per flavour (an earlier build is reused).
+    Needs cmake, a C++ compiler and the llama-cpp-python sdist from PyPI once; a few minutes on 2 cores."""
+    binary = build_dir(flavour) / "bin" / "llama-bench"
     if binary.is_file():
         return binary
     if not shutil.which("cmake"):
@@ -43,9 +55,10 @@ def find_or_build() -> Path:
         with tempfile.TemporaryDirectory() as tmp:
             print("fetching the llama.cpp sources of the installed llama-cpp-python ...", flush=True)
             llamacpp_tools.extract_vendored(llamacpp_tools.download_sdist(Path(tmp)), source)
-    work = build_dir().with_name(build_dir().name + "-cmake")
-    print(f"building llama-bench from {source} ...", flush=True)
-    subprocess.run(["cmake", "-S", str(source), "-B", str(work), *CMAKE_FLAGS], check=True, stdout=subprocess.DEVNULL)
+    work = build_dir(flavour).with_name(build_dir(flavour).name + "-cmake")
+    print(f"building llama-bench ({flavour}: {shlex.join(cmake_args) or 'defaults'}) ...", flush=True)
+    configure = ["cmake", "-S", str(source), "-B", str(work), *CMAKE_FLAGS, *cmake_args]
+    subprocess.run(configure, check=True, stdout=subprocess.DEVNULL)
     jobs = str(usable_cores())
     subprocess.run(["cmake", "--build", str(work), "--target", "llama-bench", "-j", jobs], check=True)
     binary.parent.mkdir(parents=True, exist_ok=True)

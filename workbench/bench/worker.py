@@ -1,18 +1,16 @@
-"""`python -m workbench.bench.worker JOB.json`: benchmark one variant on one device in its own process,
-so its peak memory is its own and a crash fails one measurement, not the stage. Writes JOB's `out`."""
+"""Benchmark one variant on one device in a worker (task `bench.measure`), so its peak memory is its own
+and a crash fails one measurement, not the stage."""
 
 from __future__ import annotations
 
-import json
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from workbench.bench.timing import Settings
+from workbench.workers.child import Channel
 
 
-def run(job: dict[str, Any]) -> dict[str, Any]:
+def measure_job(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
     settings = Settings.from_job(job)
     started = time.perf_counter()
     if job["backend"] == "llama.cpp":
@@ -30,13 +28,3 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
 
         result = vllm_bench.bench(job["path"], job, job["vllm_concurrency"])
     return {"status": "done", **result, "seconds": round(time.perf_counter() - started, 2)}
-
-
-def main(job_path: str) -> None:
-    job = json.loads(Path(job_path).read_text())
-    result = run(job)
-    Path(job["out"]).write_text(json.dumps(result, indent=2))
-
-
-if __name__ == "__main__":
-    main(sys.argv[1])

@@ -12,6 +12,7 @@ import numpy as np
 
 from workbench.data.files import _Unparsable, read_rows
 from workbench.data.formats import NORMALISERS, BadRow, Row, detect_format
+from workbench.errors import InputError
 
 
 @dataclass
@@ -43,12 +44,12 @@ class LoadedData:
         self.rows = [(n, row) for n, row in self.rows if n not in numbers]
 
 
-class DataError(ValueError):
+class DataError(InputError, ValueError):
     """Data that cannot be used as it is; the message lists what is wrong and where."""
 
 
-def load_data(path: Path, fmt: str = "auto", system_prompt: str | None = None) -> LoadedData:
-    raw, unit = read_rows(path)
+def load_data(path: Path, fmt: str = "auto", system_prompt: str | None = None, encoding: str = "utf-8") -> LoadedData:
+    raw, unit = read_rows(path, encoding)
     if not raw:
         raise DataError(f"{path}: no rows")
     if fmt == "auto":
@@ -94,14 +95,21 @@ def split_rows(
     rows: list[tuple[int, Row]], held_out: float, seed: int
 ) -> tuple[list[tuple[int, Row]], list[tuple[int, Row]]]:
     """Deterministic train / held-out split: `held_out` < 1 is a fraction, >= 1 a count."""
-    count = round(len(rows) * held_out) if held_out < 1 else int(held_out)
+    count = held_out_count(len(rows), held_out)
     if count >= len(rows):
-        raise DataError(f"data.held_out keeps {count} of {len(rows)} rows for evaluation; none left to train on")
+        raise DataError(
+            f"data.held_out is {held_out:g}: {count} of the {len(rows)} usable rows would be held out for evaluation,"
+            f" none left to train on; use at least {count + 1} rows or lower data.held_out"
+        )
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
     held = sorted(order[:count])
     held_set = set(held)
     return [rows[i] for i in range(len(rows)) if i not in held_set], [rows[i] for i in held]
+
+
+def held_out_count(rows: int, held_out: float) -> int:
+    return round(rows * held_out) if held_out < 1 else int(held_out)
 
 
 def auto_epochs(examples: int) -> float:

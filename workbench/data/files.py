@@ -2,33 +2,57 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import json
 import math
 from pathlib import Path
 from typing import Any
 
+from workbench.errors import InputError
+
 SUFFIXES = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 
 
-class DataFileError(ValueError):
+class DataFileError(InputError, ValueError):
     """A file that cannot be read as rows at all."""
 
 
-def read_rows(path: Path) -> tuple[list[Any], str]:
-    """Rows of a data file and the word that numbers them ("line" for JSONL, else "row")."""
+def read_rows(path: Path, encoding: str = "utf-8") -> tuple[list[Any], str]:
+    """Rows of a data file and the word that numbers them ("line" for JSONL, else "row"). Text files are
+    decoded with `encoding`; a byte-order mark (as spreadsheets write one) is read, not kept."""
     kind = SUFFIXES.get(path.suffix.lower())
     if kind is None:
         raise DataFileError(f"{path}: unknown file type '{path.suffix}'; expected {', '.join(SUFFIXES)}")
     if not path.is_file():
         raise DataFileError(f"{path}: file not found")
-    reader = {"json": _json, "jsonl": _jsonl, "csv": _csv, "parquet": _parquet}[kind]
-    return reader(path), "line" if kind == "jsonl" else "row"
+    if kind == "parquet":
+        return _parquet(path), "row"
+    reader = {"json": _json, "jsonl": _jsonl, "csv": _csv}[kind]
+    return reader(path, read_text(path, encoding)), "line" if kind == "jsonl" else "row"
 
 
-def _json(path: Path) -> list[Any]:
+def read_text(path: Path, encoding: str) -> str:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        codec = codecs.lookup(encoding).name
+    except LookupError:
+        raise DataFileError(f"{path}: data.encoding {encoding!r} is not an encoding Python knows") from None
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig" if codec == "utf-8" else codec)
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DataFileError(
+            f"{path}: not readable as {encoding} (byte 0x{data[exc.start]:02x} on line {line}); save the file as "
+            "UTF-8, or set data.encoding to the file's encoding (e.g. gbk or gb18030 for Chinese spreadsheets, "
+            "cp1252 for Western ones, utf-16)"
+        ) from None
+
+
+def _json(path: Path, text: str) -> list[Any]:
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise DataFileError(f"{path}: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
     if isinstance(data, dict):  # {"data": [...]} and similar single-list wrappers
@@ -47,9 +71,9 @@ class _Unparsable:
         self.reason = reason
 
 
-def _jsonl(path: Path) -> list[Any]:
+def _jsonl(path: Path, text: str) -> list[Any]:
     rows: list[Any] = []
-    with path.open(encoding="utf-8") as handle:
+    with io.StringIO(text) as handle:
         for line in handle:
             if not line.strip():
                 rows.append(_Unparsable("blank line"))
@@ -64,8 +88,8 @@ def _jsonl(path: Path) -> list[Any]:
     return rows
 
 
-def _csv(path: Path) -> list[Any]:
-    with path.open(encoding="utf-8", newline="") as handle:
+def _csv(path: Path, text: str) -> list[Any]:
+    with io.StringIO(text, newline="") as handle:
         reader = csv.DictReader(handle)
         rows: list[Any] = []
         for record in reader:

@@ -10,12 +10,13 @@ from typing import Any
 import yaml
 
 from workbench import parity
+from workbench.errors import InputError
 
 BUILTIN_EVALS = Path(__file__).resolve().parents[2] / "evals"
 HELDOUT = "heldout"
 
 
-class TaskError(ValueError):
+class TaskError(InputError, ValueError):
     pass
 
 

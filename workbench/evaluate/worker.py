@@ -1,18 +1,19 @@
-"""`python -m workbench.evaluate.worker JOB.json`: evaluate one model in its own process.
+"""Evaluate one model in a worker (task `eval.model`).
 
 Runs lm-eval on the job's tasks (GGUF through the in-process llama.cpp LM, everything else through
 lm-eval's `hf` backend, which loads GPTQ/AWQ through GPTQModel and nf4 through bitsandbytes), then the
-fidelity comparison against the reference model. Writes `results.json` and per-sample `samples/*.jsonl`
-into the job's `out` folder. A crash here fails one model, not the stage.
+fidelity comparison against the reference model. Writes per-sample `samples/*.jsonl` into the job's `out`
+folder and returns the summary. A crash here fails one model, not the stage.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from workbench.workers.child import Channel
 
 
 def compute_dtype(model_format: str, device: str) -> str:
@@ -107,27 +108,24 @@ def run_fidelity(lm: Any, job: dict[str, Any]) -> dict[str, Any]:
     return result.to_dict()
 
 
-def main(job_path: str) -> int:
-    job = json.loads(Path(job_path).read_text())
+def evaluate_job(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
     out = Path(job["out"])
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    channel.phase("loading")
     lm = load_lm(job)
     result: dict[str, Any] = {"name": job["name"], "format": job["format"], "seconds": {}}
     result["seconds"]["load"] = round(time.perf_counter() - started, 2)
     if job["tasks"]:
+        channel.phase("lm-eval")
         started = time.perf_counter()
         result.update(run_lm_eval(lm, job, out))
         result["seconds"]["lm_eval"] = round(time.perf_counter() - started, 2)
     if job.get("fidelity"):
+        channel.phase("fidelity")
         started = time.perf_counter()
         result["fidelity"] = run_fidelity(lm, job)
         result["seconds"]["fidelity"] = round(time.perf_counter() - started, 2)
     if hasattr(lm, "close"):
         lm.close()
-    (out / "results.json").write_text(json.dumps(result, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    return result

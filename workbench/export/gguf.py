@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import ctypes
 import re
+import runpy
+import struct
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from workbench import workers
 from workbench.export import llamacpp_tools
-from workbench.export.run_measured import Measured, run_measured
+from workbench.workers.child import Channel
 
 # recipe name -> (llama.cpp LLAMA_FTYPE_MOSTLY_* suffix, nominal bits per weight)
 GGUF_TYPES: dict[str, tuple[str, float]] = {
@@ -30,52 +35,91 @@ FALLBACK = re.compile(
 )
 
 
-class ExportFailed(RuntimeError):
-    def __init__(self, message: str, output: str = ""):
-        tail = "\n".join(output.strip().splitlines()[-15:])
-        super().__init__(f"{message}\n{tail}" if tail else message)
+def convert(
+    hf_dir: Path, out: Path, outtype: str = "f16", *, log: Path | None = None, timeout: float | None = None
+) -> workers.Outcome:
+    """HF folder -> GGUF with llama.cpp's converter, in a worker named after the file."""
+    llamacpp_tools.converter()  # missing tools are refused here, before a worker starts
+    job = {"hf_dir": str(hf_dir), "out": str(out), "outtype": outtype}
+    env = llamacpp_tools.converter_env()
+    return workers.run("gguf.convert", job, name=out.name, log=log, timeout=timeout, echo=True, env=env)
 
 
-def convert(hf_dir: Path, out_file: Path, outtype: str = "f16") -> Measured:
-    command = [
-        str(llamacpp_tools.converter()),
-        str(hf_dir),
-        "--outfile",
-        str(out_file),
-        "--outtype",
-        outtype,
-    ]
-    result = run_measured(command, env=llamacpp_tools.converter_env())
-    if result.returncode != 0 or not out_file.is_file():
-        raise ExportFailed(f"convert_hf_to_gguf.py exited with {result.returncode}", result.output)
-    return result
+def quantize(
+    src: Path, dst: Path, gguf_type: str, *, log: Path | None = None, timeout: float | None = None
+) -> workers.Outcome:
+    """f16 GGUF -> `gguf_type` with llama.cpp's quantizer, in a worker named after the file."""
+    job = {"src": str(src), "dst": str(dst), "ftype": GGUF_TYPES[gguf_type][0]}
+    return workers.run("gguf.quantize", job, name=dst.name, log=log, timeout=timeout)
 
 
-def quantize(src: Path, dst: Path, gguf_type: str) -> tuple[Measured, list[dict[str, Any]]]:
-    """Quantize; returns the measurement and the tensors that fell back to another type."""
-    ftype = GGUF_TYPES[gguf_type][0]
-    result = run_measured(["-m", "workbench.export.gguf_quantize", str(src), str(dst), ftype], echo=False)
-    if result.returncode != 0 or not dst.is_file():
-        raise ExportFailed(f"llama_model_quantize to {gguf_type} failed (exit {result.returncode})", result.output)
-    fallbacks = [
-        {"tensor": m[0], "columns": int(m[1]), "wanted": m[2], "got": m[3]} for m in FALLBACK.findall(result.output)
-    ]
-    return result, fallbacks
+def convert_job(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
+    """In a worker: llama.cpp's own converter script, HF folder -> f16/bf16 GGUF (started with
+    `llamacpp_tools.converter_env()`, so its vendored gguf-py is the one imported)."""
+    script = llamacpp_tools.converter()
+    sys.argv = [str(script), job["hf_dir"], "--outfile", job["out"], "--outtype", job["outtype"]]
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            raise RuntimeError(f"convert_hf_to_gguf.py exited with {exc.code}") from None
+    if not Path(job["out"]).is_file():
+        raise RuntimeError("convert_hf_to_gguf.py wrote no file")
+    return {}
+
+
+def quantize_job(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
+    """In a worker: llama.cpp's quantizer, f16 GGUF -> `job["ftype"]` (a LLAMA_FTYPE_MOSTLY_* suffix)."""
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{job['ftype']}")
+    status = llama_cpp.llama_model_quantize(job["src"].encode(), job["dst"].encode(), ctypes.byref(params))
+    if status != 0 or not Path(job["dst"]).is_file():
+        raise RuntimeError(f"llama_model_quantize returned {status}")
+    return {}
+
+
+def fallbacks(log: str) -> list[dict[str, Any]]:
+    """Tensors the quantizer gave another type (rows not a multiple of the block), from its output."""
+    return [{"tensor": m[0], "columns": int(m[1]), "wanted": m[2], "got": m[3]} for m in FALLBACK.findall(log)]
 
 
 def tensor_types(path: Path) -> dict[str, int]:
-    from gguf import GGUFReader
+    """How many tensors of each type a GGUF file holds, from its header. (gguf-py's GGUFReader gets there
+    too, but decodes every metadata value first: ~4 s for a file with a 49k-token vocabulary.)"""
+    from gguf import GGMLQuantizationType, GGUFValueType
 
-    return dict(Counter(tensor.tensor_type.name for tensor in GGUFReader(path).tensors))
+    sizes = {GGUFValueType.UINT8: 1, GGUFValueType.INT8: 1, GGUFValueType.UINT16: 2, GGUFValueType.INT16: 2,
+             GGUFValueType.UINT32: 4, GGUFValueType.INT32: 4, GGUFValueType.FLOAT32: 4, GGUFValueType.BOOL: 1,
+             GGUFValueType.UINT64: 8, GGUFValueType.INT64: 8, GGUFValueType.FLOAT64: 8}  # fmt: skip
+    with open(path, "rb") as handle:
 
+        def number(fmt: str) -> int:
+            return struct.unpack(f"<{fmt}", handle.read(struct.calcsize(fmt)))[0]
 
-def chat(path: Path, messages: list[dict[str, str]], max_tokens: int = 48) -> str:
-    """Greedy reply through llama.cpp with the chat template embedded in the file."""
-    import llama_cpp
+        def skip(kind: int, count: int = 1) -> None:
+            if kind == GGUFValueType.STRING:
+                for _ in range(count):
+                    handle.seek(number("Q"), 1)
+            elif kind == GGUFValueType.ARRAY:
+                for _ in range(count):
+                    inner = number("I")
+                    skip(inner, number("Q"))
+            else:
+                handle.seek(sizes[GGUFValueType(kind)] * count, 1)
 
-    llm = llama_cpp.Llama(str(path), n_ctx=1024, n_threads=None, verbose=False)
-    try:
-        reply = llm.create_chat_completion(messages=messages, max_tokens=max_tokens, temperature=0.0)
-    finally:
-        llm.close()
-    return reply["choices"][0]["message"]["content"] or ""
+        if handle.read(4) != b"GGUF":
+            raise ValueError(f"{path.name} is not a GGUF file")
+        number("I")  # version
+        tensors, fields = number("Q"), number("Q")
+        for _ in range(fields):
+            handle.seek(number("Q"), 1)  # the key
+            skip(number("I"))
+        found: Counter[str] = Counter()
+        for _ in range(tensors):
+            handle.seek(number("Q"), 1)  # the name
+            handle.seek(8 * number("I"), 1)  # the dimensions
+            found[GGMLQuantizationType(number("I")).name] += 1
+            number("Q")  # the offset
+    return dict(found)

@@ -4,17 +4,16 @@ the on-disk formats those wrote (`quantize_config.json`), which transformers and
 Calibration uses the fine-tune's own training rows, rendered through its chat template: the
 activations that matter are the ones the model will see when serving.
 
-`python -m workbench.export.gptq JOB.json` runs one export, then reloads the saved checkpoint with
-GPTQModel's kernels and answers the smoke prompts, all in its own process (see gguf.py).
+Runs in a worker (task `gptq.export`); the variant's checks load it again through transformers, as a
+server would.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import sys
-from pathlib import Path
 from typing import Any
+
+from workbench.workers.child import Channel
 
 
 def calibration_texts(rows: list[dict[str, Any]], tokenizer: Any) -> list[str]:
@@ -25,10 +24,9 @@ def calibration_texts(rows: list[dict[str, Any]], tokenizer: Any) -> list[str]:
     ]
 
 
-def export(job: dict[str, Any]) -> None:
+def export_job(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
     # GPTQModel sizes its CPU worker pool from the machine; on two cores its default asks for more than it has
     os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(max(1, min(os.cpu_count() or 1, 8))))
-    import torch
     from gptqmodel import GPTQModel
     from gptqmodel.quantization.config import AWQConfig, GPTQConfig
     from transformers import AutoTokenizer
@@ -42,25 +40,4 @@ def export(job: dict[str, Any]) -> None:
     model.quantize(job["calibration"], tokenizer=tokenizer, batch_size=8)
     model.save(job["out"])
     tokenizer.save_pretrained(job["out"])
-    del model
-
-    replies = []
-    if job["smoke"]:
-        model = GPTQModel.load(job["out"])
-        for messages in job["smoke"]:
-            text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-            inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(model.device)
-            with torch.no_grad():
-                output = model.generate(
-                    **inputs,
-                    max_new_tokens=48,
-                    do_sample=False,
-                    pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
-                )
-            reply = tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-            replies.append({"prompt": messages[-1]["content"], "reply": reply})
-    Path(job["smoke_out"]).write_text(json.dumps(replies))
-
-
-if __name__ == "__main__":
-    export(json.loads(Path(sys.argv[1]).read_text()))
+    return {}

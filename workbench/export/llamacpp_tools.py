@@ -12,12 +12,13 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
+from workbench.errors import ResourceError
 from workbench.fsutil import atomic_dir
 
 MEMBERS = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "conversion/", "gguf-py/")
 
 
-class ToolsMissing(RuntimeError):
+class ToolsMissing(ResourceError):
     pass
 
 

@@ -16,6 +16,13 @@ TARGET_FORMATS = {"cpu": ("gguf",), "gpu": ("gptq", "awq", "nf4", "hf")}
 TARGETS = ("cpu", "gpu")
 
 
+def parity_status(check: dict[str, Any] | None) -> str | None:
+    """A variant's parity check as passed / failed / skipped (records from before `status` have `passed`)."""
+    if not check:
+        return None
+    return check.get("status") or ("passed" if check.get("passed") else "failed")
+
+
 def higher_is_better(metric: str) -> bool:
     return not any(word in metric for word in LOWER_IS_BETTER)
 
@@ -48,7 +55,7 @@ class Row:
     probes: dict[str, float] = field(default_factory=dict)  # other tasks' primary metrics
     kld: float | None = None
     top1: float | None = None
-    parity: bool | None = None
+    parity: str | None = None  # passed | failed | skipped; None: not checked
     speed: dict[str, Speed] = field(default_factory=dict)  # target -> fastest measurement there
 
     def tg(self, target: str) -> float | None:
@@ -187,7 +194,7 @@ def build_rows(
                 error=variant.get("error"),
                 size_mb=variant["size"] / 2**20 if variant.get("size") is not None else None,
                 bits=variant.get("bits"),
-                parity=(variant.get("meta", {}).get("parity") or {}).get("passed"),
+                parity=parity_status(variant.get("meta", {}).get("parity")),
             )
         )
     for row in rows:
@@ -230,7 +237,7 @@ def recommend(rows: list[Row], target: str, keep: float, task: str | None, metri
     what = f"the merged model's {task} {metric}"
     if all(r.keep_pct is None for r in pool):
         return Recommendation(target, None, f"cannot judge: {what} is missing (its evaluation failed?)", measured)
-    servable = [r for r in pool if r.parity is not False]
+    servable = [r for r in pool if r.parity != "failed"]
     if not servable:
         return Recommendation(target, None, "every variant here failed the serving parity check", measured)
     keeping = [r for r in servable if r.keep_pct is not None and r.keep_pct >= keep]

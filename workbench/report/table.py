@@ -37,7 +37,7 @@ def columns(comparison: Comparison) -> list[Column]:
     cols += [
         Column("KLD", lambda r: r.kld, 4),
         Column("top-1", lambda r: r.top1, 3),
-        Column("parity", lambda r: None if r.parity is None else "pass" if r.parity else "FAIL"),
+        Column("parity", lambda r: {"passed": "pass", "failed": "FAIL", "skipped": "skipped"}.get(r.parity or "")),
     ]
     if any("cpu" in r.speed for r in rows):
         cols += [

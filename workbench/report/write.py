@@ -59,7 +59,7 @@ def load(store: Store, run_id: str, run_dir: Path, keep_percent: float | None = 
     records = store.stages(run_id)
     stages = [{"name": s.name, "status": s.status, "seconds": s.seconds, "error": s.error} for s in records]
     # a partial stage's error lists every part that failed (variant, model or measurement) and why
-    failures = [f"{s.name}: {s.error}" for s in records if s.status in ("partial", "failed") and s.error]
+    failures = [f"{s.name}: {s.error}" for s in records if s.status in ("partial", "failed", "crashed") and s.error]
     if comparison.task is None:
         failures.append("no evaluation results: nothing to judge the variants by")
     elif wanted and comparison.task != wanted:

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from workbench import workers
+from workbench.errors import Interrupted, WorkbenchError
 from workbench.recipe import Recipe
 from workbench.store import Store
 
 KEYED_LIBRARIES = ("workbench", "torch", "transformers", "peft", "trl", "bitsandbytes", "accelerate")
 
 
-class StageInterrupted(Exception):
+class StageInterrupted(Interrupted):
     """The stage stopped on request after saving what it can resume from."""
 
 
@@ -39,6 +42,20 @@ class StageContext:
         print(f"[{self.stage}] {message}", flush=True)
         self.event("message", text=message)
 
+    def log_path(self, name: str) -> Path:
+        """Where a worker's output about `name` goes: <run>/logs/<stage>/<name>.log, kept after the stage."""
+        return self.run_dir / "logs" / self.stage / f"{re.sub(r'[^A-Za-z0-9._+-]+', '_', name)}.log"
+
+    def start_worker(
+        self, task: str, job: dict[str, Any], *, name: str, log_name: str | None = None, **options: Any
+    ) -> workers.Running:
+        """A worker (see workbench.workers; same options) whose log is kept with the run."""
+        return workers.start(task, job, name=name, log=self.log_path(log_name or name), **options)
+
+    def run_worker(self, task: str, job: dict[str, Any], **options: Any) -> workers.Outcome:
+        """`start_worker` and wait for its outcome."""
+        return self.start_worker(task, job, **options).wait()
+
 
 @dataclass
 class Stage:
@@ -46,6 +63,8 @@ class Stage:
     needs: tuple[str, ...]
     key_inputs: Callable[[Recipe], dict[str, Any]]  # recipe sections and input hashes
     run: Callable[[StageContext], list[dict[str, Any]]]  # returns artifacts (paths relative to out)
+    # cache-key fields (dotted, under "inputs.") whose change still lets unfinished work resume
+    resumable: frozenset[str] = frozenset()
 
 
 def library_versions() -> dict[str, str]:
@@ -58,11 +77,46 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def cache_key(stage: Stage, recipe: Recipe, upstream: dict[str, str]) -> str:
+def key_payload(stage: Stage, recipe: Recipe, upstream: dict[str, str]) -> dict[str, Any]:
+    """Everything a stage's output depends on: its recipe sections and inputs, upstream keys, versions."""
     payload = {
         "stage": stage.name,
         "inputs": stage.key_inputs(recipe),
         "upstream": upstream,
         "versions": library_versions(),
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+    return json.loads(json.dumps(payload, sort_keys=True, default=str))
+
+
+def cache_key(payload: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def differences(old: Any, new: Any, path: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted path, old, new) for every leaf that differs between two key payloads."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        found = []
+        for key in sorted(set(old) | set(new)):
+            found += differences(old.get(key), new.get(key), f"{path}.{key}" if path else key)
+        return found
+    return [] if old == new else [(path, old, new)]
+
+
+def same_minor(old: Any, new: Any) -> bool:
+    """A patch upgrade (1.16.0 -> 1.16.2) and nothing more."""
+    return isinstance(old, str) and isinstance(new, str) and old.split(".")[:2] == new.split(".")[:2]
+
+
+def can_resume(stage: Stage, changes: list[tuple[str, Any, Any]]) -> bool:
+    """Whether unfinished work made under another key may continue under this one."""
+    return all(
+        (path.startswith("versions.") and same_minor(old, new)) or path.removeprefix("inputs.") in stage.resumable
+        for path, old, new in changes
+    )
+
+
+def failure_line(name: str, exc: Exception) -> str:
+    """One line naming what failed (a variant, a model): workers' errors already start with its name."""
+    text = str(exc) if isinstance(exc, WorkbenchError) else f"{type(exc).__name__}: {exc}"
+    text = text.strip() or type(exc).__name__
+    return text if text.startswith(name) else f"{name}: {text}"

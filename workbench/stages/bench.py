@@ -6,29 +6,23 @@ from __future__ import annotations
 
 import json
 import platform
-import traceback
 from importlib import metadata
 from typing import Any
 
 from workbench.bench import vllm_bench
 from workbench.devices import pick_device, usable_cores
-from workbench.export.run_measured import run_measured
+from workbench.fsutil import atomic_write_text
 from workbench.recipe import Recipe
-from workbench.stages.base import Stage, StageContext
-from workbench.stages.evaluation import last_error
+from workbench.stages.base import Stage, StageContext, failure_line
 
 VLLM_FORMATS = ("hf", "gptq", "awq")
-
-
-class BenchFailed(RuntimeError):
-    pass
 
 
 def key_inputs(recipe: Recipe) -> dict[str, Any]:
     """The section, the backends' versions and the machine: numbers from another machine are not reused."""
     versions = {name: version_of(name) for name in ("llama_cpp_python", "gptqmodel", "vllm")}
     return {
-        "bench": recipe.bench.model_dump(mode="json"),
+        "bench": recipe.bench.model_dump(mode="json", exclude={"timeout_s"}),
         "versions": versions,
         "machine": {"cores": usable_cores(), "device": pick_device("auto"), "node": platform.node()},
     }
@@ -60,17 +54,18 @@ def plan_jobs(variants: list[dict[str, Any]], recipe: Recipe, cuda: bool, vllm: 
     return jobs
 
 
-def bench_one(ctx: StageContext, job: dict[str, Any], index: int) -> dict[str, Any]:
-    job_file = ctx.work / f"job-{index}.json"
-    out = ctx.work / f"result-{index}.json"
-    job_file.write_text(json.dumps({**job, "out": str(out)}))
+def bench_one(ctx: StageContext, job: dict[str, Any]) -> dict[str, Any]:
+    """One measurement in a worker; raises WorkerFailed when it fails."""
+    where = f"{job['device']}-{job['backend']}"
     ctx.say(f"{job['variant']} on {job['device']} ({job['backend']})")
-    result = run_measured(["-m", "workbench.bench.worker", str(job_file)], echo=False)
-    if result.returncode != 0 or not out.is_file():
-        raise BenchFailed(f"benchmark exited with {result.returncode}: {last_error(result.output)}")
-    measured = json.loads(out.read_text())
-    measured["peak_rss_mb"] = result.peak_rss_mb
-    return measured
+    outcome = ctx.run_worker(
+        "bench.measure",
+        job,
+        name=job["variant"],
+        log_name=f"{job['variant']}-{where}",
+        timeout=ctx.recipe.bench.timeout_s,
+    )
+    return {**outcome.value(), "peak_rss_mb": outcome.peak_rss_mb}
 
 
 def describe(record: dict[str, Any]) -> str:
@@ -91,20 +86,20 @@ def run(ctx: StageContext) -> list[dict[str, Any]]:
         ctx.say("no CUDA device: GPU benchmarks skipped")
     jobs = plan_jobs(ctx.store.variants(ctx.run_id), ctx.recipe, cuda, cuda and vllm_bench.available())
     records = []
-    for index, job in enumerate(jobs):
+    for job in jobs:
         keep = {k: v for k, v in job.items() if k not in ("path", "vllm_concurrency")}
         try:
-            record = {**keep, **bench_one(ctx, job, index)}
+            record = {**keep, **bench_one(ctx, job)}
         except Exception as exc:  # noqa: BLE001 - one failed measurement is recorded, the rest go on
-            error = str(exc) if isinstance(exc, BenchFailed) else "".join(traceback.format_exception_only(exc)).strip()
-            ctx.failures.append(f"{job['variant']} on {job['device']} ({job['backend']}): {error}")
+            error = failure_line(job["variant"], exc)
+            ctx.failures.append(f"{error.splitlines()[0]} (on {job['device']}, {job['backend']})")
             record = {**keep, "status": "failed", "error": error}
         ctx.say(f"{job['variant']} on {job['device']} ({job['backend']}): {describe(record)}")
         ctx.event("benchmarked", **record)
         records.append(record)
     ctx.store.replace_bench(ctx.run_id, records)
     results = ctx.out / "results.json"
-    results.write_text(json.dumps({"cuda": cuda, "results": records}, indent=2))
+    atomic_write_text(results, json.dumps({"cuda": cuda, "results": records}, indent=2))
     return [{"name": "bench-results", "kind": "bench", "path": results.name, "size": results.stat().st_size}]
 
 

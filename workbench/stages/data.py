@@ -7,7 +7,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from workbench.data.dataset import check_bad_rows, load_data, split_rows, token_lengths
+from workbench.data.dataset import DataError, check_bad_rows, load_data, split_rows, token_lengths
 from workbench.fsutil import hash_path
 from workbench.models import resolve_model
 from workbench.recipe import Recipe
@@ -51,12 +51,36 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
+def held_out_users(recipe: Recipe) -> list[str]:
+    """What in the recipe evaluates on the held-out rows."""
+    users = []
+    if "heldout" in recipe.eval.tasks:
+        users.append("eval.tasks has heldout")
+    if recipe.eval.fidelity_rows:
+        users.append(f"eval.fidelity_rows is {recipe.eval.fidelity_rows}")
+    return users
+
+
+def check_held_out(recipe: Recipe, usable: int, held_out: int) -> None:
+    """A held-out split of 0 rows is refused unless nothing evaluates on it."""
+    users = held_out_users(recipe)
+    if held_out or not users:
+        return
+    needed = next(n for n in range(1, 10**6) if round(n * recipe.data.held_out) >= 1) if recipe.data.held_out else None
+    more = f"at least {needed} rows give data.held_out {recipe.data.held_out:g} one row, " if needed else ""
+    raise DataError(
+        f"data.held_out is {recipe.data.held_out:g}: of {usable} usable rows none would be held out, but "
+        f"{' and '.join(users)}; {more}or set data.held_out to a count (e.g. 1), "
+        "or turn evaluation on held-out rows off (eval.tasks without heldout, eval.fidelity_rows: 0)"
+    )
+
+
 def run(ctx: StageContext) -> list[dict[str, Any]]:
     from transformers import AutoTokenizer
 
     section = ctx.recipe.data
     path = ctx.recipe.resolve_path(section.path)
-    data = load_data(path, section.format, section.system_prompt)
+    data = load_data(path, section.format, section.system_prompt, section.encoding)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(ctx.recipe.base_model))
     lengths = token_lengths([row for _, row in data.rows], tokenizer)
     too_long = {
@@ -71,6 +95,7 @@ def run(ctx: StageContext) -> list[dict[str, Any]]:
         ctx.say(f"bad {info} (tolerated, data.max_bad_rows={section.max_bad_rows})")
 
     train, held_out = split_rows(data.rows, section.held_out, section.split_seed)
+    check_held_out(ctx.recipe, len(data.rows), len(held_out))
     write_jsonl(ctx.out / "train.jsonl", [{"number": n, **row} for n, row in train])
     write_jsonl(ctx.out / "held_out.jsonl", [{"number": n, **row} for n, row in held_out])
     write_jsonl(ctx.out / "bad_rows.jsonl", [{"number": b.number, "reason": b.reason} for b in data.bad])

@@ -6,25 +6,22 @@ from __future__ import annotations
 
 import difflib
 import json
-import re
 import shutil
-import traceback
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from workbench.devices import pick_device
+from workbench.errors import StageFailed
 from workbench.evaluate import tasks
-from workbench.export.measure import MARKER
-from workbench.export.run_measured import run_measured
-from workbench.fsutil import hash_path
+from workbench.fsutil import atomic_write_text, hash_path
 from workbench.models import display_name, resolve_model
 from workbench.recipe import Recipe
-from workbench.stages.base import Stage, StageContext
+from workbench.stages.base import Stage, StageContext, failure_line
 from workbench.stages.data import read_jsonl
 
 
-class EvalFailed(RuntimeError):
+class EvalFailed(StageFailed):
     pass
 
 
@@ -34,7 +31,7 @@ def task_folders(recipe: Recipe) -> list[Path]:
 
 def key_inputs(recipe: Recipe) -> dict[str, Any]:
     return {
-        "eval": recipe.eval.model_dump(mode="json"),
+        "eval": recipe.eval.model_dump(mode="json", exclude={"timeout_s"}),
         "task_files": [hash_path(folder) if folder.exists() else None for folder in task_folders(recipe)],
         "lm_eval": metadata.version("lm_eval"),
         "llama_cpp": metadata.version("llama_cpp_python"),
@@ -78,8 +75,8 @@ def fidelity_sequences(rows: list[dict[str, Any]], tokenizer: Any, count: int) -
 
 
 def evaluate_model(ctx: StageContext, model: dict[str, Any], common: dict[str, Any]) -> dict[str, Any]:
-    """One model in a child process; its results folder is kept in the work folder until the stage ends,
-    so an interrupted stage does not evaluate finished models again."""
+    """One model in a worker; its results folder is kept in the work folder until the stage ends, so an
+    interrupted stage does not evaluate finished models again. Raises WorkerFailed when it fails."""
     out = ctx.work / "models" / model["name"]
     done = out / "results.json"
     fingerprint = model_fingerprint(Path(model["path"]))
@@ -91,25 +88,14 @@ def evaluate_model(ctx: StageContext, model: dict[str, Any], common: dict[str, A
     job = {**common, **model, "out": str(out)}
     if model["role"] != "variant":
         job["fidelity"] = None  # the reference is itself; the base model is not an export of it
-    job_file = ctx.work / f"job-{model['name']}.json"
-    job_file.write_text(json.dumps(job))
     ctx.say(f"evaluating {model['name']} ({model['format']})")
-    result = run_measured(["-m", "workbench.evaluate.worker", str(job_file)])
-    if result.returncode != 0 or not done.is_file():
-        raise EvalFailed(f"evaluation exited with {result.returncode}: {last_error(result.output)}")
-    summary = json.loads(done.read_text())
-    summary["seconds"]["total"] = round(result.seconds, 2)
-    summary["peak_mem_mb"] = result.peak_rss_mb
+    outcome = ctx.run_worker("eval.model", job, name=model["name"], timeout=ctx.recipe.eval.timeout_s, echo=True)
+    summary = outcome.value()
+    summary["seconds"]["total"] = outcome.seconds
+    summary["peak_mem_mb"] = outcome.peak_rss_mb
     summary["fingerprint"] = fingerprint
-    done.write_text(json.dumps(summary, indent=2))
+    atomic_write_text(done, json.dumps(summary, indent=2))
     return summary
-
-
-def last_error(output: str) -> str:
-    """The exception line of a child's traceback (else its last line): the part a user needs to see."""
-    lines = [line.strip() for line in output.splitlines() if line.strip() and not line.startswith(MARKER)]
-    errors = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Interrupt)\b", line)]
-    return (errors or lines or ["no output"])[-1]
 
 
 def model_fingerprint(path: Path) -> str | None:
@@ -168,9 +154,9 @@ def run(ctx: StageContext) -> list[dict[str, Any]]:
         try:
             summary = evaluate_model(ctx, model, common)
         except Exception as exc:  # noqa: BLE001 - one model's failure is recorded, the rest go on
-            error = str(exc) if isinstance(exc, EvalFailed) else "".join(traceback.format_exception_only(exc)).strip()
-            ctx.failures.append(f"{model['name']}: {error.splitlines()[0]}")
-            ctx.say(f"{model['name']} FAILED: {error}")
+            error = failure_line(model["name"], exc)
+            ctx.failures.append(error.splitlines()[0])
+            ctx.say(f"FAILED: {error}")
             summaries[model["name"]] = {**model, "status": "failed", "error": error}
             continue
         summaries[model["name"]] = {**model, "status": "done", **summary}
@@ -182,7 +168,7 @@ def run(ctx: StageContext) -> list[dict[str, Any]]:
     results_dir = ctx.work / "models"
     shutil.move(results_dir, ctx.out / "models")
     results = ctx.out / "results.json"
-    results.write_text(json.dumps({"models": list(summaries.values()), "metrics": rows}, indent=2))
+    atomic_write_text(results, json.dumps({"models": list(summaries.values()), "metrics": rows}, indent=2))
     ctx.store.replace_metrics(ctx.run_id, rows)
     return [{"name": "eval-results", "kind": "eval", "path": results.name, "size": results.stat().st_size}]
 

@@ -1,40 +1,42 @@
-"""Export stage: quantized variants of the merged model. One failing variant never stops the others."""
+"""Export stage: quantized variants of the merged model, each made and then checked in its own worker
+(see workbench.workers). One failing variant — an error, a native crash, a timeout — never stops the others."""
 
 from __future__ import annotations
 
-import json
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from workbench import parity, preflight
-from workbench.export import gguf, gptq, nf4
-from workbench.export.run_measured import Measured, run_measured
+from workbench import parity, preflight, workers
+from workbench.errors import StageFailed
+from workbench.export import gguf, gptq
 from workbench.fsutil import dir_size
 from workbench.models import display_name
 from workbench.recipe import Recipe
-from workbench.stages.base import Stage, StageContext
+from workbench.stages.base import Stage, StageContext, failure_line
 from workbench.stages.data import read_jsonl
 from workbench.variants import Variant, variant_name
 
+# how long a worker may take; not part of the cache key (they do not change what is made)
+TIMEOUT_FIELDS = {"timeout_s", "check_timeout_s"}
+
+
+class ExportFailed(StageFailed):
+    pass
+
 
 def key_inputs(recipe: Recipe) -> dict[str, Any]:
-    return {"export": recipe.export.model_dump(mode="json"), "llama_cpp": metadata.version("llama_cpp_python")}
+    return {
+        "export": recipe.export.model_dump(mode="json", exclude=TIMEOUT_FIELDS),
+        "llama_cpp": metadata.version("llama_cpp_python"),
+    }
 
 
 def held_out_conversations(ctx: StageContext, count: int) -> list[list[dict[str, str]]]:
     rows = read_jsonl(ctx.inputs["data"] / "held_out.jsonl")
     return [row["messages"] for row in rows if "messages" in row][:count]
-
-
-def record_parity(ctx: StageContext, variant: Variant, result: parity.ParityResult) -> None:
-    variant.meta["parity"] = result.to_dict()
-    if not result.passed:
-        where = result.first_difference or result.stop_token
-        ctx.say(f"{variant.name}: SERVING PARITY FAILED: {where}")
 
 
 @dataclass
@@ -44,15 +46,41 @@ class ExportInputs:
     merged: Variant
     tokenizer: Any  # the training tokenizer and chat template (saved with the merged model)
     smoke_prompts: list[list[dict[str, str]]]  # held-out conversations without their answers
-    conversations: list[list[dict[str, str]]]  # held-out conversations for the parity check
-
-    def check_parity(self, ctx: StageContext, variant: Variant, check: Callable[..., parity.ParityResult]) -> None:
-        if self.conversations:
-            record_parity(ctx, variant, check(self.tokenizer, Path(variant.path), self.conversations))
+    expected: parity.Expected  # held-out conversations as training rendered them, for the parity check
 
 
-def record_measurement(variant: Variant, result: Measured) -> None:
-    variant.seconds, variant.peak_mem_mb = round(result.seconds, 2), result.peak_rss_mb
+def record_parity(ctx: StageContext, inputs: ExportInputs, variant: Variant, result: dict[str, Any]) -> None:
+    variant.meta["parity"] = parity.with_training_text(result, inputs.tokenizer)
+    if result["status"] == "failed":
+        where = result["first_difference"] or result["stop_token"]
+        ctx.say(f"{variant.name}: SERVING PARITY FAILED: {where}")
+    elif result["status"] == "skipped":
+        ctx.say(f"{variant.name}: parity check skipped ({result['reason']})")
+
+
+def check(ctx: StageContext, inputs: ExportInputs, variant: Variant, smoke: bool = True) -> None:
+    """Serving parity and the smoke answers, loaded as a server would, in a worker. Raises WorkerFailed
+    (the variant fails) when it errs, crashes or times out; a parity result found first is kept."""
+    job = {
+        "path": variant.path,
+        "format": variant.format,
+        "expected": inputs.expected.to_dict(),
+        "smoke_prompts": inputs.smoke_prompts if smoke else [],
+    }
+    timeout = ctx.recipe.export.check_timeout_s
+    running = ctx.start_worker(
+        "variant.check", job, name=variant.name, log_name=f"{variant.name}-check", timeout=timeout
+    )
+    for event in running.events():
+        if "parity" in event:
+            record_parity(ctx, inputs, variant, event["parity"])
+    result = running.wait().value()
+    if smoke:
+        variant.meta["smoke"] = result.get("smoke", [])
+
+
+def record_measurement(variant: Variant, outcome: workers.Outcome) -> None:
+    variant.seconds, variant.peak_mem_mb = outcome.seconds, outcome.peak_rss_mb
 
 
 def attempt(ctx: StageContext, variant: Variant, build: Callable[[Variant], None]) -> Variant:
@@ -64,45 +92,43 @@ def attempt(ctx: StageContext, variant: Variant, build: Callable[[Variant], None
         ctx.say(f"{variant.name}: {variant.size / 1e6:.1f} MB in {variant.seconds:.1f}s")
     except Exception as exc:  # noqa: BLE001 - any exporter error becomes the variant's error
         variant.status = "failed"
-        variant.error = "".join(traceback.format_exception_only(exc)).strip()
-        ctx.failures.append(f"{variant.name}: {variant.error.splitlines()[0]}")
-        ctx.say(f"{variant.name} FAILED: {variant.error.splitlines()[0]}")
+        variant.error = failure_line(variant.name, exc)
+        ctx.failures.append(variant.error.splitlines()[0])
+        ctx.say(f"FAILED: {variant.error.splitlines()[0]}")
     ctx.event("variant", **variant.to_dict())
     return variant
 
 
 def export_gguf(ctx: StageContext, inputs: ExportInputs) -> list[Variant]:
-    types, merged = ctx.recipe.export.gguf, inputs.merged
-    if not types:
+    section, merged = ctx.recipe.export, inputs.merged
+    if not section.gguf:
         return []
-    version = metadata.version("llama_cpp_python")
+    version, timeout = metadata.version("llama_cpp_python"), section.timeout_s
     stem = merged.name
-    source = ctx.out / f"{stem}-F16.gguf" if "f16" in types else ctx.work / f"{stem}-F16.gguf"
+    source = ctx.out / f"{stem}-F16.gguf" if "f16" in section.gguf else ctx.work / f"{stem}-F16.gguf"
 
-    def smoke(variant: Variant) -> None:
-        inputs.check_parity(ctx, variant, parity.check_gguf)
-        variant.meta["smoke"] = [
-            {"prompt": messages[-1]["content"], "reply": gguf.chat(Path(variant.path), messages)}
-            for messages in inputs.smoke_prompts
-        ]
+    def finish(variant: Variant, outcome: workers.Outcome) -> None:
+        record_measurement(variant, outcome)
+        variant.meta["tensor_types"] = gguf.tensor_types(Path(variant.path))
+        check(ctx, inputs, variant)
 
     def build_f16(variant: Variant) -> None:
-        result = gguf.convert(Path(merged.path), source, "f16")
-        record_measurement(variant, result)
-        variant.meta["tensor_types"] = gguf.tensor_types(source)
-        smoke(variant)
+        outcome = gguf.convert(Path(merged.path), source, "f16", log=ctx.log_path(variant.name), timeout=timeout)
+        outcome.value()
+        finish(variant, outcome)
 
     def builder(gguf_type: str) -> Callable[[Variant], None]:
         def build(variant: Variant) -> None:
             if not source.is_file():
-                raise gguf.ExportFailed("no f16 GGUF to quantize from (its conversion failed)")
-            result, fallbacks = gguf.quantize(source, Path(variant.path), gguf_type)
-            record_measurement(variant, result)
-            variant.meta["tensor_types"] = gguf.tensor_types(Path(variant.path))
+                raise ExportFailed(f"{variant.name}: no f16 GGUF to quantize from (its conversion failed)")
+            log = ctx.log_path(variant.name)
+            outcome = gguf.quantize(source, Path(variant.path), gguf_type, log=log, timeout=timeout)
+            outcome.value()
+            fallbacks = gguf.fallbacks(outcome.log.read_text(errors="replace") if outcome.log else "")
             variant.meta["fallbacks"] = fallbacks
             if fallbacks:
                 ctx.say(f"{len(fallbacks)} tensors fell back to another type (rows not a multiple of the block)")
-            smoke(variant)
+            finish(variant, outcome)
 
         return build
 
@@ -120,16 +146,16 @@ def export_gguf(ctx: StageContext, inputs: ExportInputs) -> list[Variant]:
         )
 
     f16 = attempt(ctx, new_variant("f16", merged.name), build_f16)
-    done = [f16] if "f16" in types else ([] if f16.status == "done" else [f16])
-    for gguf_type in [t for t in types if t != "f16"]:
+    done = [f16] if "f16" in section.gguf else ([] if f16.status == "done" else [f16])
+    for gguf_type in [t for t in section.gguf if t != "f16"]:
         done.append(attempt(ctx, new_variant(gguf_type, f16.name), builder(gguf_type)))
     return done  # an f16 made only as a source stays in the work folder, removed with it
 
 
 def export_nf4(ctx: StageContext, inputs: ExportInputs) -> list[Variant]:
-    if not ctx.recipe.export.nf4:
+    section, merged = ctx.recipe.export, inputs.merged
+    if not section.nf4:
         return []
-    merged = inputs.merged
     out = ctx.out / f"{merged.name}-BNB-NF4"
     variant = Variant(
         name=out.name,
@@ -142,12 +168,11 @@ def export_nf4(ctx: StageContext, inputs: ExportInputs) -> list[Variant]:
     )
 
     def build(variant: Variant) -> None:
-        result = run_measured(["-m", "workbench.export.nf4", merged.path, str(out)])
-        if result.returncode != 0:
-            raise gguf.ExportFailed(f"nf4 export exited with {result.returncode}", result.output)
-        record_measurement(variant, result)
-        inputs.check_parity(ctx, variant, parity.check_hf)
-        variant.meta["smoke"] = [{"prompt": m[-1]["content"], "reply": nf4.chat(out, m)} for m in inputs.smoke_prompts]
+        job = {"merged": merged.path, "out": str(out)}
+        outcome = ctx.run_worker("nf4.export", job, name=variant.name, timeout=section.timeout_s, echo=True)
+        outcome.value()
+        record_measurement(variant, outcome)
+        check(ctx, inputs, variant)
 
     return [attempt(ctx, variant, build)]
 
@@ -179,28 +204,21 @@ def export_gptq_awq(ctx: StageContext, inputs: ExportInputs) -> list[Variant]:
         )
 
         def build(variant: Variant, method: str = method, out: Path = out) -> None:
-            job = ctx.work / f"{method}-job.json"
-            job.write_text(
-                json.dumps(
-                    {
-                        "method": method,
-                        "merged": merged.path,
-                        "out": str(out),
-                        "calibration": calibration,
-                        "bits": section.bits,
-                        "group_size": section.group_size,
-                        "desc_act": section.desc_act,
-                        "smoke": inputs.smoke_prompts,
-                        "smoke_out": str(ctx.work / f"{method}-smoke.json"),
-                    }
-                )
-            )
-            result = run_measured(["-m", "workbench.export.gptq", str(job)])
-            if result.returncode != 0 or not (out / "quantize_config.json").is_file():
-                raise gguf.ExportFailed(f"{method} export exited with {result.returncode}", result.output)
-            record_measurement(variant, result)
-            variant.meta["smoke"] = json.loads((ctx.work / f"{method}-smoke.json").read_text())
-            inputs.check_parity(ctx, variant, parity.check_hf)
+            job = {
+                "method": method,
+                "merged": merged.path,
+                "out": str(out),
+                "calibration": calibration,
+                "bits": section.bits,
+                "group_size": section.group_size,
+                "desc_act": section.desc_act,
+            }
+            outcome = ctx.run_worker("gptq.export", job, name=variant.name, timeout=section.timeout_s, echo=True)
+            outcome.value()
+            if not (out / "quantize_config.json").is_file():
+                raise ExportFailed(f"{variant.name}: GPTQModel wrote no quantize_config.json")
+            record_measurement(variant, outcome)
+            check(ctx, inputs, variant)
 
         variants.append(attempt(ctx, variant, build))
     return variants
@@ -234,13 +252,18 @@ def run(ctx: StageContext) -> list[dict[str, Any]]:
     )
     preflight_export(ctx, merged_dir)
     section = ctx.recipe.export
+    tokenizer = AutoTokenizer.from_pretrained(merged_dir)  # saved there by the train stage
     inputs = ExportInputs(
         merged=merged,
-        tokenizer=AutoTokenizer.from_pretrained(merged_dir),  # saved by the train stage
+        tokenizer=tokenizer,
         smoke_prompts=[m[:-1] for m in held_out_conversations(ctx, section.smoke_prompts)],
-        conversations=held_out_conversations(ctx, section.parity_prompts),
+        expected=parity.Expected.of(tokenizer, held_out_conversations(ctx, section.parity_prompts)),
     )
-    inputs.check_parity(ctx, merged, parity.check_hf)
+    try:
+        check(ctx, inputs, merged, smoke=False)
+    except workers.WorkerFailed as exc:  # the reference stays usable; the report names the failed check
+        ctx.failures.append(str(exc))
+        ctx.say(f"FAILED: {exc}")
     variants = [merged, *export_gguf(ctx, inputs), *export_nf4(ctx, inputs), *export_gptq_awq(ctx, inputs)]
     # paths point into the temporary folder until the stage is renamed into place
     final = ctx.run_dir / ctx.stage
@@ -248,9 +271,6 @@ def run(ctx: StageContext) -> list[dict[str, Any]]:
         variant.path = str(final / Path(variant.path).name)
     ctx.store.replace_variants(ctx.run_id, ["hf", "gguf", "nf4", "gptq", "awq"], [v.to_dict() for v in variants])
     exported = [v for v in variants[1:] if v.status == "done"]
-    failed = [v for v in variants[1:] if v.status == "failed"]
-    if failed and not exported:
-        raise gguf.ExportFailed(f"every export failed: {', '.join(v.name for v in failed)}")
     return [
         {"name": v.name, "kind": v.format, "path": Path(v.path).name, "size": v.size, "meta": {"bits": v.bits}}
         for v in exported

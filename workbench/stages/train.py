@@ -129,9 +129,18 @@ def sft_config(ctx: StageContext, section: TrainSection, device: str, epochs: fl
 
 
 def last_checkpoint(folder: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    """The newest complete checkpoint. The Trainer writes trainer_state.json last, so a checkpoint a kill
+    interrupted while it was being saved lacks it (or holds half of it) and is passed over."""
+    numbered = (
+        [p for p in folder.glob("checkpoint-*") if p.name.rsplit("-", 1)[-1].isdigit()] if folder.is_dir() else []
+    )
+    for path in sorted(numbered, key=lambda p: int(p.name.rsplit("-", 1)[-1]), reverse=True):
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            continue
+        return str(path)
+    return None
 
 
 def run(ctx: StageContext) -> list[dict[str, Any]]:
@@ -204,4 +213,6 @@ def run(ctx: StageContext) -> list[dict[str, Any]]:
     return [{"name": kind, "kind": kind, "path": ".", "size": size, "meta": summary}]
 
 
-STAGE = Stage(name="train", needs=("data",), key_inputs=key_inputs, run=run)
+# a longer (or shorter) training, or other checkpoint spacing, continues from the checkpoints it has
+RESUMABLE = frozenset({"train.max_steps", "train.epochs", "train.checkpoint_every"})
+STAGE = Stage(name="train", needs=("data",), key_inputs=key_inputs, run=run, resumable=RESUMABLE)

@@ -7,7 +7,7 @@ from typing import Any
 from workbench.common import STAGE_ORDER
 from workbench.store import StageRecord
 
-MARKS = {"done": "✓", "partial": "~", "failed": "✗", "interrupted": "‖", "running": "…"}
+MARKS = {"done": "✓", "partial": "~", "failed": "✗", "interrupted": "‖", "running": "…", "crashed": "!"}
 
 
 def duration(seconds: float | None) -> str:
@@ -51,15 +51,3 @@ def training_line(log: dict[str, Any] | None) -> str:
     if log.get("eta_s") is not None:
         parts.append(f"ETA {duration(log['eta_s'])}")
     return "training: " + " · ".join(parts)
-
-
-def tail(path: Any, lines: int = 200) -> list[str]:
-    """The last lines of a log file, carriage-return progress bars reduced to their latest state."""
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, 2)
-            handle.seek(max(0, handle.tell() - 64 * 1024))
-            text = handle.read().decode("utf-8", errors="replace")
-    except OSError:
-        return []
-    return [line.rsplit("\r", 1)[-1] for line in text.splitlines()[-lines:]]

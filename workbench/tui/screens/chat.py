@@ -5,7 +5,6 @@ itself and the tok/s compare); the app itself never loads a model."""
 from __future__ import annotations
 
 import contextlib
-import subprocess
 import threading
 from typing import Any
 
@@ -17,8 +16,8 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, SelectionList, Static
 from textual.worker import get_current_worker
 
-from workbench import chat
-from workbench.common import RunError
+from workbench import chat, workers
+from workbench.errors import RunError
 from workbench.tui.text import plain
 
 MIN_WIDTH = 26
@@ -78,7 +77,7 @@ class ChatScreen(Screen):
         self.run_id = run_id
         self.found: list[dict[str, Any]] = []
         self.system_prompt: str | None = None
-        self.process: subprocess.Popen | None = None  # the model process answering now
+        self.running: workers.Running | None = None  # the model process answering now
         self.lock = threading.Lock()  # between the answering thread starting one and `stop` killing it
 
     def compose(self) -> ComposeResult:
@@ -143,12 +142,12 @@ class ChatScreen(Screen):
         conversation = chat.messages(prompt, self.system_prompt)
         worker = get_current_worker()
 
-        def started(process: subprocess.Popen) -> None:
+        def started(running: workers.Running) -> None:
             with self.lock:
                 if worker.is_cancelled:  # stopped while this one was starting
-                    process.kill()
+                    running.stop()
                 else:
-                    self.process = process
+                    self.running = running
 
         for candidate, panel in zip(chosen, panels, strict=True):
             if worker.is_cancelled:
@@ -162,8 +161,8 @@ class ChatScreen(Screen):
     def action_stop(self) -> None:
         with self.lock:
             self.workers.cancel_group(self, "arena")
-            if self.process is not None and self.process.poll() is None:
-                self.process.kill()
+            if self.running is not None:
+                self.running.stop()
         for panel in self.query(Answer):
             panel.stop()
 

@@ -14,6 +14,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Label, Static, TextArea
 
 from workbench import launcher
+from workbench.errors import RunError
 
 if TYPE_CHECKING:
     from workbench.recipe import Recipe  # pydantic: loaded when a recipe is checked, not at start-up
@@ -90,11 +91,11 @@ class NewRunScreen(Screen):
         if checked is None:
             return
         path, run_id = checked
-        pid = launcher.live_worker(self.app.store, run_id)  # type: ignore[attr-defined]
-        if pid is not None:
-            self.query_one("#problems", Static).update(f"run {run_id} is already running (pid {pid})")
+        try:
+            launcher.launch(path, self.app.home, run_id, self.overrides())  # type: ignore[attr-defined]
+        except RunError as exc:  # the run has a live worker
+            self.query_one("#problems", Static).update(str(exc))
             return
-        launcher.launch(path, self.app.home, run_id, self.overrides())  # type: ignore[attr-defined]
         from workbench.tui.screens.run import RunScreen
 
         self.app.switch_screen(RunScreen(run_id))

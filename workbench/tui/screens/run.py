@@ -12,6 +12,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Log, Static, TabbedContent, TabPane
 from textual_plotext import PlotextPlot
 
+from workbench.common import tail
 from workbench.tui import progress
 from workbench.tui.tables import cell
 from workbench.tui.tabs import NumberedTabs, tab_keys
@@ -85,7 +86,7 @@ class RunScreen(NumberedTabs, Screen):
         self.query_one("#training", Static).update(progress.training_line(last))
         self.plot_curve()
         self.show_artifacts(store.artifacts(self.run_id))
-        lines = progress.tail(self.app.home / self.run_id / "worker.log")  # type: ignore[attr-defined]
+        lines = tail(self.app.home / self.run_id / "worker.log")  # type: ignore[attr-defined]
         if lines != self.log_lines:
             log = self.query_one("#log", Log)
             log.clear()

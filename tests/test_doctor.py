@@ -1,0 +1,71 @@
+"""`workbench doctor`: each backend tried in its own worker; a crash is named, with advice, and the exit
+status says whether the recipe's backends work."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import write_recipe
+
+from workbench import doctor
+from workbench.cli import main
+from workbench.doctor.build import contradiction
+
+
+def recipe_needing_llama_cpp_and_torch(tmp_path: Path, tiny_model: Path) -> Path:
+    data = tmp_path / "qa.json"
+    data.write_text(json.dumps([{"question": "q", "answer": "a"}] * 4))
+    return write_recipe(tmp_path, tiny_model, data, export={"gguf": ["q8_0"]})
+
+
+def test_a_crashing_backend_is_named_and_fails_the_doctor(
+    tmp_path: Path, tiny_model: Path, fault: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recipe = recipe_needing_llama_cpp_and_torch(tmp_path, tiny_model)
+    fault("decode:Q8_0:segv")  # as ggml's AMX kernels crash on virtualised Xeons
+    assert main(["--home", str(tmp_path / "runs"), "doctor", "--for", str(recipe)]) == 3
+    out = capsys.readouterr().out
+    assert "llama.cpp decode q8_0" in out and "CRASHED" in out
+    assert "llama.cpp decode q8_0: decoding Q8_0 crashed (SIGSEGV) — see " in out
+    assert "torch generate (cpu)" in out and "gptqmodel 4-bit kernel" not in out  # only what the recipe needs
+    assert "NOT OK: llama.cpp cannot work here" in out and "make llama-cpp" in out
+
+
+def test_a_working_machine_passes_and_reports_as_json(
+    tmp_path: Path, tiny_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recipe = recipe_needing_llama_cpp_and_torch(tmp_path, tiny_model)
+    assert main(["--home", str(tmp_path / "runs"), "doctor", "--for", str(recipe), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["failing"] == [] and report["needed"] == ["torch", "llama.cpp"]
+    probes = {probe["name"]: probe for probe in report["probes"]}
+    assert (
+        probes["llama.cpp decode q8_0"]["status"] == "done" and probes["llama.cpp decode q8_0"]["result"]["tokens"] == 4
+    )
+    assert "CPU :" in probes["llama.cpp build info"]["result"]["system_info"]
+    assert report["machine"]["usable_cores"] >= 1 and report["versions"]["torch"]
+
+
+def test_advice_for_an_amx_build_on_an_amx_cpu() -> None:
+    report = doctor.Report(
+        machine={"features": ["avx512f", "amx_tile", "amx_int8"]},
+        versions={},
+        llama_build={"system_info": "CPU : AVX512 = 1 | AMX_INT8 = 1 |"},
+        probes=[doctor.Probe("llama.cpp decode q8_0", "llama.cpp", {"probe": "llama.cpp decode"}, status="crashed")],
+        needed=["torch", "llama.cpp"],
+    )
+    assert report.failing == ["llama.cpp"]
+    (advice,) = doctor.advice(report)
+    assert "AMX" in advice and "#20824" in advice and "`make llama-cpp`" in advice
+    report.machine["features"] = ["avx2"]  # no AMX: a generic build is the way out
+    assert "GGML_NATIVE=OFF" in doctor.advice(report)[0]
+
+
+def test_an_install_that_contradicts_its_flags_is_caught() -> None:
+    flags = "-DGGML_NATIVE=ON -DCMAKE_C_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16'"
+    assert contradiction(flags, "CPU : AVX512 = 1 | AMX_INT8 = 1 |")  # a wheel cached from an AMX build
+    assert contradiction(flags, "CPU : AVX512 = 1 | AVX512_VNNI = 1 |") is None
+    assert contradiction("-DGGML_NATIVE=ON", "CPU : AMX_INT8 = 1 |") is None  # AMX asked for

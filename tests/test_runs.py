@@ -1,0 +1,201 @@
+"""Runs are accounted for: a dead worker reads `crashed` (also when its pid was reused), one worker per run,
+`cancel` signals only the process it started, the store's schema version, unfinished work never thrown
+away, and every refusal printed as one message."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import addition_rows, train_steps, write_recipe
+from transformers import TrainerCallback
+
+from workbench import launcher
+from workbench.cli import main
+from workbench.recipe import load_recipe
+from workbench.runner import run_recipe
+from workbench.stages.base import StageInterrupted
+from workbench.store import BASELINE, SCHEMA_VERSION, Store, StoreError
+
+CLI = [sys.executable, "-m", "workbench.cli"]
+
+
+@pytest.fixture
+def data_file(tmp_path: Path) -> Path:
+    path = tmp_path / "qa.json"
+    path.write_text(json.dumps(addition_rows(72)))
+    return path
+
+
+def wait_for(condition, seconds: float = 120) -> bool:  # noqa: ANN001
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_two_detached_starts_of_one_run_one_is_refused(tmp_path: Path, tiny_model: Path, data_file: Path) -> None:
+    path = write_recipe(tmp_path, tiny_model, data_file, train={"max_steps": 500, "checkpoint_every": 100})
+    home = tmp_path / "runs"
+    command = [*CLI, "--home", str(home), "run", str(path), "--detach"]
+    starts = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(p.wait(), *p.communicate()) for p in starts]
+    try:
+        assert sorted(code for code, _, _ in results) == [0, 2]
+        refused = next(err for code, _, err in results if code == 2)
+        assert "run tiny is already running (pid " in refused
+        store = Store(home / "workbench.db")
+        assert wait_for(lambda: store.run("tiny") is not None and store.live_status(store.run("tiny")) == "running")
+        assert main(["--home", str(home), "run", str(path)]) == 2  # a foreground start is refused too
+    finally:
+        store = Store(home / "workbench.db")
+        pid = launcher.live_worker(store, "tiny")
+        assert launcher.cancel(store, "tiny")
+    assert wait_for(lambda: store.live_status(store.run("tiny")) == "interrupted", 60), pid
+
+
+def test_cancel_never_signals_a_process_that_reused_the_pid(tmp_path: Path) -> None:
+    stranger = subprocess.Popen(["sleep", "60"])
+    try:
+        store = Store(tmp_path / "workbench.db")
+        store.upsert_run("r", "r", {"name": "r"}, None, stranger.pid)
+        store.db.execute("UPDATE runs SET pid_started = pid_started - 1000 WHERE id='r'")  # an earlier process
+        assert store.live_status(store.run("r")) == "crashed"
+        assert not launcher.cancel(store, "r")
+        time.sleep(0.2)
+        assert stranger.poll() is None  # untouched
+
+        store.upsert_run("r", "r", {"name": "r"}, None, stranger.pid)  # now it really is the worker
+        assert store.live_status(store.run("r")) == "running" and launcher.cancel(store, "r")
+        assert stranger.wait(5) == -15
+    finally:
+        stranger.kill()
+
+
+def test_an_old_store_is_migrated_and_a_newer_one_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "workbench.db"
+    old = sqlite3.connect(path)  # a store as the first versions wrote it: no user_version, no pid_started
+    old.executescript(BASELINE)
+    old.execute(
+        "INSERT INTO runs (id, name, recipe, status, created, updated, pid) VALUES ('a', 'a', '{}', 'done', 1, 2, 1)"
+    )
+    old.commit()
+    old.close()
+    store = Store(path)
+    assert store.version() == SCHEMA_VERSION == 2
+    assert store.run("a")["status"] == "done" and store.run("a")["pid_started"] is None
+    store.upsert_run("b", "b", {"name": "b"}, None, os.getpid())
+    assert store.live_status(store.run("b")) == "running"
+    store.close()
+
+    newer = sqlite3.connect(path)
+    newer.execute("PRAGMA user_version=99")
+    newer.close()
+    with pytest.raises(StoreError, match=r"written by a newer workbench \(store version 99; this one reads up to 2\)"):
+        Store(path)
+    assert main(["--home", str(tmp_path), "runs"]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "newer workbench" in err and "Traceback" not in err
+
+
+class InterruptAt(TrainerCallback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_begin(self, args, state, control, **kwargs):  # noqa: ANN001
+        if state.global_step == self.step:
+            raise KeyboardInterrupt  # as Ctrl-C does, between two steps
+
+
+def interrupted_training(path: Path, home: Path, monkeypatch: pytest.MonkeyPatch, overrides: list[str]) -> None:
+    import trl
+
+    original = trl.SFTTrainer.__init__
+
+    def with_interrupt(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+        kwargs["callbacks"] = [*kwargs.get("callbacks", []), InterruptAt(4)]
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(trl.SFTTrainer, "__init__", with_interrupt)
+    with pytest.raises((KeyboardInterrupt, StageInterrupted)):
+        run_recipe(load_recipe(path, overrides), home, stages=["train"])
+    monkeypatch.setattr(trl.SFTTrainer, "__init__", original)
+
+
+def test_unfinished_training_continues_when_only_its_length_changed(
+    tmp_path: Path, tiny_model: Path, data_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_recipe(tmp_path, tiny_model, data_file, train={"max_steps": 12, "checkpoint_every": 2})
+    home = tmp_path / "runs"
+    interrupted_training(path, home, monkeypatch, [])
+    run_recipe(load_recipe(path, ["train.max_steps=14"]), home, stages=["train"])
+    messages = [e["text"] for e in Store(home / "workbench.db").events("tiny", stage="train", kind="message")]
+    assert any(m.startswith("continuing the unfinished work") and "train.max_steps: 12 -> 14" in m for m in messages)
+    assert "resuming from checkpoint-4" in messages
+    assert train_steps(home) == [1, 2, 3, 4, *range(5, 15)]  # continued, not started again
+
+
+def test_unfinished_training_of_another_configuration_is_kept_aside(
+    tmp_path: Path, tiny_model: Path, data_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_recipe(tmp_path, tiny_model, data_file, train={"max_steps": 12, "checkpoint_every": 2})
+    home = tmp_path / "runs"
+    interrupted_training(path, home, monkeypatch, [])
+    work = list((home / "tiny" / ".work").glob("train-*"))
+    assert len(work) == 1 and (work[0] / "checkpoints" / "checkpoint-4").is_dir()
+
+    run_recipe(load_recipe(path, ["train.learning_rate=1e-3"]), home, stages=["train"])  # cannot continue that
+    kept = list((home / "tiny" / ".work" / "kept").glob("train-*"))
+    assert len(kept) == 1 and (kept[0] / "checkpoints" / "checkpoint-4").is_dir()  # kept, not deleted
+    messages = [e["text"] for e in Store(home / "workbench.db").events("tiny", stage="train", kind="message")]
+    said = next(m for m in messages if "cannot continue" in m)
+    assert "train.learning_rate: 0.005 -> 0.001" in said and str(kept[0]) in said
+    assert train_steps(home)[-12:] == list(range(1, 13))  # trained from the start
+
+
+def test_a_tiny_dataset_is_refused_in_the_data_stage_with_the_numbers(
+    tmp_path: Path, tiny_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "qa.json"
+    data.write_text(json.dumps(addition_rows(3)))
+    path = write_recipe(tmp_path, tiny_model, data, data={"held_out": 0.1})
+    home = tmp_path / "runs"
+    assert main(["--home", str(home), "run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "data.held_out is 0.1: of 3 usable rows none would be held out, but eval.tasks has heldout" in err
+    assert "at least 6 rows give data.held_out 0.1 one row" in err
+    assert Store(home / "workbench.db").stage("tiny", "data").status == "failed"
+    assert not (home / "tiny" / "train").exists()
+
+    path = write_recipe(
+        tmp_path, tiny_model, data, data={"held_out": 0.1}, eval={"tasks": ["general"], "fidelity_rows": 0}
+    )
+    assert main(["--home", str(home), "run", str(path), "--stages", "data"]) == 0  # nothing evaluates on them
+
+
+def test_a_preflight_refusal_is_one_message_not_a_traceback(
+    tmp_path: Path,
+    tiny_llama_256: Path,
+    data_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from workbench import preflight
+
+    path = write_recipe(tmp_path, tiny_llama_256, data_file, data={"max_length": 128}, train={"max_steps": 1})
+    home = tmp_path / "runs"
+    assert main(["--home", str(home), "run", str(path), "--stages", "train"]) == 0
+    monkeypatch.setattr(preflight, "available_memory", lambda: 10_000_000)
+    capsys.readouterr()
+    assert main(["--home", str(home), "run", str(path), "--stages", "merge"]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("error: merge refused before starting: needs ~") and "0.01 GB available" in err
+    assert "Traceback" not in err

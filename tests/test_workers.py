@@ -1,0 +1,148 @@
+"""The worker contract: job in, result out, events streamed, output logged, time and memory measured, a
+timeout that ends the whole process group, a death by signal turned into one plain error."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from workbench import workers
+
+
+def selftest(tmp_path: Path, timeout: float | None = None, **job: object) -> workers.Outcome:
+    return workers.run("workers.selftest", job, name="Q8_0.gguf", log=tmp_path / "x.log", timeout=timeout)
+
+
+def gone(pid: int, within: float = 10.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_result_events_output_and_memory(tmp_path: Path) -> None:
+    running = workers.start(
+        "workers.selftest",
+        {"echo": [1, "two"], "events": 3, "say": "hello from the child"},
+        name="t",
+        log=tmp_path / "x.log",
+    )
+    assert list(running.events()) == [{"number": 0}, {"number": 1}, {"number": 2}]
+    outcome = running.outcome
+    assert outcome is not None and outcome.ok and outcome.status == "done" and outcome.error is None
+    assert outcome.value() == {"echo": [1, "two"]}
+    assert "hello from the child" in (tmp_path / "x.log").read_text() and outcome.tail[-1] == "hello from the child"
+    assert outcome.seconds > 0 and outcome.returncode == 0
+
+
+def test_peak_memory_is_the_childs_own(tmp_path: Path) -> None:
+    small = selftest(tmp_path)
+    large = selftest(tmp_path, do="memory", megabytes=300)
+    assert small.peak_rss_mb is not None and large.peak_rss_mb is not None
+    assert large.peak_rss_mb - small.peak_rss_mb > 250
+
+
+def test_an_exception_is_one_line_naming_the_phase(tmp_path: Path) -> None:
+    outcome = selftest(tmp_path, do="raise", phase="smoke check", message="no such tensor")
+    assert outcome.status == "failed"
+    assert outcome.error == "Q8_0.gguf: smoke check failed: ValueError: no such tensor"
+    assert "Traceback" in (tmp_path / "x.log").read_text()  # the whole story stays in the log
+    with pytest.raises(workers.WorkerFailed, match="smoke check failed"):
+        outcome.value()
+
+
+def test_a_segfault_is_named_with_its_signal_and_log(tmp_path: Path) -> None:
+    outcome = selftest(tmp_path, do="crash", phase="smoke check")
+    assert outcome.status == "crashed" and outcome.returncode == -signal.SIGSEGV
+    assert outcome.error == f"Q8_0.gguf: smoke check crashed (SIGSEGV) — see {tmp_path / 'x.log'}"
+    assert "Segmentation fault" in (tmp_path / "x.log").read_text()  # faulthandler's Python stack
+    assert outcome.result is None and outcome.peak_rss_mb is None
+
+
+def test_an_exit_without_a_result_is_a_failure(tmp_path: Path) -> None:
+    outcome = selftest(tmp_path, do="exit", status=3, say="last words")
+    assert outcome.status == "failed" and outcome.returncode == 3
+    assert "self-test exited with status 3 without a result (last words)" in outcome.error
+
+
+def test_a_hung_child_and_everything_it_started_end_at_the_timeout(tmp_path: Path) -> None:
+    script = tmp_path / "grandchild.py"
+    script.write_text("import time\ntime.sleep(3600)\n")
+    started = time.monotonic()
+    running = workers.start(
+        "workers.selftest", {"do": "hang", "spawn": [sys.executable, str(script)]}, name="t", log=tmp_path / "x.log",
+        timeout=2,
+    )  # fmt: skip
+    events = list(running.events())
+    outcome = running.outcome
+    assert outcome is not None and outcome.status == "timed_out"
+    assert outcome.error == f"t: self-test timed out after 2 s — see {tmp_path / 'x.log'}"
+    assert time.monotonic() - started < 2 + workers.KILL_GRACE_S + 5
+    assert gone(running.pid, 1) and gone(events[0]["grandchild"])  # its process group went with it
+
+
+def test_leaving_the_events_early_stops_the_child(tmp_path: Path) -> None:
+    running = workers.start("workers.selftest", {"do": "hang", "events": 1}, name="t", log=tmp_path / "x.log")
+    for _ in running.events():
+        break
+    assert running.outcome is not None and running.outcome.status == "stopped" and gone(running.pid, 1)
+
+
+def test_a_killed_parent_takes_its_worker_along(tmp_path: Path) -> None:
+    """SIGKILL gives the parent no chance to clean up: the child notices and ends its own process group."""
+    pid_file = tmp_path / "child.pid"
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
+                from pathlib import Path
+                from workbench import workers
+                running = workers.start("workers.selftest", {{"do": "hang"}}, name="t")
+                Path({str(pid_file)!r}).write_text(str(running.pid))
+                running.wait()
+            """),
+        ]
+    )
+    deadline = time.monotonic() + 30
+    while not pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child = int(pid_file.read_text())
+    assert not gone(child, 0.5)
+    parent.kill()
+    parent.wait()
+    assert gone(child, 5)
+
+
+def test_only_registered_tasks_run(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown worker task 'os:system'"):
+        workers.start("os:system", {}, name="t", log=tmp_path / "x.log")
+
+
+def test_stop_from_another_thread(tmp_path: Path) -> None:
+    import threading
+
+    running = workers.start("workers.selftest", {"do": "hang"}, name="t", log=tmp_path / "x.log")
+    threading.Timer(1.0, running.stop).start()
+    outcome = running.wait()
+    assert outcome.status == "stopped" and outcome.error == "t: self-test stopped"
+    assert gone(running.pid, 1)
+
+
+def test_a_crash_after_the_result_is_reported_does_not_undo_it(tmp_path: Path) -> None:
+    """Native libraries can abort in their static destructors at exit (seen with torch.compile's pools under
+    GPTQModel): the worker leaves without running them, and a result that arrived whole stands."""
+    outcome = selftest(tmp_path, do="crash-at-exit", echo="kept")
+    assert outcome.status == "done" and outcome.value() == {"echo": "kept"}

