@@ -11,8 +11,10 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_NO_ADVISORY_WARNI
 # AMX off: ggml's AMX kernels crash on virtualised Sapphire/Granite Rapids CPUs (llama.cpp #20824), which
 # is where cloud CPU servers run. `make llama-cpp LLAMA_AMX=1` keeps them; `workbench doctor` tells
 # whether they work. `make llama-cpp LLAMA_CMAKE_ARGS=-DGGML_NATIVE=OFF` builds for any AVX2 CPU.
+# (The flags exist on x86-64 only; elsewhere the build is plain native.)
 AMX_OFF := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
-LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=ON$(if $(LLAMA_AMX),, -DCMAKE_C_FLAGS='$(AMX_OFF)' -DCMAKE_CXX_FLAGS='$(AMX_OFF)')
+X86 := $(filter x86_64 amd64,$(shell uname -m))
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=ON$(if $(LLAMA_AMX)$(if $(X86),,no),, -DCMAKE_C_FLAGS='$(AMX_OFF)' -DCMAKE_CXX_FLAGS='$(AMX_OFF)')
 
 .PHONY: install model doctor run test lint lock clean llama-cpp
 

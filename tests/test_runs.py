@@ -59,7 +59,8 @@ def test_two_detached_starts_of_one_run_one_is_refused(tmp_path: Path, tiny_mode
         store = Store(home / "workbench.db")
         pid = launcher.live_worker(store, "tiny")
         assert launcher.cancel(store, "tiny")
-    assert wait_for(lambda: store.live_status(store.run("tiny")) == "interrupted", 60), pid
+    stopped = wait_for(lambda: store.live_status(store.run("tiny")) == "interrupted", 60)
+    assert stopped, (pid, store.live_status(store.run("tiny")), store.stages("tiny"), store.log_tail("tiny", 30))
 
 
 def test_cancel_never_signals_a_process_that_reused_the_pid(tmp_path: Path) -> None:
@@ -199,3 +200,25 @@ def test_a_preflight_refusal_is_one_message_not_a_traceback(
     err = capsys.readouterr().err
     assert err.startswith("error: merge refused before starting: needs ~") and "0.01 GB available" in err
     assert "Traceback" not in err
+
+
+def test_a_checkpoint_past_a_shorter_length_is_kept_aside_not_resumed(
+    tmp_path: Path, tiny_model: Path, data_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_recipe(tmp_path, tiny_model, data_file, train={"max_steps": 12, "checkpoint_every": 2})
+    home = tmp_path / "runs"
+    interrupted_training(path, home, monkeypatch, [])  # checkpoint-4
+    run_recipe(load_recipe(path, ["train.max_steps=3"]), home, stages=["train"])
+    messages = [e["text"] for e in Store(home / "workbench.db").events("tiny", stage="train", kind="message")]
+    assert any(m.startswith("checkpoint-4 is past the 3 steps asked for; training from the start") for m in messages)
+    assert train_steps(home)[-3:] == [1, 2, 3]  # a 3-step adapter, not the 4-step one under a 3-step key
+    assert list((home / "tiny" / ".work" / "kept").glob("checkpoints-*/checkpoint-4"))
+
+
+def test_a_stage_left_running_by_a_gone_worker_never_reads_running(tmp_path: Path) -> None:
+    store = Store(tmp_path / "workbench.db")
+    store.upsert_run("r", "r", {"name": "r"}, None, os.getpid())
+    store.start_stage("r", "train", "key")  # the worker died here; a later run did only `--stages data`
+    store.set_run_status("r", "done")
+    (train,) = store.stages("r")
+    assert train.status == "crashed" and "the next run redoes it" in train.error

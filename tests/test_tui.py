@@ -45,6 +45,7 @@ def test_progress_lines_on_fixed_records(tmp_path: Path) -> None:
     log = {"step": 34, "total_steps": 64, "loss": 0.1234, "learning_rate": 5e-4, "tokens_per_s": 112.4, "eta_s": 150}
     running = store.stages("done-run")[:1]
     assert progress.pipeline(store.stages("done-run")) == "data✓ train✓ merge✗ export· eval· bench· report·"
+    store.set_run_status("done-run", "running")  # its worker (this process) is training again
     store.start_stage("done-run", "train", "k")
     assert progress.pipeline(store.stages("done-run"), log).startswith("data✓ train 34/64 merge✗")
     assert progress.training_line(log) == "training: step 34/64 · loss 0.1234 · lr 5.00e-04 · 112 tok/s · ETA 2m30s"

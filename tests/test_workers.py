@@ -57,7 +57,7 @@ def test_peak_memory_is_the_childs_own(tmp_path: Path) -> None:
 def test_an_exception_is_one_line_naming_the_phase(tmp_path: Path) -> None:
     outcome = selftest(tmp_path, do="raise", phase="smoke check", message="no such tensor")
     assert outcome.status == "failed"
-    assert outcome.error == "Q8_0.gguf: smoke check failed: ValueError: no such tensor"
+    assert outcome.error == f"Q8_0.gguf: smoke check failed: ValueError: no such tensor — see {tmp_path / 'x.log'}"
     assert "Traceback" in (tmp_path / "x.log").read_text()  # the whole story stays in the log
     with pytest.raises(workers.WorkerFailed, match="smoke check failed"):
         outcome.value()

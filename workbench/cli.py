@@ -6,6 +6,7 @@ import argparse
 import datetime as dt
 import faulthandler
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -401,6 +402,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `workbench show RUN | head`: the reader has gone; exit as a piped tool does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as exc:  # noqa: BLE001 - problems the user can fix get a message; anything else raises
         return _explain(exc)
 

@@ -63,7 +63,8 @@ def signal_process(pid: int, started: float | None, signum: int) -> bool:
     got the pid later. Through a pidfd where the system has them, so the check and the signal cannot race."""
     handle = None
     try:
-        handle = os.pidfd_open(pid) if hasattr(os, "pidfd_open") else None
+        with contextlib.suppress(AttributeError, OSError):  # no pidfds here (older kernels, some sandboxes)
+            handle = os.pidfd_open(pid)
         if not is_alive(pid, started):
             return False
         if handle is not None:

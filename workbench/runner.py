@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import traceback
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -63,12 +62,11 @@ def run_recipe(
 def _run(recipe: Recipe, home: Path, run_id: str, names: list[str], force: list[str]) -> None:
     run_dir = home / run_id
     store = Store(home / "workbench.db")
-    store.upsert_run(
-        run_id, recipe.name, recipe.model_dump(mode="json"), str(recipe.source) if recipe.source else None, os.getpid()
-    )
     keys: dict[str, str] = {}
     redone: set[str] = set()  # stages run in this call; what needs them runs again too
-    try:
+    try:  # from the moment the run reads `running`, an interrupt is recorded as one
+        recipe_path = str(recipe.source) if recipe.source else None
+        store.upsert_run(run_id, recipe.name, recipe.model_dump(mode="json"), recipe_path, os.getpid())
         for name in names:
             stage = STAGES[name]
             payload = key_payload(stage, recipe, {need: keys[need] for need in stage.needs})
@@ -112,9 +110,7 @@ def work_folder(ctx: StageContext, payload: dict[str, Any]) -> None:
             os.rename(old, work)
             ctx.say(f"continuing the unfinished work of an earlier attempt ({said})")
             continue
-        kept = work.parent / "kept" / f"{old.name}-{uuid.uuid4().hex[:6]}"
-        kept.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(old, kept)
+        kept = ctx.keep_aside(old)
         ctx.say(
             f"the unfinished work of an earlier attempt cannot continue under this configuration ({said}); "
             f"kept in {kept} — delete it when no longer needed"

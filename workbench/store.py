@@ -106,11 +106,15 @@ class StoreError(ResourceError):
 
 
 def process_started(pid: int) -> float | None:
-    """When a process started (seconds since the epoch), or None when there is no such process."""
+    """When a process started, as an identity for it: on Linux its start in clock ticks since boot (a
+    wall-clock step does not move it), elsewhere psutil's create time. None when there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return float(stat.rsplit(")", 1)[1].split()[19])  # field 22, starttime; the name may hold spaces
+    except (OSError, IndexError, ValueError):
+        pass
     try:
         return psutil.Process(pid).create_time()
-    except (psutil.NoSuchProcess, psutil.ZombieProcess):
-        return None
     except psutil.Error:
         return None
 
@@ -121,12 +125,11 @@ def is_alive(pid: int | None, started: float | None) -> bool:
     if not pid:
         return False
     try:
-        process = psutil.Process(pid)
-        if process.status() == psutil.STATUS_ZOMBIE:
+        if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
             return False
-        return started is None or abs(process.create_time() - started) < 0.01
     except psutil.Error:
         return False
+    return started is None or process_started(pid) == started
 
 
 @dataclass
@@ -233,7 +236,7 @@ class Store:
         rows = self.db.execute("SELECT * FROM stages WHERE run_id=? ORDER BY started", (run_id,)).fetchall()
         records = [StageRecord(**{k: r[k] for k in StageRecord.__dataclass_fields__}) for r in rows]
         run = self.run(run_id)
-        if run is not None and any(r.status == "running" for r in records) and self.live_status(run) == "crashed":
+        if run is not None and any(r.status == "running" for r in records) and self.live_status(run) != "running":
             gone = f"its worker (pid {run['pid']}) ended without finishing it; the next run redoes it"
             records = [replace(r, status="crashed", error=gone) if r.status == "running" else r for r in records]
         order = {name: index for index, name in enumerate(STAGE_ORDER)}

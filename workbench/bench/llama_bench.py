@@ -3,6 +3,7 @@ llama-cpp-python was built from, so the workbench's llama.cpp numbers can be che
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shlex
@@ -24,8 +25,10 @@ CMAKE_FLAGS = [
 ]
 
 
-def build_dir(flavour: str = "installed") -> Path:
-    name = f"llama.cpp-{llamacpp_tools.llama_cpp_version()}-build" + ("" if flavour == "installed" else f"-{flavour}")
+def build_dir(flavour: str = "installed", cmake_args: list[str] | None = None) -> Path:
+    """Per flavour and per CMake arguments: a build with other flags is another folder."""
+    digest = hashlib.sha256(shlex.join(cmake_args or []).encode()).hexdigest()[:8]
+    name = f"llama.cpp-{llamacpp_tools.llama_cpp_version()}-build-{flavour}-{digest}"
     return llamacpp_tools.tools_dir().with_name(name)
 
 
@@ -45,17 +48,17 @@ def find_or_build() -> Path:
 def build(cmake_args: list[str], flavour: str = "installed") -> Path:
     """llama-bench from the vendored sources with `cmake_args`, kept per flavour (an earlier build is reused).
     Needs cmake, a C++ compiler and the llama-cpp-python sdist from PyPI once; a few minutes on 2 cores."""
-    binary = build_dir(flavour) / "bin" / "llama-bench"
+    binary = build_dir(flavour, cmake_args) / "bin" / "llama-bench"
     if binary.is_file():
         return binary
     if not shutil.which("cmake"):
         raise RuntimeError("building llama-bench needs cmake on PATH (or set WORKBENCH_LLAMA_BENCH)")
-    source = build_dir().with_name(build_dir().name + "-src")
+    source = llamacpp_tools.tools_dir().with_name(f"llama.cpp-{llamacpp_tools.llama_cpp_version()}-src")
     if not (source / "CMakeLists.txt").is_file():
         with tempfile.TemporaryDirectory() as tmp:
             print("fetching the llama.cpp sources of the installed llama-cpp-python ...", flush=True)
             llamacpp_tools.extract_vendored(llamacpp_tools.download_sdist(Path(tmp)), source)
-    work = build_dir(flavour).with_name(build_dir(flavour).name + "-cmake")
+    work = build_dir(flavour, cmake_args).with_name(build_dir(flavour, cmake_args).name + "-cmake")
     print(f"building llama-bench ({flavour}: {shlex.join(cmake_args) or 'defaults'}) ...", flush=True)
     configure = ["cmake", "-S", str(source), "-B", str(work), *CMAKE_FLAGS, *cmake_args]
     subprocess.run(configure, check=True, stdout=subprocess.DEVNULL)

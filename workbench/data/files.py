@@ -35,9 +35,12 @@ def read_rows(path: Path, encoding: str = "utf-8") -> tuple[list[Any], str]:
 
 def read_text(path: Path, encoding: str) -> str:
     try:
-        codec = codecs.lookup(encoding).name
+        info = codecs.lookup(encoding)
     except LookupError:
         raise DataFileError(f"{path}: data.encoding {encoding!r} is not an encoding Python knows") from None
+    if not getattr(info, "_is_text_encoding", True):  # base64, rot13, ...: codecs, but not for text
+        raise DataFileError(f"{path}: data.encoding {encoding!r} is not a text encoding")
+    codec = info.name
     data = path.read_bytes()
     try:
         return data.decode("utf-8-sig" if codec == "utf-8" else codec)

@@ -40,7 +40,7 @@ class Probe:
     name: str  # "llama.cpp decode q8_0 (cpu)"
     backend: str
     job: dict[str, Any]
-    status: str = "not run"  # done | failed | crashed | timed_out
+    status: str = "not run"  # done | skipped | failed | crashed | timed_out
     error: str | None = None
     seconds: float | None = None
     result: dict[str, Any] = field(default_factory=dict)
@@ -57,7 +57,8 @@ class Report:
     @property
     def failing(self) -> list[str]:
         """Needed backends with a probe that did not work."""
-        return sorted({p.backend for p in self.probes if p.status != "done" and p.backend in self.needed})
+        working = ("done", "skipped")
+        return sorted({p.backend for p in self.probes if p.status not in working and p.backend in self.needed})
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "failing": self.failing, "advice": advice(self)}
@@ -160,6 +161,8 @@ def run_probes(report: Report, home: Path, gguf_types: list[str], on_probe: Any 
         outcome = workers.run("doctor.probe", probe.job, name=probe.name, log=log, timeout=PROBE_TIMEOUT_S)
         probe.status, probe.error, probe.seconds = outcome.status, outcome.error, outcome.seconds
         probe.result = outcome.result or {}
+        if "skipped" in probe.result:
+            probe.status = "skipped"
         report.probes.append(probe)
         if on_probe:
             on_probe(probe)
@@ -174,7 +177,9 @@ def gguf_types_of(recipe: Any | None) -> list[str]:
 def probe_line(probe: Probe) -> str:
     mark = "OK" if probe.status == "done" else probe.status.upper().replace("_", " ")
     text = f"  {probe.name:32} {mark:9} {probe.seconds or 0:5.1f} s"
-    return f"{text}  {probe.result.get('detail', '')}" if probe.status == "done" else f"{text}\n      {probe.error}"
+    if probe.status in ("done", "skipped"):
+        return f"{text}  {probe.result.get('detail') or probe.result.get('skipped', '')}"
+    return f"{text}\n      {probe.error}"
 
 
 def system_info(report: Report) -> str:

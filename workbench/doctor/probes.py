@@ -89,6 +89,9 @@ def tiny_llama(device: str) -> Any:
 def torch_generate(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
     import torch
 
+    if job["device"] == "cuda" and not torch.cuda.is_available():
+        return {"skipped": "an NVIDIA device is present but torch cannot use CUDA; runs use the CPU"}
+
     model = tiny_llama(job["device"])
     ids = torch.tensor([[1, 5, 9, 13]], device=job["device"])
     with torch.inference_mode():
@@ -101,6 +104,9 @@ def bitsandbytes_nf4(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
     """An nf4 layer (as QLoRA training and the nf4 variant use) quantized and run forward."""
     import bitsandbytes as bnb
     import torch
+
+    if job["device"] == "cuda" and not torch.cuda.is_available():
+        return {"skipped": "torch cannot use CUDA here"}
 
     layer = bnb.nn.Linear4bit(256, 256, bias=False, compute_dtype=torch.float32, quant_type="nf4")
     layer = layer.to(job["device"])  # quantizes the weight

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -41,6 +43,13 @@ class StageContext:
     def say(self, message: str) -> None:
         print(f"[{self.stage}] {message}", flush=True)
         self.event("message", text=message)
+
+    def keep_aside(self, path: Path) -> Path:
+        """Move unfinished work that cannot be used now to <run>/.work/kept/ (never deleted); returns where."""
+        kept = self.run_dir / ".work" / "kept" / f"{path.name}-{uuid.uuid4().hex[:6]}"
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(path, kept)
+        return kept
 
     def log_path(self, name: str) -> Path:
         """Where a worker's output about `name` goes: <run>/logs/<stage>/<name>.log, kept after the stage."""

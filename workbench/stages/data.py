@@ -20,8 +20,9 @@ def model_fingerprint(base_model: str) -> str:
 
 
 def key_inputs(recipe: Recipe) -> dict[str, Any]:
+    section = recipe.data.model_dump(mode="json", exclude={"encoding"} if recipe.data.encoding == "utf-8" else None)
     return {
-        "data": recipe.data.model_dump(mode="json"),
+        "data": section,
         "data_file": hash_path(recipe.resolve_path(recipe.data.path)),
         "base_model": model_fingerprint(recipe.base_model),
     }
@@ -66,7 +67,8 @@ def check_held_out(recipe: Recipe, usable: int, held_out: int) -> None:
     users = held_out_users(recipe)
     if held_out or not users:
         return
-    needed = next(n for n in range(1, 10**6) if round(n * recipe.data.held_out) >= 1) if recipe.data.held_out else None
+    fraction = recipe.data.held_out
+    needed = next((n for n in range(1, 10**6) if round(n * fraction) >= 1), None) if fraction else None
     more = f"at least {needed} rows give data.held_out {recipe.data.held_out:g} one row, " if needed else ""
     raise DataError(
         f"data.held_out is {recipe.data.held_out:g}: of {usable} usable rows none would be held out, but "

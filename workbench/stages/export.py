@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
@@ -83,6 +84,17 @@ def record_measurement(variant: Variant, outcome: workers.Outcome) -> None:
     variant.seconds, variant.peak_mem_mb = outcome.seconds, outcome.peak_rss_mb
 
 
+def made(outcome: workers.Outcome, output: Path) -> None:
+    """An exporter's outcome: when it failed, what it left of its output (a truncated file, in the stage's
+    own temporary folder) is removed first, so nothing is made from it."""
+    if not outcome.ok:
+        if output.is_dir():
+            shutil.rmtree(output, ignore_errors=True)
+        else:
+            output.unlink(missing_ok=True)
+    outcome.value()
+
+
 def attempt(ctx: StageContext, variant: Variant, build: Callable[[Variant], None]) -> Variant:
     """Run one exporter; its failure is recorded on the variant and the stage goes on."""
     ctx.say(f"exporting {variant.name}")
@@ -114,7 +126,7 @@ def export_gguf(ctx: StageContext, inputs: ExportInputs) -> list[Variant]:
 
     def build_f16(variant: Variant) -> None:
         outcome = gguf.convert(Path(merged.path), source, "f16", log=ctx.log_path(variant.name), timeout=timeout)
-        outcome.value()
+        made(outcome, source)
         finish(variant, outcome)
 
     def builder(gguf_type: str) -> Callable[[Variant], None]:
@@ -123,7 +135,7 @@ def export_gguf(ctx: StageContext, inputs: ExportInputs) -> list[Variant]:
                 raise ExportFailed(f"{variant.name}: no f16 GGUF to quantize from (its conversion failed)")
             log = ctx.log_path(variant.name)
             outcome = gguf.quantize(source, Path(variant.path), gguf_type, log=log, timeout=timeout)
-            outcome.value()
+            made(outcome, Path(variant.path))
             fallbacks = gguf.fallbacks(outcome.log.read_text(errors="replace") if outcome.log else "")
             variant.meta["fallbacks"] = fallbacks
             if fallbacks:
@@ -170,7 +182,7 @@ def export_nf4(ctx: StageContext, inputs: ExportInputs) -> list[Variant]:
     def build(variant: Variant) -> None:
         job = {"merged": merged.path, "out": str(out)}
         outcome = ctx.run_worker("nf4.export", job, name=variant.name, timeout=section.timeout_s, echo=True)
-        outcome.value()
+        made(outcome, out)
         record_measurement(variant, outcome)
         check(ctx, inputs, variant)
 
@@ -214,7 +226,7 @@ def export_gptq_awq(ctx: StageContext, inputs: ExportInputs) -> list[Variant]:
                 "desc_act": section.desc_act,
             }
             outcome = ctx.run_worker("gptq.export", job, name=variant.name, timeout=section.timeout_s, echo=True)
-            outcome.value()
+            made(outcome, out)
             if not (out / "quantize_config.json").is_file():
                 raise ExportFailed(f"{variant.name}: GPTQModel wrote no quantize_config.json")
             record_measurement(variant, outcome)

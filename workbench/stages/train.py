@@ -182,6 +182,10 @@ def run(ctx: StageContext) -> list[dict[str, Any]]:
         callbacks=[store_cb, interrupt_cb],
     )
     resume = last_checkpoint(ctx.work / "checkpoints")
+    if resume and int(resume.rsplit("-", 1)[-1]) >= steps:  # past the length asked for now
+        kept = ctx.keep_aside(ctx.work / "checkpoints")
+        ctx.say(f"{Path(resume).name} is past the {steps} steps asked for; training from the start ({kept} kept)")
+        resume = None
     if resume:
         ctx.say(f"resuming from {Path(resume).name}")
     with catch_interrupts(interrupt_cb):

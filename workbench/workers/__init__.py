@@ -161,7 +161,8 @@ class Running:
                 if line.strip():
                     self._tail.append(line)
                 if self.echo:
-                    print(line, flush=True)
+                    with contextlib.suppress(OSError, ValueError):  # a closed terminal must not stall the child
+                        print(line, flush=True)
 
     def _exited(self) -> bool:
         """Whether the child has ended, without reaping it: until it is reaped its process group id
@@ -293,14 +294,14 @@ class Running:
     def _judge(self, returncode: int) -> tuple[Status, str | None]:
         what = self._phase or TASKS[self.task].label
         see = f" — see {self.log}" if self._temp is None else ""
+        if self._result is not None:  # reported whole; a stop or a crash on the way out does not undo it
+            return "done", None
         if self._stop_reason == "timed_out":
             return "timed_out", f"{self.name}: {what} timed out after {self.timeout:g} s{see}"
         if self._stop_reason == "stopped":
             return "stopped", f"{self.name}: {what} stopped"
-        if self._result is not None:  # reported whole; a crash on the way out does not undo it
-            return "done", None
         if self._error is not None:
-            return "failed", f"{self.name}: {what} failed: {self._error}"
+            return "failed", f"{self.name}: {what} failed: {self._error}{see}"
         crash = signal_name(returncode)
         if crash:
             return "crashed", f"{self.name}: {what} crashed ({crash}){see}"
