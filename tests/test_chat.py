@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from workbench import chat
+from workbench import chat, workers
 from workbench.cli import main as cli
 from workbench.errors import RunError
 from workbench.store import Store
@@ -71,7 +70,7 @@ def test_a_broken_variant_reports_why(
     found = events({"path": str(tiny_ggufs["f16"]), "format": "gguf"})
     assert "loaded" in found[0] and found[-1] == {"error": "tiny-F16.gguf: answer crashed (SIGSEGV)"}
 
-    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
+    monkeypatch.setattr(workers, "PYTHON", [str(tmp_path / "no-such-python"), "-P"])
     assert "could not start the model process" in events({"path": "x", "format": "gguf"})[0]["error"]
 
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import faulthandler
-import json
 import os
 import sys
 from pathlib import Path
 
-from workbench import launcher
+from workbench import launcher, paths, safe
 from workbench.common import default_home
 from workbench.errors import RunError, WorkbenchError
 from workbench.report import runs, table, write
@@ -65,9 +64,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from workbench.evaluate.tasks import check_metric
     from workbench.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, args.set)
+    check_metric(recipe.eval.metric)
     print(f"{args.recipe}: ok (recipe {recipe.name!r}, base model {recipe.base_model})")
     return 0
 
@@ -81,7 +82,7 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
     print(f"format:  {data.format}")
     print(f"rows:    {data.total} ({len(data.rows)} good, {len(data.bad)} bad)")
     for info in data.bad[:20]:
-        print(f"  bad {info}")
+        _out(f"  bad {info}")
     if len(data.bad) > 20:
         print(f"  ... and {len(data.bad) - 20} more")
     if not data.rows:
@@ -94,11 +95,11 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
         tokenizer = AutoTokenizer.from_pretrained(resolve_model(args.model))
     except (ModelError, OSError) as exc:
         print(f"(no tokenizer: {exc}; showing the first row as data)")
-        print(json.dumps(data.rows[0][1], indent=2, ensure_ascii=False))
+        _out(safe.json_text(data.rows[0][1], indent=2, ensure_ascii=False))
         return 0 if not data.bad else 1
     number, first = data.rows[0]
     print(f"\nexample ({data.unit} {number}) through the chat template of {args.model}:\n")
-    print(render(first, tokenizer))
+    _out(render(first, tokenizer))
     stats = length_stats(token_lengths([row for _, row in data.rows], tokenizer))
     print("tokens:  " + ", ".join(f"{k} {v}" for k, v in stats.items()))
     return 0 if not data.bad else 1
@@ -154,7 +155,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
     doctor.run_probes(report, args.home, doctor.gguf_types_of(recipe), on_probe=None if args.json else show)
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
+        print(safe.json_text(report.to_dict(), indent=2))
     else:
         doctor.print_verdict(report)
     return 3 if report.failing else 0
@@ -181,11 +182,11 @@ def cmd_chat(args: argparse.Namespace) -> int:
         print(f"── {name if label == name else f'{label}: {name}'} ({candidate['format']})", flush=True)
         for event in chat.ask(chat.job(candidate, conversation, args.max_tokens)):
             if "text" in event:
-                print(event["text"], end="", flush=True)
+                _out(event["text"], end="", flush=True)
             elif "done" in event:
                 print(f"\n   {chat.describe(event['done'])}\n", flush=True)
             elif "error" in event:
-                print(f"   FAILED: {event['error']}\n", flush=True)
+                _out(f"   FAILED: {event['error']}\n", flush=True)
                 failed += 1
     return 1 if failed else 0
 
@@ -194,7 +195,7 @@ def cmd_tui(args: argparse.Namespace) -> int:
     if getattr(args, "web", False):
         from workbench.tui import web
 
-        web.serve(args.home, args.host, args.port)
+        web.serve(args.home, args.host, args.port, args.token, args.allow_host, args.max_sessions)
         return 0
     from workbench.tui.app import WorkbenchApp
 
@@ -215,7 +216,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print(f"{run['id']:24} {status:12} {_when(run['updated']):20} {stages}")
         if status == "crashed":
             last = store.log_tail(run["id"], 1)
-            print(f"{'':24} last words: {last[0] if last else '(no log)'}")
+            _out(f"{'':24} last words: {last[0] if last else '(no log)'}")
     return 0
 
 
@@ -230,10 +231,10 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"\n{'stage':10} {'status':12} {'time':>9}  error")
     for stage in store.stages(args.run):
         took = f"{stage.seconds:.1f}s" if stage.seconds else "-"
-        print(f"{stage.name:10} {stage.status:12} {took:>9}  {stage.error or ''}")
+        _out(f"{stage.name:10} {stage.status:12} {took:>9}  {stage.error or ''}")
     if status == "crashed":
         print(f"\nits worker (pid {run['pid']}) is gone; the last lines of {store.worker_log(args.run)}:")
-        print("\n".join(f"  {line}" for line in store.log_tail(args.run)) or "  (empty)")
+        _out("\n".join(f"  {line}" for line in store.log_tail(args.run)) or "  (empty)")
         print(f"`workbench run {run['recipe_path'] or '<recipe>'} --run-id {args.run}` resumes it")
     artifacts = store.artifacts(args.run)
     if artifacts:
@@ -256,13 +257,13 @@ def cmd_show(args: argparse.Namespace) -> int:
             note = repr(smoke[0]["reply"])[:40] if smoke else "-"
             if v["status"] == "failed":
                 note = f"FAILED: {v['error'].splitlines()[0]}"
-            print(f"{v['name']:44} {v['format']:6} {v['bits']:>5} {size:>10} {took:>7} {peak:>8} {parity:6}  {note}")
+            _out(f"{v['name']:44} {v['format']:6} {v['bits']:>5} {size:>10} {took:>7} {peak:>8} {parity:6}  {note}")
     metrics = store.metrics(args.run)
     if metrics:
         from workbench.evaluate.summary import format_table
 
         print("\nevaluation (lm-eval; fidelity vs the merged model: next-token KLD, top-1 agreement, perplexity ratio)")
-        print("\n".join(format_table(metrics)))
+        _out("\n".join(format_table(metrics)))
         print(f"per-sample outputs: {args.home / args.run / 'eval' / 'models'}/<model>/samples/")
     logs = store.events(args.run, stage="train", kind="train_log")
     if logs:
@@ -287,18 +288,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     store = Store(args.home / "workbench.db")
     report = _load_report(store, args.home, args.run, args.keep_percent)
     if args.format == "json":
-        print(json.dumps(report.to_dict(), indent=2))
+        _out(safe.json_text(report.to_dict(), indent=2))
         return 0
     dest = args.out or args.home / args.run / "report"
     if args.keep_percent is not None and args.out is None:  # the run's own report keeps the recipe's threshold
         dest = dest.with_name(f"report-keep{args.keep_percent:g}")
-    if dest.is_dir() and any(dest.iterdir()) and not (dest / "report.html").is_file():
-        raise RunError(f"--out {dest}: folder exists and is not a report; the report replaces the whole folder")
-    dest = write.write(report, dest)
-    print(table.plain(report.comparison))
+    dest = write.write(report, dest, own=args.out is None)
+    _out(table.plain(report.comparison))
     print()
     for line in write.recommendation_lines(report.comparison):
-        print(line)
+        _out(line)
     print(f"\nreport: {dest / 'report.html'} (also report.md, results.json, comparison.csv)")
     return 0
 
@@ -306,8 +305,20 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     store = Store(args.home / "workbench.db")
     side = runs.side_by_side([_load_report(store, args.home, run_id) for run_id in args.runs])
-    print(json.dumps(side, indent=2) if args.format == "json" else runs.markdown(side))
+    _out(safe.json_text(side, indent=2) if args.format == "json" else runs.markdown(side))
     return 0
+
+
+def _out(text: str, **options: object) -> None:
+    """Print text that may come from models, datasets or logs: nothing in it reaches the terminal as a control."""
+    print(safe.terminal_text(text), **options)  # type: ignore[call-overload]
+
+
+def _run_name(value: str) -> str:
+    try:
+        return paths.check_name(value)
+    except paths.BadName as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -325,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
     run.add_argument("--stages", type=_csv, help="comma-separated stages to run (and what they need)")
     run.add_argument("--force", type=_csv, default=[], help="comma-separated stages to redo even if cached")
-    run.add_argument("--run-id", help="run name (default: the recipe's name; re-running resumes it)")
+    run.add_argument("--run-id", type=_run_name, help="run name (default: the recipe's name; re-running resumes it)")
     run.add_argument("--detach", action="store_true", help="run in a background worker that outlives the terminal")
     run.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # set by `launch` for its worker
     run.set_defaults(func=cmd_run)
@@ -360,10 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.set_defaults(func=cmd_doctor)
     sub.add_parser("runs", help="list runs with status").set_defaults(func=cmd_runs)
     cancel = sub.add_parser("cancel", help="stop a run's worker (training checkpoints first)")
-    cancel.add_argument("run")
+    cancel.add_argument("run", type=_run_name)
     cancel.set_defaults(func=cmd_cancel)
     chat_parser = sub.add_parser("chat", help="one prompt answered by a run's variants, with tok/s each")
-    chat_parser.add_argument("run")
+    chat_parser.add_argument("run", type=_run_name)
     chat_parser.add_argument("prompt")
     chat_parser.add_argument(
         "--variant", action="append", default=[], help="a variant's name or part of it (repeatable; default: all)"
@@ -374,12 +385,19 @@ def build_parser() -> argparse.ArgumentParser:
     tui.add_argument("--web", action="store_true", help="serve it to a browser (textual-serve) instead")
     tui.add_argument("--host", default="127.0.0.1", help="--web: address to listen on (default: this machine only)")
     tui.add_argument("--port", type=int, default=8000, help="--web: port (default 8000)")
+    tui.add_argument(
+        "--token", help="--web: the access token (default: $WORKBENCH_WEB_TOKEN, else a random one, printed)"
+    )
+    tui.add_argument(
+        "--allow-host", action="append", default=[], metavar="NAME", help="--web: another name browsers use for it"
+    )
+    tui.add_argument("--max-sessions", type=_positive, default=4, help="--web: app processes at once (default 4)")
     tui.set_defaults(func=cmd_tui)
     show = sub.add_parser("show", help="a run's stages, timings and artifacts")
-    show.add_argument("run")
+    show.add_argument("run", type=_run_name)
     show.set_defaults(func=cmd_show)
     report = sub.add_parser("report", help="a run's comparison table, recommendation and report files")
-    report.add_argument("run")
+    report.add_argument("run", type=_run_name)
     report.add_argument("--format", choices=["text", "json"], default="text", help="json: print the results only")
     report.add_argument("--out", type=Path, help="folder for the report files (default: runs/RUN/report)")
     report.add_argument(
@@ -387,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.set_defaults(func=cmd_report)
     compare_runs = sub.add_parser("compare", help="several runs side by side (which training survives quantization)")
-    compare_runs.add_argument("runs", nargs="+")
+    compare_runs.add_argument("runs", nargs="+", type=_run_name)
     compare_runs.add_argument("--format", choices=["md", "json"], default="md")
     compare_runs.set_defaults(func=cmd_compare)
     return parser
@@ -412,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
 def _explain(exc: Exception) -> int:
     """A WorkbenchError is one message and its exit status; anything else is a bug and keeps its traceback."""
     if isinstance(exc, WorkbenchError):
-        print(exc.message(), file=sys.stderr)
+        _out(exc.message(), file=sys.stderr)
         return exc.exit_code
     raise exc
 

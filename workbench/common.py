@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
+
+# how every child Python starts: -P keeps the folder it is started in off sys.path, so a json.py or
+# torch.py lying where the user runs a command is never imported
+PYTHON = [sys.executable, "-P"]
 
 # stage names in the order they run (the stages themselves live in workbench.stages, which loads torch)
 STAGE_ORDER = ["data", "train", "merge", "export", "eval", "bench", "report"]

@@ -10,16 +10,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from workbench.paths import inside
+
 SMALL_FILE = 64 * 1024 * 1024
 
 
 @contextmanager
-def atomic_dir(dest: Path) -> Iterator[Path]:
+def atomic_dir(dest: Path, *, root: Path) -> Iterator[Path]:
     """Yield a temporary folder beside `dest`; on success it replaces `dest` in one rename.
 
-    On failure the temporary folder is removed and `dest` is left as it was.
+    On failure the temporary folder is removed and `dest` is left as it was. `dest` must lie inside
+    `root` (a folder the workbench owns): what it replaces is deleted.
     """
-    dest = Path(dest)
+    dest = inside(Path(dest), root)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f".tmp-{dest.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
@@ -37,15 +40,19 @@ def atomic_dir(dest: Path) -> Iterator[Path]:
         os.rename(tmp, dest)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write a file so that a reader (or a retry after a crash) sees the old content or the new, never half."""
     path = Path(path)
     tmp = path.parent / f".tmp-{path.name}-{uuid.uuid4().hex[:8]}"
     try:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_bytes(data)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def hash_path(path: Path) -> str:

@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from workbench.common import PYTHON
 from workbench.runlock import INHERITED_FD, RunLock
 from workbench.store import Store, is_alive
 
-CLI = [sys.executable, "-m", "workbench.cli"]  # `workbench` in this environment, for child processes
+CLI = [*PYTHON, "-m", "workbench.cli"]  # `workbench` in this environment, for child processes
 
 
 @dataclass

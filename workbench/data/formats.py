@@ -58,8 +58,8 @@ def _messages(value: Any, field: str, role_key: str, text_key: str, roles: dict[
         if not isinstance(turn, dict):
             raise BadRow(f"{field}[{i}] must be an object, got {type(turn).__name__}")
         role = turn.get(role_key)
-        if role not in roles:
-            raise BadRow(f"{field}[{i}].{role_key} is {role!r}; expected one of {sorted(roles)}")
+        if not isinstance(role, str) or role not in roles:
+            raise BadRow(f"{field}[{i}].{role_key} is {role!r:.40}; expected one of {sorted(roles)}")
         content = turn.get(text_key)
         if not isinstance(content, str):
             raise BadRow(f"{field}[{i}].{text_key} must be text, got {type(content).__name__}")

@@ -3,13 +3,15 @@ from anywhere (their data files resolved to absolute paths)."""
 
 from __future__ import annotations
 
+import difflib
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from workbench import parity
+from workbench import parity, yamlfile
 from workbench.errors import InputError
 
 BUILTIN_EVALS = Path(__file__).resolve().parents[2] / "evals"
@@ -111,7 +113,8 @@ def heldout_task(
 
 
 def _resolve_data_files(config: dict[str, Any], folder: Path) -> None:
-    files = (config.get("dataset_kwargs") or {}).get("data_files")
+    kwargs = config.get("dataset_kwargs")
+    files = kwargs.get("data_files") if isinstance(kwargs, dict) else None
     if files is None:
         return
 
@@ -128,30 +131,122 @@ def _resolve_data_files(config: dict[str, Any], folder: Path) -> None:
     config["dataset_kwargs"]["data_files"] = absolute(files)
 
 
-def copy_task_folders(folders: list[Path], out: Path) -> list[str]:
-    """Copy every task YAML under `folders` into `out` with data files made absolute; returns task names.
+def registered_metrics() -> list[str]:
+    """Metric names lm-eval registers (anything else would make it load a metric script by that name)."""
+    import lm_eval.api.metrics  # noqa: F401 - registers them
+    from lm_eval.api.registry import metric_registry
 
-    YAMLs must load with `yaml.safe_load`: lm-eval's `!function` tag imports Python code, which a
-    recipe must not be able to run.
+    return sorted(metric_registry.keys())
+
+
+def check_metric(name: str, where: str = "eval.metric") -> None:
+    known = registered_metrics()
+    if name not in known:
+        guess = difflib.get_close_matches(name, known, n=3)
+        hint = f"did you mean {', '.join(guess)}?" if guess else f"known: {', '.join(known)}"
+        raise TaskError(f"{where}: {name!r} is not a metric lm-eval registers; {hint}")
+
+
+def _tags(value: Any) -> list[str]:
+    if isinstance(value, yamlfile.Tagged):
+        return [f"{value.tag} {value.value}"]
+    if isinstance(value, dict):
+        return [tag for item in value.values() for tag in _tags(item)]
+    if isinstance(value, list):
+        return [tag for item in value for tag in _tags(item)]
+    return []
+
+
+def _check_as_data(config: dict[str, Any], source: Path) -> None:
+    """What a task file may say when it is data: no tags (`!function` imports Python code), no task that
+    runs generated code (`unsafe_code`), only metrics lm-eval registers and never a metric script."""
+    advice = "set eval.trust_task_code: true in the recipe if you trust this folder's code"
+    tags = _tags(config)
+    if tags:
+        raise TaskError(f"{source}: {tags[0]} runs Python code from the task folder; {advice}")
+    if config.get("unsafe_code"):
+        raise TaskError(f"{source}: unsafe_code runs code the model writes; {advice}")
+    for entry in config.get("metric_list") or []:
+        if not isinstance(entry, dict) or not isinstance(entry.get("metric"), str):
+            raise TaskError(f"{source}: metric_list entries need a metric name, got {entry!r:.80}")
+        if entry.get("hf_evaluate"):
+            raise TaskError(f"{source}: hf_evaluate loads a metric script ({entry['metric']}); {advice}")
+        check_metric(entry["metric"], f"{source}: metric_list")
+
+
+def _read(source: Path, trusted: bool) -> dict[str, Any]:
+    try:
+        text = source.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TaskError(f"{source}: cannot read ({exc})") from None
+    config = yamlfile.load(text, str(source), keep_tags=True)
+    if not isinstance(config, dict):
+        raise TaskError(f"{source}: expected a mapping of task settings, got {type(config).__name__}")
+    if not trusted:
+        _check_as_data(config, source)
+    return config
+
+
+def _flatten(source: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A task file with its `include:`s merged in as lm-eval merges them (included first, own keys win),
+    every included file read and checked as data: nothing reaches lm-eval's own loader unread."""
+    source = source.resolve()
+    if source in seen:
+        raise TaskError(f"{seen[-1]}: include cycle through {source}")
+    config = _read(source, trusted=False)
+    _resolve_data_files(config, source.parent)
+    includes = config.pop("include", None)
+    if includes is None:
+        return config
+    merged: dict[str, Any] = {}
+    for name in includes if isinstance(includes, list) else [includes]:
+        path = Path(str(name))
+        path = path if path.is_absolute() else source.parent / path
+        if not path.is_file():
+            raise TaskError(f"{source}: include {name}: no such file ({path})")
+        included = _flatten(path, (*seen, source))
+        included.pop("task_list", None)
+        merged.update(included)
+    merged.update(config)
+    return merged
+
+
+def _trusted_copy(source: Path) -> dict[str, Any]:
+    """A trusted task file as it is (tags kept for lm-eval's loader), its includes and data files made
+    absolute so the copy still finds them."""
+    config = _read(source, trusted=True)
+    _resolve_data_files(config, source.parent)
+    includes = config.get("include")
+    if includes is not None:
+        names = includes if isinstance(includes, list) else [includes]
+        absolute = [str((source.parent / str(name)).resolve()) for name in names]
+        config["include"] = absolute if isinstance(includes, list) else absolute[0]
+    return config
+
+
+def copy_task_folders(folders: list[Path], out: Path, trusted: bool = False) -> list[str]:
+    """Copy every task YAML under `folders` into `out` (data files made absolute); returns task names.
+
+    Task folders are data unless `trusted` (the recipe's `eval.trust_task_code`): then `!function`,
+    `unsafe_code` and metric scripts are allowed and the folders' Python files are copied along.
     """
     names = []
     for number, folder in enumerate(folders):
         if not folder.is_dir():
             raise TaskError(f"eval task folder not found: {folder}")
-        for source in sorted(folder.rglob("*.yaml")):
-            try:
-                config = yaml.safe_load(source.read_text(encoding="utf-8"))
-            except yaml.YAMLError as exc:
-                raise TaskError(
-                    f"{source}: not plain YAML ({getattr(exc, 'problem', exc)}); tags such as !function "
-                    "run code and are not allowed in task files"
-                ) from None
-            if not isinstance(config, dict) or not ("task" in config or "group" in config):
-                continue
-            _resolve_data_files(config, source.parent)
-            relative = source.relative_to(folder)
+        sources = sorted(p for p in folder.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
+        for source in sources:
+            config = _trusted_copy(source) if trusted else _flatten(source)
+            if not ("task" in config or "group" in config):
+                continue  # a template that others include
+            relative = source.relative_to(folder).with_suffix(".yaml")
             target = out / f"{number}" / relative
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+            target.write_text(yamlfile.dump(config), encoding="utf-8")
             names.append(str(config.get("group") or config["task"]))
+        if trusted:
+            for code in folder.rglob("*.py"):
+                target = out / f"{number}" / code.relative_to(folder)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(code, target)
     return names

@@ -8,11 +8,11 @@ folder and returns the summary. A crash here fails one model, not the stage.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
+from workbench import safe
 from workbench.workers.child import Channel
 
 
@@ -60,10 +60,25 @@ def metric_rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def sandbox_templates() -> None:
+    """lm-eval renders a task's doc_to_text, doc_to_target, … with a plain Jinja environment, in which
+    `{{ cycler.__init__.__globals__.os.popen(...) }}` runs a command. Swap in Jinja's sandbox (same
+    settings and filters): templates keep working, attribute access to Python internals is refused."""
+    import lm_eval.utils
+    from jinja2.sandbox import SandboxedEnvironment
+
+    plain = lm_eval.utils.env
+    sandbox = SandboxedEnvironment(loader=plain.loader, undefined=plain.undefined, keep_trailing_newline=True)
+    sandbox.filters.update(plain.filters)
+    lm_eval.utils.env = sandbox
+
+
 def run_lm_eval(lm: Any, job: dict[str, Any], out: Path) -> dict[str, Any]:
     import lm_eval
     from lm_eval.tasks import TaskManager
     from lm_eval.utils import handle_non_serializable
+
+    sandbox_templates()
 
     manager = TaskManager(include_path=job["include"], include_defaults=job["include_defaults"])
     seed = job["seed"]
@@ -85,7 +100,7 @@ def run_lm_eval(lm: Any, job: dict[str, Any], out: Path) -> dict[str, Any]:
     for task, samples in output.get("samples", {}).items():
         with open(samples_dir / f"{task}.jsonl", "w", encoding="utf-8") as f:
             for sample in samples:
-                f.write(json.dumps(sample, default=handle_non_serializable, ensure_ascii=False) + "\n")
+                f.write(safe.json_text(sample, default=handle_non_serializable, ensure_ascii=False) + "\n")
     return {
         "metrics": metric_rows(output["results"]),
         "samples": {task: len(samples) for task, samples in output.get("samples", {}).items()},

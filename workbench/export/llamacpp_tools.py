@@ -12,6 +12,7 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
+from workbench.common import PYTHON
 from workbench.errors import ResourceError
 from workbench.fsutil import atomic_dir
 
@@ -52,7 +53,7 @@ def download_sdist(folder: Path) -> Path:
     version = llama_cpp_version()
     subprocess.run(
         [
-            sys.executable,
+            *PYTHON,
             "-m",
             "pip",
             "download",
@@ -72,7 +73,9 @@ def download_sdist(folder: Path) -> Path:
 def extract_vendored(sdist: Path, dest: Path, members: tuple[str, ...] | None = None) -> None:
     """Its `vendor/llama.cpp` tree (or only `members` of it) into `dest`, atomically."""
     prefix = f"{sdist.name.removesuffix('.tar.gz')}/vendor/llama.cpp/"
-    with tarfile.open(sdist) as archive, atomic_dir(dest) as out:
+    if dest.is_dir() and any(dest.iterdir()):  # atomic_dir never leaves a partial one: this is not ours
+        raise ToolsMissing(f"{dest} exists and holds other files; move it away or choose another folder")
+    with tarfile.open(sdist) as archive, atomic_dir(dest, root=dest.parent) as out:
         for member in archive.getmembers():
             if not member.name.startswith(prefix):
                 continue

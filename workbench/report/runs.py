@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from workbench import safe
 from workbench.report.write import RunReport
 
 
@@ -60,9 +61,9 @@ def legend(table: dict[str, Any]) -> str:
 def markdown(table: dict[str, Any]) -> str:
     runs = [r["run"] for r in table["runs"]]
     heads = headings(table)
-    lines = [legend(table), ""]
-    lines += ["| variant | " + " | ".join(heads) + " | keeps most |", "|---" * (len(runs) + 2) + "|"]
+    lines = [safe.markdown_text(legend(table)), ""]
+    lines += [safe.markdown_row(["variant", *heads, "keeps most"]), "|---" * (len(runs) + 2) + "|"]
     for row in table["rows"]:
         cells = [cell_text(row["runs"].get(run)) for run in runs]
-        lines.append(f"| {row['variant']} | " + " | ".join(cells) + f" | {row['keeps_most'] or ''} |")
+        lines.append(safe.markdown_row([row["variant"], *cells, row["keeps_most"]]))
     return "\n".join(lines)

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from workbench import safe
 from workbench.report.compare import Comparison, Row
 
 
@@ -89,8 +90,8 @@ def raw_rows(comparison: Comparison) -> tuple[list[str], list[list[Any]]]:
 
 def markdown(comparison: Comparison) -> str:
     headers, body = text_rows(comparison)
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    lines = [safe.markdown_row(headers), "|" + "|".join("---" for _ in headers) + "|"]
+    lines += [safe.markdown_row(cells) for cells in body]
     return "\n".join(lines)
 
 

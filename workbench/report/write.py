@@ -1,17 +1,20 @@
 """`report.md`, a self-contained `report.html` (figures inlined), `results.json` and `comparison.csv` for
-one run, written together into a folder in one atomic step."""
+one run, each written atomically into a folder; nothing else in that folder is touched."""
 
 from __future__ import annotations
 
 import base64
 import csv
 import html
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workbench.fsutil import atomic_dir
+from workbench import safe
+from workbench.errors import RunError
+from workbench.fsutil import atomic_write_bytes
 from workbench.report import plots, table
 from workbench.report.compare import Comparison, compare
 from workbench.store import Store
@@ -82,14 +85,17 @@ def bench_settings(bench: list[dict[str, Any]]) -> list[str]:
     return list(lines.values())
 
 
+MARK = ".workbench-report"  # in a folder that holds a report this code wrote
+
+
 def figures(report: RunReport) -> dict[str, bytes]:
-    made = {
-        "quality_vs_size.png": plots.quality_vs(report.comparison, "size"),
-        "quality_vs_cpu_speed.png": plots.quality_vs(report.comparison, "cpu"),
-        "quality_vs_gpu_speed.png": plots.quality_vs(report.comparison, "gpu"),
-        "loss_curve.png": plots.loss_curve(report.loss),
-    }
-    return {name: data for name, data in made.items() if data is not None}
+    made = [
+        plots.quality_vs(report.comparison, "size"),
+        plots.quality_vs(report.comparison, "cpu"),
+        plots.quality_vs(report.comparison, "gpu"),
+        plots.loss_curve(report.loss),
+    ]
+    return {name: data for name, data in zip(FIGURES, made, strict=True) if data is not None}
 
 
 def recommendation_lines(comparison: Comparison) -> list[str]:
@@ -112,16 +118,17 @@ def stage_lines(report: RunReport) -> list[str]:
 
 def markdown(report: RunReport, images: dict[str, bytes]) -> str:
     comparison = report.comparison
-    parts = [f"# Run {comparison.run_id}", "", "## Recommendation", ""]
-    parts += [f"- {line}" for line in recommendation_lines(comparison)]
+    text = safe.markdown_text
+    parts = [f"# Run {text(comparison.run_id)}", "", "## Recommendation", ""]
+    parts += [f"- {text(line)}" for line in recommendation_lines(comparison)]
     parts += ["", f"Threshold: {comparison.keep_percent:g}% of the merged model's score (`report.keep_percent`)."]
-    parts += [f"Speeds measured with {line}." for line in report.settings] + [""]
+    parts += [f"Speeds measured with {text(line)}." for line in report.settings] + [""]
     parts += ["## Variants", "", table.markdown(comparison), ""]
     if report.failures:
-        parts += ["## Failures", "", *[f"- {line}" for line in report.failures], ""]
+        parts += ["## Failures", "", *[f"- {text(line)}" for line in report.failures], ""]
     parts += ["## Figures", ""]
     parts += [f"![{FIGURES[name]}]({name})" for name in images]
-    parts += ["", "## Stages", "", *[f"- {line}" for line in stage_lines(report)], ""]
+    parts += ["", "## Stages", "", *[f"- {text(line)}" for line in stage_lines(report)], ""]
     return "\n".join(parts)
 
 
@@ -179,26 +186,47 @@ def to_html(report: RunReport, images: dict[str, bytes]) -> str:
     )
 
 
-def write_csv(comparison: Comparison, path: Path) -> None:
+def csv_text(comparison: Comparison) -> str:
     headers, body = table.raw_rows(comparison)
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(headers)
-        writer.writerows(["" if v is None else v for v in row] for row in body)
+    handle = io.StringIO(newline="")
+    writer = csv.writer(handle)
+    writer.writerow([safe.csv_cell(h) for h in headers])
+    writer.writerows([safe.csv_cell(v) for v in row] for row in body)
+    return handle.getvalue()
+
+
+def files(report: RunReport) -> dict[str, bytes]:
+    """Every report file by name."""
+    images = figures(report)
+    return {
+        **images,
+        "report.md": markdown(report, images).encode(),
+        "report.html": to_html(report, images).encode(),
+        "results.json": safe.json_text(report.to_dict(), indent=2).encode(),
+        "comparison.csv": csv_text(report.comparison).encode(),
+    }
 
 
 def write_files(report: RunReport, folder: Path) -> None:
-    """Every report file into `folder` (which exists and is empty)."""
-    images = figures(report)
-    for name, data in images.items():
-        (folder / name).write_bytes(data)
-    (folder / "report.md").write_text(markdown(report, images), encoding="utf-8")
-    (folder / "report.html").write_text(to_html(report, images), encoding="utf-8")
-    (folder / "results.json").write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
-    write_csv(report.comparison, folder / "comparison.csv")
+    """The report's files into `folder`, each replaced atomically, and the mark that says this folder holds
+    a workbench report. Nothing else there is touched: a figure of an earlier report that this one lacks
+    is removed only because this code wrote it."""
+    made = files(report)
+    for name in FIGURES:
+        if name not in made:
+            (folder / name).unlink(missing_ok=True)
+    for name, data in made.items():
+        atomic_write_bytes(folder / name, data)
+    (folder / MARK).touch()
 
 
-def write(report: RunReport, dest: Path) -> Path:
-    with atomic_dir(dest) as tmp:
-        write_files(report, tmp)
+def write(report: RunReport, dest: Path, *, own: bool = False) -> Path:
+    """The report into `dest`, made when missing. A folder of the user's (`--out`) must be empty or hold an
+    earlier workbench report; `own` is the run's own report folder."""
+    if dest.exists() and not dest.is_dir():
+        raise RunError(f"--out {dest}: is a file; the report needs a folder")
+    if not own and dest.is_dir() and any(dest.iterdir()) and not (dest / MARK).is_file():
+        raise RunError(f"--out {dest}: holds files the workbench did not write; give a new or empty folder")
+    dest.mkdir(parents=True, exist_ok=True)
+    write_files(report, dest)
     return dest

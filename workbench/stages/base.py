@@ -13,7 +13,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from workbench import workers
+from workbench import paths, workers
 from workbench.errors import Interrupted, WorkbenchError
 from workbench.recipe import Recipe
 from workbench.store import Store
@@ -50,6 +50,10 @@ class StageContext:
         kept.parent.mkdir(parents=True, exist_ok=True)
         os.rename(path, kept)
         return kept
+
+    def remove(self, path: Path) -> None:
+        """Delete a file or folder of this run (anything outside the run folder is refused)."""
+        paths.remove(path, self.run_dir)
 
     def log_path(self, name: str) -> Path:
         """Where a worker's output about `name` goes: <run>/logs/<stage>/<name>.log, kept after the stage."""

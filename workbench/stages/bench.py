@@ -4,11 +4,11 @@ CUDA, on GPU; vLLM throughput when vLLM is installed. One child process per meas
 
 from __future__ import annotations
 
-import json
 import platform
 from importlib import metadata
 from typing import Any
 
+from workbench import safe
 from workbench.bench import vllm_bench
 from workbench.devices import pick_device, usable_cores
 from workbench.fsutil import atomic_write_text
@@ -99,7 +99,7 @@ def run(ctx: StageContext) -> list[dict[str, Any]]:
         records.append(record)
     ctx.store.replace_bench(ctx.run_id, records)
     results = ctx.out / "results.json"
-    atomic_write_text(results, json.dumps({"cuda": cuda, "results": records}, indent=2))
+    atomic_write_text(results, safe.json_text({"cuda": cuda, "results": records}, indent=2))
     return [{"name": "bench-results", "kind": "bench", "path": results.name, "size": results.stat().st_size}]
 
 

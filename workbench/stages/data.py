@@ -7,6 +7,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from workbench import safe
 from workbench.data.dataset import DataError, check_bad_rows, load_data, split_rows, token_lengths
 from workbench.fsutil import hash_path
 from workbench.models import resolve_model
@@ -110,7 +111,7 @@ def run(ctx: StageContext) -> list[dict[str, Any]]:
         "held_out_rows": len(held_out),
         "tokens": length_stats(lengths),
     }
-    (ctx.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (ctx.out / "summary.json").write_text(safe.json_text(summary, indent=2))
     ctx.event("data", **summary)
     ctx.say(f"{data.format}: {len(train)} train / {len(held_out)} held-out rows, {len(data.bad)} bad")
     return [

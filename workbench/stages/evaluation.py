@@ -11,6 +11,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from workbench import safe
 from workbench.devices import pick_device
 from workbench.errors import StageFailed
 from workbench.evaluate import tasks
@@ -84,7 +85,7 @@ def evaluate_model(ctx: StageContext, model: dict[str, Any], common: dict[str, A
     if kept and kept.get("fingerprint") == fingerprint:
         ctx.say(f"{model['name']}: evaluated earlier (kept from an interrupted attempt)")
         return kept
-    shutil.rmtree(out, ignore_errors=True)
+    ctx.remove(out)
     job = {**common, **model, "out": str(out)}
     if model["role"] != "variant":
         job["fidelity"] = None  # the reference is itself; the base model is not an export of it
@@ -94,7 +95,7 @@ def evaluate_model(ctx: StageContext, model: dict[str, Any], common: dict[str, A
     summary["seconds"]["total"] = outcome.seconds
     summary["peak_mem_mb"] = outcome.peak_rss_mb
     summary["fingerprint"] = fingerprint
-    atomic_write_text(done, json.dumps(summary, indent=2))
+    atomic_write_text(done, safe.json_text(summary, indent=2))
     return summary
 
 
@@ -129,8 +130,8 @@ def run(ctx: StageContext) -> list[dict[str, Any]]:
     if tasks.HELDOUT in section.tasks:
         tasks.heldout_task(held_out, tokenizer, run_tasks, section.metric, section.max_gen_tokens)
     task_dir = ctx.work / "lm-eval-tasks"
-    shutil.rmtree(task_dir, ignore_errors=True)
-    local = tasks.copy_task_folders([run_tasks, *task_folders(ctx.recipe)], task_dir)
+    ctx.remove(task_dir)
+    local = tasks.copy_task_folders([run_tasks, *task_folders(ctx.recipe)], task_dir, section.trust_task_code)
     include_defaults = check_task_names(section.tasks, local, task_dir)
     common = {
         "tasks": section.tasks,
@@ -168,7 +169,7 @@ def run(ctx: StageContext) -> list[dict[str, Any]]:
     results_dir = ctx.work / "models"
     shutil.move(results_dir, ctx.out / "models")
     results = ctx.out / "results.json"
-    atomic_write_text(results, json.dumps({"models": list(summaries.values()), "metrics": rows}, indent=2))
+    atomic_write_text(results, safe.json_text({"models": list(summaries.values()), "metrics": rows}, indent=2))
     ctx.store.replace_metrics(ctx.run_id, rows)
     return [{"name": "eval-results", "kind": "eval", "path": results.name, "size": results.stat().st_size}]
 

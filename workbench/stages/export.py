@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
@@ -84,14 +83,11 @@ def record_measurement(variant: Variant, outcome: workers.Outcome) -> None:
     variant.seconds, variant.peak_mem_mb = outcome.seconds, outcome.peak_rss_mb
 
 
-def made(outcome: workers.Outcome, output: Path) -> None:
+def made(ctx: StageContext, outcome: workers.Outcome, output: Path) -> None:
     """An exporter's outcome: when it failed, what it left of its output (a truncated file, in the stage's
     own temporary folder) is removed first, so nothing is made from it."""
     if not outcome.ok:
-        if output.is_dir():
-            shutil.rmtree(output, ignore_errors=True)
-        else:
-            output.unlink(missing_ok=True)
+        ctx.remove(output)
     outcome.value()
 
 
@@ -126,7 +122,7 @@ def export_gguf(ctx: StageContext, inputs: ExportInputs) -> list[Variant]:
 
     def build_f16(variant: Variant) -> None:
         outcome = gguf.convert(Path(merged.path), source, "f16", log=ctx.log_path(variant.name), timeout=timeout)
-        made(outcome, source)
+        made(ctx, outcome, source)
         finish(variant, outcome)
 
     def builder(gguf_type: str) -> Callable[[Variant], None]:
@@ -135,7 +131,7 @@ def export_gguf(ctx: StageContext, inputs: ExportInputs) -> list[Variant]:
                 raise ExportFailed(f"{variant.name}: no f16 GGUF to quantize from (its conversion failed)")
             log = ctx.log_path(variant.name)
             outcome = gguf.quantize(source, Path(variant.path), gguf_type, log=log, timeout=timeout)
-            made(outcome, Path(variant.path))
+            made(ctx, outcome, Path(variant.path))
             fallbacks = gguf.fallbacks(outcome.log.read_text(errors="replace") if outcome.log else "")
             variant.meta["fallbacks"] = fallbacks
             if fallbacks:
@@ -182,7 +178,7 @@ def export_nf4(ctx: StageContext, inputs: ExportInputs) -> list[Variant]:
     def build(variant: Variant) -> None:
         job = {"merged": merged.path, "out": str(out)}
         outcome = ctx.run_worker("nf4.export", job, name=variant.name, timeout=section.timeout_s, echo=True)
-        made(outcome, out)
+        made(ctx, outcome, out)
         record_measurement(variant, outcome)
         check(ctx, inputs, variant)
 
@@ -226,7 +222,7 @@ def export_gptq_awq(ctx: StageContext, inputs: ExportInputs) -> list[Variant]:
                 "desc_act": section.desc_act,
             }
             outcome = ctx.run_worker("gptq.export", job, name=variant.name, timeout=section.timeout_s, echo=True)
-            made(outcome, out)
+            made(ctx, outcome, out)
             if not (out / "quantize_config.json").is_file():
                 raise ExportFailed(f"{variant.name}: GPTQModel wrote no quantize_config.json")
             record_measurement(variant, outcome)

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from workbench import safe
 from workbench.data.dataset import auto_epochs, to_trl
 from workbench.devices import pick_device
 from workbench.models import resolve_model
@@ -210,8 +211,8 @@ def run(ctx: StageContext) -> list[dict[str, Any]]:
         "base_model": base,
         "merge_base": "dequantized-nf4" if section.method == "qlora" and section.lora.init == "loftq" else "base",
     }
-    (ctx.out / "train_summary.json").write_text(json.dumps(summary, indent=2))
-    (ctx.out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+    (ctx.out / "train_summary.json").write_text(safe.json_text(summary, indent=2))
+    (ctx.out / "log_history.json").write_text(safe.json_text(trainer.state.log_history, indent=1))
     kind = "model" if section.method == "full" else "adapter"
     size = sum(p.stat().st_size for p in ctx.out.iterdir() if p.is_file())
     return [{"name": kind, "kind": kind, "path": ".", "size": size, "meta": summary}]

@@ -26,7 +26,6 @@ import os
 import selectors
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -35,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from workbench.common import PYTHON
 from workbench.errors import StageFailed
 from workbench.workers.tasks import TASKS
 
@@ -129,7 +129,7 @@ class Running:
         self.started = time.perf_counter()
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "workbench.workers.child", str(job_file)],
+                [*PYTHON, "-m", "workbench.workers.child", str(job_file)],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,

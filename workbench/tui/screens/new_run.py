@@ -15,6 +15,7 @@ from textual.widgets import Footer, Header, Input, Label, Static, TextArea
 
 from workbench import launcher
 from workbench.errors import RunError
+from workbench.paths import BadName, check_name
 
 if TYPE_CHECKING:
     from workbench.recipe import Recipe  # pydantic: loaded when a recipe is checked, not at start-up
@@ -78,6 +79,11 @@ class NewRunScreen(Screen):
             problems.update(exc.report())
             return None
         run_id = self.query_one("#run-id", Input).value.strip() or recipe.name
+        try:
+            check_name(run_id)
+        except BadName as exc:
+            problems.update(str(exc))
+            return None
         lines = [f"ok: recipe {recipe.name!r}, base model {recipe.base_model}, run {run_id!r}"]
         lines += [f"  {key}: {old!r} → {new!r}" for key, old, new in changes(load_recipe(path), recipe)]
         problems.update("\n".join(lines))

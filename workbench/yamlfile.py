@@ -1,0 +1,100 @@
+"""YAML the workbench reads from users: safe loading only, bounded in size and in what aliases expand to
+(a "billion laughs" file is a few lines that expand to billions of values), with tags kept as data where
+a format needs to see them (lm-eval task files)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from workbench.errors import InputError
+
+MAX_BYTES = 1 << 20
+MAX_VALUES = 100_000  # after aliases are expanded; a large recipe has a few hundred
+MAX_DEPTH = 64
+
+
+class YamlError(InputError, ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Tagged:
+    """A value written with a tag such as `!function utils.process`, kept as data (never constructed)."""
+
+    tag: str
+    value: Any
+
+
+class TagKeepingLoader(yaml.SafeLoader):
+    pass
+
+
+def _tagged(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Tagged:
+    if isinstance(node, yaml.ScalarNode):
+        value: Any = loader.construct_scalar(node)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
+    return Tagged("!" + suffix, value)
+
+
+TagKeepingLoader.add_multi_constructor("!", _tagged)
+
+
+class TagKeepingDumper(yaml.SafeDumper):
+    pass
+
+
+def _represent_tagged(dumper: yaml.SafeDumper, data: Tagged) -> yaml.Node:
+    if isinstance(data.value, dict):
+        return dumper.represent_mapping(data.tag, data.value)
+    if isinstance(data.value, list):
+        return dumper.represent_sequence(data.tag, data.value)
+    return dumper.represent_scalar(data.tag, str(data.value))
+
+
+TagKeepingDumper.add_representer(Tagged, _represent_tagged)
+
+
+def load(text: str, source: str, *, keep_tags: bool = False, max_bytes: int = MAX_BYTES) -> Any:
+    """Parse `text` (from `source`, named in errors). Unknown tags are refused unless `keep_tags`, when
+    they become `Tagged` values. Refused too: more than `max_bytes`, or aliases that expand beyond
+    MAX_VALUES values or MAX_DEPTH levels."""
+    if len(text.encode("utf-8", errors="replace")) > max_bytes:
+        raise YamlError(f"{source}: larger than {max_bytes // 1024} KiB; is this the right file?")
+    try:
+        data = yaml.load(text, Loader=TagKeepingLoader if keep_tags else yaml.SafeLoader)  # noqa: S506 - safe loaders
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise YamlError(f"{source}: {where}not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
+    _check_size(data, source)
+    return data
+
+
+def _check_size(data: Any, source: str) -> None:
+    """Walk the value as a reader would see it (aliases expanded), giving up past the limits."""
+    budget = MAX_VALUES
+    stack: list[tuple[Any, int]] = [(data, 0)]
+    while stack:
+        value, depth = stack.pop()
+        budget -= 1
+        if budget < 0:
+            raise YamlError(f"{source}: expands to more than {MAX_VALUES} values (aliases of aliases?)")
+        if depth > MAX_DEPTH:
+            raise YamlError(f"{source}: nested more than {MAX_DEPTH} levels deep")
+        if isinstance(value, dict):
+            stack.extend((item, depth + 1) for pair in value.items() for item in pair)
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1) for item in value)
+        elif isinstance(value, Tagged):
+            stack.append((value.value, depth + 1))
+
+
+def dump(data: Any) -> str:
+    """YAML text for `data`, tags kept."""
+    return yaml.dump(data, Dumper=TagKeepingDumper, sort_keys=False, allow_unicode=True)
