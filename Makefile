@@ -16,7 +16,7 @@ AMX_OFF := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 X86 := $(filter x86_64 amd64,$(shell uname -m))
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=ON$(if $(LLAMA_AMX)$(if $(X86),,no),, -DCMAKE_C_FLAGS='$(AMX_OFF)' -DCMAKE_CXX_FLAGS='$(AMX_OFF)')
 
-.PHONY: install model doctor run test lint lock clean llama-cpp
+.PHONY: install model doctor run test test-fast lint fmt typecheck snapshots lock clean llama-cpp
 
 install: $(STAMP)
 
@@ -47,11 +47,30 @@ run: install model doctor
 	$(OFFLINE) $(BIN)/workbench run recipes/quickstart.yaml
 	$(BIN)/workbench report quickstart
 
-lint: install
-	$(BIN)/ruff check workbench tests bench recipes
+CODE := workbench tests benchmarks recipes
 
-test: lint
+lint: install
+	$(BIN)/ruff check $(CODE)
+	$(BIN)/ruff format --check $(CODE)
+
+typecheck: install
+	$(BIN)/mypy
+
+# the whole suite, as CI runs it
+test: lint typecheck
 	$(OFFLINE) $(BIN)/python -m pytest -q
+
+# the inner loop: everything but the end-to-end runs (marked slow), stopping at the first failure
+test-fast: install
+	$(OFFLINE) $(BIN)/python -m pytest -q -x -m "not slow"
+
+fmt: install
+	$(BIN)/ruff check --fix $(CODE)
+	$(BIN)/ruff format $(CODE)
+
+# after a deliberate change to a screen's layout: look at the SVG diff, then accept it
+snapshots: install
+	$(OFFLINE) $(BIN)/python -m pytest -q tests/test_tui_snapshots.py --snapshot-update
 
 # Re-resolve and pin every dependency (run after changing pyproject.toml).
 lock:

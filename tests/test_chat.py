@@ -81,7 +81,7 @@ def test_candidates_labels_and_picking(tiny_llama_256: Path) -> None:
         {"name": "M-run-Q4_K_M.gguf", "format": "gguf", "path": "/q4", "status": "done"},
         {"name": "M-run-GPTQ-Int4", "format": "gptq", "path": "/g", "status": "failed"},
     ]
-    found = chat.candidates(variants, str(tiny_llama_256))
+    found = chat.askable(variants, str(tiny_llama_256))
     assert [c["label"] for c in found] == ["merged", "Q8_0.gguf", "Q4_K_M.gguf", "base"]
     assert found[-1]["path"] == str(tiny_llama_256.resolve())
     assert [c["path"] for c in chat.pick(found, ["q4_k_m", "merged", "M-run-Q8_0.gguf"])] == ["/q4", "/m", "/q8"]

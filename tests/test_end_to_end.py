@@ -13,11 +13,14 @@ import pytest
 import yaml
 from conftest import addition_rows, write_recipe
 
-from workbench.evaluate import summary, tasks
+from workbench.eval import tasks
 from workbench.recipe import load_recipe
+from workbench.report import scores
 from workbench.runner import run_recipe
 from workbench.stages import STAGE_ORDER
 from workbench.store import Store
+
+pytestmark = pytest.mark.slow  # whole pipelines: `make test-fast` leaves them out
 
 
 def test_every_stage_runs_and_crashing_variants_take_nothing_else_down(
@@ -56,7 +59,7 @@ def test_every_stage_runs_and_crashing_variants_take_nothing_else_down(
 
     # eval: base, merged and Q8_0 scored on every task; fidelity for the variant only
     rows = store.metrics("tiny")
-    by_model = {m.model: m for m in summary.by_model(rows)}
+    by_model = {m.model: m for m in scores.by_model(rows)}
     assert set(by_model) == {tiny_llama_256.name, stem, f"{stem}-Q8_0.gguf"}
     assert by_model[tiny_llama_256.name].role == "base" and by_model[stem].role == "reference"
     for model in by_model.values():

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from workbench.evaluate import fidelity, summary, tasks
+from workbench.eval import fidelity, tasks
+from workbench.report import scores
 
 # A GGUF f16 holds the fp32 checkpoint's weights rounded to f16, and llama.cpp multiplies in f16 where
 # torch uses fp32: log-likelihoods of a tiny random model agree to about 1e-2 nats a token (measured
@@ -44,7 +45,7 @@ PAIRS = [
 
 
 def test_llamacpp_loglikelihoods_match_hf_on_the_same_model(ggufs: dict[str, Path], hf_lm) -> None:
-    from workbench.evaluate.llamacpp_lm import LlamaCppLM
+    from workbench.eval.llamacpp_lm import LlamaCppLM
 
     lm = LlamaCppLM(pretrained=str(ggufs["f16"]), max_length=512)
     try:
@@ -73,7 +74,7 @@ def test_llamacpp_generation_scores_like_hf(ggufs: dict[str, Path], hf_lm, tmp_p
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    from workbench.evaluate.llamacpp_lm import LlamaCppLM
+    from workbench.eval.llamacpp_lm import LlamaCppLM
 
     prompts = [f"<|im_start|>user\nWhat is {a} + {a + 7}?<|im_end|>\n<|im_start|>assistant\n" for a in range(10, 16)]
     settings = {"until": ["<|im_end|>"], "max_gen_toks": 8, "do_sample": False}
@@ -110,7 +111,7 @@ def test_fidelity_of_a_model_to_itself_is_exact_and_q4_differs(tiny_llama_256: P
     import torch
     from transformers import AutoModelForCausalLM
 
-    from workbench.evaluate.llamacpp_lm import LlamaCppLM
+    from workbench.eval.llamacpp_lm import LlamaCppLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_256, dtype=torch.float32).eval()
     sequences = [[(7 * i + 13 * j) % 4000 + 10 for j in range(20 + i)] for i in range(6)]
@@ -176,15 +177,15 @@ def test_summary_rows_gain_and_primary_metrics() -> None:
         {"model": "q", "role": "variant", "task": "heldout", "metric": "exact_match,strip", "value": 0.85},
         {"model": "q", "role": "variant", "task": "fidelity", "metric": "kld_mean", "value": 0.02},
     ]
-    models = summary.by_model(rows)
+    models = scores.by_model(rows)
     assert [m.model for m in models] == ["b", "m", "q"]
-    assert summary.columns(rows) == ["heldout exact_match,strip", "general_mc acc", "kld_mean"]
-    assert summary.gains(rows) == [("heldout exact_match,strip", 0.1, 0.9), ("general_mc acc", 0.8, 0.75)]
+    assert scores.columns(rows) == ["heldout exact_match,strip", "general_mc acc", "kld_mean"]
+    assert scores.gains(rows) == [("heldout exact_match,strip", 0.1, 0.9), ("general_mc acc", 0.8, 0.75)]
     assert models[2].scores == {"heldout exact_match,strip": 0.85, "kld_mean": 0.02}
 
 
 def test_unknown_task_names_are_refused_with_a_suggestion(tmp_path: Path) -> None:
-    from workbench.stages.evaluation import check_task_names
+    from workbench.stages.eval import check_task_names
 
     with pytest.raises(tasks.TaskError, match=r"unknown task\(s\): arc_eazy \(did you mean .*arc_easy"):
         check_task_names(["heldout", "arc_eazy"], ["heldout"], tmp_path)

@@ -18,6 +18,8 @@ from workbench.runner import run_recipe
 from workbench.stages.base import StageInterrupted
 from workbench.store import Store
 
+pytestmark = pytest.mark.slow  # whole pipelines: `make test-fast` leaves them out
+
 
 @pytest.fixture
 def data_file(tmp_path: Path) -> Path:
@@ -203,7 +205,7 @@ def test_training_variants_merge_to_what_they_trained(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from workbench.stages.merge import load_base
+    from workbench.merge import load_base
 
     path = write_recipe(tmp_path, tiny_model, data_file, train={"max_steps": 3, "learning_rate": 2e-2, **train})
     home = tmp_path / "runs"

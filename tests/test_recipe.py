@@ -94,3 +94,12 @@ def test_cli_validate_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert main(["recipe", "validate", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "bad.yaml: 1 problem" in err and "trian: unknown key; did you mean 'train'?" in err
+
+
+def test_the_recipe_offers_exactly_the_gguf_types_the_exporter_knows() -> None:
+    from typing import get_args
+
+    from workbench.export.gguf import GGUF_TYPES
+    from workbench.recipe import DEFAULT_GGUF, GGUFType
+
+    assert set(get_args(GGUFType)) == set(GGUF_TYPES) and set(DEFAULT_GGUF) <= set(GGUF_TYPES)

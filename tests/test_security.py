@@ -22,7 +22,7 @@ from conftest import write_recipe
 
 from workbench import fsutil, paths, safe, workers
 from workbench.cli import main
-from workbench.evaluate import tasks
+from workbench.eval import tasks
 from workbench.report import write
 from workbench.store import Store
 

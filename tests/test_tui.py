@@ -48,6 +48,9 @@ def test_progress_lines_on_fixed_records(tmp_path: Path) -> None:
     store.set_run_status("done-run", "running")  # its worker (this process) is training again
     store.start_stage("done-run", "train", "k")
     assert progress.pipeline(store.stages("done-run"), log).startswith("data✓ train 34/64 merge✗")
+    assert progress.marks(store.stages("done-run"), log) == "✓…✗···· train 34/64"  # fits the Runs table
+    store.finish_stage("done-run", "train", "done")
+    assert progress.marks(store.stages("done-run")) == "✓✓✗···· merge failed"
     assert progress.training_line(log) == "training: step 34/64 · loss 0.1234 · lr 5.00e-04 · 112 tok/s · ETA 2m30s"
     assert tail(tmp_path / "done-run" / "worker.log")[-2:] == ["step 8", "[merge] FAILED"]
     assert running and tail(tmp_path / "missing.log") == []

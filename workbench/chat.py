@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from workbench import workers
 from workbench.errors import RunError
@@ -25,7 +25,7 @@ MAX_TOKENS = 128
 ANSWER_TIMEOUT_S = 900  # loading and answering; a hung model process is stopped after this
 
 
-def candidates(variants: list[dict[str, Any]], base_model: str | None = None) -> list[dict[str, Any]]:
+def askable(variants: list[dict[str, Any]], base_model: str | None = None) -> list[dict[str, Any]]:
     """What can answer: the run's finished variants, then its base model when that is a local folder.
     Each has the comparison table's label too ("merged", "Q4_K_M.gguf", "GPTQ-Int4", "base")."""
     from workbench.report.compare import label_of, reference_name
@@ -60,7 +60,7 @@ def for_run(store: Store, run_id: str) -> tuple[list[dict[str, Any]], str | None
         raise RunError(f"no run {run_id!r}; `workbench runs` lists them")
     recipe = json.loads(run["recipe"])
     system_prompt = (recipe.get("data") or {}).get("system_prompt")
-    return candidates(store.variants(run_id), recipe.get("base_model")), system_prompt
+    return askable(store.variants(run_id), recipe.get("base_model")), system_prompt
 
 
 def pick(found: list[dict[str, Any]], wanted: list[str]) -> list[dict[str, Any]]:
@@ -92,7 +92,7 @@ def ask(
     request: dict[str, Any],
     started: Callable[[workers.Running], None] | None = None,
     timeout: float | None = ANSWER_TIMEOUT_S,
-) -> Iterator[dict[str, Any]]:
+) -> Generator[dict[str, Any], None, None]:
     """Answer in a worker and yield its events; a crash, a timeout or an exit without an answer becomes an
     `error` event. `started` gets the running worker (to stop it early); closing this generator stops it."""
     try:
@@ -119,7 +119,7 @@ def stats(started: float, loaded: float, token_times: list[float]) -> dict[str, 
     return result
 
 
-def describe(result: dict[str, Any]) -> str:
+def stats_line(result: dict[str, Any]) -> str:
     parts = [f"{result['tokens']} tokens"]
     if result["tok_s"] is not None:
         parts.append(f"{result['tok_s']:.1f} tok/s")
@@ -185,10 +185,9 @@ def torch_stream(request: dict[str, Any], loaded: Callable[[], None]) -> Iterato
     from threading import Thread
 
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BatchEncoding
 
-    from workbench.devices import pick_device, usable_cores
-    from workbench.evaluate.worker import compute_dtype
+    from workbench.devices import compute_dtype, pick_device, usable_cores
 
     torch.set_num_threads(usable_cores())
     device = pick_device("auto")
@@ -203,7 +202,7 @@ def torch_stream(request: dict[str, Any], loaded: Callable[[], None]) -> Iterato
         )
     else:  # no template: the turns as plain text, as for a GGUF without one
         inputs = tokenizer(plain_text(request["messages"]), return_tensors="pt")
-    inputs = inputs.to(model.device)
+    inputs = cast(BatchEncoding, inputs).to(model.device)
     loaded()
     pieces: Queue[str | BaseException | None] = Queue()
 
@@ -218,7 +217,7 @@ def torch_stream(request: dict[str, Any], loaded: Callable[[], None]) -> Iterato
                 self.prompt_seen = True
                 return
             self.ids += value.flatten().tolist()
-            text = tokenizer.decode(self.ids, skip_special_tokens=True)
+            text = str(tokenizer.decode(self.ids, skip_special_tokens=True))
             if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
                 pieces.put("")
                 return

@@ -64,7 +64,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from workbench.evaluate.tasks import check_metric
+    from workbench.eval.tasks import check_metric
     from workbench.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, args.set)
@@ -184,7 +184,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
             if "text" in event:
                 _out(event["text"], end="", flush=True)
             elif "done" in event:
-                print(f"\n   {chat.describe(event['done'])}\n", flush=True)
+                print(f"\n   {chat.stats_line(event['done'])}\n", flush=True)
             elif "error" in event:
                 _out(f"   FAILED: {event['error']}\n", flush=True)
                 failed += 1
@@ -251,7 +251,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             took = f"{v['seconds']:.1f}s" if v.get("seconds") else "-"
             peak = f"{v['peak_mem_mb']:.0f}MB" if v.get("peak_mem_mb") else "-"
             parity = {"passed": "ok", "failed": "FAIL", "skipped": "skip"}.get(
-                parity_status(v["meta"].get("parity")), "-"
+                parity_status(v["meta"].get("parity")) or "", "-"
             )
             smoke = v["meta"].get("smoke")
             note = repr(smoke[0]["reply"])[:40] if smoke else "-"
@@ -260,7 +260,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             _out(f"{v['name']:44} {v['format']:6} {v['bits']:>5} {size:>10} {took:>7} {peak:>8} {parity:6}  {note}")
     metrics = store.metrics(args.run)
     if metrics:
-        from workbench.evaluate.summary import format_table
+        from workbench.report.scores import format_table
 
         print("\nevaluation (lm-eval; fidelity vs the merged model: next-token KLD, top-1 agreement, perplexity ratio)")
         _out("\n".join(format_table(metrics)))

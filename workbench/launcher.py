@@ -128,7 +128,7 @@ def logged_to(log: Path) -> Iterator[None]:
         own_faulthandler = not faulthandler.is_enabled()
         if own_faulthandler:
             faulthandler.enable(file=handle, all_threads=True)
-        sys.stdout, sys.stderr = _Tee(stdout, handle), _Tee(stderr, handle)  # type: ignore[assignment]
+        sys.stdout, sys.stderr = _Tee(stdout, handle), _Tee(stderr, handle)
         try:
             yield
         finally:

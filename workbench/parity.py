@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 Messages = list[dict[str, str]]
 
@@ -83,7 +83,7 @@ class GGUFRenderer:
         return self.llm.detokenize([token], special=True).decode("utf-8", errors="replace") if token >= 0 else ""
 
     def render(self, messages: Messages) -> Rendered:
-        result = self.formatter(messages=messages[:-1])
+        result = self.formatter(messages=cast(Any, messages[:-1]))  # plain role/content dicts
         ids = self.llm.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True)
         return Rendered(
             ids, self.stops, lambda part: self.llm.detokenize(part, special=True).decode("utf-8", "replace")
@@ -144,8 +144,9 @@ def compare(expected: Expected, render_variant: Any) -> ParityResult:
     end = expected.end_of_turn
     stops = render_variant(expected.conversations[0]).stop_ids
     stop = {"training_end_of_turn": end, "variant_stops": sorted(stops), "ok": end is None or end in stops}
-    status = "passed" if stop["ok"] else "failed"
-    return ParityResult(status=status, checked=len(expected.conversations), stop_token=stop)
+    return ParityResult(
+        status="passed" if stop["ok"] else "failed", checked=len(expected.conversations), stop_token=stop
+    )
 
 
 def with_training_text(result: dict[str, Any], training_tokenizer: Any) -> dict[str, Any]:

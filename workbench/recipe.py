@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -70,9 +71,12 @@ class MergeSection(Section):
 GGUFType = Literal["f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q5_0", "q4_k_m", "q4_k_s", "q4_0", "q3_k_m", "q2_k"]
 
 
+DEFAULT_GGUF: tuple[GGUFType, ...] = ("f16", "q8_0", "q4_k_m")
+
+
 class ExportSection(Section):
     gguf: list[GGUFType] = Field(
-        default_factory=lambda: ["f16", "q8_0", "q4_k_m"], description="llama.cpp types to export; [] for none"
+        default_factory=lambda: list(DEFAULT_GGUF), description="llama.cpp types to export; [] for none"
     )
     nf4: bool = Field(default=True, description="bitsandbytes nf4 checkpoint (double quantization)")
     gptq: bool = Field(default=True, description="GPTQ checkpoint with GPTQModel")
@@ -198,18 +202,18 @@ class RecipeError(InputError):
 
 def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     """Field names of the section a validation error points into (for "did you mean")."""
-    current: Any = model
+    current = model
     for part in loc:
-        field = current.model_fields.get(part) if isinstance(current, type) else None
+        field = current.model_fields.get(part)
         annotation = field.annotation if field else None
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             current = annotation
         else:
             break
-    return list(current.model_fields) if isinstance(current, type) else []
+    return list(current.model_fields)
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe(error: Mapping[str, Any]) -> str:
     loc = tuple(error["loc"])
     where = ".".join(str(part) for part in loc) or "(top level)"
     if error["type"] == "extra_forbidden":

@@ -10,7 +10,7 @@ from typing import Any
 
 from workbench.common import default_home  # noqa: F401 - part of the runner API
 from workbench.errors import RunError
-from workbench.evaluate.tasks import check_metric
+from workbench.eval.tasks import check_metric
 from workbench.fsutil import atomic_dir, atomic_write_text
 from workbench.paths import check_name, remove
 from workbench.recipe import Recipe

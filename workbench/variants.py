@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-FORMATS = ("hf", "gguf", "gptq", "awq", "nf4")
-
 
 @dataclass
 class Variant:

@@ -116,3 +116,15 @@ def _parquet(path: Path) -> list[Any]:
 
 def _clean_nan(row: dict[str, Any]) -> dict[str, Any]:
     return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    """The workbench's own row files (splits, task data): one JSON object per line, UTF-8."""
+    with path.open("w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    with path.open(encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]

@@ -83,7 +83,8 @@ def tiny_llama(device: str) -> Any:
         num_key_value_heads=2,
         max_position_embeddings=64,
     )
-    return LlamaForCausalLM(config).to(device).eval()
+    model: Any = LlamaForCausalLM(config)
+    return model.to(device).eval()
 
 
 def torch_generate(job: dict[str, Any], channel: Channel) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from workbench.report.compare import Comparison, Row, candidates, higher_is_better
+from workbench.report.compare import Comparison, ComparisonRow, candidates, higher_is_better
 
 
 @dataclass
@@ -32,7 +32,7 @@ class Chart:
 def quality_vs(comparison: Comparison, axis: str) -> Chart | None:
     """Task score against size (axis "size") or generation speed on a target ("cpu"/"gpu"); None when
     nothing has both numbers."""
-    x_of: Callable[[Row], float | None]
+    x_of: Callable[[ComparisonRow], float | None]
     if axis == "size":
         x_of, front, xlabel = (lambda r: r.size_mb), comparison.pareto_size, "size (MiB)"
     else:

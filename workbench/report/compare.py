@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from workbench.evaluate.summary import primary_metrics
+from workbench.report.scores import primary_metrics
 
 LOWER_IS_BETTER = ("perplexity", "ppl", "bits_per_byte", "kld", "loss")
 # where a format serves when no benchmark on that target says otherwise
@@ -40,7 +40,7 @@ class Speed:
 
 
 @dataclass
-class Row:
+class ComparisonRow:
     name: str
     label: str  # the part of the name after the merged model's: "Q4_K_M.gguf", "GPTQ-Int4"; "merged", "base"
     format: str
@@ -76,7 +76,7 @@ class Comparison:
     task: str | None
     metric: str | None
     keep_percent: float
-    rows: list[Row]
+    rows: list[ComparisonRow]
     pareto_size: list[str]
     pareto_speed: dict[str, list[str]]
     recommendations: list[Recommendation]
@@ -110,7 +110,7 @@ def keep_percent(value: float | None, reference: float | None, metric: str) -> f
     return 100.0 * value / reference
 
 
-def oriented(row: Row, metric: str) -> float:
+def oriented(row: ComparisonRow, metric: str) -> float:
     assert row.score is not None
     return row.score if higher_is_better(metric) else -row.score
 
@@ -172,7 +172,7 @@ def speeds(bench: list[dict[str, Any]]) -> dict[str, dict[str, Speed]]:
 
 def build_rows(
     variants: list[dict[str, Any]], metrics: list[dict[str, Any]], bench: list[dict[str, Any]], task: str | None
-) -> list[Row]:
+) -> list[ComparisonRow]:
     primary = primary_metrics(metrics)
     values = {(m["model"], m["task"], m["metric"]): m["value"] for m in metrics}
     roles = {m["model"]: m["role"] for m in metrics}
@@ -181,11 +181,11 @@ def build_rows(
     rows = []
     base_names = [name for name, role in roles.items() if role == "base"]
     for name in base_names:
-        rows.append(Row(name=name, label="base", format="hf", role="base"))
+        rows.append(ComparisonRow(name=name, label="base", format="hf", role="base"))
     for variant in variants:
         role = "reference" if variant.get("meta", {}).get("reference") else "variant"
         rows.append(
-            Row(
+            ComparisonRow(
                 name=variant["name"],
                 label=label_of(variant["name"], reference, role),
                 format=variant["format"],
@@ -217,7 +217,7 @@ def build_rows(
     return rows
 
 
-def candidates(rows: list[Row]) -> list[Row]:
+def candidates(rows: list[ComparisonRow]) -> list[ComparisonRow]:
     return [r for r in rows if r.role != "base" and r.status == "done" and r.score is not None]
 
 
@@ -225,7 +225,9 @@ def mib(size: float | None) -> str:
     return "? MiB" if size is None else f"{size:.0f} MiB"
 
 
-def recommend(rows: list[Row], target: str, keep: float, task: str | None, metric: str | None) -> Recommendation:
+def recommend(
+    rows: list[ComparisonRow], target: str, keep: float, task: str | None, metric: str | None
+) -> Recommendation:
     """The fastest variant measured on the target (else the smallest of the target's formats) that keeps
     at least `keep`% of the merged model's task score and passed the parity check."""
     pool = [r for r in candidates(rows) if r.tg(target) is not None]

@@ -7,19 +7,23 @@ from dataclasses import dataclass
 from typing import Any
 
 from workbench import safe
-from workbench.report.compare import Comparison, Row
+from workbench.report.compare import Comparison, ComparisonRow
 
 
 @dataclass
 class Column:
     header: str
-    value: Callable[[Row], Any]
+    value: Callable[[ComparisonRow], Any]
     digits: int = 1
     signed: bool = False
 
 
-def _speed(target: str, field: str) -> Callable[[Row], Any]:
+def _speed(target: str, field: str) -> Callable[[ComparisonRow], Any]:
     return lambda row: getattr(row.speed[target], field) if target in row.speed else None
+
+
+def probe_value(name: str) -> Callable[[ComparisonRow], Any]:
+    return lambda row: row.probes.get(name)
 
 
 def columns(comparison: Comparison) -> list[Column]:
@@ -34,7 +38,7 @@ def columns(comparison: Comparison) -> list[Column]:
         Column("kept %", lambda r: r.keep_pct, 1),
     ]
     probes = list(dict.fromkeys(name for row in rows for name in row.probes))
-    cols += [Column(name, lambda r, n=name: r.probes.get(n), 3) for name in probes]
+    cols += [Column(name, probe_value(name), 3) for name in probes]
     cols += [
         Column("KLD", lambda r: r.kld, 4),
         Column("top-1", lambda r: r.top1, 3),
@@ -58,12 +62,12 @@ def columns(comparison: Comparison) -> list[Column]:
     return cols
 
 
-def throughput(row: Row) -> str | None:
+def throughput(row: ComparisonRow) -> str | None:
     levels = row.speed["gpu"].throughput if "gpu" in row.speed else {}
     return " ".join(f"x{level}:{tps:.0f}" for level, tps in levels.items()) or None
 
 
-def pareto_marks(comparison: Comparison, row: Row) -> str:
+def pareto_marks(comparison: Comparison, row: ComparisonRow) -> str:
     marks = ["size"] if row.name in comparison.pareto_size else []
     marks += [f"{target} speed" for target, names in comparison.pareto_speed.items() if row.name in names]
     return ", ".join(marks)

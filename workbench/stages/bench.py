@@ -68,7 +68,7 @@ def bench_one(ctx: StageContext, job: dict[str, Any]) -> dict[str, Any]:
     return {**outcome.value(), "peak_rss_mb": outcome.peak_rss_mb}
 
 
-def describe(record: dict[str, Any]) -> str:
+def speed_line(record: dict[str, Any]) -> str:
     if "pp_tps" in record:
         return (
             f"pp{record['prompt_tokens']} {record['pp_tps']['median']:.1f} tok/s, "
@@ -94,7 +94,7 @@ def run(ctx: StageContext) -> list[dict[str, Any]]:
             error = failure_line(job["variant"], exc)
             ctx.failures.append(f"{error.splitlines()[0]} (on {job['device']}, {job['backend']})")
             record = {**keep, "status": "failed", "error": error}
-        ctx.say(f"{job['variant']} on {job['device']} ({job['backend']}): {describe(record)}")
+        ctx.say(f"{job['variant']} on {job['device']} ({job['backend']}): {speed_line(record)}")
         ctx.event("benchmarked", **record)
         records.append(record)
     ctx.store.replace_bench(ctx.run_id, records)

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
 from typing import Any
 
 from workbench import safe
 from workbench.data.dataset import DataError, check_bad_rows, load_data, split_rows, token_lengths
+from workbench.data.files import write_jsonl
 from workbench.fsutil import hash_path
 from workbench.models import resolve_model
 from workbench.recipe import Recipe
 from workbench.stages.base import Stage, StageContext
 
 
-def model_fingerprint(base_model: str) -> str:
+def base_model_key(base_model: str) -> str:
     resolved = resolve_model(base_model)
     return hash_path(Path(resolved)) if Path(resolved).is_dir() else resolved
 
@@ -25,7 +25,7 @@ def key_inputs(recipe: Recipe) -> dict[str, Any]:
     return {
         "data": section,
         "data_file": hash_path(recipe.resolve_path(recipe.data.path)),
-        "base_model": model_fingerprint(recipe.base_model),
+        "base_model": base_model_key(recipe.base_model),
     }
 
 
@@ -40,17 +40,6 @@ def length_stats(lengths: list[int]) -> dict[str, float]:
         "p95": ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))],
         "max": ordered[-1],
     }
-
-
-def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    with path.open("w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    with path.open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
 
 
 def held_out_users(recipe: Recipe) -> list[str]:

@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from workbench import parity, preflight, workers
+from workbench.data.files import read_jsonl
 from workbench.errors import StageFailed
 from workbench.export import gguf, gptq
 from workbench.fsutil import dir_size
 from workbench.models import display_name
-from workbench.recipe import Recipe
+from workbench.recipe import FORMATS, ExportSection, Format, Recipe
 from workbench.stages.base import Stage, StageContext, failure_line
-from workbench.stages.data import read_jsonl
 from workbench.variants import Variant, variant_name
 
 # how long a worker may take; not part of the cache key (they do not change what is made)
@@ -109,8 +109,6 @@ def attempt(ctx: StageContext, variant: Variant, build: Callable[[Variant], None
 
 def export_gguf(ctx: StageContext, inputs: ExportInputs) -> list[Variant]:
     section, merged = ctx.recipe.export, inputs.merged
-    if not section.gguf:
-        return []
     version, timeout = metadata.version("llama_cpp_python"), section.timeout_s
     stem = merged.name
     source = ctx.out / f"{stem}-F16.gguf" if "f16" in section.gguf else ctx.work / f"{stem}-F16.gguf"
@@ -162,8 +160,6 @@ def export_gguf(ctx: StageContext, inputs: ExportInputs) -> list[Variant]:
 
 def export_nf4(ctx: StageContext, inputs: ExportInputs) -> list[Variant]:
     section, merged = ctx.recipe.export, inputs.merged
-    if not section.nf4:
-        return []
     out = ctx.out / f"{merged.name}-BNB-NF4"
     variant = Variant(
         name=out.name,
@@ -188,8 +184,6 @@ def export_nf4(ctx: StageContext, inputs: ExportInputs) -> list[Variant]:
 def export_gptq_awq(ctx: StageContext, inputs: ExportInputs) -> list[Variant]:
     section, merged = ctx.recipe.export, inputs.merged
     methods = [m for m in ("gptq", "awq") if getattr(section, m)]
-    if not methods:
-        return []
     train_rows = read_jsonl(ctx.inputs["data"] / "train.jsonl")[: section.calibration_rows]
     calibration = gptq.calibration_texts(train_rows, inputs.tokenizer)
     version = metadata.version("gptqmodel")
@@ -232,6 +226,23 @@ def export_gptq_awq(ctx: StageContext, inputs: ExportInputs) -> list[Variant]:
     return variants
 
 
+@dataclass(frozen=True)
+class Exporter:
+    """One way of making variants: every exporter gets the same inputs, makes each variant in a worker
+    (`attempt` records a failure and goes on), checks it (`check`: parity + smoke) and returns them."""
+
+    formats: tuple[Format, ...]  # the recipe formats it makes
+    wanted: Callable[[ExportSection], bool]  # whether the recipe asks for any of them
+    export: Callable[[StageContext, ExportInputs], list[Variant]]
+
+
+EXPORTERS: tuple[Exporter, ...] = (
+    Exporter(("gguf",), lambda section: bool(section.gguf), export_gguf),
+    Exporter(("nf4",), lambda section: section.nf4, export_nf4),
+    Exporter(("gptq", "awq"), lambda section: section.gptq or section.awq, export_gptq_awq),
+)
+
+
 def preflight_export(ctx: StageContext, merged_dir: Path) -> None:
     """All requested files together on disk; the converter's peak (~6 bytes a parameter, measured) in memory."""
     params = preflight.parameter_count(merged_dir)
@@ -272,12 +283,15 @@ def run(ctx: StageContext) -> list[dict[str, Any]]:
     except workers.WorkerFailed as exc:  # the reference stays usable; the report names the failed check
         ctx.failures.append(str(exc))
         ctx.say(f"FAILED: {exc}")
-    variants = [merged, *export_gguf(ctx, inputs), *export_nf4(ctx, inputs), *export_gptq_awq(ctx, inputs)]
+    variants = [merged]
+    for exporter in EXPORTERS:
+        if exporter.wanted(section):
+            variants += exporter.export(ctx, inputs)
     # paths point into the temporary folder until the stage is renamed into place
     final = ctx.run_dir / ctx.stage
     for variant in variants[1:]:
         variant.path = str(final / Path(variant.path).name)
-    ctx.store.replace_variants(ctx.run_id, ["hf", "gguf", "nf4", "gptq", "awq"], [v.to_dict() for v in variants])
+    ctx.store.replace_variants(ctx.run_id, list(FORMATS), [v.to_dict() for v in variants])
     exported = [v for v in variants[1:] if v.status == "done"]
     return [
         {"name": v.name, "kind": v.format, "path": Path(v.path).name, "size": v.size, "meta": {"bits": v.bits}}

@@ -1,9 +1,5 @@
-"""Merge stage: fold the adapter into the 16-bit base and save a plain checkpoint.
-
-QLoRA adapters are merged into the base reloaded unquantized, never into nf4 weights. The one
-exception is LoftQ, whose adapter is initialised against the nf4 base: it merges into that base
-dequantized, the function it was trained on.
-"""
+"""Merge stage: the adapter folded into the base (workbench.merge), saved as a plain checkpoint in the
+recipe's dtype."""
 
 from __future__ import annotations
 
@@ -14,6 +10,7 @@ from typing import Any
 
 from workbench import preflight
 from workbench.fsutil import dir_size
+from workbench.merge import merge_adapter
 from workbench.models import resolve_model
 from workbench.recipe import Recipe
 from workbench.stages.base import Stage, StageContext
@@ -21,32 +18,6 @@ from workbench.stages.base import Stage, StageContext
 
 def key_inputs(recipe: Recipe) -> dict[str, Any]:
     return {"merge": recipe.merge.model_dump(mode="json")}
-
-
-def load_base(base: str, merge_base: str) -> Any:
-    import torch
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-    if merge_base == "dequantized-nf4":
-        quant = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.float32,
-        )
-        model = AutoModelForCausalLM.from_pretrained(
-            base, quantization_config=quant, dtype=torch.float32, device_map={"": "cpu"}
-        )
-        return model.dequantize()
-    return AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-
-
-def merge_adapter(base: str, adapter_dir: Any, merge_base: str = "base") -> Any:
-    """The base with the adapter folded in, in fp32 (cast when saving)."""
-    from peft import PeftModel
-
-    model = PeftModel.from_pretrained(load_base(base, merge_base), str(adapter_dir))
-    return model.merge_and_unload()
 
 
 def run(ctx: StageContext) -> list[dict[str, Any]]:

@@ -9,10 +9,11 @@ from textual.app import App
 
 from workbench import launcher
 from workbench.store import Store
+from workbench.tui.screens import CancelRun
 from workbench.tui.screens.runs import RunsScreen
 
 
-class WorkbenchApp(App):
+class WorkbenchApp(App[None]):
     CSS_PATH = Path(__file__).with_name("app.tcss")  # absolute: subclasses defined elsewhere find it too
     TITLE = "workbench"
 
@@ -24,7 +25,8 @@ class WorkbenchApp(App):
     def on_mount(self) -> None:
         self.push_screen(RunsScreen())
 
-    def cancel_run(self, run_id: str) -> None:
+    def on_cancel_run(self, message: CancelRun) -> None:
+        run_id = message.run_id
         if launcher.cancel(self.store, run_id):
             self.notify(f"asked {run_id} to stop; it saves what it can resume from", markup=False)
         else:

@@ -40,6 +40,25 @@ def pipeline(stages: list[StageRecord], train: dict[str, Any] | None = None) -> 
     return " ".join(parts)
 
 
+ATTENTION = ("running", "crashed", "failed", "interrupted", "partial")
+
+
+def marks(stages: list[StageRecord], train: dict[str, Any] | None = None) -> str:
+    """The Runs table's narrow form: one mark per stage in pipeline order (· not run yet), then the stage
+    that wants attention: the one running (training with step/total), else the first that did not finish."""
+    by_name = {s.name: s for s in stages}
+    line = "".join(MARKS.get(by_name[name].status, "?") if name in by_name else "·" for name in STAGE_ORDER)
+    ordered = [by_name[name] for name in STAGE_ORDER if name in by_name]
+    notable = next((s for s in ordered if s.status == "running"), None) or next(
+        (s for s in ordered if s.status in ATTENTION), None
+    )
+    if notable is None:
+        return line
+    if notable.name == "train" and notable.status == "running" and train:
+        return f"{line} train {train['step']}/{train['total_steps']}"
+    return f"{line} {notable.name} {notable.status}"
+
+
 def training_line(log: dict[str, Any] | None) -> str:
     if not log:
         return "training: no steps logged yet"

@@ -132,7 +132,7 @@ class GuardedServer(Server):
         self.public_url = f"{request.scheme}://{request.host}"
         return await super().handle_index(request)
 
-    async def handle_websocket(self, request: web.Request) -> web.StreamResponse:
+    async def handle_websocket(self, request: web.Request) -> web.WebSocketResponse:
         if self.sessions >= self.max_sessions:
             raise web.HTTPServiceUnavailable(text=f"workbench: {self.max_sessions} sessions already open")
         self.sessions += 1

@@ -21,7 +21,7 @@ TASKS: dict[str, Task] = {
     "nf4.export": Task("workbench.export.nf4:export_job", "nf4 export"),
     "gptq.export": Task("workbench.export.gptq:export_job", "GPTQModel export"),
     "variant.check": Task("workbench.export.checks:check_job", "check"),
-    "eval.model": Task("workbench.evaluate.worker:evaluate_job", "evaluation"),
+    "eval.model": Task("workbench.eval.worker:evaluate_job", "evaluation"),
     "bench.measure": Task("workbench.bench.worker:measure_job", "benchmark"),
     "chat.answer": Task("workbench.chat:answer_job", "answer"),
     "doctor.probe": Task("workbench.doctor.probes:probe_job", "probe"),

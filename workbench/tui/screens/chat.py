@@ -12,12 +12,12 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import HorizontalScroll, Vertical, VerticalScroll
-from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, SelectionList, Static
 from textual.worker import get_current_worker
 
 from workbench import chat, workers
 from workbench.errors import RunError
+from workbench.tui.screens import AppScreen
 from workbench.tui.text import plain
 
 MIN_WIDTH = 26
@@ -53,13 +53,13 @@ class Answer(Vertical):
         elif "done" in event:
             result = event["done"]
             self.border_subtitle = f"{result['tok_s']:.1f} tok/s" if result["tok_s"] else "done"
-            self.query_one(".answer-stats", Static).update(chat.describe(result))
+            self.query_one(".answer-stats", Static).update(chat.stats_line(result))
         elif "error" in event:
             self.border_subtitle = "FAILED"
             self.query_one(".answer-stats", Static).update(f"FAILED: {event['error']}")
 
 
-class ChatScreen(Screen):
+class ChatScreen(AppScreen):
     DEFAULT_CSS = """
     #chat-info { height: auto; padding: 0 1; }
     #variants { height: auto; max-height: 6; }
@@ -78,7 +78,7 @@ class ChatScreen(Screen):
         self.found: list[dict[str, Any]] = []
         self.system_prompt: str | None = None
         self.running: workers.Running | None = None  # the model process answering now
-        self.lock = threading.Lock()  # between the answering thread starting one and `stop` killing it
+        self.stop_lock = threading.Lock()  # between the answering thread starting one and `stop` killing it
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -92,7 +92,7 @@ class ChatScreen(Screen):
         self.title = f"workbench · chat · {self.run_id}"
         info = self.query_one("#chat-info", Static)
         try:
-            self.found, self.system_prompt = chat.for_run(self.app.store, self.run_id)  # type: ignore[attr-defined]
+            self.found, self.system_prompt = chat.for_run(self.workbench.store, self.run_id)
         except RunError as exc:
             info.update(str(exc))
             return
@@ -143,7 +143,7 @@ class ChatScreen(Screen):
         worker = get_current_worker()
 
         def started(running: workers.Running) -> None:
-            with self.lock:
+            with self.stop_lock:
                 if worker.is_cancelled:  # stopped while this one was starting
                     running.stop()
                 else:
@@ -159,7 +159,7 @@ class ChatScreen(Screen):
                     self.app.call_from_thread(panel.show, event)
 
     def action_stop(self) -> None:
-        with self.lock:
+        with self.stop_lock:
             self.workers.cancel_group(self, "arena")
             if self.running is not None:
                 self.running.stop()

@@ -4,11 +4,10 @@ same numbers as `workbench report`."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, TabPane
 from textual_plotext import PlotextPlot
 
@@ -47,7 +46,7 @@ def draw(plot: PlotextPlot, data: chart.Chart) -> None:
         plt.scatter([p.x for p in others], [p.y for p in others], marker="x", label="x: not on the front")
     middle = (min(xs) + max(xs)) / 2
     for index, point in enumerate(data.points):
-        align = "left" if point.x <= middle else "right"
+        align: Literal["left", "right"] = "left" if point.x <= middle else "right"
         below = index % 2 == 1  # neighbours' labels alternate above and below, so close points stay readable
         y = point.y - y_pad * 0.6 if below else point.y + y_pad * 0.6
         plt.text(point.label.removesuffix(".gguf"), point.x, y, alignment=align)
@@ -59,7 +58,7 @@ def draw(plot: PlotextPlot, data: chart.Chart) -> None:
     plot.refresh()
 
 
-class CompareScreen(NumberedTabs, Screen):
+class CompareScreen(NumberedTabs):
     DEFAULT_CSS = """
     #compare-tabs { height: 1fr; }
     #recommendation { height: auto; padding: 0 1; }
@@ -91,7 +90,7 @@ class CompareScreen(NumberedTabs, Screen):
 
     def on_mount(self) -> None:
         self.title = f"workbench · compare {self.run_id}"
-        report = write.load(self.app.store, self.run_id, self.app.home / self.run_id)  # type: ignore[attr-defined]
+        report = write.load(self.workbench.store, self.run_id, self.workbench.home / self.run_id)
         comparison = report.comparison
         lines = write.recommendation_lines(comparison) + [f"({line})" for line in report.settings]
         self.query_one("#recommendation", Static).update("\n".join(lines))

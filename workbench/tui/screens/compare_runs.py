@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from workbench.report import runs, write
+from workbench.tui.screens import AppScreen
 from workbench.tui.tables import cell
 
 
-class CompareRunsScreen(Screen):
+class CompareRunsScreen(AppScreen):
     DEFAULT_CSS = """
     #runs-legend { height: auto; padding: 0 1; }
     #runs-comparison { height: 1fr; }
@@ -34,7 +34,7 @@ class CompareRunsScreen(Screen):
 
     def on_mount(self) -> None:
         self.title = f"workbench · compare {', '.join(self.run_ids)}"
-        store, home = self.app.store, self.app.home  # type: ignore[attr-defined]
+        store, home = self.workbench.store, self.workbench.home
         table = runs.side_by_side([write.load(store, run_id, home / run_id) for run_id in self.run_ids])
         self.query_one("#runs-legend", Static).update(runs.legend(table))
         grid = self.query_one("#runs-comparison", DataTable)

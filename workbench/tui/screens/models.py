@@ -9,11 +9,11 @@ from asyncio.subprocess import DEVNULL, STDOUT
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from workbench import launcher, models
 from workbench.common import last_line
+from workbench.tui.screens import AppScreen
 from workbench.tui.tables import cell, selected_row
 
 COLUMNS = ("model", "params", "local", "size", "license")
@@ -53,7 +53,7 @@ def rows() -> list[dict[str, str]]:
     return found
 
 
-class ModelsScreen(Screen):
+class ModelsScreen(AppScreen):
     DEFAULT_CSS = """
     #models { height: 1fr; }
     #model-info, #pull-status { height: auto; padding: 0 1; }
@@ -94,7 +94,7 @@ class ModelsScreen(Screen):
         return selected_row(self.query_one(DataTable))
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        row = self.found[event.row_key.value]
+        row = self.found[str(event.row_key.value)]
         self.query_one("#model-info", Static).update(f"from {row['from']}\nin a recipe: base_model: {row['name']}")
 
     def action_pull(self) -> None:
@@ -117,7 +117,7 @@ class ModelsScreen(Screen):
     async def pull(self, name: str) -> None:
         """`workbench models pull` in its own session, output to a log file: a pull loads torch, which the
         app never imports, and it finishes (atomically) even if the app is closed meanwhile."""
-        log = self.app.home / "pulls" / f"{name}.log"  # type: ignore[attr-defined]
+        log = self.workbench.home / "pulls" / f"{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "wb") as out:
             process = await asyncio.create_subprocess_exec(

@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Any
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
-from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Label, Static, TextArea
 
 from workbench import launcher
 from workbench.errors import RunError
 from workbench.paths import BadName, check_name
+from workbench.tui.screens import AppScreen
 
 if TYPE_CHECKING:
     from workbench.recipe import Recipe  # pydantic: loaded when a recipe is checked, not at start-up
@@ -39,7 +39,7 @@ def changes(before: Recipe, after: Recipe) -> list[tuple[str, Any, Any]]:
     return [(key, old.get(key), new[key]) for key in new if old.get(key) != new[key]]
 
 
-class NewRunScreen(Screen):
+class NewRunScreen(AppScreen):
     BINDINGS = [
         Binding("ctrl+r", "launch", "Validate and launch", priority=True),
         Binding("f5", "validate", "Validate", priority=True),
@@ -98,7 +98,7 @@ class NewRunScreen(Screen):
             return
         path, run_id = checked
         try:
-            launcher.launch(path, self.app.home, run_id, self.overrides())  # type: ignore[attr-defined]
+            launcher.launch(path, self.workbench.home, run_id, self.overrides())
         except RunError as exc:  # the run has a live worker
             self.query_one("#problems", Static).update(str(exc))
             return

@@ -8,19 +8,19 @@ from typing import Any
 
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Log, Static, TabbedContent, TabPane
 from textual_plotext import PlotextPlot
 
 from workbench.common import tail
 from workbench.tui import progress
+from workbench.tui.screens import CancelRun
 from workbench.tui.tables import cell
 from workbench.tui.tabs import NumberedTabs, tab_keys
 
 TABS = ("stages", "curve", "log", "artifacts")
 
 
-class RunScreen(NumberedTabs, Screen):
+class RunScreen(NumberedTabs):
     DEFAULT_CSS = """
     #summary, #training { height: auto; padding: 0 1; }
     #tabs { height: 1fr; }
@@ -40,7 +40,7 @@ class RunScreen(NumberedTabs, Screen):
         self.log_lines: list[str] = []
         self.train_logs: list[dict[str, Any]] = []
         self.plotted = 0
-        self.artifact_rows: list[tuple[str, ...]] = []
+        self.artifact_rows: list[tuple[str, str, str, str]] = []
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -65,7 +65,7 @@ class RunScreen(NumberedTabs, Screen):
         self.set_interval(1.0, self.refresh_run)
 
     def refresh_run(self) -> None:
-        store = self.app.store  # type: ignore[attr-defined]
+        store = self.workbench.store
         run = store.run(self.run_id)
         if run is None:
             self.query_one("#summary", Static).update(f"run {self.run_id}: waiting for its worker to start")
@@ -86,7 +86,7 @@ class RunScreen(NumberedTabs, Screen):
         self.query_one("#training", Static).update(progress.training_line(last))
         self.plot_curve()
         self.show_artifacts(store.artifacts(self.run_id))
-        lines = tail(self.app.home / self.run_id / "worker.log")  # type: ignore[attr-defined]
+        lines = tail(self.workbench.home / self.run_id / "worker.log")
         if lines != self.log_lines:
             log = self.query_one("#log", Log)
             log.clear()
@@ -122,7 +122,7 @@ class RunScreen(NumberedTabs, Screen):
             table.add_row(*map(cell, row), key=row[1])
 
     def action_cancel(self) -> None:
-        self.app.cancel_run(self.run_id)  # type: ignore[attr-defined]
+        self.post_message(CancelRun(self.run_id))
 
     def action_compare(self) -> None:
         from workbench.tui.screens.compare import CompareScreen

@@ -6,14 +6,14 @@ import time
 
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header
 
 from workbench.tui import progress
+from workbench.tui.screens import AppScreen, CancelRun
 from workbench.tui.tables import cell, selected_row
 
 
-class RunsScreen(Screen):
+class RunsScreen(AppScreen):
     """`space` marks runs; `v` compares the marked runs side by side (or the highlighted run's variants)."""
 
     BINDINGS = [
@@ -43,7 +43,7 @@ class RunsScreen(Screen):
         self.set_interval(1.0, self.refresh_runs)
 
     def refresh_runs(self) -> None:
-        store = self.app.store  # type: ignore[attr-defined]
+        store = self.workbench.store
         table = self.query_one(DataTable)
         seen = set()
         for run in store.runs():
@@ -54,7 +54,7 @@ class RunsScreen(Screen):
                 f"* {run_id}" if run_id in self.marked else run_id,
                 store.live_status(run),
                 progress.age(time.time() - run["updated"]),  # since its status last changed
-                progress.pipeline(store.stages(run_id), last),
+                progress.marks(store.stages(run_id), last),
             )
             if run_id in table.rows:
                 for column, value in zip(table.columns, cells, strict=True):
@@ -111,4 +111,4 @@ class RunsScreen(Screen):
     def action_cancel(self) -> None:
         run_id = self.selected()
         if run_id:
-            self.app.cancel_run(run_id)  # type: ignore[attr-defined]
+            self.post_message(CancelRun(run_id))

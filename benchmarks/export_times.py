@@ -2,7 +2,7 @@
 
 Re-runs only the export stage (earlier stages come from the run store's cache, or run first if missing):
 
-    .venv/bin/python bench/export_times.py [--recipe recipes/quickstart.yaml]
+    .venv/bin/python benchmarks/export_times.py [--recipe recipes/quickstart.yaml]
 """
 
 from __future__ import annotations

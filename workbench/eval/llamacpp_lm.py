@@ -18,7 +18,7 @@ from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
 from workbench.devices import usable_cores
-from workbench.evaluate.fidelity import log_softmax
+from workbench.eval.fidelity import log_softmax
 
 
 @register_model("llama-cpp-inprocess")

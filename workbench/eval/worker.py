@@ -13,20 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from workbench import safe
+from workbench.devices import compute_dtype
 from workbench.workers.child import Channel
-
-
-def compute_dtype(model_format: str, device: str) -> str:
-    """fp32 on CPU (fp16/bf16 matmuls are emulated on most CPUs), except GPTQ: GPTQModel's CPU kernel
-    (TorchAtenLinear) measured 5x slower in fp32 than in bf16. On GPU the checkpoint's own dtype."""
-    if device != "cpu":
-        return "auto"
-    return "bfloat16" if model_format == "gptq" else "float32"
 
 
 def load_lm(job: dict[str, Any]) -> Any:
     if job["format"] == "gguf":
-        from workbench.evaluate.llamacpp_lm import LlamaCppLM
+        from workbench.eval.llamacpp_lm import LlamaCppLM
 
         return LlamaCppLM(pretrained=job["path"], max_length=job["max_length"], seed=job["seed"])
     from lm_eval.models.huggingface import HFLM
@@ -40,7 +33,7 @@ def load_lm(job: dict[str, Any]) -> Any:
     )
 
 
-def metric_rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def lm_eval_rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """lm-eval's `{task: {"metric,filter": value, "metric_stderr,filter": err}}` as flat rows."""
     rows = []
     for task, values in results.items():
@@ -102,7 +95,7 @@ def run_lm_eval(lm: Any, job: dict[str, Any], out: Path) -> dict[str, Any]:
             for sample in samples:
                 f.write(safe.json_text(sample, default=handle_non_serializable, ensure_ascii=False) + "\n")
     return {
-        "metrics": metric_rows(output["results"]),
+        "metrics": lm_eval_rows(output["results"]),
         "samples": {task: len(samples) for task, samples in output.get("samples", {}).items()},
         "n_shot": output.get("n-shot", {}),
         "versions": output.get("versions", {}),
@@ -113,7 +106,7 @@ def run_fidelity(lm: Any, job: dict[str, Any]) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from workbench.evaluate import fidelity
+    from workbench.eval import fidelity
 
     spec = job["fidelity"]
     reference = AutoModelForCausalLM.from_pretrained(spec["reference"], dtype=torch.float32).to(job["device"])

@@ -5,7 +5,7 @@ llama-bench is built once from the llama.cpp source vendored in the installed ll
 (needs cmake and a C++ compiler; or point WORKBENCH_LLAMA_BENCH at a binary). Uses a finished run's GGUF
 (default: the quickstart's Q4_K_M; `make run` first) or --model FILE:
 
-    .venv/bin/python bench/llama_bench_parity.py [--model FILE] [--threads N] [-p 512] [-n 128] [-r 5]
+    .venv/bin/python benchmarks/llama_bench_parity.py [--model FILE] [--threads N] [-p 512] [-n 128] [-r 5]
 """
 
 from __future__ import annotations

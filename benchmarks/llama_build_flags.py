@@ -6,7 +6,7 @@ Each flavour is llama.cpp's own `llama-bench`, built from the sources vendored i
 llama-cpp-python (needs cmake and a C++ compiler; a few minutes per flavour on 2 cores, kept for the next
 run). Uses a finished run's GGUF files (default: the quickstart's Q4_K_M and Q8_0; `make run` first):
 
-    .venv/bin/python bench/llama_build_flags.py [--run quickstart] [--model FILE ...] [-p 256] [-n 64] [-r 3]
+    .venv/bin/python benchmarks/llama_build_flags.py [--run quickstart] [--model FILE ...] [-p 256] [-n 64] [-r 3]
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Runs the two alternately (bare, workbench, bare, workbench, ...) in one process and prints each run's
 tokens/s and the ratio of medians. Target: workbench / bare >= 0.95.
 
-    .venv/bin/python bench/train_overhead.py [--recipe recipes/quickstart.yaml] [--steps 12] [--reps 2]
+    .venv/bin/python benchmarks/train_overhead.py [--recipe recipes/quickstart.yaml] [--steps 12] [--reps 2]
 """
 
 from __future__ import annotations

@@ -7,17 +7,21 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 from transformers import TrainerCallback
 
-from workbench.stages.base import StageContext
+
+class Recorder(Protocol):
+    """Where training metrics go (a stage's context: its `event` lands in the run store)."""
+
+    def event(self, kind: str, **data: Any) -> None: ...
 
 
 class StoreCallback(TrainerCallback):
     """Writes loss, learning rate, grad norm, tokens/s and ETA to the run store at every log."""
 
-    def __init__(self, ctx: StageContext, total_steps: int):
+    def __init__(self, ctx: Recorder, total_steps: int):
         self.ctx = ctx
         self.total_steps = total_steps
         self.last_loss: float | None = None

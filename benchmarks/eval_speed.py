@@ -3,7 +3,7 @@ merged model, same task, same process, alternating repetitions (target: ratio >=
 
 Uses a finished run's files (default: the quickstart; `make run` first):
 
-    .venv/bin/python bench/eval_speed.py [--run quickstart] [--task heldout] [--reps 2]
+    .venv/bin/python benchmarks/eval_speed.py [--run quickstart] [--task heldout] [--reps 2]
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from workbench.evaluate.tasks import BUILTIN_EVALS, copy_task_folders  # noqa: E402
+from workbench.eval.tasks import BUILTIN_EVALS, copy_task_folders  # noqa: E402
 from workbench.runner import default_home  # noqa: E402
 from workbench.store import Store  # noqa: E402
 
@@ -50,8 +50,8 @@ def main() -> None:
 
     from lm_eval.models.huggingface import HFLM
 
-    from workbench.evaluate.llamacpp_lm import LlamaCppLM
-    from workbench.evaluate.worker import compute_dtype
+    from workbench.eval.llamacpp_lm import LlamaCppLM
+    from workbench.eval.worker import compute_dtype
 
     variants = {v["name"]: v for v in Store(args.home / "workbench.db").variants(args.run)}
     merged = next(v for v in variants.values() if v["meta"].get("reference"))

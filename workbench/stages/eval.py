@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from workbench import safe
+from workbench.data.files import read_jsonl
 from workbench.devices import pick_device
 from workbench.errors import StageFailed
-from workbench.evaluate import tasks
+from workbench.eval import tasks
 from workbench.fsutil import atomic_write_text, hash_path
 from workbench.models import display_name, resolve_model
 from workbench.recipe import Recipe
 from workbench.stages.base import Stage, StageContext, failure_line
-from workbench.stages.data import read_jsonl
 
 
 class EvalFailed(StageFailed):
@@ -80,7 +80,7 @@ def evaluate_model(ctx: StageContext, model: dict[str, Any], common: dict[str, A
     interrupted stage does not evaluate finished models again. Raises WorkerFailed when it fails."""
     out = ctx.work / "models" / model["name"]
     done = out / "results.json"
-    fingerprint = model_fingerprint(Path(model["path"]))
+    fingerprint = files_fingerprint(Path(model["path"]))
     kept = json.loads(done.read_text()) if done.is_file() else {}
     if kept and kept.get("fingerprint") == fingerprint:
         ctx.say(f"{model['name']}: evaluated earlier (kept from an interrupted attempt)")
@@ -99,7 +99,7 @@ def evaluate_model(ctx: StageContext, model: dict[str, Any], common: dict[str, A
     return summary
 
 
-def model_fingerprint(path: Path) -> str | None:
+def files_fingerprint(path: Path) -> str | None:
     """Size and modification time of a model's files: a re-exported variant is evaluated again."""
     if not path.exists():
         return None  # a hub id
@@ -107,7 +107,7 @@ def model_fingerprint(path: Path) -> str | None:
     return ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
 
 
-def metric_rows(model: dict[str, Any], summary: dict[str, Any]) -> list[dict[str, Any]]:
+def store_rows(model: dict[str, Any], summary: dict[str, Any]) -> list[dict[str, Any]]:
     rows = [{**row, "model": model["name"], "role": model["role"]} for row in summary.get("metrics", [])]
     for name, value in (summary.get("fidelity") or {}).items():
         rows.append({"model": model["name"], "role": model["role"], "task": "fidelity", "metric": name, "value": value})
@@ -161,7 +161,7 @@ def run(ctx: StageContext) -> list[dict[str, Any]]:
             summaries[model["name"]] = {**model, "status": "failed", "error": error}
             continue
         summaries[model["name"]] = {**model, "status": "done", **summary}
-        scored = metric_rows(model, summary)
+        scored = store_rows(model, summary)
         rows += scored
         ctx.event("evaluated", name=model["name"], metrics=scored)
     if not rows:

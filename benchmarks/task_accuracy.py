@@ -2,7 +2,7 @@
 
 Shows the gain a fine-tune bought on its own task, e.g. for the quickstart:
 
-    .venv/bin/python bench/task_accuracy.py quickstart [--limit 60]
+    .venv/bin/python benchmarks/task_accuracy.py quickstart [--limit 60]
 """
 
 from __future__ import annotations

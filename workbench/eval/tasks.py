@@ -4,7 +4,6 @@ from anywhere (their data files resolved to absolute paths)."""
 from __future__ import annotations
 
 import difflib
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 import yaml
 
 from workbench import parity, yamlfile
+from workbench.data.files import write_jsonl
 from workbench.errors import InputError
 
 BUILTIN_EVALS = Path(__file__).resolve().parents[2] / "evals"
@@ -20,10 +20,6 @@ HELDOUT = "heldout"
 
 class TaskError(InputError, ValueError):
     pass
-
-
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
 
 
 def json_task(data_file: Path | str, name: str = HELDOUT) -> dict[str, Any]:
@@ -52,7 +48,7 @@ def heldout_task(
     data_file = out / f"{HELDOUT}.jsonl"
     kind = "text" if "text" in rows[0] else "preference" if "chosen" in rows[0] else "messages"
     if kind == "text":
-        _write_jsonl(data_file, [{"text": row["text"]} for row in rows])
+        write_jsonl(data_file, [{"text": row["text"]} for row in rows])
         config = {
             **json_task(data_file.name),
             "output_type": "loglikelihood_rolling",
@@ -68,7 +64,7 @@ def heldout_task(
             }
             for row in rows
         ]
-        _write_jsonl(data_file, docs)
+        write_jsonl(data_file, docs)
         config = {
             **json_task(data_file.name),
             "output_type": "multiple_choice",
@@ -88,7 +84,7 @@ def heldout_task(
             }
             for row in rows
         ]
-        _write_jsonl(data_file, docs)
+        write_jsonl(data_file, docs)
         end = parity.training_end_of_turn(tokenizer, rows[0]["messages"])
         until = [tokenizer.decode([end])] if end is not None else []
         longest = max(len(tokenizer(doc["answer"], add_special_tokens=False)["input_ids"]) for doc in docs)

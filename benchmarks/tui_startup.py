@@ -2,7 +2,7 @@
 Textual app with one DataTable doing the same, alternating (target: the workbench's under 1 s; it
 must not import torch, transformers or numpy).
 
-    .venv/bin/python bench/tui_startup.py [--reps 5]
+    .venv/bin/python benchmarks/tui_startup.py [--reps 5]
 """
 
 from __future__ import annotations

@@ -1,0 +1,129 @@
+"""Supervised fine-tuning with TRL and peft: the model as the recipe asks for it (LoRA, QLoRA with nf4,
+full), the trainer's configuration and where an interrupted training resumes. The train stage calls these
+and records what they did."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from workbench.data.dataset import auto_epochs
+from workbench.recipe import DataSection, Recipe, RecipeError, TrainSection
+
+
+def check_supported(recipe: Recipe, device: str) -> None:
+    """Combinations the libraries cannot do, refused before any model loads."""
+    section, problems = recipe.train, []
+    if section.lora.init == "loftq" and section.method != "qlora":
+        problems.append("train.lora.init: loftq initialises LoRA against the 4-bit base; use train.method: qlora")
+    elif section.lora.init == "loftq" and device != "cuda":
+        problems.append("train.lora.init: loftq needs a CUDA device (peft computes its initialisation on the GPU)")
+    if problems:
+        raise RecipeError(str(recipe.source or recipe.name), problems)
+
+
+def lora_config(section: TrainSection) -> Any:
+    from peft import LoraConfig
+
+    lora = section.lora
+    targets: str | list[str] = lora.targets
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=targets,
+        use_dora=lora.dora,
+        use_rslora=lora.rslora,
+        init_lora_weights="pissa" if lora.init == "pissa" else True,
+        task_type="CAUSAL_LM",
+    )
+
+
+def load_model(base: str, section: TrainSection, device: str) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if section.method == "qlora":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        )
+        # one full copy per process, so `accelerate launch` data parallelism works as well
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0)) if device == "cuda" else "cpu"}
+    return AutoModelForCausalLM.from_pretrained(base, **kwargs)  # the Trainer places unquantized models
+
+
+def wrap_peft(model: Any, base: str, section: TrainSection) -> Any:
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if section.method == "qlora":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=section.gradient_checkpointing)
+    model = get_peft_model(model, lora_config(section))
+    if section.method == "qlora" and section.lora.init == "loftq":
+        from peft import replace_lora_weights_loftq
+
+        replace_lora_weights_loftq(model, model_path=base if Path(base).is_dir() else None)
+    return model
+
+
+def training_steps(section: TrainSection, rows: int) -> tuple[float, int]:
+    """(epochs, optimizer steps) the run will take."""
+    epochs = auto_epochs(rows) if section.epochs == "auto" else float(section.epochs)
+    per_step = section.batch_size * section.grad_accum
+    steps = section.max_steps or math.ceil(epochs * math.ceil(rows / section.batch_size) / section.grad_accum)
+    return (steps * per_step / rows if section.max_steps else epochs), max(steps, 1)
+
+
+def sft_config(
+    checkpoints: Path, section: TrainSection, data: DataSection, device: str, epochs: float, steps: int
+) -> Any:
+    import torch
+    from trl import SFTConfig
+
+    return SFTConfig(
+        output_dir=str(checkpoints),
+        max_steps=steps,
+        num_train_epochs=epochs,
+        per_device_train_batch_size=section.batch_size,
+        gradient_accumulation_steps=section.grad_accum,
+        learning_rate=section.learning_rate,
+        lr_scheduler_type=section.lr_scheduler,
+        warmup_steps=section.warmup_ratio,  # a float below 1 is a ratio
+        weight_decay=section.weight_decay,
+        seed=section.seed,
+        data_seed=section.seed,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=section.checkpoint_every,
+        save_total_limit=2,
+        report_to="none",
+        use_cpu=device == "cpu",
+        bf16=device == "cuda" and torch.cuda.is_bf16_supported(),
+        activation_checkpointing=section.gradient_checkpointing,
+        max_length=data.max_length,
+        packing=data.packing,
+        dataset_num_proc=None,
+        dataloader_num_workers=0,
+    )
+
+
+def last_checkpoint(folder: Path) -> str | None:
+    """The newest complete checkpoint. The Trainer writes trainer_state.json last, so a checkpoint a kill
+    interrupted while it was being saved lacks it (or holds half of it) and is passed over."""
+    numbered = (
+        [p for p in folder.glob("checkpoint-*") if p.name.rsplit("-", 1)[-1].isdigit()] if folder.is_dir() else []
+    )
+    for path in sorted(numbered, key=lambda p: int(p.name.rsplit("-", 1)[-1]), reverse=True):
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            continue
+        return str(path)
+    return None
