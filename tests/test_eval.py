@@ -143,7 +143,7 @@ def test_task_folders_get_absolute_data_files_and_code_tags_are_refused(tmp_path
     evil = tmp_path / "evil"
     evil.mkdir()
     (evil / "task.yaml").write_text("task: evil\nprocess_docs: !function utils.process\n")
-    with pytest.raises(tasks.TaskError, match=r"task.yaml: !function utils.process runs Python code"):
+    with pytest.raises(tasks.TaskError, match=r"task.yaml: line 2, .*'!function': tags run Python code"):
         tasks.copy_task_folders([evil], tmp_path / "out2")
     with pytest.raises(tasks.TaskError, match="eval task folder not found"):
         tasks.copy_task_folders([tmp_path / "missing"], tmp_path / "out3")

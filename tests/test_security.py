@@ -40,7 +40,7 @@ def test_a_run_name_that_is_a_path_is_refused_and_the_users_folder_survives(
     (demo / "keep").write_text("mine")
     recipe = write_recipe(tmp_path, tiny_model, qa_file)
     home = tmp_path / "home"
-    for name in [str(tmp_path / "demo"), "../demo", "a/b", ".", "..", "-x", "", "a" * 101, "ä"]:
+    for name in [str(tmp_path / "demo"), "../demo", "a/b", ".", "..", "-x", "", "a" * 101, "ä", "demo\n"]:
         with pytest.raises(SystemExit) as exited:
             main(["--home", str(home), "run", str(recipe), f"--run-id={name}", "--stages", "data"])
         assert exited.value.code == 2 and "letters, digits" in capsys.readouterr().err, name
@@ -128,10 +128,18 @@ PLAIN = "task: {name}\ndataset_path: json\ndataset_kwargs: {{data_files: {{test:
 @pytest.mark.parametrize(
     ("files", "refusal"),
     [
-        ({"t.yaml": PLAIN.format(name="a") + "process_docs: !function utils.process\n"}, "!function utils.process"),
-        ({"t.yml": PLAIN.format(name="a") + "process_docs: !function utils.process\n"}, "!function"),
-        ({"t.yaml": "include: _template\ntask: a\n", "_template": "process_docs: !function u.p\n"}, "_template: !func"),
-        ({"t.yaml": "include: ../outside.yaml\ntask: a\n"}, "outside.yaml: !function"),
+        ({"t.yaml": PLAIN.format(name="a") + "process_docs: !function utils.process\n"}, "t.yaml: line 5.*'!function'"),
+        ({"t.yml": PLAIN.format(name="a") + "process_docs: !function utils.process\n"}, "'!function'"),
+        (
+            {"t.yaml": "include: _template\ntask: a\n", "_template": "process_docs: !function u.p\n"},
+            "_template: .*!func",
+        ),
+        ({"t.yaml": "include: ../outside.yaml\ntask: a\n"}, "outside.yaml: .*'!function'"),
+        ({"t.yaml": PLAIN.format(name="a") + "metadata: {? !function /x/evil.fn : 1}\n"}, "'!function'"),  # a key
+        ({"t.yaml": PLAIN.format(name="a") + "x: !!set {? !function /x/evil.fn}\n"}, "'!function'"),  # in a set
+        ({"t.yaml": "group: g\ntask:\n  - task: m\n    metric_list: [{metric: bleu, hf_evaluate: true}]\n"}, "hf_ev"),
+        ({"t.yaml": "group: g\ntask:\n  - task: m\n    metric_list: [{metric: attacker/metric}]\n"}, "registers"),
+        ({"t.yaml": "group: g\ntask:\n  - task: m\n    unsafe_code: true\n"}, "unsafe_code"),
         ({"t.yaml": PLAIN.format(name="a") + "unsafe_code: true\n"}, "unsafe_code"),
         ({"t.yaml": PLAIN.format(name="a") + "metric_list: [{metric: ./evil.py}]\n"}, "not a metric lm-eval registers"),
         ({"t.yaml": PLAIN.format(name="a") + "metric_list: [{metric: bleu, hf_evaluate: true}]\n"}, "hf_evaluate"),
@@ -146,6 +154,21 @@ def test_task_files_that_would_run_code_are_refused_unless_trusted(
     with pytest.raises(tasks.TaskError, match=refusal) as refused:
         tasks.copy_task_folders([folder], tmp_path / "out")
     assert "cycle" in refusal or "eval.trust_task_code: true" in str(refused.value) or "registers" in refusal
+
+
+def test_yaml_that_is_not_a_task_is_left_alone(tmp_path: Path) -> None:
+    folder = task_folder(
+        tmp_path,
+        {
+            "t.yaml": PLAIN.format(name="t"),
+            "empty.yaml": "",
+            "list.yml": "- a\n- b\n",
+            ".github/ci.yml": "job: !reference [a, b]\n",  # another tool's tags, in a hidden folder
+            "notes.yaml": "owner: !reference me\n",  # tags in a file that is no task: never handed to lm-eval
+        },
+    )
+    assert tasks.copy_task_folders([folder], tmp_path / "out") == ["t"]
+    assert [p.name for p in (tmp_path / "out").rglob("*.yaml")] == ["t.yaml"]
 
 
 def test_includes_are_merged_and_checked_and_trusted_folders_keep_their_code(tmp_path: Path) -> None:
@@ -305,13 +328,14 @@ def test_web_server_wants_the_token_a_known_host_and_its_own_origin(tmp_path: Pa
 
 
 def test_web_server_beyond_loopback_refuses_a_weak_token() -> None:
-    result = subprocess.run(
-        [*CLI, "tui", "--web", "--host", "0.0.0.0", "--port", str(free_port()), "--token", ""],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 2 and "at least 16 characters" in result.stderr
+    for token in ("", "a" * 16, "abcabcabcabcabca"):
+        result = subprocess.run(
+            [*CLI, "tui", "--web", "--host", "0.0.0.0", "--port", str(free_port()), "--token", token],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 2 and "at least 16 characters, 8 of them different" in result.stderr
 
 
 def test_web_guard_rules() -> None:

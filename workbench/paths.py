@@ -24,7 +24,7 @@ class OutsideError(RunError):
 
 def check_name(value: str, what: str = "run name") -> str:
     """`value` when it is a plain name (it becomes one folder under the runs home); else a clear error."""
-    if not isinstance(value, str) or not _NAME.match(value):
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
         raise BadName(f"{what} {value!r}: use {NAME_RULE} (no '/', not '.' or '..')")
     return value
 

@@ -11,14 +11,15 @@ from typing import Any
 # escape sequences (CSI, OSC, other ESC forms), then any C0/C1 control left but newline and tab
 _ESCAPES = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)?|[@-Z\\-_])|\x9b[0-?]*[ -/]*[@-~]")
 _CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_CONTROLS_BUT_CR = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _CSV_FORMULA = ("=", "+", "-", "@", "\t", "\r")
 _MARKDOWN = re.compile(r"([\\`*\[\]<>|!~])")
 
 
-def terminal_text(text: str) -> str:
+def terminal_text(text: str, keep_returns: bool = False) -> str:
     """`text` without anything a terminal would act on (colours, cursor moves, title or clipboard writes,
-    bells); newlines and tabs stay."""
-    return _CONTROLS.sub("", _ESCAPES.sub("", text))
+    bells); newlines and tabs stay, and carriage returns with `keep_returns` (a tool's progress bar)."""
+    return (_CONTROLS_BUT_CR if keep_returns else _CONTROLS).sub("", _ESCAPES.sub("", text))
 
 
 def csv_cell(value: Any) -> Any:

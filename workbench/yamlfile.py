@@ -20,6 +20,10 @@ class YamlError(InputError, ValueError):
     pass
 
 
+class TagError(YamlError):
+    """A tag (`!function`, `!!python/...`) where only plain data may be."""
+
+
 @dataclass(frozen=True)
 class Tagged:
     """A value written with a tag such as `!function utils.process`, kept as data (never constructed)."""
@@ -68,6 +72,11 @@ def load(text: str, source: str, *, keep_tags: bool = False, max_bytes: int = MA
         raise YamlError(f"{source}: larger than {max_bytes // 1024} KiB; is this the right file?")
     try:
         data = yaml.load(text, Loader=TagKeepingLoader if keep_tags else yaml.SafeLoader)  # noqa: S506 - safe loaders
+    except yaml.constructor.ConstructorError as exc:
+        mark = exc.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        tag = getattr(exc, "problem", "") or ""
+        raise TagError(f"{source}: {where}{tag.replace('could not determine a constructor for ', '')}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -95,6 +104,9 @@ def _check_size(data: Any, source: str) -> None:
             stack.append((value.value, depth + 1))
 
 
-def dump(data: Any) -> str:
+def dump(data: Any, source: str) -> str:
     """YAML text for `data`, tags kept."""
-    return yaml.dump(data, Dumper=TagKeepingDumper, sort_keys=False, allow_unicode=True)
+    try:
+        return yaml.dump(data, Dumper=TagKeepingDumper, sort_keys=False, allow_unicode=True)
+    except yaml.YAMLError as exc:  # e.g. a tuple from !!pairs holding a tagged value
+        raise YamlError(f"{source}: cannot be written back as plain YAML ({exc})") from None

@@ -3,6 +3,7 @@ from anywhere (their data files resolved to absolute paths)."""
 
 from __future__ import annotations
 
+import copy
 import difflib
 import shutil
 from pathlib import Path
@@ -127,90 +128,110 @@ def _resolve_data_files(config: dict[str, Any], folder: Path) -> None:
     config["dataset_kwargs"]["data_files"] = absolute(files)
 
 
-def registered_metrics() -> list[str]:
-    """Metric names lm-eval registers (anything else would make it load a metric script by that name)."""
-    import lm_eval.api.metrics  # noqa: F401 - registers them
-    from lm_eval.api.registry import metric_registry
-
+def registered_metrics() -> list[str] | None:
+    """Metric names lm-eval registers (anything else would make it load a metric script by that name);
+    None without lm-eval (the `stack` extra), where nothing can be evaluated anyway."""
+    try:
+        import lm_eval.api.metrics  # noqa: F401 - registers them
+        from lm_eval.api.registry import metric_registry
+    except ImportError:
+        return None
     return sorted(metric_registry.keys())
 
 
 def check_metric(name: str, where: str = "eval.metric") -> None:
     known = registered_metrics()
-    if name not in known:
+    if known is not None and name not in known:
         guess = difflib.get_close_matches(name, known, n=3)
         hint = f"did you mean {', '.join(guess)}?" if guess else f"known: {', '.join(known)}"
         raise TaskError(f"{where}: {name!r} is not a metric lm-eval registers; {hint}")
 
 
-def _tags(value: Any) -> list[str]:
-    if isinstance(value, yamlfile.Tagged):
-        return [f"{value.tag} {value.value}"]
-    if isinstance(value, dict):
-        return [tag for item in value.values() for tag in _tags(item)]
-    if isinstance(value, list):
-        return [tag for item in value for tag in _tags(item)]
-    return []
+ADVICE = "set eval.trust_task_code: true in the recipe if you trust this folder's code"
 
 
 def _check_as_data(config: dict[str, Any], source: Path) -> None:
-    """What a task file may say when it is data: no tags (`!function` imports Python code), no task that
-    runs generated code (`unsafe_code`), only metrics lm-eval registers and never a metric script."""
-    advice = "set eval.trust_task_code: true in the recipe if you trust this folder's code"
-    tags = _tags(config)
-    if tags:
-        raise TaskError(f"{source}: {tags[0]} runs Python code from the task folder; {advice}")
+    """What a task may say when it is data: no task that runs generated code (`unsafe_code`), only metrics
+    lm-eval registers and never a metric script; the same for every task written inside a group's
+    `task:` list. (Tags never get this far: data is loaded without them.)"""
     if config.get("unsafe_code"):
-        raise TaskError(f"{source}: unsafe_code runs code the model writes; {advice}")
+        raise TaskError(f"{source}: unsafe_code runs code the model writes; {ADVICE}")
     for entry in config.get("metric_list") or []:
         if not isinstance(entry, dict) or not isinstance(entry.get("metric"), str):
             raise TaskError(f"{source}: metric_list entries need a metric name, got {entry!r:.80}")
         if entry.get("hf_evaluate"):
-            raise TaskError(f"{source}: hf_evaluate loads a metric script ({entry['metric']}); {advice}")
+            raise TaskError(f"{source}: hf_evaluate loads a metric script ({entry['metric']}); {ADVICE}")
         check_metric(entry["metric"], f"{source}: metric_list")
+    members = config.get("task")
+    for member in members if isinstance(members, list) else []:
+        if isinstance(member, dict):
+            if "include" in member:
+                raise TaskError(f"{source}: include inside a group's task list; give that task a file of its own")
+            _check_as_data(member, source)
 
 
-def _read(source: Path, trusted: bool) -> dict[str, Any]:
+def _text(source: Path) -> str:
     try:
-        text = source.read_text(encoding="utf-8")
+        return source.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise TaskError(f"{source}: cannot read ({exc})") from None
-    config = yamlfile.load(text, str(source), keep_tags=True)
+
+
+def _mapping(config: Any, source: Path) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise TaskError(f"{source}: expected a mapping of task settings, got {type(config).__name__}")
-    if not trusted:
-        _check_as_data(config, source)
     return config
 
 
-def _flatten(source: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """A task file with its `include:`s merged in as lm-eval merges them (included first, own keys win),
-    every included file read and checked as data: nothing reaches lm-eval's own loader unread."""
-    source = source.resolve()
-    if source in seen:
-        raise TaskError(f"{seen[-1]}: include cycle through {source}")
-    config = _read(source, trusted=False)
-    _resolve_data_files(config, source.parent)
-    includes = config.pop("include", None)
-    if includes is None:
-        return config
-    merged: dict[str, Any] = {}
-    for name in includes if isinstance(includes, list) else [includes]:
-        path = Path(str(name))
-        path = path if path.is_absolute() else source.parent / path
-        if not path.is_file():
-            raise TaskError(f"{source}: include {name}: no such file ({path})")
-        included = _flatten(path, (*seen, source))
-        included.pop("task_list", None)
-        merged.update(included)
-    merged.update(config)
-    return merged
+def _read_as_data(source: Path) -> dict[str, Any]:
+    """A task file as plain data: any tag, anywhere (values, keys, sets), is refused."""
+    try:
+        config = _mapping(yamlfile.load(_text(source), str(source)), source)
+    except yamlfile.TagError as exc:
+        raise TaskError(f"{exc}: tags run Python code from the task folder; {ADVICE}") from None
+    _check_as_data(config, source)
+    return config
 
 
-def _trusted_copy(source: Path) -> dict[str, Any]:
+class Includes:
+    """`include:` resolution for one copy: each file read and checked once (a diamond of includes is not
+    read again and again), cycles refused."""
+
+    def __init__(self) -> None:
+        self.done: dict[Path, dict[str, Any]] = {}
+
+    def flatten(self, source: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+        """A task file with its includes merged in as lm-eval merges them (included first, own keys win),
+        every included file checked as data: nothing reaches lm-eval's own loader unread."""
+        source = source.resolve()
+        if source in seen:
+            raise TaskError(f"{seen[-1]}: include cycle through {source}")
+        if source not in self.done:
+            self.done[source] = self._merge(source, seen)
+        return copy.deepcopy(self.done[source])
+
+    def _merge(self, source: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+        config = _read_as_data(source)
+        _resolve_data_files(config, source.parent)
+        includes = config.pop("include", None)
+        if includes is None:
+            return config
+        merged: dict[str, Any] = {}
+        for name in includes if isinstance(includes, list) else [includes]:
+            path = Path(str(name))
+            path = path if path.is_absolute() else source.parent / path
+            if not path.is_file():
+                raise TaskError(f"{source}: include {name}: no such file ({path})")
+            included = self.flatten(path, (*seen, source))
+            included.pop("task_list", None)
+            merged.update(included)
+        merged.update(config)
+        return merged
+
+
+def _trusted_copy(source: Path, config: dict[str, Any]) -> dict[str, Any]:
     """A trusted task file as it is (tags kept for lm-eval's loader), its includes and data files made
     absolute so the copy still finds them."""
-    config = _read(source, trusted=True)
     _resolve_data_files(config, source.parent)
     includes = config.get("include")
     if includes is not None:
@@ -220,6 +241,16 @@ def _trusted_copy(source: Path) -> dict[str, Any]:
     return config
 
 
+def _is_task(config: Any) -> bool:
+    return isinstance(config, dict) and ("task" in config or "group" in config)
+
+
+def task_files(folder: Path) -> list[Path]:
+    """`.yaml` and `.yml` files under `folder`, outside hidden folders (`.github/`, `.git/`)."""
+    found = [p for p in folder.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file()]
+    return sorted(p for p in found if not any(part.startswith(".") for part in p.relative_to(folder).parts[:-1]))
+
+
 def copy_task_folders(folders: list[Path], out: Path, trusted: bool = False) -> list[str]:
     """Copy every task YAML under `folders` into `out` (data files made absolute); returns task names.
 
@@ -227,18 +258,21 @@ def copy_task_folders(folders: list[Path], out: Path, trusted: bool = False) -> 
     `unsafe_code` and metric scripts are allowed and the folders' Python files are copied along.
     """
     names = []
+    includes = Includes()
     for number, folder in enumerate(folders):
         if not folder.is_dir():
             raise TaskError(f"eval task folder not found: {folder}")
-        sources = sorted(p for p in folder.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
-        for source in sources:
-            config = _trusted_copy(source) if trusted else _flatten(source)
-            if not ("task" in config or "group" in config):
-                continue  # a template that others include
+        for source in task_files(folder):
+            # a first look with tags kept as data only decides whether this is a task at all: other
+            # YAML (a template others include, a CI file) is neither copied nor handed to lm-eval
+            first = yamlfile.load(_text(source), str(source), keep_tags=True)
+            if not _is_task(first):
+                continue
+            config = _trusted_copy(source, first) if trusted else includes.flatten(source)
             relative = source.relative_to(folder).with_suffix(".yaml")
             target = out / f"{number}" / relative
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(yamlfile.dump(config), encoding="utf-8")
+            target.write_text(yamlfile.dump(config, str(source)), encoding="utf-8")
             names.append(str(config.get("group") or config["task"]))
         if trusted:
             for code in folder.rglob("*.py"):

@@ -220,12 +220,18 @@ def write_files(report: RunReport, folder: Path) -> None:
     (folder / MARK).touch()
 
 
+def is_report(folder: Path) -> bool:
+    """Empty, or holding nothing but report files (an earlier report, from before the mark was written)."""
+    ours = {MARK, "report.md", "report.html", "results.json", "comparison.csv", *FIGURES}
+    return all(path.name in ours for path in folder.iterdir())
+
+
 def write(report: RunReport, dest: Path, *, own: bool = False) -> Path:
     """The report into `dest`, made when missing. A folder of the user's (`--out`) must be empty or hold an
     earlier workbench report; `own` is the run's own report folder."""
     if dest.exists() and not dest.is_dir():
         raise RunError(f"--out {dest}: is a file; the report needs a folder")
-    if not own and dest.is_dir() and any(dest.iterdir()) and not (dest / MARK).is_file():
+    if not own and dest.is_dir() and not (dest / MARK).is_file() and not is_report(dest):
         raise RunError(f"--out {dest}: holds files the workbench did not write; give a new or empty folder")
     dest.mkdir(parents=True, exist_ok=True)
     write_files(report, dest)

@@ -13,7 +13,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from workbench import paths, workers
+from workbench import paths, safe, workers
 from workbench.errors import Interrupted, WorkbenchError
 from workbench.recipe import Recipe
 from workbench.store import Store
@@ -41,7 +41,7 @@ class StageContext:
         self.store.add_event(self.run_id, self.stage, kind, data)
 
     def say(self, message: str) -> None:
-        print(f"[{self.stage}] {message}", flush=True)
+        print(f"[{self.stage}] {safe.terminal_text(message)}", flush=True)
         self.event("message", text=message)
 
     def keep_aside(self, path: Path) -> Path:

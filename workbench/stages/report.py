@@ -23,6 +23,7 @@ def run(ctx: StageContext) -> list[dict[str, Any]]:
     return [
         {"name": f"report-{path.name}", "kind": "report", "path": path.name, "size": path.stat().st_size}
         for path in sorted(ctx.out.iterdir())
+        if not path.name.startswith(".")
     ]
 
 

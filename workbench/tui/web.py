@@ -147,10 +147,10 @@ def resolve_token(given: str | None) -> tuple[str, bool]:
     token = given if given is not None else os.environ.get(TOKEN_ENV)
     if token is None:
         return secrets.token_urlsafe(32), True
-    if len(token) < MIN_TOKEN_LENGTH:
+    if len(token) < MIN_TOKEN_LENGTH or len(set(token)) < MIN_TOKEN_LENGTH // 2:
         raise InputError(
-            f"--token / {TOKEN_ENV}: at least {MIN_TOKEN_LENGTH} characters (anyone who guesses it gets the app);"
-            " leave it unset for a random one"
+            f"--token / {TOKEN_ENV}: at least {MIN_TOKEN_LENGTH} characters, {MIN_TOKEN_LENGTH // 2} of them"
+            " different (anyone who guesses it gets the app); leave it unset for a random one"
         )
     return token, False
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from workbench import safe
 from workbench.common import PYTHON
 from workbench.errors import StageFailed
 from workbench.workers.tasks import TASKS
@@ -160,9 +161,9 @@ class Running:
                 line = raw.decode("utf-8", "replace").rstrip("\n")
                 if line.strip():
                     self._tail.append(line)
-                if self.echo:
+                if self.echo:  # tool output may carry task text: nothing in it acts on the terminal
                     with contextlib.suppress(OSError, ValueError):  # a closed terminal must not stall the child
-                        print(line, flush=True)
+                        print(safe.terminal_text(line, keep_returns=True), flush=True)
 
     def _exited(self) -> bool:
         """Whether the child has ended, without reaping it: until it is reaped its process group id
