@@ -50,11 +50,11 @@ def main() -> None:
 
     from lm_eval.models.huggingface import HFLM
 
+    from workbench.devices import compute_dtype
     from workbench.eval.llamacpp_lm import LlamaCppLM
-    from workbench.eval.worker import compute_dtype
 
-    variants = {v["name"]: v for v in Store(args.home / "workbench.db").variants(args.run)}
-    merged = next(v for v in variants.values() if v["meta"].get("reference"))
+    variants = {v.name: v for v in Store(args.home / "workbench.db").variants(args.run)}
+    merged = next(v for v in variants.values() if v.is_reference)
     gguf = next(v for name, v in variants.items() if name.endswith(f"-{args.gguf}.gguf"))
     run_tasks = args.home / args.run / "eval" / "tasks"
     if not run_tasks.is_dir():
@@ -62,8 +62,8 @@ def main() -> None:
     task_dir = Path(tempfile.mkdtemp(prefix="eval-speed-"))
     copy_task_folders([run_tasks, BUILTIN_EVALS], task_dir)
     threads = len(os.sched_getaffinity(0))
-    hf = HFLM(pretrained=merged["path"], device="cpu", dtype=compute_dtype("hf", "cpu"), batch_size=args.batch_size)
-    llama = LlamaCppLM(pretrained=gguf["path"], n_threads=threads)
+    hf = HFLM(pretrained=merged.path, device="cpu", dtype=compute_dtype("hf", "cpu"), batch_size=args.batch_size)
+    llama = LlamaCppLM(pretrained=gguf.path, n_threads=threads)
     llama.tok_encode("warm up")  # loads the file, as HFLM's constructor loads the model
     rates: dict[str, list[float]] = {"llama.cpp": [], "hf": []}
     for rep in range(args.reps):

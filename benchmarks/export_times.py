@@ -26,13 +26,13 @@ def main() -> None:
     args = parser.parse_args()
     recipe = load_recipe(args.recipe)
     run_id = run_recipe(recipe, args.home, stages=["export"], force=["export"])
-    rows = [v for v in Store(args.home / "workbench.db").variants(run_id) if v["format"] != "hf"]
+    rows = [v for v in Store(args.home / "workbench.db").variants(run_id) if v.format != "hf"]
     print(f"\n{'variant':48} {'status':7} {'size MB':>8} {'seconds':>8} {'peak MB':>8}  fallbacks")
     for v in rows:
-        fallbacks = len(v["meta"].get("fallbacks", []))
-        peak = f"{v['peak_mem_mb']:.0f}" if v.get("peak_mem_mb") else "-"
-        seconds = f"{v['seconds']:.1f}" if v.get("seconds") else "-"
-        print(f"{v['name']:48} {v['status']:7} {v['size'] / 1e6:>8.1f} {seconds:>8} {peak:>8}  {fallbacks}")
+        fallbacks = len(v.meta.get("fallbacks", []))
+        peak = f"{v.peak_mem_mb:.0f}" if v.peak_mem_mb else "-"
+        seconds = f"{v.seconds:.1f}" if v.seconds else "-"
+        print(f"{v.name:48} {v.status:7} {v.size / 1e6:>8.1f} {seconds:>8} {peak:>8}  {fallbacks}")
 
 
 if __name__ == "__main__":

@@ -36,9 +36,7 @@ def flavours() -> dict[str, list[str]]:
 
 
 def run_models(run: str) -> list[str]:
-    ggufs = {
-        v["name"]: v["path"] for v in Store(default_home() / "workbench.db").variants(run) if v["format"] == "gguf"
-    }
+    ggufs = {v.name: v.path for v in Store(default_home() / "workbench.db").variants(run) if v.format == "gguf"}
     chosen = [path for name, path in ggufs.items() if "Q4_K_M" in name or "Q8_0" in name]
     if not chosen:
         sys.exit(f"no Q4_K_M / Q8_0 GGUF in run {run!r}: `make run` first, or pass --model FILE")

@@ -9,12 +9,13 @@ import pytest
 from workbench.bench.timing import Settings, measure
 from workbench.recipe import Recipe
 from workbench.stages.bench import plan_jobs
+from workbench.variants import Variant
 
 VARIANTS = [
-    {"name": "m", "format": "hf", "path": "/m", "status": "done"},
-    {"name": "m-Q8_0.gguf", "format": "gguf", "path": "/q8", "status": "done"},
-    {"name": "m-GPTQ", "format": "gptq", "path": "/g", "status": "done"},
-    {"name": "m-NF4", "format": "nf4", "path": "/n", "status": "failed"},
+    Variant("m", "hf", "/m", 16),
+    Variant("m-Q8_0.gguf", "gguf", "/q8", 8.5),
+    Variant("m-GPTQ", "gptq", "/g", 4),
+    Variant("m-NF4", "nf4", "/n", 4.13, status="failed"),
 ]
 
 

@@ -12,6 +12,7 @@ from workbench import chat, workers
 from workbench.cli import main as cli
 from workbench.errors import RunError
 from workbench.store import Store
+from workbench.variants import Variant
 
 CHAT = chat.messages("What is 12 + 30?", "You are a calculator.")
 MAX_TOKENS = 12
@@ -76,10 +77,10 @@ def test_a_broken_variant_reports_why(
 
 def test_candidates_labels_and_picking(tiny_llama_256: Path) -> None:
     variants = [
-        {"name": "M-run", "format": "hf", "path": "/m", "status": "done", "meta": {"reference": True}},
-        {"name": "M-run-Q8_0.gguf", "format": "gguf", "path": "/q8", "status": "done"},
-        {"name": "M-run-Q4_K_M.gguf", "format": "gguf", "path": "/q4", "status": "done"},
-        {"name": "M-run-GPTQ-Int4", "format": "gptq", "path": "/g", "status": "failed"},
+        Variant("M-run", "hf", "/m", 16, meta={"reference": True}),
+        Variant("M-run-Q8_0.gguf", "gguf", "/q8", 8.5),
+        Variant("M-run-Q4_K_M.gguf", "gguf", "/q4", 4.85),
+        Variant("M-run-GPTQ-Int4", "gptq", "/g", 4, status="failed"),
     ]
     found = chat.askable(variants, str(tiny_llama_256))
     assert [c["label"] for c in found] == ["merged", "Q8_0.gguf", "Q4_K_M.gguf", "base"]
@@ -96,7 +97,7 @@ def arena_run(home: Path, variants: list[dict]) -> None:
     store = Store(home / "workbench.db")
     recipe = {"name": "arena", "base_model": "not-local/model", "data": {"system_prompt": "You are a calculator."}}
     store.upsert_run("arena", "arena", recipe, None, os.getpid())
-    store.replace_variants("arena", ["gguf"], variants)
+    store.replace_variants("arena", ["gguf"], [Variant(**{"bits": 16, **v}) for v in variants])
     store.set_run_status("arena", "done")
     store.close()
 

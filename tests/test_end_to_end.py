@@ -77,7 +77,7 @@ def test_every_stage_runs_and_crashing_variants_take_nothing_else_down(
     assert Path(copied["dataset_kwargs"]["data_files"]["test"]).is_file()
 
     # bench: the merged model through torch, Q8_0 through llama.cpp, the broken file recorded as failed
-    bench = {(b["variant"], b["backend"]): b for b in store.bench("tiny")}
+    bench = {(b.variant, b.backend): b.to_dict() for b in store.bench("tiny")}
     assert set(bench) == {(stem, "torch"), (f"{stem}-Q8_0.gguf", "llama.cpp"), (broken, "llama.cpp")}
     assert bench[(broken, "llama.cpp")]["status"] == "failed"
     for key in ((stem, "torch"), (f"{stem}-Q8_0.gguf", "llama.cpp")):

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from workbench.eval import fidelity, tasks
+from workbench.records import Metric
 from workbench.report import scores
 
 # A GGUF f16 holds the fp32 checkpoint's weights rounded to f16, and llama.cpp multiplies in f16 where
@@ -169,13 +170,13 @@ def test_heldout_split_becomes_the_right_kind_of_task(tiny_llama_256: Path, tmp_
 
 def test_summary_rows_gain_and_primary_metrics() -> None:
     rows = [
-        {"model": "m", "role": "reference", "task": "heldout", "metric": "exact_match,strip", "value": 0.9},
-        {"model": "b", "role": "base", "task": "heldout", "metric": "exact_match,strip", "value": 0.1},
-        {"model": "b", "role": "base", "task": "general_mc", "metric": "acc", "value": 0.8},
-        {"model": "b", "role": "base", "task": "general_mc", "metric": "acc_norm", "value": 0.7},
-        {"model": "m", "role": "reference", "task": "general_mc", "metric": "acc", "value": 0.75},
-        {"model": "q", "role": "variant", "task": "heldout", "metric": "exact_match,strip", "value": 0.85},
-        {"model": "q", "role": "variant", "task": "fidelity", "metric": "kld_mean", "value": 0.02},
+        Metric("m", "reference", "heldout", "exact_match,strip", 0.9),
+        Metric("b", "base", "heldout", "exact_match,strip", 0.1),
+        Metric("b", "base", "general_mc", "acc", 0.8),
+        Metric("b", "base", "general_mc", "acc_norm", 0.7),
+        Metric("m", "reference", "general_mc", "acc", 0.75),
+        Metric("q", "variant", "heldout", "exact_match,strip", 0.85),
+        Metric("q", "variant", "fidelity", "kld_mean", 0.02),
     ]
     models = scores.by_model(rows)
     assert [m.model for m in models] == ["b", "m", "q"]

@@ -15,6 +15,11 @@ from workbench.runner import run_recipe
 from workbench.store import Store
 
 
+def recorded(store: Store) -> list[dict]:
+    """The run's variants as the store gives them back, as plain dicts for the assertions below."""
+    return [variant.to_dict() for variant in store.variants("tiny")]
+
+
 @pytest.fixture
 def recipe(tmp_path: Path, tiny_llama_256: Path) -> Path:
     data = tmp_path / "qa.json"
@@ -35,7 +40,7 @@ def test_gguf_variants_are_exported_recorded_and_smoke_checked(
     home = tmp_path / "runs"
     run_recipe(load_recipe(recipe), home, stages=["export"])
     store = Store(home / "workbench.db")
-    variants = {v["name"]: v for v in store.variants("tiny")}
+    variants = {v["name"]: v for v in recorded(store)}
     stem = f"{tiny_llama_256.name}-tiny"
     assert list(variants) == [stem, f"{stem}-F16.gguf", f"{stem}-Q8_0.gguf", f"{stem}-Q4_K_M.gguf"]
     merged, f16, q8, q4 = variants.values()
@@ -69,7 +74,7 @@ def test_one_failing_variant_leaves_the_others_done(
     home = tmp_path / "runs"
     run_recipe(load_recipe(recipe), home, stages=["export"])
     store = Store(home / "workbench.db")
-    status = {v["name"].rsplit("-", 1)[-1]: v for v in store.variants("tiny")}
+    status = {v["name"].rsplit("-", 1)[-1]: v for v in recorded(store)}
     q8 = status["Q8_0.gguf"]
     assert q8["status"] == "failed" and "quantization failed: MemoryError: simulated out of memory" in q8["error"]
     assert status["F16.gguf"]["status"] == "done" and status["Q4_K_M.gguf"]["status"] == "done"
@@ -79,7 +84,7 @@ def test_one_failing_variant_leaves_the_others_done(
 
     monkeypatch.delenv("WORKBENCH_FAULT")  # a partial stage is redone on the next run
     run_recipe(load_recipe(recipe), home, stages=["export"])
-    assert all(v["status"] == "done" for v in store.variants("tiny"))
+    assert all(v["status"] == "done" for v in recorded(store))
     assert store.stage("tiny", "export").status == "done"
 
 
@@ -91,7 +96,7 @@ def test_a_native_crash_in_a_smoke_check_fails_that_variant_only(
     home = tmp_path / "runs"
     run_recipe(load_recipe(recipe), home, stages=["export"])
     store = Store(home / "workbench.db")
-    status = {v["name"].rsplit("-", 1)[-1]: v for v in store.variants("tiny")}
+    status = {v["name"].rsplit("-", 1)[-1]: v for v in recorded(store)}
     q8, log = status["Q8_0.gguf"], home / "tiny" / "logs" / "export" / f"{status['Q8_0.gguf']['name']}-check.log"
     assert q8["status"] == "failed"
     assert q8["error"] == f"{q8['name']}: smoke check crashed (SIGSEGV) — see {log}"
@@ -109,7 +114,7 @@ def test_a_hung_check_is_stopped_at_its_timeout(tmp_path: Path, recipe: Path, fa
     home = tmp_path / "runs"
     settings = ["export.gguf=[q8_0, q4_k_m]", "export.check_timeout_s=30"]
     run_recipe(load_recipe(recipe, settings), home, stages=["export"])
-    status = {v["name"].rsplit("-", 1)[-1]: v for v in Store(home / "workbench.db").variants("tiny")}
+    status = {v["name"].rsplit("-", 1)[-1]: v for v in recorded(Store(home / "workbench.db"))}
     assert status["Q8_0.gguf"]["status"] == "done"
     assert status["Q4_K_M.gguf"]["status"] == "failed"
     assert "smoke check timed out after 30 s" in status["Q4_K_M.gguf"]["error"]
@@ -122,7 +127,7 @@ def test_missing_converter_fails_every_gguf_variant_with_the_fix(
     home = tmp_path / "runs"
     run_recipe(load_recipe(recipe), home, stages=["export"])
     store = Store(home / "workbench.db")
-    errors = [v["error"] for v in store.variants("tiny") if v["format"] == "gguf"]
+    errors = [v["error"] for v in recorded(store) if v["format"] == "gguf"]
     assert "run `workbench setup`" in errors[0]  # the f16 conversion names the fix
     assert all("its conversion failed" in error for error in errors[1:])
     assert store.stage("tiny", "export").status == "partial"  # the merged model still goes on to eval
@@ -135,7 +140,7 @@ def test_serving_parity_passes_for_the_real_template_and_fails_for_a_wrong_one(t
 
     home = tmp_path / "runs"
     run_recipe(load_recipe(recipe, ["export.gguf=[q8_0]"]), home, stages=["export"])
-    variants = Store(home / "workbench.db").variants("tiny")
+    variants = recorded(Store(home / "workbench.db"))
     assert all(v["meta"]["parity"]["status"] == "passed" for v in variants), [v["meta"].get("parity") for v in variants]
     assert variants[-1]["meta"]["parity"]["checked"] == 8
     assert variants[-1]["meta"]["parity"]["stop_token"]["ok"]
@@ -160,7 +165,7 @@ def test_nf4_variant_is_a_4bit_checkpoint_transformers_loads(tmp_path: Path, rec
 
     home = tmp_path / "runs"
     run_recipe(load_recipe(recipe, ["export.gguf=[]", "export.nf4=true"]), home, stages=["export"])
-    nf4 = Store(home / "workbench.db").variants("tiny")[-1]
+    nf4 = recorded(Store(home / "workbench.db"))[-1]
     assert nf4["format"] == "nf4" and nf4["status"] == "done" and nf4["name"].endswith("-BNB-NF4")
     assert nf4["meta"]["parity"]["passed"]
     assert isinstance(nf4["meta"]["smoke"][0]["reply"], str) and nf4["peak_mem_mb"] > 0
@@ -168,7 +173,7 @@ def test_nf4_variant_is_a_4bit_checkpoint_transformers_loads(tmp_path: Path, rec
     assert config["bnb_4bit_quant_type"] == "nf4" and config["bnb_4bit_use_double_quant"] is True
     model = AutoModelForCausalLM.from_pretrained(nf4["path"], device_map={"": "cpu"})
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
-    merged_size = Store(home / "workbench.db").variants("tiny")[0]["size"]
+    merged_size = recorded(Store(home / "workbench.db"))[0]["size"]
     assert nf4["size"] < merged_size
 
 
@@ -188,7 +193,7 @@ def test_preflight_refuses_with_numbers_before_writing_anything(
     with pytest.raises(preflight.PreflightError, match=r"export refused before starting: needs ~0\.\d+ GB free disk"):
         run_recipe(load_recipe(recipe), home, stages=["export"])
     assert not (home / "tiny" / "export").exists() and not list((home / "tiny").glob(".tmp-export-*"))
-    assert Store(home / "workbench.db").variants("tiny") == []
+    assert recorded(Store(home / "workbench.db")) == []
 
     monkeypatch.setattr(preflight, "available_memory", lambda: 10_000_000)
     with pytest.raises(preflight.PreflightError, match=r"merge refused .* GB of memory, 0\.01 GB available"):
@@ -200,7 +205,7 @@ def test_gptq_and_awq_variants_with_gptqmodel(tmp_path: Path, recipe: Path, meth
     home = tmp_path / "runs"
     settings = ["export.gguf=[]", f"export.{method}=true", "export.group_size=64", "export.calibration_rows=16"]
     run_recipe(load_recipe(recipe, settings), home, stages=["export"])
-    variant = Store(home / "workbench.db").variants("tiny")[-1]
+    variant = recorded(Store(home / "workbench.db"))[-1]
     assert variant["status"] == "done", variant["error"]
     assert variant["format"] == method and variant["name"].endswith(f"-{method.upper()}-Int4")
     config = json.loads((Path(variant["path"]) / "quantize_config.json").read_text())

@@ -11,8 +11,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "workbench"
 
 # the layers, bottom up; a module may import its own package and anything in a lower layer
 LAYERS = [
-    {"errors", "common", "paths", "safe", "yamlfile", "fsutil", "devices", "recipe", "store", "models", "variants",
-     "parity", "preflight", "data", "workers", "runlock"},  # foundation: records, files, child processes
+    {"errors", "common", "paths", "safe", "yamlfile", "fsutil", "devices", "recipe", "records", "store", "models",
+     "variants", "parity", "preflight", "data", "workers", "runlock"},  # foundation: records, files, children
     {"train", "merge", "export", "eval", "bench", "report", "chat", "doctor"},  # engines: the work itself
     {"stages", "runner", "launcher"},  # the pipeline: recipe section -> engine -> run store
     {"cli", "tui"},  # surfaces

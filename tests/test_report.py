@@ -4,43 +4,44 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from workbench.records import BenchResult, Metric, Stat
 from workbench.report import runs, write
 from workbench.report.compare import compare, keep_percent, pareto_front
 from workbench.store import Store
+from workbench.variants import Variant
 
 MERGED = "m"
 TASK, METRIC = "heldout", "exact_match,strip"
 
 
-def variant(name: str, fmt: str, size_mib: float, parity: bool = True, reference: bool = False) -> dict:
+def variant(name: str, fmt: str, size_mib: float, parity: bool = True, reference: bool = False) -> Variant:
     meta = {"parity": {"passed": parity}, **({"reference": True} if reference else {})}
     full = MERGED if reference else f"{MERGED}-{name}"
-    return {"name": full, "format": fmt, "path": f"/x/{full}", "bits": 4, "size": size_mib * 2**20, "status": "done",
-            "error": None, "meta": meta}  # fmt: skip
+    return Variant(full, fmt, f"/x/{full}", 4, size=int(size_mib * 2**20), meta=meta)
 
 
-def metrics(scores: dict[str, float], probe: dict[str, float] | None = None) -> list[dict]:
+def metrics(scores: dict[str, float], probe: dict[str, float] | None = None) -> list[Metric]:
     rows = []
     for name, score in scores.items():
         role = "base" if name == "base" else "reference" if name == MERGED else "variant"
-        rows.append({"model": name, "role": role, "task": TASK, "metric": METRIC, "value": score})
+        rows.append(Metric(name, role, TASK, METRIC, score))
         if probe and name in probe:
-            rows.append({"model": name, "role": role, "task": "stdlib_docs", "metric": "word_perplexity",
-                         "value": probe[name]})  # fmt: skip
+            rows.append(Metric(name, role, "stdlib_docs", "word_perplexity", probe[name]))
     return rows
 
 
-def bench(name: str, device: str, tg: float, backend: str = "llama.cpp") -> dict:
-    def stat(v: float) -> dict:
-        return {"median": v, "min": v * 0.95, "max": v * 1.05, "samples": [v]}
+def bench(name: str, device: str, tg: float, backend: str = "llama.cpp") -> BenchResult:
+    def stat(v: float) -> Stat:
+        return Stat(median=v, min=v * 0.95, max=v * 1.05, samples=[v])
 
-    return {"variant": name, "device": device, "backend": backend, "status": "done", "pp_tps": stat(tg * 4),
-            "tg_tps": stat(tg), "ttft_ms": stat(100.0), "peak_rss_mb": 300.0, "threads": 2, "prompt_tokens": 512,
-            "gen_tokens": 128, "repetitions": 3, "warmup": 1}  # fmt: skip
+    return BenchResult(name, device, backend, pp_tps=stat(tg * 4), tg_tps=stat(tg), ttft_ms=stat(100.0),
+                       peak_rss_mb=300.0, threads=2, prompt_tokens=512, gen_tokens=128, repetitions=3,
+                       warmup=1)  # fmt: skip
 
 
 VARIANTS = [
@@ -110,9 +111,7 @@ def test_when_nothing_keeps_the_threshold_the_closest_is_named() -> None:
 
 
 def test_parity_failures_are_never_recommended_and_a_missing_merged_score_is_said() -> None:
-    broken = [
-        {**v, "meta": {**v["meta"], "parity": {"passed": False}}} if v["format"] == "gguf" else v for v in VARIANTS
-    ]
+    broken = [replace(v, meta={**v.meta, "parity": {"passed": False}}) if v.format == "gguf" else v for v in VARIANTS]
     cpu = compare("r", broken, metrics(SCORES), CPU_BENCH[1:], wanted_task=TASK).recommendations[0]
     assert cpu.variant is None and "parity" in cpu.reason  # every CPU-measured variant failed parity
     unscored = {name: score for name, score in SCORES.items() if name != MERGED}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import dataclasses
 import json
 import os
 import re
@@ -379,12 +380,12 @@ def test_report_cells_are_inert_in_spreadsheets_markdown_and_json(tmp_path: Path
 
     store = Store(tmp_path / "workbench.db")
     fill_store(store, "lora", SCORES, "lora")
-    hostile = [dict(v) for v in VARIANTS]
-    hostile[1]["name"] = '=HYPERLINK("http://evil")|x<img src=x onerror=alert(1)>'
+    hostile = [dataclasses.replace(v) for v in VARIANTS]
+    hostile[1].name = '=HYPERLINK("http://evil")|x<img src=x onerror=alert(1)>'
     store.replace_variants("lora", ["hf", "gguf", "nf4", "gptq", "awq"], hostile)
     from test_report import CPU_BENCH, bench
 
-    store.replace_bench("lora", [*CPU_BENCH[:2], bench(hostile[2]["name"], "cpu", float("nan"))])
+    store.replace_bench("lora", [*CPU_BENCH[:2], bench(hostile[2].name, "cpu", float("nan"))])
     dest = write.write(write.load(store, "lora", tmp_path / "lora"), tmp_path / "out")
 
     cells = [cell for row in csv.reader((dest / "comparison.csv").open()) for cell in row]

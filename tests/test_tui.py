@@ -14,6 +14,7 @@ from conftest import addition_rows, train_steps, write_recipe
 from rich.text import Text
 
 from workbench.common import tail
+from workbench.records import Artifact
 from workbench.store import Store
 from workbench.tui import progress
 from workbench.tui.app import WorkbenchApp
@@ -31,9 +32,7 @@ def finished_run(home: Path) -> None:
     for step in range(1, 9):
         log = {"step": step, "total_steps": 8, "loss": 1 / step, "learning_rate": 1e-3, "eta_s": 8 - step}
         store.add_event("done-run", "train", "train_log", log)
-    store.replace_artifacts(
-        "done-run", "train", [{"name": "adapter", "kind": "adapter", "path": "/x/adapter", "size": 3 * 2**20}]
-    )
+    store.replace_artifacts("done-run", "train", [Artifact("adapter", "adapter", "/x/adapter", 3 * 2**20)])
     store.set_run_status("done-run", "failed")
     (home / "done-run").mkdir(parents=True)
     (home / "done-run" / "worker.log").write_text("[data] ok\nstep 1\rstep 2\rstep 8\n[merge] FAILED\n")

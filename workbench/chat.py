@@ -19,13 +19,14 @@ from typing import Any, cast
 from workbench import workers
 from workbench.errors import RunError
 from workbench.store import Store
+from workbench.variants import Variant
 from workbench.workers.child import Channel
 
 MAX_TOKENS = 128
 ANSWER_TIMEOUT_S = 900  # loading and answering; a hung model process is stopped after this
 
 
-def askable(variants: list[dict[str, Any]], base_model: str | None = None) -> list[dict[str, Any]]:
+def askable(variants: list[Variant], base_model: str | None = None) -> list[dict[str, Any]]:
     """What can answer: the run's finished variants, then its base model when that is a local folder.
     Each has the comparison table's label too ("merged", "Q4_K_M.gguf", "GPTQ-Int4", "base")."""
     from workbench.report.compare import label_of, reference_name
@@ -33,13 +34,13 @@ def askable(variants: list[dict[str, Any]], base_model: str | None = None) -> li
     reference = reference_name(variants)
     found = [
         {
-            "name": v["name"],
-            "label": label_of(v["name"], reference, "reference" if v["name"] == reference else "variant"),
-            "format": v["format"],
-            "path": v["path"],
+            "name": v.name,
+            "label": label_of(v.name, reference, "reference" if v.name == reference else "variant"),
+            "format": v.format,
+            "path": v.path,
         }
         for v in variants
-        if v["status"] == "done"
+        if v.status == "done"
     ]
     if base_model:
         from workbench.models import ModelError, resolve_model

@@ -240,24 +240,24 @@ def cmd_show(args: argparse.Namespace) -> int:
     if artifacts:
         print(f"\n{'artifact':16} {'kind':8} {'size':>10}  path")
         for item in artifacts:
-            print(f"{item['name']:16} {item['kind']:8} {item['size'] / 1e6:>8.1f}MB  {item['path']}")
+            print(f"{item.name:16} {item.kind:8} {item.size / 1e6:>8.1f}MB  {item.path}")
     variants = store.variants(args.run)
     if variants:
         print(
             f"\n{'variant':44} {'format':6} {'bits':>5} {'size':>10} {'time':>7} {'peak':>8} {'parity':6}  smoke/error"
         )
         for v in variants:
-            size = f"{v['size'] / 1e6:.1f}MB" if v["size"] else "-"
-            took = f"{v['seconds']:.1f}s" if v.get("seconds") else "-"
-            peak = f"{v['peak_mem_mb']:.0f}MB" if v.get("peak_mem_mb") else "-"
+            size = f"{v.size / 1e6:.1f}MB" if v.size else "-"
+            took = f"{v.seconds:.1f}s" if v.seconds else "-"
+            peak = f"{v.peak_mem_mb:.0f}MB" if v.peak_mem_mb else "-"
             parity = {"passed": "ok", "failed": "FAIL", "skipped": "skip"}.get(
-                parity_status(v["meta"].get("parity")) or "", "-"
+                parity_status(v.meta.get("parity")) or "", "-"
             )
-            smoke = v["meta"].get("smoke")
+            smoke = v.meta.get("smoke")
             note = repr(smoke[0]["reply"])[:40] if smoke else "-"
-            if v["status"] == "failed":
-                note = f"FAILED: {v['error'].splitlines()[0]}"
-            _out(f"{v['name']:44} {v['format']:6} {v['bits']:>5} {size:>10} {took:>7} {peak:>8} {parity:6}  {note}")
+            if v.status == "failed":
+                note = f"FAILED: {(v.error or '').splitlines()[0] if v.error else '?'}"
+            _out(f"{v.name:44} {v.format:6} {v.bits:>5} {size:>10} {took:>7} {peak:>8} {parity:6}  {note}")
     metrics = store.metrics(args.run)
     if metrics:
         from workbench.report.scores import format_table

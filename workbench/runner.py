@@ -151,7 +151,7 @@ def _run_stage(
         store.finish_stage(run_id, name, "failed", "".join(traceback.format_exception_only(exc)).strip())
         raise
     for item in artifacts:
-        item["path"] = str((out / item["path"]).resolve())
+        item.path = str((out / item.path).resolve())
     store.replace_artifacts(run_id, name, artifacts)
     # a partial stage keeps its output for what comes next but is redone on the next run
     store.finish_stage(run_id, name, "partial" if ctx.failures else "done", "; ".join(ctx.failures) or None)

@@ -24,6 +24,8 @@ import psutil
 
 from workbench.common import STAGE_ORDER, tail
 from workbench.errors import ResourceError
+from workbench.records import Artifact, BenchResult, Metric
+from workbench.variants import Variant
 
 # version 1: the tables below (stores made before versioning read as 0 and are version 1)
 BASELINE = """
@@ -284,30 +286,22 @@ class Store:
         return _event(row) if row else None
 
     # artifacts ------------------------------------------------------------------------------
-    def replace_artifacts(self, run_id: str, stage: str, artifacts: list[dict[str, Any]]) -> None:
+    def replace_artifacts(self, run_id: str, stage: str, artifacts: list[Artifact]) -> None:
         with self.transaction() as db:
             db.execute("DELETE FROM artifacts WHERE run_id=? AND stage=?", (run_id, stage))
             for item in artifacts:
                 db.execute(
                     "INSERT OR REPLACE INTO artifacts (run_id, stage, name, kind, path, size, meta)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        run_id,
-                        stage,
-                        item["name"],
-                        item["kind"],
-                        item["path"],
-                        item["size"],
-                        json.dumps(item.get("meta", {})),
-                    ),
+                    (run_id, stage, item.name, item.kind, item.path, item.size, json.dumps(item.meta)),
                 )
 
-    def artifacts(self, run_id: str) -> list[dict[str, Any]]:
+    def artifacts(self, run_id: str) -> list[Artifact]:
         rows = self.db.execute("SELECT * FROM artifacts WHERE run_id=? ORDER BY rowid", (run_id,)).fetchall()
-        return [{**dict(r), "meta": json.loads(r["meta"])} for r in rows]
+        return [Artifact(r["name"], r["kind"], r["path"], r["size"], json.loads(r["meta"]), r["stage"]) for r in rows]
 
     # variants -------------------------------------------------------------------------------
-    def replace_variants(self, run_id: str, formats: list[str], variants: list[dict[str, Any]]) -> None:
+    def replace_variants(self, run_id: str, formats: list[str], variants: list[Variant]) -> None:
         """Replace the run's variants of the given formats (one exporter's output) in one transaction."""
         with self.transaction() as db:
             marks = ",".join("?" * len(formats))
@@ -315,42 +309,42 @@ class Store:
             for item in variants:
                 db.execute(
                     "INSERT OR REPLACE INTO variants (run_id, name, format, status, data) VALUES (?, ?, ?, ?, ?)",
-                    (run_id, item["name"], item["format"], item["status"], json.dumps(item)),
+                    (run_id, item.name, item.format, item.status, json.dumps(item.to_dict())),
                 )
 
-    def variants(self, run_id: str) -> list[dict[str, Any]]:
+    def variants(self, run_id: str) -> list[Variant]:
         rows = self.db.execute("SELECT data FROM variants WHERE run_id=? ORDER BY rowid", (run_id,)).fetchall()
-        return [json.loads(r["data"]) for r in rows]
+        return [Variant.from_dict(json.loads(r["data"])) for r in rows]
 
     # metrics --------------------------------------------------------------------------------
-    def replace_metrics(self, run_id: str, rows: list[dict[str, Any]]) -> None:
-        """Replace the run's evaluation results: rows of model, role, task, metric, value, stderr."""
+    def replace_metrics(self, run_id: str, rows: list[Metric]) -> None:
+        """Replace the run's evaluation results."""
         with self.transaction() as db:
             db.execute("DELETE FROM metrics WHERE run_id=?", (run_id,))
             db.executemany(
                 "INSERT OR REPLACE INTO metrics (run_id, model, role, task, metric, value, stderr)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(run_id, r["model"], r["role"], r["task"], r["metric"], r["value"], r.get("stderr")) for r in rows],
+                [(run_id, m.model, m.role, m.task, m.metric, m.value, m.stderr) for m in rows],
             )
 
-    def metrics(self, run_id: str) -> list[dict[str, Any]]:
+    def metrics(self, run_id: str) -> list[Metric]:
         rows = self.db.execute("SELECT * FROM metrics WHERE run_id=? ORDER BY rowid", (run_id,)).fetchall()
-        return [dict(r) for r in rows]
+        return [Metric(r["model"], r["role"], r["task"], r["metric"], r["value"], r["stderr"]) for r in rows]
 
     # bench ----------------------------------------------------------------------------------
-    def replace_bench(self, run_id: str, results: list[dict[str, Any]]) -> None:
+    def replace_bench(self, run_id: str, results: list[BenchResult]) -> None:
         """Replace the run's benchmark results: one per variant, device and backend."""
         with self.transaction() as db:
             db.execute("DELETE FROM bench WHERE run_id=?", (run_id,))
             db.executemany(
                 "INSERT OR REPLACE INTO bench (run_id, variant, device, backend, status, data)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                [(run_id, r["variant"], r["device"], r["backend"], r["status"], json.dumps(r)) for r in results],
+                [(run_id, r.variant, r.device, r.backend, r.status, json.dumps(r.to_dict())) for r in results],
             )
 
-    def bench(self, run_id: str) -> list[dict[str, Any]]:
+    def bench(self, run_id: str) -> list[BenchResult]:
         rows = self.db.execute("SELECT data FROM bench WHERE run_id=? ORDER BY rowid", (run_id,)).fetchall()
-        return [json.loads(r["data"]) for r in rows]
+        return [BenchResult.from_dict(json.loads(r["data"])) for r in rows]
 
 
 def _event(row: sqlite3.Row) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 
@@ -24,6 +24,16 @@ class Variant:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Variant:
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+    @property
+    def is_reference(self) -> bool:
+        """The merged model every variant is compared with."""
+        return bool(self.meta.get("reference"))
 
 
 def variant_name(base: str, run: str, suffix: str = "") -> str:

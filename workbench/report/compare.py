@@ -8,7 +8,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from workbench.records import BenchResult, Metric
 from workbench.report.scores import primary_metrics
+from workbench.variants import Variant
 
 LOWER_IS_BETTER = ("perplexity", "ppl", "bits_per_byte", "kld", "loss")
 # where a format serves when no benchmark on that target says otherwise
@@ -115,7 +117,7 @@ def oriented(row: ComparisonRow, metric: str) -> float:
     return row.score if higher_is_better(metric) else -row.score
 
 
-def choose_task(metrics: list[dict[str, Any]], wanted: str | None) -> tuple[str | None, str | None]:
+def choose_task(metrics: list[Metric], wanted: str | None) -> tuple[str | None, str | None]:
     primary = primary_metrics(metrics)
     if wanted and wanted in primary:
         return wanted, primary[wanted]
@@ -125,9 +127,9 @@ def choose_task(metrics: list[dict[str, Any]], wanted: str | None) -> tuple[str 
     return task, primary[task]
 
 
-def reference_name(variants: list[dict[str, Any]]) -> str | None:
+def reference_name(variants: list[Variant]) -> str | None:
     """The merged model every variant is compared with."""
-    return next((v["name"] for v in variants if v.get("meta", {}).get("reference")), None)
+    return next((v.name for v in variants if v.is_reference), None)
 
 
 def label_of(name: str, reference: str | None, role: str) -> str:
@@ -140,30 +142,32 @@ def label_of(name: str, reference: str | None, role: str) -> str:
     return name
 
 
-def speeds(bench: list[dict[str, Any]]) -> dict[str, dict[str, Speed]]:
+def speeds(bench: list[BenchResult]) -> dict[str, dict[str, Speed]]:
     """variant -> target -> its fastest measurement there, with vLLM's throughput attached on GPU."""
     found: dict[str, dict[str, Speed]] = {}
     throughput: dict[str, dict[str, float]] = {}
     for record in bench:
-        if record.get("status") != "done":
+        if record.status != "done":
             continue
-        if "concurrency" in record:
-            throughput[record["variant"]] = {level: v["output_tps"] for level, v in record["concurrency"].items()}
+        if record.concurrency is not None:
+            throughput[record.variant] = {level: v["output_tps"] for level, v in record.concurrency.items()}
             continue
-        target = "cpu" if record["device"] == "cpu" else "gpu"
-        tg = record["tg_tps"]
+        if record.tg_tps is None:
+            continue
+        target = "cpu" if record.device == "cpu" else "gpu"
+        tg = record.tg_tps
         speed = Speed(
-            record["backend"],
-            pp_tps=record["pp_tps"]["median"],
-            tg_tps=tg["median"],
-            ttft_ms=record["ttft_ms"]["median"],
-            peak_rss_mb=record.get("peak_rss_mb"),
-            peak_vram_mb=record.get("peak_vram_mb"),
-            tg_spread=(tg["min"], tg["max"]),
+            record.backend,
+            pp_tps=record.pp_tps.median if record.pp_tps else None,
+            tg_tps=tg.median,
+            ttft_ms=record.ttft_ms.median if record.ttft_ms else None,
+            peak_rss_mb=record.peak_rss_mb,
+            peak_vram_mb=record.peak_vram_mb,
+            tg_spread=(tg.min, tg.max),
         )
-        current = found.setdefault(record["variant"], {}).get(target)
+        current = found.setdefault(record.variant, {}).get(target)
         if current is None or (speed.tg_tps or 0) > (current.tg_tps or 0):
-            found[record["variant"]][target] = speed
+            found[record.variant][target] = speed
     for variant, levels in throughput.items():
         # serving throughput includes prefill: kept apart from the decode-only tg the rules compare
         found.setdefault(variant, {}).setdefault("gpu", Speed("vllm")).throughput = levels
@@ -171,11 +175,11 @@ def speeds(bench: list[dict[str, Any]]) -> dict[str, dict[str, Speed]]:
 
 
 def build_rows(
-    variants: list[dict[str, Any]], metrics: list[dict[str, Any]], bench: list[dict[str, Any]], task: str | None
+    variants: list[Variant], metrics: list[Metric], bench: list[BenchResult], task: str | None
 ) -> list[ComparisonRow]:
     primary = primary_metrics(metrics)
-    values = {(m["model"], m["task"], m["metric"]): m["value"] for m in metrics}
-    roles = {m["model"]: m["role"] for m in metrics}
+    values = {(m.model, m.task, m.metric): m.value for m in metrics if m.value is not None}
+    roles = {m.model: m.role for m in metrics}
     reference = reference_name(variants)
     measured = speeds(bench)
     rows = []
@@ -183,18 +187,18 @@ def build_rows(
     for name in base_names:
         rows.append(ComparisonRow(name=name, label="base", format="hf", role="base"))
     for variant in variants:
-        role = "reference" if variant.get("meta", {}).get("reference") else "variant"
+        role = "reference" if variant.is_reference else "variant"
         rows.append(
             ComparisonRow(
-                name=variant["name"],
-                label=label_of(variant["name"], reference, role),
-                format=variant["format"],
+                name=variant.name,
+                label=label_of(variant.name, reference, role),
+                format=variant.format,
                 role=role,
-                status=variant["status"],
-                error=variant.get("error"),
-                size_mb=variant["size"] / 2**20 if variant.get("size") is not None else None,
-                bits=variant.get("bits"),
-                parity=parity_status(variant.get("meta", {}).get("parity")),
+                status=variant.status,
+                error=variant.error,
+                size_mb=variant.size / 2**20 if variant.size is not None else None,
+                bits=variant.bits,
+                parity=parity_status(variant.meta.get("parity")),
             )
         )
     for row in rows:
@@ -271,9 +275,9 @@ def recommend(
 
 def compare(
     run_id: str,
-    variants: list[dict[str, Any]],
-    metrics: list[dict[str, Any]],
-    bench: list[dict[str, Any]],
+    variants: list[Variant],
+    metrics: list[Metric],
+    bench: list[BenchResult],
     keep: float = 98.0,
     wanted_task: str | None = None,
 ) -> Comparison:

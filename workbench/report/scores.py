@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+
+from workbench.records import Metric
 
 FIDELITY = ("kld_mean", "top1_agreement", "ppl_ratio")
 ROLE_ORDER = {"base": 0, "reference": 1, "variant": 2}
@@ -16,34 +17,34 @@ class ModelScores:
     scores: dict[str, float | None] = field(default_factory=dict)  # "task metric" or fidelity name -> value
 
 
-def primary_metrics(rows: list[dict[str, Any]]) -> dict[str, str]:
+def primary_metrics(rows: list[Metric]) -> dict[str, str]:
     """Each task's first metric, in the order the tasks were reported."""
     primary: dict[str, str] = {}
     for row in rows:
-        if row["task"] != "fidelity":
-            primary.setdefault(row["task"], row["metric"])
+        if row.task != "fidelity":
+            primary.setdefault(row.task, row.metric)
     return primary
 
 
-def columns(rows: list[dict[str, Any]]) -> list[str]:
+def columns(rows: list[Metric]) -> list[str]:
     names = [f"{task} {metric}" for task, metric in primary_metrics(rows).items()]
-    reported = {row["metric"] for row in rows if row["task"] == "fidelity"}
+    reported = {row.metric for row in rows if row.task == "fidelity"}
     return names + [name for name in FIDELITY if name in reported]
 
 
-def by_model(rows: list[dict[str, Any]]) -> list[ModelScores]:
+def by_model(rows: list[Metric]) -> list[ModelScores]:
     primary = primary_metrics(rows)
     models: dict[str, ModelScores] = {}
     for row in rows:
-        entry = models.setdefault(row["model"], ModelScores(row["model"], row["role"]))
-        if row["task"] == "fidelity" and row["metric"] in FIDELITY:
-            entry.scores[row["metric"]] = row["value"]
-        elif primary.get(row["task"]) == row["metric"]:
-            entry.scores[f"{row['task']} {row['metric']}"] = row["value"]
+        entry = models.setdefault(row.model, ModelScores(row.model, row.role))
+        if row.task == "fidelity" and row.metric in FIDELITY:
+            entry.scores[row.metric] = row.value
+        elif primary.get(row.task) == row.metric:
+            entry.scores[f"{row.task} {row.metric}"] = row.value
     return sorted(models.values(), key=lambda m: ROLE_ORDER.get(m.role, 3))
 
 
-def gains(rows: list[dict[str, Any]]) -> list[tuple[str, float, float]]:
+def gains(rows: list[Metric]) -> list[tuple[str, float, float]]:
     """(task metric, base value, merged value) for every task both were scored on."""
     models = by_model(rows)
     base = next((m for m in models if m.role == "base"), None)
@@ -57,7 +58,7 @@ def gains(rows: list[dict[str, Any]]) -> list[tuple[str, float, float]]:
     ]
 
 
-def format_table(rows: list[dict[str, Any]]) -> list[str]:
+def format_table(rows: list[Metric]) -> list[str]:
     names = columns(rows)
     width = max([len(m.model) for m in by_model(rows)] + [10])
     lines = [f"{'model':{width}} {'role':9} " + " ".join(f"{name:>{max(len(name), 9)}}" for name in names)]

@@ -15,6 +15,7 @@ from typing import Any
 from workbench import safe
 from workbench.errors import RunError
 from workbench.fsutil import atomic_write_bytes
+from workbench.records import BenchResult
 from workbench.report import plots, table
 from workbench.report.compare import Comparison, compare
 from workbench.store import Store
@@ -72,15 +73,15 @@ def load(store: Store, run_id: str, run_dir: Path, keep_percent: float | None = 
     return RunReport(comparison, recipe, stages, loss, failures, bench_settings(bench))
 
 
-def bench_settings(bench: list[dict[str, Any]]) -> list[str]:
+def bench_settings(bench: list[BenchResult]) -> list[str]:
     """One line per device: lengths, repetitions and threads of its measurements."""
     lines = {}
     for b in bench:
-        if b["status"] == "done" and "pp_tps" in b and b["device"] not in lines:
-            threads = f", {b['threads']} threads" if b.get("threads") and b["device"] == "cpu" else ""
-            lines[b["device"]] = (
-                f"{b['device'].upper()}: pp{b['prompt_tokens']} / tg{b['gen_tokens']}, median of"
-                f" {b['repetitions']} runs after {b['warmup']} warm-up{threads}"
+        if b.status == "done" and b.pp_tps is not None and b.device not in lines:
+            threads = f", {b.threads} threads" if b.threads and b.device == "cpu" else ""
+            lines[b.device] = (
+                f"{b.device.upper()}: pp{b.prompt_tokens} / tg{b.gen_tokens}, median of"
+                f" {b.repetitions} runs after {b.warmup} warm-up{threads}"
             )
     return list(lines.values())
 

@@ -16,6 +16,7 @@ from typing import Any
 from workbench import paths, safe, workers
 from workbench.errors import Interrupted, WorkbenchError
 from workbench.recipe import Recipe
+from workbench.records import Artifact
 from workbench.store import Store
 
 KEYED_LIBRARIES = ("workbench", "torch", "transformers", "peft", "trl", "bitsandbytes", "accelerate")
@@ -75,7 +76,7 @@ class Stage:
     name: str
     needs: tuple[str, ...]
     key_inputs: Callable[[Recipe], dict[str, Any]]  # recipe sections and input hashes
-    run: Callable[[StageContext], list[dict[str, Any]]]  # returns artifacts (paths relative to out)
+    run: Callable[[StageContext], list[Artifact]]  # paths relative to the stage's folder
     # cache-key fields (dotted, under "inputs.") whose change still lets unfinished work resume
     resumable: frozenset[str] = frozenset()
 

@@ -13,7 +13,9 @@ from workbench.bench import vllm_bench
 from workbench.devices import pick_device, usable_cores
 from workbench.fsutil import atomic_write_text
 from workbench.recipe import Recipe
+from workbench.records import Artifact, BenchResult
 from workbench.stages.base import Stage, StageContext, failure_line
+from workbench.variants import Variant
 
 VLLM_FORMATS = ("hf", "gptq", "awq")
 
@@ -35,21 +37,21 @@ def version_of(package: str) -> str | None:
         return None
 
 
-def plan_jobs(variants: list[dict[str, Any]], recipe: Recipe, cuda: bool, vllm: bool) -> list[dict[str, Any]]:
+def plan_jobs(variants: list[Variant], recipe: Recipe, cuda: bool, vllm: bool) -> list[dict[str, Any]]:
     section = recipe.bench
     common = section.model_dump(include={"prompt_tokens", "gen_tokens", "repetitions", "warmup", "vllm_concurrency"})
     jobs = []
     for variant in variants:
-        if variant["status"] != "done":
+        if variant.status != "done":
             continue
-        backend = "llama.cpp" if variant["format"] == "gguf" else "torch"
-        base = {**common, "variant": variant["name"], "format": variant["format"], "path": variant["path"]}
+        backend = "llama.cpp" if variant.format == "gguf" else "torch"
+        base = {**common, "variant": variant.name, "format": variant.format, "path": variant.path}
         threads = section.threads or usable_cores()
-        if variant["format"] in section.cpu:
+        if variant.format in section.cpu:
             jobs.append({**base, "backend": backend, "device": "cpu", "threads": threads})
-        if cuda and variant["format"] in section.gpu:
+        if cuda and variant.format in section.gpu:
             jobs.append({**base, "backend": backend, "device": "cuda", "threads": threads})
-            if vllm and variant["format"] in VLLM_FORMATS:
+            if vllm and variant.format in VLLM_FORMATS:
                 jobs.append({**base, "backend": "vllm", "device": "cuda", "threads": None})
     return jobs
 
@@ -68,19 +70,19 @@ def bench_one(ctx: StageContext, job: dict[str, Any]) -> dict[str, Any]:
     return {**outcome.value(), "peak_rss_mb": outcome.peak_rss_mb}
 
 
-def speed_line(record: dict[str, Any]) -> str:
-    if "pp_tps" in record:
+def speed_line(record: BenchResult) -> str:
+    if record.pp_tps and record.tg_tps:
         return (
-            f"pp{record['prompt_tokens']} {record['pp_tps']['median']:.1f} tok/s, "
-            f"tg{record['gen_tokens']} {record['tg_tps']['median']:.1f} tok/s, "
-            f"peak RSS {record['peak_rss_mb'] or 0:.0f} MiB"
+            f"pp{record.prompt_tokens} {record.pp_tps.median:.1f} tok/s, "
+            f"tg{record.gen_tokens} {record.tg_tps.median:.1f} tok/s, "
+            f"peak RSS {record.peak_rss_mb or 0:.0f} MiB"
         )
-    if "concurrency" in record:
-        return ", ".join(f"x{level}: {v['output_tps']:.0f} tok/s" for level, v in record["concurrency"].items())
-    return record["status"]
+    if record.concurrency:
+        return ", ".join(f"x{level}: {v['output_tps']:.0f} tok/s" for level, v in record.concurrency.items())
+    return record.status
 
 
-def run(ctx: StageContext) -> list[dict[str, Any]]:
+def run(ctx: StageContext) -> list[Artifact]:
     cuda = pick_device("auto") == "cuda"
     if ctx.recipe.bench.gpu and not cuda:
         ctx.say("no CUDA device: GPU benchmarks skipped")
@@ -89,18 +91,18 @@ def run(ctx: StageContext) -> list[dict[str, Any]]:
     for job in jobs:
         keep = {k: v for k, v in job.items() if k not in ("path", "vllm_concurrency")}
         try:
-            record = {**keep, **bench_one(ctx, job)}
+            record = BenchResult.from_dict({**keep, **bench_one(ctx, job)})
         except Exception as exc:  # noqa: BLE001 - one failed measurement is recorded, the rest go on
             error = failure_line(job["variant"], exc)
             ctx.failures.append(f"{error.splitlines()[0]} (on {job['device']}, {job['backend']})")
-            record = {**keep, "status": "failed", "error": error}
+            record = BenchResult.from_dict({**keep, "status": "failed", "error": error})
         ctx.say(f"{job['variant']} on {job['device']} ({job['backend']}): {speed_line(record)}")
-        ctx.event("benchmarked", **record)
+        ctx.event("benchmarked", **record.to_dict())
         records.append(record)
     ctx.store.replace_bench(ctx.run_id, records)
     results = ctx.out / "results.json"
-    atomic_write_text(results, safe.json_text({"cuda": cuda, "results": records}, indent=2))
-    return [{"name": "bench-results", "kind": "bench", "path": results.name, "size": results.stat().st_size}]
+    atomic_write_text(results, safe.json_text({"cuda": cuda, "results": [r.to_dict() for r in records]}, indent=2))
+    return [Artifact("bench-results", "bench", results.name, results.stat().st_size)]
 
 
 STAGE = Stage(name="bench", needs=("export",), key_inputs=key_inputs, run=run)

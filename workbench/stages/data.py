@@ -12,6 +12,7 @@ from workbench.data.files import write_jsonl
 from workbench.fsutil import hash_path
 from workbench.models import resolve_model
 from workbench.recipe import Recipe
+from workbench.records import Artifact
 from workbench.stages.base import Stage, StageContext
 
 
@@ -67,7 +68,7 @@ def check_held_out(recipe: Recipe, usable: int, held_out: int) -> None:
     )
 
 
-def run(ctx: StageContext) -> list[dict[str, Any]]:
+def run(ctx: StageContext) -> list[Artifact]:
     from transformers import AutoTokenizer
 
     section = ctx.recipe.data
@@ -104,20 +105,14 @@ def run(ctx: StageContext) -> list[dict[str, Any]]:
     ctx.event("data", **summary)
     ctx.say(f"{data.format}: {len(train)} train / {len(held_out)} held-out rows, {len(data.bad)} bad")
     return [
-        {
-            "name": "train-split",
-            "kind": "data",
-            "path": "train.jsonl",
-            "size": (ctx.out / "train.jsonl").stat().st_size,
-            "meta": {"rows": len(train)},
-        },
-        {
-            "name": "held-out-split",
-            "kind": "data",
-            "path": "held_out.jsonl",
-            "size": (ctx.out / "held_out.jsonl").stat().st_size,
-            "meta": {"rows": len(held_out)},
-        },
+        Artifact("train-split", "data", "train.jsonl", (ctx.out / "train.jsonl").stat().st_size, {"rows": len(train)}),
+        Artifact(
+            "held-out-split",
+            "data",
+            "held_out.jsonl",
+            (ctx.out / "held_out.jsonl").stat().st_size,
+            {"rows": len(held_out)},
+        ),
     ]
 
 

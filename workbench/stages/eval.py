@@ -7,6 +7,7 @@ from __future__ import annotations
 import difflib
 import json
 import shutil
+from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from workbench.eval import tasks
 from workbench.fsutil import atomic_write_text, hash_path
 from workbench.models import display_name, resolve_model
 from workbench.recipe import Recipe
+from workbench.records import Artifact, Metric
 from workbench.stages.base import Stage, StageContext, failure_line
 
 
@@ -61,10 +63,10 @@ def models_to_evaluate(ctx: StageContext) -> list[dict[str, Any]]:
         base = resolve_model(ctx.recipe.base_model)
         models.append({"name": display_name(ctx.recipe.base_model), "format": "hf", "path": base, "role": "base"})
     for variant in ctx.store.variants(ctx.run_id):
-        if variant["status"] != "done":
+        if variant.status != "done":
             continue
-        role = "reference" if variant["meta"].get("reference") else "variant"
-        models.append({"name": variant["name"], "format": variant["format"], "path": variant["path"], "role": role})
+        role = "reference" if variant.is_reference else "variant"
+        models.append({"name": variant.name, "format": variant.format, "path": variant.path, "role": role})
     return models
 
 
@@ -107,14 +109,15 @@ def files_fingerprint(path: Path) -> str | None:
     return ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
 
 
-def store_rows(model: dict[str, Any], summary: dict[str, Any]) -> list[dict[str, Any]]:
-    rows = [{**row, "model": model["name"], "role": model["role"]} for row in summary.get("metrics", [])]
-    for name, value in (summary.get("fidelity") or {}).items():
-        rows.append({"model": model["name"], "role": model["role"], "task": "fidelity", "metric": name, "value": value})
+def store_rows(model: dict[str, Any], summary: dict[str, Any]) -> list[Metric]:
+    """A worker's summary as the store's records: lm-eval's rows, then the fidelity numbers."""
+    name, role = model["name"], model["role"]
+    rows = [Metric(name, role, r["task"], r["metric"], r["value"], r.get("stderr")) for r in summary.get("metrics", [])]
+    rows += [Metric(name, role, "fidelity", key, value) for key, value in (summary.get("fidelity") or {}).items()]
     return rows
 
 
-def run(ctx: StageContext) -> list[dict[str, Any]]:
+def run(ctx: StageContext) -> list[Artifact]:
     from transformers import AutoTokenizer
 
     section = ctx.recipe.eval
@@ -150,7 +153,8 @@ def run(ctx: StageContext) -> list[dict[str, Any]]:
         sequences = fidelity_sequences(held_out, tokenizer, section.fidelity_rows)
         common["fidelity"] = {"reference": str(merged_dir), "sequences": sequences}
     models = models_to_evaluate(ctx)
-    rows, summaries = [], {}
+    rows: list[Metric] = []
+    summaries: dict[str, dict[str, Any]] = {}
     for model in models:
         try:
             summary = evaluate_model(ctx, model, common)
@@ -163,15 +167,17 @@ def run(ctx: StageContext) -> list[dict[str, Any]]:
         summaries[model["name"]] = {**model, "status": "done", **summary}
         scored = store_rows(model, summary)
         rows += scored
-        ctx.event("evaluated", name=model["name"], metrics=scored)
+        ctx.event("evaluated", name=model["name"], metrics=[asdict(m) for m in scored])
     if not rows:
         raise EvalFailed("every evaluation failed: " + "; ".join(ctx.failures))
     results_dir = ctx.work / "models"
     shutil.move(results_dir, ctx.out / "models")
     results = ctx.out / "results.json"
-    atomic_write_text(results, safe.json_text({"models": list(summaries.values()), "metrics": rows}, indent=2))
+    atomic_write_text(
+        results, safe.json_text({"models": list(summaries.values()), "metrics": [asdict(m) for m in rows]}, indent=2)
+    )
     ctx.store.replace_metrics(ctx.run_id, rows)
-    return [{"name": "eval-results", "kind": "eval", "path": results.name, "size": results.stat().st_size}]
+    return [Artifact("eval-results", "eval", results.name, results.stat().st_size)]
 
 
 STAGE = Stage(name="eval", needs=("data", "merge", "export"), key_inputs=key_inputs, run=run)

@@ -16,6 +16,7 @@ from workbench.export import gguf, gptq
 from workbench.fsutil import dir_size
 from workbench.models import display_name
 from workbench.recipe import FORMATS, ExportSection, Format, Recipe
+from workbench.records import Artifact
 from workbench.stages.base import Stage, StageContext, failure_line
 from workbench.variants import Variant, variant_name
 
@@ -256,7 +257,7 @@ def preflight_export(ctx: StageContext, merged_dir: Path) -> None:
     preflight.check("export", ctx.run_dir, params * bits / 8 * 1.05, memory)
 
 
-def run(ctx: StageContext) -> list[dict[str, Any]]:
+def run(ctx: StageContext) -> list[Artifact]:
     from transformers import AutoTokenizer
 
     merged_dir = ctx.inputs["merge"]
@@ -291,12 +292,9 @@ def run(ctx: StageContext) -> list[dict[str, Any]]:
     final = ctx.run_dir / ctx.stage
     for variant in variants[1:]:
         variant.path = str(final / Path(variant.path).name)
-    ctx.store.replace_variants(ctx.run_id, list(FORMATS), [v.to_dict() for v in variants])
+    ctx.store.replace_variants(ctx.run_id, list(FORMATS), variants)
     exported = [v for v in variants[1:] if v.status == "done"]
-    return [
-        {"name": v.name, "kind": v.format, "path": Path(v.path).name, "size": v.size, "meta": {"bits": v.bits}}
-        for v in exported
-    ]
+    return [Artifact(v.name, v.format, Path(v.path).name, v.size, {"bits": v.bits}) for v in exported]
 
 
 STAGE = Stage(name="export", needs=("data", "merge"), key_inputs=key_inputs, run=run)

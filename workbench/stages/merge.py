@@ -13,6 +13,7 @@ from workbench.fsutil import dir_size
 from workbench.merge import merge_adapter
 from workbench.models import resolve_model
 from workbench.recipe import Recipe
+from workbench.records import Artifact
 from workbench.stages.base import Stage, StageContext
 
 
@@ -20,7 +21,7 @@ def key_inputs(recipe: Recipe) -> dict[str, Any]:
     return {"merge": recipe.merge.model_dump(mode="json")}
 
 
-def run(ctx: StageContext) -> list[dict[str, Any]]:
+def run(ctx: StageContext) -> list[Artifact]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
@@ -47,7 +48,7 @@ def run(ctx: StageContext) -> list[dict[str, Any]]:
     size = dir_size(ctx.out)
     ctx.say(f"merged model saved ({size / 1e6:.0f} MB, {ctx.recipe.merge.dtype})")
     meta = {"dtype": ctx.recipe.merge.dtype, "base_model": base, "method": summary["method"]}
-    return [{"name": "merged", "kind": "model", "path": ".", "size": size, "meta": meta}]
+    return [Artifact("merged", "model", ".", size, meta)]
 
 
 STAGE = Stage(name="merge", needs=("train",), key_inputs=key_inputs, run=run)

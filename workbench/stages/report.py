@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from workbench.recipe import Recipe
+from workbench.records import Artifact
 from workbench.report import write
 from workbench.stages.base import Stage, StageContext
 
@@ -14,14 +15,14 @@ def key_inputs(recipe: Recipe) -> dict[str, Any]:
     return {"report": recipe.report.model_dump(mode="json"), "eval_tasks": recipe.eval.tasks}
 
 
-def run(ctx: StageContext) -> list[dict[str, Any]]:
+def run(ctx: StageContext) -> list[Artifact]:
     report = write.load(ctx.store, ctx.run_id, ctx.run_dir)
     write.write_files(report, ctx.out)
     for line in write.recommendation_lines(report.comparison):
         ctx.say(line)
     ctx.say(f"report: {ctx.run_dir / 'report' / 'report.html'}")
     return [
-        {"name": f"report-{path.name}", "kind": "report", "path": path.name, "size": path.stat().st_size}
+        Artifact(f"report-{path.name}", "report", path.name, path.stat().st_size)
         for path in sorted(ctx.out.iterdir())
         if not path.name.startswith(".")
     ]

@@ -18,6 +18,7 @@ from workbench.data.files import read_jsonl
 from workbench.devices import pick_device
 from workbench.models import resolve_model
 from workbench.recipe import Recipe
+from workbench.records import Artifact
 from workbench.stages.base import Stage, StageContext, StageInterrupted
 from workbench.train import sft
 
@@ -31,7 +32,7 @@ def key_inputs(recipe: Recipe) -> dict[str, Any]:
     }
 
 
-def run(ctx: StageContext) -> list[dict[str, Any]]:
+def run(ctx: StageContext) -> list[Artifact]:
     from datasets import Dataset
     from transformers import AutoTokenizer
     from trl import SFTTrainer
@@ -102,7 +103,7 @@ def run(ctx: StageContext) -> list[dict[str, Any]]:
     (ctx.out / "log_history.json").write_text(safe.json_text(trainer.state.log_history, indent=1))
     kind = "model" if section.method == "full" else "adapter"
     size = sum(p.stat().st_size for p in ctx.out.iterdir() if p.is_file())
-    return [{"name": kind, "kind": kind, "path": ".", "size": size, "meta": summary}]
+    return [Artifact(kind, kind, ".", size, summary)]
 
 
 # a longer (or shorter) training, or other checkpoint spacing, continues from the checkpoints it has

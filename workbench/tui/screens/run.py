@@ -12,6 +12,7 @@ from textual.widgets import DataTable, Footer, Header, Log, Static, TabbedConten
 from textual_plotext import PlotextPlot
 
 from workbench.common import tail
+from workbench.records import Artifact
 from workbench.tui import progress
 from workbench.tui.screens import CancelRun
 from workbench.tui.tables import cell
@@ -108,11 +109,11 @@ class RunScreen(NumberedTabs):
             plt.plot(steps, rates, label="lr", yside="right", marker="dot")
         widget.refresh()
 
-    def show_artifacts(self, artifacts: list[dict[str, Any]]) -> None:
+    def show_artifacts(self, artifacts: list[Artifact]) -> None:
         rows = []
         for item in artifacts:
-            path = os.path.relpath(item["path"]) if item["path"].startswith(os.getcwd() + os.sep) else item["path"]
-            rows.append((item["stage"], item["name"], f"{item['size'] / 2**20:.1f}", path))
+            path = os.path.relpath(item.path) if item.path.startswith(os.getcwd() + os.sep) else item.path
+            rows.append((item.stage, item.name, f"{item.size / 2**20:.1f}", path))
         if rows == self.artifact_rows:
             return
         self.artifact_rows = rows

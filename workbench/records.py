@@ -1,0 +1,82 @@
+"""What the run store keeps, as records: the pipeline writes them, the report and the TUI read them. A
+variant is `workbench.variants.Variant`; a training log or a benchmark result stays a dict of numbers."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+
+@dataclass
+class Artifact:
+    """A file or folder a stage made, for `workbench show` and the Run screen."""
+
+    name: str
+    kind: str  # adapter, model, gguf, eval, bench, report, ...
+    path: str  # relative to the stage's folder until the runner makes it absolute
+    size: int
+    meta: dict[str, Any] = field(default_factory=dict)
+    stage: str = ""  # filled in by the store
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One evaluation number: a task's metric for a model, or a fidelity measure (task "fidelity")."""
+
+    model: str
+    role: str  # base | reference | variant
+    task: str
+    metric: str
+    value: float | None
+    stderr: float | None = None
+
+
+@dataclass
+class Stat:
+    """A timed quantity over the repetitions."""
+
+    median: float
+    min: float
+    max: float
+    samples: list[float] = field(default_factory=list)
+
+
+STATS = ("pp_tps", "tg_tps", "ttft_ms")
+
+
+@dataclass
+class BenchResult:
+    """One measurement of one variant on one device through one backend (or why there is none)."""
+
+    variant: str
+    device: str  # cpu | cuda
+    backend: str  # llama.cpp | torch | vllm
+    status: str = "done"  # done | failed | skipped
+    format: str | None = None
+    threads: int | None = None
+    prompt_tokens: int | None = None
+    gen_tokens: int | None = None
+    repetitions: int | None = None
+    warmup: int | None = None
+    pp_tps: Stat | None = None  # prompt processing, tokens/s
+    tg_tps: Stat | None = None  # generation, tokens/s
+    ttft_ms: Stat | None = None  # time to first token
+    peak_rss_mb: float | None = None
+    peak_vram_mb: float | None = None
+    concurrency: dict[str, dict[str, float]] | None = None  # vLLM: level -> output tokens/s, requests, seconds
+    seconds: float | None = None
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # anything else a backend reports (e.g. dtype)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BenchResult:
+        known = {f.name for f in fields(cls)} - {"extra"}
+        values = {key: value for key, value in data.items() if key in known}
+        for key in STATS:
+            if isinstance(values.get(key), dict):
+                values[key] = Stat(**values[key])
+        return cls(**values, extra={key: value for key, value in data.items() if key not in known})
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        return {**{key: value for key, value in data.items() if key != "extra"}, **data["extra"]}
