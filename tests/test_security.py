@@ -407,6 +407,13 @@ def test_terminal_output_drops_control_sequences(tmp_path: Path, capsys: pytest.
     out = capsys.readouterr().out
     assert "model said gone" in out and not any(ch in out for ch in "\x1b\x07\x9b")
     assert safe.terminal_text("a\tb\nc\x00\x08d") == "a\tb\ncd"
+    from workbench.common import tail
+    from workbench.tui.tables import cell
+    from workbench.tui.text import plain
+
+    (tmp_path / "w.log").write_text("step 1\rstep 2\x1b[31m red\x1b]0;title\x07\n")
+    assert tail(tmp_path / "w.log")[-1] == "step 2 red"  # the Run screen's log tab and `workbench show`
+    assert cell("Q8\x1b[2J[b]") == "Q8\\[b]" and plain("ok\x1b]52;c;eA==\x07").plain == "ok"  # TUI text
 
 
 # 7. recipes: alias bombs and huge values

@@ -6,6 +6,8 @@ import os
 import sys
 from pathlib import Path
 
+from workbench.safe import terminal_text
+
 # how every child Python starts: -P keeps the folder it is started in off sys.path, so a json.py or
 # torch.py lying where the user runs a command is never imported
 PYTHON = [sys.executable, "-P"]
@@ -25,7 +27,8 @@ def last_line(text: str, fallback: str) -> str:
 
 
 def tail(path: Path, lines: int = 200) -> list[str]:
-    """The last lines of a log file, carriage-return progress bars reduced to their latest state."""
+    """The last lines of a log file, carriage-return progress bars reduced to their latest state and
+    nothing left that a terminal would act on (logs hold tool and model output)."""
     try:
         with open(path, "rb") as handle:
             handle.seek(0, 2)
@@ -33,4 +36,4 @@ def tail(path: Path, lines: int = 200) -> list[str]:
             text = handle.read().decode("utf-8", errors="replace")
     except OSError:
         return []
-    return [line.rsplit("\r", 1)[-1] for line in text.splitlines()[-lines:]]
+    return [terminal_text(line.rsplit("\r", 1)[-1]) for line in text.splitlines()[-lines:]]

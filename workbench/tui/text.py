@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from textual.content import Content
 
+from workbench.safe import terminal_text
+
 
 def plain(value: str) -> Content:
-    return Content(value)
+    return Content(terminal_text(value))  # Textual drops bells and returns, not escape sequences

@@ -49,14 +49,14 @@ class Answer(Vertical):
             self.border_subtitle = "generating"
         elif "text" in event:
             self.text += event["text"]
-            body.update(self.text)
+            body.update(plain(self.text))
         elif "done" in event:
             result = event["done"]
             self.border_subtitle = f"{result['tok_s']:.1f} tok/s" if result["tok_s"] else "done"
             self.query_one(".answer-stats", Static).update(chat.stats_line(result))
         elif "error" in event:
             self.border_subtitle = "FAILED"
-            self.query_one(".answer-stats", Static).update(f"FAILED: {event['error']}")
+            self.query_one(".answer-stats", Static).update(plain(f"FAILED: {event['error']}"))
 
 
 class ChatScreen(AppScreen):
