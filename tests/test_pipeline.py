@@ -223,7 +223,7 @@ def test_training_variants_merge_to_what_they_trained(
         actual = AutoModelForCausalLM.from_pretrained(home / "tiny" / "merge", dtype=torch.float32).eval()(ids).logits
     assert torch.allclose(actual, expected, atol=1e-3)
     loftq = train.get("lora", {}).get("init") == "loftq"
-    assert summary["merge_base"] == ("dequantized-nf4" if loftq else "base")
+    assert summary["merge_base"] == ("dequantized-nf4" if loftq else "original")
 
 
 def test_loftq_without_cuda_is_refused_clearly(tmp_path: Path, tiny_model: Path, data_file: Path) -> None:

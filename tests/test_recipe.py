@@ -103,3 +103,31 @@ def test_the_recipe_offers_exactly_the_gguf_types_the_exporter_knows() -> None:
     from workbench.recipe import DEFAULT_GGUF, GGUFType
 
     assert set(get_args(GGUFType)) == set(GGUF_TYPES) and set(DEFAULT_GGUF) <= set(GGUF_TYPES)
+
+
+def test_qat_section_rules_and_the_merge_base_it_implies(tmp_path: Path) -> None:
+    path = recipe_file(tmp_path, GOOD)
+
+    def load(*sets: str):
+        return load_recipe(path, list(sets))
+
+    assert load().train.qat.target is None and load().merge_base == "original"
+    assert load("train.qat.target=none").train.qat.target is None  # what `sweep --vary ...=none,q4_0` passes
+    qat = load("train.qat.target=q4_0", "export.gguf=[q4_0]")
+    assert qat.train.qat.start_after_steps == 0 and qat.train.qat.embeddings and qat.merge_base == "original"
+    qlora = ["train.method=qlora", "train.qat.target=q4_0", "export.gguf=[q4_0]"]
+    assert load(*qlora).merge_base == "dequantized-nf4"  # what QLoRA-QAT trained against
+    assert load("train.method=qlora").merge_base == "original"
+    assert load("train.method=qlora", "train.lora.init=loftq").merge_base == "dequantized-nf4"
+    assert load("train.method=qlora", "merge.base=dequantized-nf4").merge_base == "dequantized-nf4"
+    cases = {
+        ("train.qat.target=q4_0",): "train.qat.target: q4_0 is not exported; add it to export.gguf",
+        (*qlora, "merge.base=original"): "merge.base: original ships other weights",
+        ("train.qat.target=q4_0", "export.gguf=[q4_0]", "train.lora.dora=true"): "DoRA is not supported",
+        ("train.qat.target=q5_k_m", "export.gguf=[q5_k_m]"): "train.qat.target: input should be 'q4_0' or 'q8_0'",
+        ("train.qat.start_after_steps=-1", "export.gguf=[q4_0]"): "train.qat.start_after_steps",
+    }
+    for sets, message in cases.items():
+        with pytest.raises(RecipeError) as caught:
+            load(*sets)
+        assert message in caught.value.report(), caught.value.report()

@@ -197,3 +197,27 @@ def test_report_and_compare_commands(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_side_by_side_marks_nothing_for_a_single_run() -> None:
     report = write.RunReport(compare("a", VARIANTS, metrics(SCORES), []), {"train": {"method": "lora"}}, [], [])
     assert all(row["keeps_most"] is None for row in runs.side_by_side([report])["rows"])
+
+
+def test_recovered_share_of_a_qat_run_beside_its_plain_twin() -> None:
+    recipe = {"name": "r", "train": {"method": "lora", "lr": 1e-3}, "export": {"gguf": ["q4_0"]}}
+    q4 = variant("Q4_0.gguf", "gguf", 80)
+
+    def report(run: str, qat: str | None, score: float, kld: float, other: dict | None = None) -> write.RunReport:
+        found = metrics({MERGED: 0.90, q4.name: score}) + [Metric(q4.name, "variant", "fidelity", "kld_mean", kld)]
+        train = {**recipe["train"], **({"qat": {"target": qat}} if qat else {}), **(other or {})}
+        return write.RunReport(compare(run, [VARIANTS[0], q4], found, []), {**recipe, "train": train}, [], [])
+
+    plain, qat = report("plain", None, 0.70, 0.40), report("qat", "q4_0", 0.85, 0.10)
+    unrelated = report("other", None, 0.10, 0.90, {"method": "qlora"})  # not its twin: another method
+    table = runs.side_by_side([unrelated, qat, plain])
+    [item] = table["recovered"]
+    assert item["run"] == "qat" and item["twin"] == "plain" and item["variant"] == "Q4_0.gguf"
+    assert item["kld"]["recovered_pct"] == pytest.approx(75.0)  # (0.40 - 0.10) / 0.40
+    assert item["score_loss"]["plain"] == pytest.approx(0.20) and item["score_loss"]["qat"] == pytest.approx(0.05)
+    assert item["score_loss"]["recovered_pct"] == pytest.approx(75.0)
+    assert [r["method"] for r in table["runs"]] == ["qlora", "lora + QAT q4_0", "lora"]
+    text = runs.markdown(table)
+    assert "| qat | plain | Q4_0.gguf | 0.700 → 0.850 | 0.200 → 0.050 | 75% | 0.4000 → 0.1000 | 75% | - |" in text
+    assert runs.recovered_pct(0.0, 0.1) is None and runs.recovered_pct(0.2, 0.3) == pytest.approx(-50.0)
+    assert runs.side_by_side([qat])["recovered"] == []  # no twin, nothing claimed

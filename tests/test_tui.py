@@ -365,3 +365,28 @@ def test_the_app_never_imports_torch_transformers_or_numpy() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_compare_shows_what_a_qat_run_recovered_against_its_twin(tmp_path: Path) -> None:
+    from test_report import MERGED, SCORES, fill_store
+
+    from workbench.tui.screens.compare_runs import CompareRunsScreen
+
+    store = Store(tmp_path / "workbench.db")
+    fill_store(store, "plain", SCORES, "lora")
+    fill_store(store, "qat", {**SCORES, f"{MERGED}-Q8_0.gguf": 0.895}, "lora")
+    recipe = {"name": "qat", "train": {"method": "lora", "qat": {"target": "q8_0"}}, "eval": {"tasks": ["heldout"]}}
+    store.upsert_run("qat", "qat", recipe, None, 1)
+
+    async def drive() -> None:
+        app = WorkbenchApp(tmp_path)
+        async with app.run_test(size=(120, 30)) as pilot:
+            app.push_screen(CompareRunsScreen(["qat", "plain"]))
+            await pilot.pause()
+            table = app.screen.query_one("#runs-recovered")
+            assert table.display and table.row_count == 1
+            row = table.get_row_at(0)
+            assert row[:3] == ["qat", "plain", "Q8_0.gguf"] and row[5] == "50%"  # (0.010 - 0.005) / 0.010
+            assert "recovered" in str(app.screen.query_one("#runs-legend").render())
+
+    asyncio.run(drive())

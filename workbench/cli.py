@@ -12,6 +12,7 @@ from pathlib import Path
 from workbench import launcher, paths, safe
 from workbench.common import default_home
 from workbench.errors import RunError, WorkbenchError
+from workbench.qat.check import describe_grid
 from workbench.report import runs, table, write
 from workbench.report.compare import parity_status
 from workbench.runlock import RunLock
@@ -61,6 +62,41 @@ def cmd_run(args: argparse.Namespace) -> int:
                 run_recipe(recipe, args.home, stages=args.stages, force=args.force, run_id=run_id)
     print(f"run {run_id} done; `workbench show {run_id}` lists its stages and artifacts")
     return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from workbench import sweep
+    from workbench.recipe import Recipe, load_recipe
+    from workbench.runner import run_recipe
+
+    recipe = load_recipe(args.recipe, args.set)
+    combos = sweep.combinations(recipe.name, sweep.parse_vary(args.vary), args.set)
+    recipes = sweep.load_all(Path(args.recipe), combos)  # every combination refused now, not hours in
+    print(f"sweep of {len(combos)} runs:")
+    for combo in combos:
+        print(f"  {combo.run_id}  ({combo.describe()})")
+    if args.detach:
+        started = launcher.launch_sweep(Path(args.recipe), args.home, recipe.name, args.vary, args.set)
+        print(f"started in the background (pid {started.pid}); output: {started.log}")
+        print("each run appears in `workbench runs` / the TUI as it starts; the comparison ends the log")
+        return 0
+    launcher.stop_on_sigterm()
+
+    def run_one(one: Recipe, run_id: str) -> None:
+        with launcher.logged_to(args.home / run_id / "worker.log"):
+            run_recipe(one, args.home, run_id=run_id)
+
+    outcome = sweep.run_sweep(combos, recipes, args.home, run_one)
+    finished = [run_id for run_id, error in outcome.items() if error is None]
+    print(f"\nsweep done: {len(finished)} of {len(combos)} runs finished")
+    for run_id, error in outcome.items():
+        if error is not None:
+            _out(f"  {run_id} FAILED: {error}")
+    if finished:
+        store = Store(args.home / "workbench.db")
+        side = runs.side_by_side([_load_report(store, args.home, run_id) for run_id in finished])
+        _out("\n" + runs.markdown(side))
+    return 0 if len(finished) == len(combos) else 1
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -258,6 +294,9 @@ def cmd_show(args: argparse.Namespace) -> int:
             if v.status == "failed":
                 note = f"FAILED: {(v.error or '').splitlines()[0] if v.error else '?'}"
             _out(f"{v.name:44} {v.format:6} {v.bits:>5} {size:>10} {took:>7} {peak:>8} {parity:6}  {note}")
+        for v in variants:
+            if v.meta.get("grid"):
+                _out(f"grid check: {v.name}: {describe_grid(v.meta['grid'])}")
     metrics = store.metrics(args.run)
     if metrics:
         from workbench.report.scores import format_table
@@ -340,6 +379,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--detach", action="store_true", help="run in a background worker that outlives the terminal")
     run.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # set by `launch` for its worker
     run.set_defaults(func=cmd_run)
+
+    sweep = sub.add_parser(
+        "sweep", help="run a recipe once per combination of varied fields, then compare the runs side by side"
+    )
+    sweep.add_argument("recipe")
+    sweep.add_argument(
+        "--vary", action="append", default=[], required=True, metavar="KEY=V1,V2",
+        help="a recipe field and its values, e.g. train.qat.target=none,q4_0 (repeat for a grid)",
+    )  # fmt: skip
+    sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
+    sweep.add_argument("--detach", action="store_true", help="run the sweep in a background worker")
+    sweep.set_defaults(func=cmd_sweep)
 
     recipe = sub.add_parser("recipe", help="recipe tools").add_subparsers(dest="recipe_command", required=True)
     validate = recipe.add_parser("validate", help="check a recipe; prints every problem")

@@ -53,6 +53,23 @@ def launch(recipe: Path, home: Path, run_id: str, overrides: list[str] | None = 
     return Launched(run_id, process.pid, log)
 
 
+def launch_sweep(recipe: Path, home: Path, name: str, varied: list[str], overrides: list[str]) -> Launched:
+    """Start `workbench sweep` in a new session: its runs one after another, each taking its own run's lock
+    as it starts; the output goes to `<home>/sweeps/<recipe name>.log`."""
+    log = home / "sweeps" / f"{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    command = [*CLI, "--home", str(home), "sweep", str(recipe)]
+    for item in varied:
+        command += ["--vary", item]
+    for override in overrides:
+        command += ["--set", override]
+    with open(log, "ab") as out:
+        process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    return Launched(name, process.pid, log)
+
+
 def live_worker(store: Store, run_id: str) -> int | None:
     """The pid of the run's worker while it is alive (one worker per run)."""
     run = store.run(run_id)

@@ -1,6 +1,6 @@
-"""Fold an adapter into its base. QLoRA adapters are merged into the base reloaded unquantized, never
-into nf4 weights. The one exception is LoftQ, whose adapter is initialised against the nf4 base: it merges
-into that base dequantized, the function it was trained on."""
+"""Fold an adapter into its base: the original 16-bit weights, or (`merge.base: dequantized-nf4`) the nf4
+weights a QLoRA adapter was trained against, dequantized — what LoftQ initialises against and what
+quantization-aware QLoRA rounded; never into the nf4 weights themselves."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def load_base(base: str, merge_base: str) -> Any:
     return AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
 
 
-def merge_adapter(base: str, adapter_dir: Any, merge_base: str = "base") -> Any:
+def merge_adapter(base: str, adapter_dir: Any, merge_base: str = "original") -> Any:
     """The base with the adapter folded in, in fp32 (cast when saving)."""
     from peft import PeftModel
 

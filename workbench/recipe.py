@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from workbench import yamlfile
 from workbench.errors import InputError
@@ -47,6 +47,27 @@ class LoraSection(Section):
     init: Literal["default", "pissa", "loftq"] = "default"
 
 
+QATTarget = Literal["q4_0", "q8_0"]
+
+
+class QATSection(Section):
+    """Quantization-aware fine-tuning: train on the rounding of the GGUF type the model will be served as."""
+
+    target: QATTarget | None = Field(
+        default=None, description="GGUF type to train for (q4_0, q8_0); none: a plain fine-tune"
+    )
+    start_after_steps: int = Field(default=0, ge=0, description="optimizer steps before the rounding is switched on")
+    embeddings: bool = Field(default=True, description="token embeddings on the grid too (off: kept f16 in the file)")
+    output: bool = Field(
+        default=True, description="a separate output layer on the grid too (off: kept f16); tied ones follow embeddings"
+    )
+
+    @field_validator("target", mode="before")
+    @classmethod
+    def _none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and value.lower() == "none" else value
+
+
 class TrainSection(Section):
     method: Literal["lora", "qlora", "full"] = "lora"
     epochs: float | Literal["auto"] = "auto"
@@ -62,10 +83,19 @@ class TrainSection(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     gradient_checkpointing: bool = False
     lora: LoraSection = LoraSection()
+    qat: QATSection = QATSection()
+
+
+MergeBase = Literal["original", "dequantized-nf4"]
 
 
 class MergeSection(Section):
     dtype: Literal["float16", "bfloat16", "float32"] = "float16"
+    base: Literal["auto", "original", "dequantized-nf4"] = Field(
+        default="auto",
+        description="what a QLoRA adapter is folded into: the original 16-bit weights or the nf4 weights it"
+        " trained against, dequantized; auto: dequantized-nf4 for LoftQ and quantization-aware QLoRA",
+    )
 
 
 GGUFType = Literal["f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q5_0", "q4_k_m", "q4_k_s", "q4_0", "q3_k_m", "q2_k"]
@@ -166,6 +196,28 @@ class Recipe(Section):
 
     source: Path | None = Field(default=None, exclude=True)
 
+    @model_validator(mode="after")
+    def _consistent(self) -> Recipe:
+        qat = self.train.qat
+        if qat.target and qat.target not in self.export.gguf:
+            raise ValueError(f"train.qat.target: {qat.target} is not exported; add it to export.gguf")
+        if qat.target and self.train.lora.dora and self.train.method != "full":
+            raise ValueError("train.qat: DoRA is not supported with quantization-aware training")
+        if qat.target and self.train.method == "qlora" and self.merge.base == "original":
+            raise ValueError(
+                "merge.base: original ships other weights than quantization-aware QLoRA trained on (the nf4"
+                " ones); use dequantized-nf4 or auto"
+            )
+        return self
+
+    @property
+    def merge_base(self) -> MergeBase:
+        """What the adapter is folded into, `merge.base: auto` decided."""
+        if self.merge.base != "auto":
+            return self.merge.base
+        nf4 = self.train.method == "qlora" and (self.train.lora.init == "loftq" or self.train.qat.target is not None)
+        return "dequantized-nf4" if nf4 else "original"
+
     @field_validator("base_model")
     @classmethod
     def _not_blank(cls, value: str) -> str:
@@ -224,6 +276,8 @@ def _describe(error: Mapping[str, Any]) -> str:
         return f"{where}: unknown key{hint}"
     if error["type"] == "missing":
         return f"{where}: required field is missing"
+    if error["type"] == "value_error" and not loc:  # a rule across sections: its message names the fields
+        return str(error["ctx"]["error"])
     got = error.get("input")
     shown = "a mapping" if isinstance(got, dict) else f"a list of {len(got)}" if isinstance(got, list) else repr(got)
     shown = shown if len(shown) <= 80 else shown[:77] + "..."

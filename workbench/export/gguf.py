@@ -46,10 +46,19 @@ def convert(
 
 
 def quantize(
-    src: Path, dst: Path, gguf_type: str, *, log: Path | None = None, timeout: float | None = None
+    src: Path,
+    dst: Path,
+    gguf_type: str,
+    *,
+    pure: bool = False,
+    keep_f16: tuple[str, ...] = (),
+    log: Path | None = None,
+    timeout: float | None = None,
 ) -> workers.Outcome:
-    """f16 GGUF -> `gguf_type` with llama.cpp's quantizer, in a worker named after the file."""
-    job = {"src": str(src), "dst": str(dst), "ftype": GGUF_TYPES[gguf_type][0]}
+    """f16 GGUF -> `gguf_type` with llama.cpp's quantizer, in a worker named after the file. `pure`: every
+    tensor in that type (no mixture: what quantization-aware training trained for), except those named in
+    `keep_f16` ("embeddings", "output"), which stay f16."""
+    job = {"src": str(src), "dst": str(dst), "ftype": GGUF_TYPES[gguf_type][0], "pure": pure, "keep_f16": keep_f16}
     return workers.run("gguf.quantize", job, name=dst.name, log=log, timeout=timeout)
 
 
@@ -74,6 +83,12 @@ def quantize_job(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{job['ftype']}")
+    params.pure = bool(job.get("pure"))
+    keep = job.get("keep_f16", ())
+    if "embeddings" in keep:
+        params.token_embedding_type = llama_cpp.GGML_TYPE_F16
+    if "output" in keep:
+        params.output_tensor_type = llama_cpp.GGML_TYPE_F16
     status = llama_cpp.llama_model_quantize(job["src"].encode(), job["dst"].encode(), ctypes.byref(params))
     if status != 0 or not Path(job["dst"]).is_file():
         raise RuntimeError(f"llama_model_quantize returned {status}")

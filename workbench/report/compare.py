@@ -58,6 +58,7 @@ class ComparisonRow:
     kld: float | None = None
     top1: float | None = None
     parity: str | None = None  # passed | failed | skipped; None: not checked
+    grid: str | None = None  # a quantization-aware run's file: passed | failed; None: not checked
     speed: dict[str, Speed] = field(default_factory=dict)  # target -> fastest measurement there
 
     def tg(self, target: str) -> float | None:
@@ -199,6 +200,7 @@ def build_rows(
                 size_mb=variant.size / 2**20 if variant.size is not None else None,
                 bits=variant.bits,
                 parity=parity_status(variant.meta.get("parity")),
+                grid=(variant.meta.get("grid") or {}).get("status"),
             )
         )
     for row in rows:

@@ -44,6 +44,8 @@ def columns(comparison: Comparison) -> list[Column]:
         Column("top-1", lambda r: r.top1, 3),
         Column("parity", lambda r: {"passed": "pass", "failed": "FAIL", "skipped": "skipped"}.get(r.parity or "")),
     ]
+    if any(r.grid for r in rows):  # a quantization-aware run: its file holds what training rounded to
+        cols.append(Column("grid", lambda r: {"passed": "pass", "failed": "FAIL"}.get(r.grid or "")))
     if any("cpu" in r.speed for r in rows):
         cols += [
             Column("CPU pp tok/s", _speed("cpu", "pp_tps")),

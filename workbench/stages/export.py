@@ -15,6 +15,7 @@ from workbench.errors import StageFailed
 from workbench.export import gguf, gptq
 from workbench.fsutil import dir_size
 from workbench.models import display_name
+from workbench.qat.check import describe_grid
 from workbench.recipe import FORMATS, ExportSection, Format, Recipe
 from workbench.records import Artifact
 from workbench.stages.base import Stage, StageContext, failure_line
@@ -80,6 +81,20 @@ def check(ctx: StageContext, inputs: ExportInputs, variant: Variant, smoke: bool
         variant.meta["smoke"] = result.get("smoke", [])
 
 
+def check_grid(ctx: StageContext, variant: Variant, merged: Variant) -> None:
+    """The grid check of a quantization-aware run's file (workbench.qat.check), recorded on the variant;
+    a file off the grid is a failure of the stage, not of the variant (it still serves)."""
+    qat = ctx.recipe.train.qat
+    job = {"gguf": variant.path, "merged": merged.path, "target": qat.target, "embeddings": qat.embeddings,
+           "output": qat.output}  # fmt: skip
+    outcome = ctx.run_worker("qat.grid", job, name=variant.name, log_name=f"{variant.name}-grid")
+    grid = variant.meta["grid"] = outcome.value()
+    line = f"{variant.name}: grid check {describe_grid(grid)}"
+    if grid["status"] != "passed":
+        ctx.failures.append(line)
+    ctx.say(line)
+
+
 def record_measurement(variant: Variant, outcome: workers.Outcome) -> None:
     variant.seconds, variant.peak_mem_mb = outcome.seconds, outcome.peak_rss_mb
 
@@ -124,17 +139,29 @@ def export_gguf(ctx: StageContext, inputs: ExportInputs) -> list[Variant]:
         made(ctx, outcome, source)
         finish(variant, outcome)
 
+    qat = ctx.recipe.train.qat
+    keep_f16 = tuple(part for part in ("embeddings", "output") if not getattr(qat, part))
+
     def builder(gguf_type: str) -> Callable[[Variant], None]:
+        trained_for = gguf_type == qat.target
+
         def build(variant: Variant) -> None:
             if not source.is_file():
                 raise ExportFailed(f"{variant.name}: no f16 GGUF to quantize from (its conversion failed)")
             log = ctx.log_path(variant.name)
-            outcome = gguf.quantize(source, Path(variant.path), gguf_type, log=log, timeout=timeout)
+            if trained_for:  # every tensor in the type it trained for, no mixture
+                options: dict[str, Any] = {"pure": True, "keep_f16": keep_f16}
+                ctx.say(f"{variant.name}: quantization-aware run, every weight in {gguf_type}")
+            else:
+                options = {}
+            outcome = gguf.quantize(source, Path(variant.path), gguf_type, log=log, timeout=timeout, **options)
             made(ctx, outcome, Path(variant.path))
             fallbacks = gguf.fallbacks(outcome.log.read_text(errors="replace") if outcome.log else "")
             variant.meta["fallbacks"] = fallbacks
             if fallbacks:
                 ctx.say(f"{len(fallbacks)} tensors fell back to another type (rows not a multiple of the block)")
+            if trained_for:
+                check_grid(ctx, variant, merged)
             finish(variant, outcome)
 
         return build

@@ -18,7 +18,7 @@ from workbench.stages.base import Stage, StageContext
 
 
 def key_inputs(recipe: Recipe) -> dict[str, Any]:
-    return {"merge": recipe.merge.model_dump(mode="json")}
+    return {"merge": recipe.merge.model_dump(mode="json"), "merge_base": recipe.merge_base}
 
 
 def run(ctx: StageContext) -> list[Artifact]:
@@ -36,8 +36,9 @@ def run(ctx: StageContext) -> list[Artifact]:
     if summary["method"] == "full":
         model = AutoModelForCausalLM.from_pretrained(trained, dtype=torch.float32)
     else:
-        ctx.say(f"merging adapter into {'dequantized nf4' if summary['merge_base'] != 'base' else '16-bit'} base")
-        model = merge_adapter(base, trained, summary["merge_base"])
+        merge_base = ctx.recipe.merge_base
+        ctx.say(f"merging adapter into {'dequantized nf4' if merge_base != 'original' else '16-bit'} base")
+        model = merge_adapter(base, trained, merge_base)
     dtype = getattr(torch, ctx.recipe.merge.dtype)
     model = model.to(dtype)
     model.config.dtype = dtype
@@ -48,6 +49,8 @@ def run(ctx: StageContext) -> list[Artifact]:
     size = dir_size(ctx.out)
     ctx.say(f"merged model saved ({size / 1e6:.0f} MB, {ctx.recipe.merge.dtype})")
     meta = {"dtype": ctx.recipe.merge.dtype, "base_model": base, "method": summary["method"]}
+    if summary["method"] != "full":
+        meta["merge_base"] = ctx.recipe.merge_base
     return [Artifact("merged", "model", ".", size, meta)]
 
 

@@ -37,7 +37,7 @@ def run(ctx: StageContext) -> list[Artifact]:
     from transformers import AutoTokenizer
     from trl import SFTTrainer
 
-    from workbench.train.callbacks import InterruptCallback, StoreCallback, catch_interrupts
+    from workbench.train.callbacks import InterruptCallback, QATSwitch, StoreCallback, catch_interrupts
 
     section = ctx.recipe.train
     device = pick_device(section.device)
@@ -63,12 +63,23 @@ def run(ctx: StageContext) -> list[Artifact]:
 
     store_cb = StoreCallback(ctx, steps)
     interrupt_cb = InterruptCallback()
+    callbacks: list[Any] = [store_cb, interrupt_cb]
+    qat_summary = None
+    if section.qat.target:
+        qat_model = sft.prepare_qat(model, ctx.recipe)
+        callbacks.append(QATSwitch(ctx, qat_model, section.qat.start_after_steps))
+        qat_summary = sft.qat_summary(qat_model, section)
+        ctx.say(
+            f"quantization-aware: {len(qat_model.on_grid)} weights trained on the {section.qat.target} grid"
+            f" from step {section.qat.start_after_steps}"
+            + (f"; {len(qat_model.off_grid)} cannot be stored in it" if qat_model.off_grid else "")
+        )
     trainer = SFTTrainer(
         model=model,
         args=sft.sft_config(ctx.work / "checkpoints", section, ctx.recipe.data, device, epochs, steps),
         train_dataset=dataset,
         processing_class=tokenizer,
-        callbacks=[store_cb, interrupt_cb],
+        callbacks=callbacks,
     )
     resume = sft.last_checkpoint(ctx.work / "checkpoints")
     if resume and int(resume.rsplit("-", 1)[-1]) >= steps:  # past the length asked for now
@@ -97,7 +108,8 @@ def run(ctx: StageContext) -> list[Artifact]:
         "train_runtime_s": result.metrics.get("train_runtime"),
         "tokens_per_s": store_cb.tokens_per_second(),
         "base_model": base,
-        "merge_base": "dequantized-nf4" if section.method == "qlora" and section.lora.init == "loftq" else "base",
+        "merge_base": ctx.recipe.merge_base,
+        "qat": qat_summary,
     }
     (ctx.out / "train_summary.json").write_text(safe.json_text(summary, indent=2))
     (ctx.out / "log_history.json").write_text(safe.json_text(trainer.state.log_history, indent=1))

@@ -13,9 +13,11 @@ from transformers import TrainerCallback
 
 
 class Recorder(Protocol):
-    """Where training metrics go (a stage's context: its `event` lands in the run store)."""
+    """Where training metrics go (a stage's context: its `event` lands in the run store, `say` in its log)."""
 
     def event(self, kind: str, **data: Any) -> None: ...
+
+    def say(self, message: str) -> None: ...
 
 
 class StoreCallback(TrainerCallback):
@@ -94,3 +96,25 @@ def catch_interrupts(callback: InterruptCallback) -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+class QATSwitch(TrainerCallback):
+    """Switches quantization-aware training's rounding on once training reaches `start` optimizer steps
+    (at once when it is 0, or when a resumed run is already past it)."""
+
+    def __init__(self, ctx: Recorder, model: Any, start: int):
+        self.ctx = ctx
+        self.model = model  # workbench.qat.modules.QATModel
+        self.start = start
+
+    def _check(self, state: Any) -> None:
+        if not self.model.enabled and state.global_step >= self.start:
+            self.model.switch_on()
+            self.ctx.event("qat_on", step=state.global_step, target=self.model.target)
+            self.ctx.say(f"step {state.global_step}: training on the {self.model.target} rounding from here")
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._check(state)
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._check(state)

@@ -73,6 +73,37 @@ def wrap_peft(model: Any, base: str, section: TrainSection) -> Any:
     return model
 
 
+def prepare_qat(model: Any, recipe: Recipe) -> Any:
+    """The QAT target's rounding put into `model`, off until the trainer's QATSwitch turns it on."""
+    import torch
+
+    from workbench.qat import modules
+
+    qat = recipe.train.qat
+    assert qat.target is not None
+    try:
+        return modules.prepare(
+            model,
+            qat.target,
+            merge_dtype=getattr(torch, recipe.merge.dtype),
+            embeddings=qat.embeddings,
+            output=qat.output,
+        )
+    except ValueError as exc:
+        raise RecipeError(str(recipe.source or recipe.name), [f"train.qat: {exc}"]) from None
+
+
+def qat_summary(model: Any, section: TrainSection) -> dict[str, Any]:
+    return {
+        "target": section.qat.target,
+        "start_after_steps": section.qat.start_after_steps,
+        "embeddings": section.qat.embeddings,
+        "output": section.qat.output,
+        "on_grid": len(model.on_grid),
+        "off_grid": model.off_grid,
+    }
+
+
 def training_steps(section: TrainSection, rows: int) -> tuple[float, int]:
     """(epochs, optimizer steps) the run will take."""
     epochs = auto_epochs(rows) if section.epochs == "auto" else float(section.epochs)

@@ -16,6 +16,7 @@ class CompareRunsScreen(AppScreen):
     DEFAULT_CSS = """
     #runs-legend { height: auto; padding: 0 1; }
     #runs-comparison { height: 1fr; }
+    #runs-recovered { height: auto; max-height: 12; }
     """
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back"),
@@ -30,6 +31,7 @@ class CompareRunsScreen(AppScreen):
         yield Header()
         yield Static(id="runs-legend", markup=False)
         yield DataTable(id="runs-comparison", cursor_type="row", zebra_stripes=True)
+        yield DataTable(id="runs-recovered", cursor_type="row", zebra_stripes=True)
         yield Footer()
 
     def on_mount(self) -> None:
@@ -42,3 +44,10 @@ class CompareRunsScreen(AppScreen):
         for row in table["rows"]:
             cells = [runs.cell_text(row["runs"].get(r["run"])) for r in table["runs"]]
             grid.add_row(*map(cell, (row["variant"], *cells, row["keeps_most"] or "")), key=row["variant"])
+        recovered = self.query_one("#runs-recovered", DataTable)
+        recovered.display = bool(table["recovered"])
+        if table["recovered"]:
+            self.query_one("#runs-legend", Static).update(f"{runs.legend(table)}\n{runs.RECOVERED_LEGEND}")
+            recovered.add_columns(*runs.RECOVERED_HEADINGS)
+            for item in table["recovered"]:
+                recovered.add_row(*map(cell, runs.recovered_cells(item)))

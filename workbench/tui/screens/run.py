@@ -101,7 +101,12 @@ class RunScreen(NumberedTabs):
         widget = self.query_one("#curve", PlotextPlot)
         plt = widget.plt
         plt.clear_data()
-        plt.title("training loss (left) and learning rate (right) by step")
+        title = "training loss (left) and learning rate (right) by step"
+        qat = self.workbench.store.last_event(self.run_id, "train", "qat_on")
+        if qat:  # quantization-aware training: where the rounding was switched on
+            plt.vline(qat["step"])
+            title += f"; {qat['target']} rounding from step {qat['step']}"
+        plt.title(title)
         steps = [log["step"] for log in self.train_logs]
         plt.plot(steps, [log["loss"] for log in self.train_logs], label="loss", marker="braille")
         rates = [log.get("learning_rate") for log in self.train_logs]

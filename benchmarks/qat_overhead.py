@@ -1,0 +1,61 @@
+"""Training-speed cost of quantization-aware training: tokens/s of the train stage with the fake
+quantization on from the first step ÷ without it, same recipe, same data, alternating runs in one process
+(target: the QAT run is at most 1.3x slower).
+
+    .venv/bin/python benchmarks/qat_overhead.py [--recipe recipes/qat-q4_0.yaml] [--steps 8] [--reps 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from workbench.recipe import load_recipe  # noqa: E402
+from workbench.runner import run_recipe  # noqa: E402
+
+
+def tokens_per_second(recipe_path: Path, home: Path, steps: int, target: str) -> float:
+    overrides = [f"train.max_steps={steps}", "train.checkpoint_every=100000", f"train.qat.target={target}",
+                 "train.qat.start_after_steps=0"]  # fmt: skip
+    recipe = load_recipe(recipe_path, overrides)
+    run_id = f"{recipe.name}-{target}"
+    run_recipe(recipe, home, stages=["train"], force=["train"], run_id=run_id)
+    out = home / run_id / "train"
+    summary = json.loads((out / "train_summary.json").read_text())
+    history = json.loads((out / "log_history.json").read_text())
+    tokens = [log["num_tokens"] for log in history if "num_tokens" in log][-1]
+    return tokens / summary["train_runtime_s"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", type=Path, default=ROOT / "recipes" / "qat-q4_0.yaml")
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--reps", type=int, default=2)
+    args = parser.parse_args()
+    target = load_recipe(args.recipe).train.qat.target or "q4_0"
+
+    plain, qat = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp) / "runs"
+        for rep in range(args.reps):
+            started = time.perf_counter()
+            for side in ("none", target) if rep % 2 == 0 else (target, "none"):  # each goes first in turn
+                (plain if side == "none" else qat).append(tokens_per_second(args.recipe, home, args.steps, side))
+            print(f"rep {rep + 1}: plain {plain[-1]:.1f} tok/s, QAT {target} {qat[-1]:.1f} tok/s "
+                  f"({time.perf_counter() - started:.0f}s)", flush=True)  # fmt: skip
+    slowdown = statistics.median(plain) / statistics.median(qat)
+    print(f"\nQAT slowdown (plain tok/s / QAT tok/s): {slowdown:.3f}x  (target <= 1.3x; {args.steps} steps x "
+          f"{args.reps} reps, recipe {args.recipe.name})")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

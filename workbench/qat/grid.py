@@ -1,0 +1,101 @@
+"""llama.cpp's reference quantizers (no imatrix) as torch functions: quantize, then dequantize, in one step.
+
+Each returns the values the GGUF file will hold after llama.cpp quantizes `x` — bit for bit what gguf-py's
+`quants.quantize` followed by `quants.dequantize` gives (tests/test_qat.py holds them to it): blocks of 32
+along the last dimension, the scale computed in fp32 and stored in fp16, ggml's own rounding. A new target
+is one function here and a line in `GRIDS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+BLOCK = 32  # Q4_0 and Q8_0 both quantize blocks of 32 consecutive values of a row
+
+
+def _blocks(x: torch.Tensor) -> torch.Tensor:
+    if x.dtype != torch.float32:
+        raise TypeError(f"the grid takes float32 values, got {x.dtype}")
+    if x.shape[-1] % BLOCK:
+        raise ValueError(f"rows of {x.shape[-1]} values do not divide into blocks of {BLOCK}")
+    return x.reshape(-1, BLOCK)
+
+
+def _inverse(d: torch.Tensor) -> torch.Tensor:
+    return torch.where(d == 0, torch.zeros_like(d), 1 / d)
+
+
+def _extreme(blocks: torch.Tensor) -> torch.Tensor:
+    """Per block, the value of largest magnitude; on a tie between +m and -m, the one that comes first
+    (as ggml's loop finds it). amax/amin are several times faster than argmax over |x|."""
+    high, low = blocks.amax(dim=-1, keepdim=True), blocks.amin(dim=-1, keepdim=True)
+    extreme = torch.where(high >= -low, high, low)
+    tied = ((high == -low) & (high != 0)).squeeze(-1).nonzero().squeeze(-1)
+    if tied.numel():
+        rows = blocks[tied]
+        low_first = (rows == low[tied]).int().argmax(dim=-1) < (rows == high[tied]).int().argmax(dim=-1)
+        extreme[tied] = torch.where(low_first.unsqueeze(-1), low[tied], high[tied])
+    return extreme
+
+
+def q4_0(x: torch.Tensor) -> torch.Tensor:
+    """ggml `quantize_row_q4_0_ref`: d = (the value of largest magnitude, the first one on a tie) / -8,
+    q = min(15, trunc(x / d + 8.5)), stored as d in fp16 and q; read back as d * (q - 8)."""
+    blocks = _blocks(x)
+    d = _extreme(blocks) / -8
+    q = (blocks * _inverse(d)).add_(8.5).trunc_().clamp_(0, 15).sub_(8)
+    return q.mul_(d.half().float()).reshape(x.shape)
+
+
+def _roundf(x: torch.Tensor) -> torch.Tensor:
+    """C's roundf (halves away from zero), as gguf-py writes it; torch.round rounds halves to even."""
+    a = x.abs()
+    floored = a.floor()
+    return x.sign() * (floored + (2 * (a - floored)).floor())
+
+
+def q8_0(x: torch.Tensor) -> torch.Tensor:
+    """ggml `quantize_row_q8_0_ref`: d = max|x| / 127, q = roundf(x / d), stored as d in fp16 and q."""
+    blocks = _blocks(x)
+    d = blocks.abs().amax(dim=-1, keepdim=True) / 127
+    q = _roundf(blocks * _inverse(d))
+    return q.mul_(d.half().float()).reshape(x.shape)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """One GGUF type a fine-tune can be trained for."""
+
+    name: str  # the recipe's name, as in export.gguf
+    ggml_type: str  # gguf-py's GGMLQuantizationType name
+    block: int
+    values: Callable[[torch.Tensor], torch.Tensor]
+
+
+GRIDS: dict[str, Grid] = {
+    "q4_0": Grid("q4_0", "Q4_0", BLOCK, q4_0),
+    "q8_0": Grid("q8_0", "Q8_0", BLOCK, q8_0),
+}
+
+# what a merged weight goes through before llama.cpp quantizes it: saved in the merge dtype, converted to
+# the f16 GGUF every quantization starts from, read back as fp32 by the quantizer
+SOURCE = torch.float16
+
+
+def storage_chain(merge_dtype: torch.dtype) -> tuple[torch.dtype, ...]:
+    return (merge_dtype, SOURCE)
+
+
+def fake_quantize(x: torch.Tensor, grid: Grid, chain: Sequence[torch.dtype] = ()) -> torch.Tensor:
+    """The values `x` has in the served file: cast through `chain`, then rounded to the grid (fp32)."""
+    for dtype in chain:
+        x = x.to(dtype)
+    return grid.values(x.float())
+
+
+def fits(shape: Sequence[int], grid: Grid) -> bool:
+    """Whether llama.cpp can store a weight of this shape in the grid's type (else it falls back)."""
+    return len(shape) == 2 and shape[-1] % grid.block == 0
