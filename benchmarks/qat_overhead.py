@@ -8,7 +8,6 @@ quantization on from the first step ÷ without it, same recipe, same data, alter
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -18,21 +17,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from train_overhead import workbench_run  # noqa: E402
+
 from workbench.recipe import load_recipe  # noqa: E402
-from workbench.runner import run_recipe  # noqa: E402
 
 
 def tokens_per_second(recipe_path: Path, home: Path, steps: int, target: str) -> float:
-    overrides = [f"train.max_steps={steps}", "train.checkpoint_every=100000", f"train.qat.target={target}",
-                 "train.qat.start_after_steps=0"]  # fmt: skip
-    recipe = load_recipe(recipe_path, overrides)
-    run_id = f"{recipe.name}-{target}"
-    run_recipe(recipe, home, stages=["train"], force=["train"], run_id=run_id)
-    out = home / run_id / "train"
-    summary = json.loads((out / "train_summary.json").read_text())
-    history = json.loads((out / "log_history.json").read_text())
-    tokens = [log["num_tokens"] for log in history if "num_tokens" in log][-1]
-    return tokens / summary["train_runtime_s"]
+    overrides = (f"train.qat.target={target}", "train.qat.start_after_steps=0")
+    return workbench_run(recipe_path, steps, home, overrides, run_id=f"qat-{target}")
 
 
 def main() -> None:

@@ -72,10 +72,13 @@ def bare_trl(recipe_path: Path, train_jsonl: Path, steps: int, workdir: Path) ->
     return tokens / result.metrics["train_runtime"]
 
 
-def workbench_run(recipe_path: Path, steps: int, home: Path) -> float:
-    recipe = load_recipe(recipe_path, [f"train.max_steps={steps}", "train.checkpoint_every=100000"])
-    run_recipe(recipe, home, stages=["train"], force=["train"])
-    out = home / recipe.name / "train"
+def workbench_run(
+    recipe_path: Path, steps: int, home: Path, overrides: tuple[str, ...] = (), run_id: str = ""
+) -> float:
+    """The train stage of the recipe for `steps` steps: returns its tokens/s."""
+    recipe = load_recipe(recipe_path, [f"train.max_steps={steps}", "train.checkpoint_every=100000", *overrides])
+    run_id = run_recipe(recipe, home, stages=["train"], force=["train"], run_id=run_id or None)
+    out = home / run_id / "train"
     summary = json.loads((out / "train_summary.json").read_text())
     history = json.loads((out / "log_history.json").read_text())
     tokens = [log["num_tokens"] for log in history if "num_tokens" in log][-1]

@@ -3,6 +3,8 @@ adapter through the rounding, and the model trains on the merged weight's grid."
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -168,6 +170,14 @@ def test_full_fine_tune_uses_torchao_modules_with_ggml_numerics(tiny_model):
     torch.testing.assert_close(layer.weight.grad, torch.ones(4, 64).T @ x)  # straight through
 
 
+def addition_recipe(tmp_path, model, **sections):
+    from conftest import addition_rows, write_recipe
+
+    data = tmp_path / "qa.json"
+    data.write_text(json.dumps(addition_rows(40)))
+    return write_recipe(tmp_path, model, data, data={"max_length": 128}, **sections)
+
+
 def gguf_logits(path, tokens):
     import llama_cpp
 
@@ -187,22 +197,15 @@ def relative(a, b):
 
 @pytest.mark.slow
 def test_a_qat_run_exports_a_file_on_its_grid(tmp_path, tiny_llama_256, tiny_ggufs, capsys):
-    import json
-
-    from conftest import addition_rows, write_recipe
     from transformers import AutoModelForCausalLM
 
     from workbench.recipe import load_recipe
     from workbench.runner import run_recipe
     from workbench.store import Store
 
-    data = tmp_path / "qa.json"
-    data.write_text(json.dumps(addition_rows(40)))
-    recipe = write_recipe(
+    recipe = addition_recipe(
         tmp_path,
         tiny_llama_256,
-        data,
-        data={"max_length": 128},
         train={"max_steps": 3, "qat": {"target": "q4_0", "start_after_steps": 1}},
         merge={"dtype": "bfloat16"},
         export={"gguf": ["q4_0"], "smoke_prompts": 0},
@@ -302,20 +305,12 @@ def test_qlora_trains_on_what_the_dequantized_nf4_merge_ships(tiny_model, tmp_pa
 
 @pytest.mark.slow
 def test_sweep_runs_a_2x2_grid_and_compares_the_qat_runs_with_their_twins(tmp_path, tiny_llama_256, capsys):
-    import json
-
-    from conftest import addition_rows, write_recipe
-
     from workbench.cli import main
     from workbench.store import Store
 
-    data = tmp_path / "qa.json"
-    data.write_text(json.dumps(addition_rows(40)))
-    recipe = write_recipe(
+    recipe = addition_recipe(
         tmp_path,
         tiny_llama_256,
-        data,
-        data={"max_length": 128},
         train={"max_steps": 2},
         export={"gguf": ["q4_0"], "smoke_prompts": 0, "parity_prompts": 1},
         eval={"tasks": ["heldout"], "base": False, "limit": 4, "fidelity_rows": 4, "max_gen_tokens": 4},

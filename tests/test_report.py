@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from workbench.records import BenchResult, Metric, Stat
-from workbench.report import runs, write
+from workbench.report import runs, twins, write
 from workbench.report.compare import compare, keep_percent, pareto_front
 from workbench.store import Store
 from workbench.variants import Variant
@@ -203,21 +203,42 @@ def test_recovered_share_of_a_qat_run_beside_its_plain_twin() -> None:
     recipe = {"name": "r", "train": {"method": "lora", "lr": 1e-3}, "export": {"gguf": ["q4_0"]}}
     q4 = variant("Q4_0.gguf", "gguf", 80)
 
-    def report(run: str, qat: str | None, score: float, kld: float, other: dict | None = None) -> write.RunReport:
-        found = metrics({MERGED: 0.90, q4.name: score}) + [Metric(q4.name, "variant", "fidelity", "kld_mean", kld)]
+    def report(run: str, qat: str | None, merged: float, score: float, kld: float, other: dict | None = None):
+        found = metrics({MERGED: merged, q4.name: score}) + [Metric(q4.name, "variant", "fidelity", "kld_mean", kld)]
         train = {**recipe["train"], **({"qat": {"target": qat}} if qat else {}), **(other or {})}
         return write.RunReport(compare(run, [VARIANTS[0], q4], found, []), {**recipe, "train": train}, [], [])
 
-    plain, qat = report("plain", None, 0.70, 0.40), report("qat", "q4_0", 0.85, 0.10)
-    unrelated = report("other", None, 0.10, 0.90, {"method": "qlora"})  # not its twin: another method
+    plain, qat = report("plain", None, 0.90, 0.70, 0.40), report("qat", "q4_0", 0.88, 0.85, 0.10)
+    unrelated = report("other", None, 0.90, 0.10, 0.90, {"method": "qlora"})  # not its twin: another method
     table = runs.side_by_side([unrelated, qat, plain])
     [item] = table["recovered"]
     assert item["run"] == "qat" and item["twin"] == "plain" and item["variant"] == "Q4_0.gguf"
-    assert item["kld"]["recovered_pct"] == pytest.approx(75.0)  # (0.40 - 0.10) / 0.40
-    assert item["score_loss"]["plain"] == pytest.approx(0.20) and item["score_loss"]["qat"] == pytest.approx(0.05)
-    assert item["score_loss"]["recovered_pct"] == pytest.approx(75.0)
+    # plain loses 0.20 from its 16-bit 0.90; the QAT file loses 0.05 from that same 0.90 (0.03 from its own 0.88)
+    assert item["score"]["recovered_pct"] == pytest.approx(75.0)
+    assert item["score"]["recovered_own_pct"] == pytest.approx(85.0)
+    assert item["kld"]["recovered_pct"] == pytest.approx(75.0)  # (0.40 - 0.10) / 0.40, each vs its own 16-bit
     assert [r["method"] for r in table["runs"]] == ["qlora", "lora + QAT q4_0", "lora"]
     text = runs.markdown(table)
-    assert "| qat | plain | Q4_0.gguf | 0.700 → 0.850 | 0.200 → 0.050 | 75% | 0.4000 → 0.1000 | 75% | - |" in text
-    assert runs.recovered_pct(0.0, 0.1) is None and runs.recovered_pct(0.2, 0.3) == pytest.approx(-50.0)
+    assert "| qat | plain | Q4_0.gguf | 0.700 → 0.850 | 75% | 85% | 0.4000 → 0.1000 | 75% | - |" in text
+    assert twins.recovered_pct(0.0, 0.1) is None and twins.recovered_pct(0.2, 0.3) == pytest.approx(-50.0)
     assert runs.side_by_side([qat])["recovered"] == []  # no twin, nothing claimed
+
+
+def test_a_run_report_finds_its_twin_in_the_store(tmp_path: Path) -> None:
+    store = Store(tmp_path / "workbench.db")
+    fill_store(store, "plain", SCORES, "lora")
+    fill_store(store, "qat", {**SCORES, f"{MERGED}-Q8_0.gguf": 0.895}, "lora")
+    fill_store(store, "other", SCORES, "qlora")  # another recipe: no twin of either
+    recipe = {"name": "qat", "train": {"method": "lora", "qat": {"target": "q8_0"}}, "eval": {"tasks": [TASK]}}
+    store.upsert_run("qat", "qat", recipe, None, 1)
+    for run, twin in (("qat", "plain"), ("plain", "plain")):  # from either side, the same pairing
+        report = write.load(store, run, tmp_path / run)
+        report.recovered = twins.in_store(store, tmp_path, report)
+        [item] = report.recovered
+        assert (item["run"], item["twin"], item["score"]["recovered_pct"]) == ("qat", twin, pytest.approx(50.0))
+    text = write.markdown(report, {})
+    assert "## Quantization-aware training against the plain twin" in text
+    assert "| qat | plain | Q8_0.gguf | 0.890 → 0.895 | 50% | 50% |" in text
+    assert "<td>50%</td>" in write.to_html(report, {})
+    alone = write.load(store, "other", tmp_path / "other")
+    assert twins.in_store(store, tmp_path, alone) == []

@@ -13,7 +13,7 @@ from workbench import launcher, paths, safe
 from workbench.common import default_home
 from workbench.errors import RunError, WorkbenchError
 from workbench.qat.check import describe_grid
-from workbench.report import runs, table, write
+from workbench.report import runs, table, twins, write
 from workbench.report.compare import parity_status
 from workbench.runlock import RunLock
 from workbench.store import Store
@@ -326,6 +326,7 @@ def _load_report(store: Store, home: Path, run_id: str, keep_percent: float | No
 def cmd_report(args: argparse.Namespace) -> int:
     store = Store(args.home / "workbench.db")
     report = _load_report(store, args.home, args.run, args.keep_percent)
+    report.recovered = twins.in_store(store, args.home, report)
     if args.format == "json":
         _out(safe.json_text(report.to_dict(), indent=2))
         return 0

@@ -16,7 +16,7 @@ from workbench import safe
 from workbench.errors import RunError
 from workbench.fsutil import atomic_write_bytes
 from workbench.records import BenchResult
-from workbench.report import plots, table
+from workbench.report import plots, table, twins
 from workbench.report.compare import Comparison, compare
 from workbench.store import Store
 
@@ -36,6 +36,7 @@ class RunReport:
     loss: list[dict[str, Any]]
     failures: list[str] = field(default_factory=list)
     settings: list[str] = field(default_factory=list)  # how the speeds were measured, per target
+    recovered: list[dict[str, Any]] = field(default_factory=list)  # against plain / QAT twins (report.twins)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -46,6 +47,7 @@ class RunReport:
             "failures": self.failures,
             "bench_settings": self.settings,
             "loss": self.loss,
+            "recovered": self.recovered,
         }
 
 
@@ -125,6 +127,10 @@ def markdown(report: RunReport, images: dict[str, bytes]) -> str:
     parts += ["", f"Threshold: {comparison.keep_percent:g}% of the merged model's score (`report.keep_percent`)."]
     parts += [f"Speeds measured with {text(line)}." for line in report.settings] + [""]
     parts += ["## Variants", "", table.markdown(comparison), ""]
+    if report.recovered:
+        parts += ["## Quantization-aware training against the plain twin", "", text(twins.RECOVERED_LEGEND), ""]
+        parts += [safe.markdown_row(twins.RECOVERED_HEADINGS), "|---" * len(twins.RECOVERED_HEADINGS) + "|"]
+        parts += [safe.markdown_row(twins.recovered_cells(item)) for item in report.recovered] + [""]
     if report.failures:
         parts += ["## Failures", "", *[f"- {text(line)}" for line in report.failures], ""]
     parts += ["## Figures", ""]
@@ -173,6 +179,21 @@ def to_html(report: RunReport, images: dict[str, bytes]) -> str:
             "</tr></thead><tbody>",
             *rows_html,
             "</tbody></table>",
+            *(
+                [
+                    "<h2>Quantization-aware training against the plain twin</h2>",
+                    f"<p>{esc(twins.RECOVERED_LEGEND)}</p><table><thead><tr>",
+                    "".join(f"<th>{esc(h)}</th>" for h in twins.RECOVERED_HEADINGS),
+                    "</tr></thead><tbody>",
+                    *[
+                        "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in twins.recovered_cells(item)) + "</tr>"
+                        for item in report.recovered
+                    ],
+                    "</tbody></table>",
+                ]
+                if report.recovered
+                else []
+            ),
             *(
                 ["<h2>Failures</h2><ul>", *[f"<li>{esc(f)}</li>" for f in report.failures], "</ul>"]
                 if report.failures

@@ -7,7 +7,7 @@ from typing import Any
 
 from workbench.recipe import Recipe
 from workbench.records import Artifact
-from workbench.report import write
+from workbench.report import twins, write
 from workbench.stages.base import Stage, StageContext
 
 
@@ -17,6 +17,7 @@ def key_inputs(recipe: Recipe) -> dict[str, Any]:
 
 def run(ctx: StageContext) -> list[Artifact]:
     report = write.load(ctx.store, ctx.run_id, ctx.run_dir)
+    report.recovered = twins.in_store(ctx.store, ctx.run_dir.parent, report)
     write.write_files(report, ctx.out)
     for line in write.recommendation_lines(report.comparison):
         ctx.say(line)

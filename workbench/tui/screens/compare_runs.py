@@ -7,7 +7,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Header, Static
 
-from workbench.report import runs, write
+from workbench.report import runs, twins, write
 from workbench.tui.screens import AppScreen
 from workbench.tui.tables import cell
 
@@ -47,7 +47,7 @@ class CompareRunsScreen(AppScreen):
         recovered = self.query_one("#runs-recovered", DataTable)
         recovered.display = bool(table["recovered"])
         if table["recovered"]:
-            self.query_one("#runs-legend", Static).update(f"{runs.legend(table)}\n{runs.RECOVERED_LEGEND}")
-            recovered.add_columns(*runs.RECOVERED_HEADINGS)
+            self.query_one("#runs-legend", Static).update(f"{runs.legend(table)}\n{twins.RECOVERED_LEGEND}")
+            recovered.add_columns(*twins.RECOVERED_HEADINGS)
             for item in table["recovered"]:
-                recovered.add_row(*map(cell, runs.recovered_cells(item)))
+                recovered.add_row(*map(cell, twins.recovered_cells(item)))
