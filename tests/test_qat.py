@@ -353,3 +353,16 @@ def test_lora_qat_on_cuda_in_bf16_rounds_like_the_cpu_grid(tiny_model):
     rounded = model.get_input_embeddings().weight.detach().cpu()  # rounded in place on the GPU
     expected = grid.fake_quantize(original, grid.GRIDS["q4_0"], grid.storage_chain(torch.bfloat16))
     assert torch.equal(rounded, expected.bfloat16())  # the CPU grid's values, cast to the training dtype
+
+
+def test_a_start_past_the_last_step_is_refused_before_training(tmp_path, tiny_model):
+    from workbench.recipe import RecipeError, load_recipe
+    from workbench.runner import run_recipe
+
+    recipe = addition_recipe(
+        tmp_path, tiny_model, train={"max_steps": 2, "qat": {"target": "q8_0", "start_after_steps": 2}},
+        export={"gguf": ["q8_0"]},
+    )  # fmt: skip
+    with pytest.raises(RecipeError, match="start_after_steps: 2 is not below the 2 training steps"):
+        run_recipe(load_recipe(recipe), tmp_path / "runs", stages=["train"])
+    assert not (tmp_path / "runs" / "tiny" / "train").exists()

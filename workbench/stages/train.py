@@ -17,7 +17,7 @@ from workbench.data.dataset import to_trl
 from workbench.data.files import read_jsonl
 from workbench.devices import pick_device
 from workbench.models import resolve_model
-from workbench.recipe import Recipe
+from workbench.recipe import Recipe, RecipeError
 from workbench.records import Artifact
 from workbench.stages.base import Stage, StageContext, StageInterrupted
 from workbench.train import sft
@@ -46,6 +46,12 @@ def run(ctx: StageContext) -> list[Artifact]:
     rows = read_jsonl(ctx.inputs["data"] / "train.jsonl")
     dataset = Dataset.from_list([to_trl(row, ctx.recipe.data.loss_on) for row in rows])
     epochs, steps = sft.training_steps(section, len(rows))
+    if section.qat.target and section.qat.start_after_steps >= steps:
+        where = str(ctx.recipe.source or ctx.recipe.name)
+        problem = (
+            f"train.qat.start_after_steps: {section.qat.start_after_steps} is not below the {steps} training steps"
+        )
+        raise RecipeError(where, [problem + "; the rounding would never be switched on"])
     ctx.say(f"{section.method} on {device}: {len(rows)} rows, {epochs:g} epochs, {steps} steps")
 
     tokenizer = AutoTokenizer.from_pretrained(base)
