@@ -32,14 +32,23 @@ def _same(expected: Any, stored: Any) -> bool:
     return bool(np.array_equal(_rows_sorted(expected), _rows_sorted(stored)))
 
 
-def _merged_tensors(folder: Path) -> dict[str, Any]:
+def _merged_tensors(folder: Path) -> dict[str, Path]:
+    """Tensor name -> the safetensors file that holds it (read one at a time: a large model never sits
+    in memory whole)."""
     from safetensors import safe_open
 
-    tensors = {}
+    where = {}
     for path in sorted(folder.glob("*.safetensors")):
         with safe_open(str(path), framework="pt") as handle:
-            tensors.update({name: handle.get_tensor(name) for name in handle.keys()})  # noqa: SIM118
-    return tensors
+            where.update(dict.fromkeys(handle.keys(), path))
+    return where
+
+
+def _load(path: Path, name: str) -> Any:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return handle.get_tensor(name)
 
 
 def describe_grid(grid: dict[str, Any]) -> str:
@@ -69,12 +78,12 @@ def grid_job(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
     blocks = reader.fields[f"{arch_name}.block_count"]
     arch = {name: arch for arch, name in gguf.MODEL_ARCH_NAMES.items()}[arch_name]
     names = gguf.get_tensor_name_map(arch, int(blocks.parts[blocks.data[0]][0]))
-    merged = {}
-    for hf_name, tensor in _merged_tensors(Path(job["merged"])).items():
+    merged = {}  # GGUF name -> (file, name in the merged model)
+    for hf_name, path in _merged_tensors(Path(job["merged"])).items():
         stem, _, suffix = hf_name.rpartition(".")
         mapped = names.get_name(stem)
         if mapped:
-            merged[f"{mapped}.{suffix}"] = tensor
+            merged[f"{mapped}.{suffix}"] = (path, hf_name)
     kept = {tensor for flag, tensor in KEPT.items() if not job[flag]}
 
     compared, mismatched, retyped, unmatched = 0, [], [], []
@@ -89,8 +98,7 @@ def grid_job(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
         if tensor.name not in merged:
             unmatched.append(tensor.name)
             continue
-        source = merged[tensor.name]
-        expected = grid.fake_quantize(source, g, (grid.SOURCE,)).numpy()
+        expected = grid.fake_quantize(_load(*merged[tensor.name]), g, (grid.SOURCE,)).numpy()
         stored = gguf.dequantize(tensor.data, tensor.tensor_type)
         compared += 1
         if stored.size != expected.size or not _same(expected, stored.reshape(expected.shape)):

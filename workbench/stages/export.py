@@ -87,7 +87,8 @@ def check_grid(ctx: StageContext, variant: Variant, merged: Variant) -> None:
     qat = ctx.recipe.train.qat
     job = {"gguf": variant.path, "merged": merged.path, "target": qat.target, "embeddings": qat.embeddings,
            "output": qat.output}  # fmt: skip
-    outcome = ctx.run_worker("qat.grid", job, name=variant.name, log_name=f"{variant.name}-grid")
+    timeout = ctx.recipe.export.check_timeout_s
+    outcome = ctx.run_worker("qat.grid", job, name=variant.name, log_name=f"{variant.name}-grid", timeout=timeout)
     grid = variant.meta["grid"] = outcome.value()
     line = f"{variant.name}: grid check {describe_grid(grid)}"
     if grid["status"] != "passed":
