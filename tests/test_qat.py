@@ -366,3 +366,23 @@ def test_a_start_past_the_last_step_is_refused_before_training(tmp_path, tiny_mo
     with pytest.raises(RecipeError, match="start_after_steps: 2 is not below the 2 training steps"):
         run_recipe(load_recipe(recipe), tmp_path / "runs", stages=["train"])
     assert not (tmp_path / "runs" / "tiny" / "train").exists()
+
+
+def test_a_detached_sweep_runs_in_the_background_and_one_failing_run_does_not_stop_it(tmp_path, capsys):
+    import time
+
+    from workbench.cli import main
+
+    recipe = addition_recipe(tmp_path, tmp_path / "no-such-model", export={"gguf": ["q8_0"]})
+    home = tmp_path / "runs"
+    argv = ["--home", str(home), "sweep", str(recipe), "--vary", "train.qat.target=none,q8_0", "--detach"]
+    assert main(argv) == 0
+    assert "tiny-target-none" in capsys.readouterr().out
+    log = home / "sweeps" / "tiny.log"
+    for _ in range(600):
+        if "sweep done" in (log.read_text() if log.exists() else ""):
+            break
+        time.sleep(0.1)
+    text = log.read_text()
+    assert "sweep done: 0 of 2 runs finished" in text  # both ran, each failed on its missing model
+    assert "tiny-target-none FAILED" in text and "tiny-target-q8_0 FAILED" in text
