@@ -105,10 +105,10 @@ def share_stages(store: Store, home: Path, recipe: Recipe, run_id: str, done: li
                     shutil.copytree(source, tmp, copy_function=os.link, dirs_exist_ok=True)
                 store.upsert_run(run_id, recipe.name, recipe.model_dump(mode="json"), str(recipe.source), os.getpid())
                 store.start_stage(run_id, name, key)
-                artifacts = store.artifacts(other)
-                for item in (a for a in artifacts if a.stage == name):
+                artifacts = [item for item in store.artifacts(other) if item.stage == name]
+                for item in artifacts:
                     item.path = str(run_dir / name / Path(item.path).relative_to(source.resolve()))
-                store.replace_artifacts(run_id, name, [a for a in artifacts if a.stage == name])
+                store.replace_artifacts(run_id, name, artifacts)
                 store.finish_stage(run_id, name, "done")
                 shared.append(name)
                 break

@@ -69,15 +69,14 @@ def q8_0(x: torch.Tensor) -> torch.Tensor:
 class Grid:
     """One GGUF type a fine-tune can be trained for."""
 
-    name: str  # the recipe's name, as in export.gguf
     ggml_type: str  # gguf-py's GGMLQuantizationType name
     block: int
     values: Callable[[torch.Tensor], torch.Tensor]
 
 
 GRIDS: dict[str, Grid] = {
-    "q4_0": Grid("q4_0", "Q4_0", BLOCK, q4_0),
-    "q8_0": Grid("q8_0", "Q8_0", BLOCK, q8_0),
+    "q4_0": Grid("Q4_0", BLOCK, q4_0),  # keys: the recipe's names, as in export.gguf
+    "q8_0": Grid("Q8_0", BLOCK, q8_0),
 }
 
 # what a merged weight goes through before llama.cpp quantizes it: saved in the merge dtype, converted to

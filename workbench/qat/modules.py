@@ -96,6 +96,7 @@ class QATModel:
     """What `prepare` did to a model; `switch_on` starts the rounding."""
 
     target: str
+    chain: tuple[torch.dtype, ...]  # the storage dtypes every weight goes through before the rounding
     quantizers: list[GGMLFakeQuantizer] = field(default_factory=list)
     frozen: list[tuple[str, torch.nn.Parameter]] = field(default_factory=list)  # rounded in place when on
     on_grid: list[str] = field(default_factory=list)  # weights trained on the grid
@@ -107,10 +108,9 @@ class QATModel:
             return
         for quantizer in self.quantizers:
             quantizer.enabled = True
-        chain = self.quantizers[0].config.chain if self.quantizers else ()
         with torch.no_grad():
             for _, param in self.frozen:
-                rounded = grid.fake_quantize(param.data, grid.GRIDS[self.target], chain)
+                rounded = grid.fake_quantize(param.data, grid.GRIDS[self.target], self.chain)
                 param.data.copy_(rounded.to(param.dtype))
         self.enabled = True
 
@@ -128,7 +128,7 @@ def prepare(model: Any, target: str, *, merge_dtype: torch.dtype, embeddings: bo
 
     g = grid.GRIDS[target]
     config = GGMLFakeQuantizeConfig(target, grid.storage_chain(merge_dtype))
-    state = QATModel(target)
+    state = QATModel(target, config.chain)
     input_embeddings, output_layer = model.get_input_embeddings(), model.get_output_embeddings()
     tied = output_layer is not None and output_layer.weight is input_embeddings.weight
     wanted = {id(input_embeddings): embeddings, id(output_layer): embeddings if tied else output}
