@@ -36,10 +36,14 @@ def test_every_stage_runs_and_crashing_variants_take_nothing_else_down(
         train={"max_steps": 2},
         export={"gguf": ["q8_0", "q4_0", "q4_k_m"], "smoke_prompts": 1, "parity_prompts": 2},
         eval={"tasks": ["heldout", "general"], "limit": 3, "fidelity_rows": 4, "max_length": 512},
-        bench={"prompt_tokens": 32, "gen_tokens": 8, "repetitions": 2, "warmup": 1, "timeout_s": 30},
-    )
+        bench={"prompt_tokens": 32, "gen_tokens": 8, "repetitions": 2, "warmup": 1, "timeout_s": 30,
+               "serve": {"concurrency": [1, 2], "requests": 2, "max_tokens": 8, "formats": ["gguf"]}},
+    )  # fmt: skip
     home = tmp_path / "runs"
-    fault("decode:Q4_0:segv:-check.job,decode:Q4_K_M:segv:/eval/,decode:Q4_K_M:hang:/bench/")
+    fault(
+        "decode:Q4_0:segv:-check.job,decode:Q4_K_M:segv:/eval/,decode:Q4_K_M:hang:/bench/,"
+        "decode:Q4_K_M:segv:--model_alias"  # in its server (the only process with that argument): it crashes
+    )
     run_recipe(load_recipe(recipe), home)
     store = Store(home / "workbench.db")
     stem = f"{tiny_llama_256.name}-tiny"
@@ -78,6 +82,7 @@ def test_every_stage_runs_and_crashing_variants_take_nothing_else_down(
 
     # bench: the merged model through torch, Q8_0 through llama.cpp, the broken file recorded as failed
     bench = {(b.variant, b.backend): b.to_dict() for b in store.bench("tiny")}
+    served = {key: bench.pop(key) for key in list(bench) if key[1] == "llama.cpp server"}
     assert set(bench) == {(stem, "torch"), (f"{stem}-Q8_0.gguf", "llama.cpp"), (broken, "llama.cpp")}
     assert bench[(broken, "llama.cpp")]["status"] == "failed"
     for key in ((stem, "torch"), (f"{stem}-Q8_0.gguf", "llama.cpp")):
@@ -86,11 +91,34 @@ def test_every_stage_runs_and_crashing_variants_take_nothing_else_down(
         assert len(measured["tg_tps"]["samples"]) == 2 and measured["tg_tps"]["median"] > 0
         assert measured["pp_tps"]["min"] <= measured["pp_tps"]["median"] <= measured["pp_tps"]["max"]
 
+    # served load: Q8_0 behind llama.cpp's server at 1 and 2 clients; the crashing server fails alone
+    assert set(served) == {(f"{stem}-Q8_0.gguf", "llama.cpp server"), (broken, "llama.cpp server")}
+    levels = served[(f"{stem}-Q8_0.gguf", "llama.cpp server")]["concurrency"]
+    assert list(levels) == ["1", "2"]
+    for level in levels.values():
+        assert level["requests"] == 2 and level["errors"] == 0 and level["output_tokens"] > 0
+        assert level["ttft_p50_ms"] <= level["ttft_p95_ms"]
+    assert served[(broken, "llama.cpp server")]["status"] == "failed"
+    crash = served[(broken, "llama.cpp server")]["error"]
+    assert crash.startswith(f"{broken}: its server died (") and crash.endswith(".log")
+    assert all(s.status == "stopped" for s in store.servers("tiny")) and len(store.servers("tiny")) == 2
+
+    # serving files: an Ollama Modelfile and the llama-server command beside each GGUF
+    q8_variant = next(v for v in store.variants("tiny") if v.name == f"{stem}-Q8_0.gguf")
+    serving = q8_variant.meta["serving"]
+    assert serving["template"] == "chatml" and serving["stops"] == ["<|im_end|>"]
+    modelfile = home / "tiny" / "export" / serving["modelfile"]
+    assert modelfile.read_text().startswith(f"FROM ./{stem}-Q8_0.gguf\nTEMPLATE ")
+    assert serving["llama_server"].startswith(f"llama-server -m {home / 'tiny' / 'export' / q8_variant.name} --jinja")
+
     # report: the table, figures and a CPU recommendation among what was measured
     report = home / "tiny" / "report"
     page = (report / "report.html").read_text()
     assert "<table" in page and "Q8_0.gguf" in page and 'src="data:image/png;base64,' in page
     results = json.loads((report / "results.json").read_text())
+    assert "served tok/s (TTFT p95 ms) by clients" in page and "Served throughput" in page
+    assert "ollama create NAME -f " in page
+    assert results["comparison"]["recommendations"][-1]["target"] == "served"
     cpu = results["comparison"]["recommendations"][0]
     assert cpu["target"] == "cpu" and cpu["variant"] in {stem, f"{stem}-Q8_0.gguf"} and cpu["measured"]
     assert any("Q4_0.gguf" in failure for failure in results["failures"])

@@ -13,8 +13,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "workbench"
 LAYERS = [
     {"errors", "common", "paths", "safe", "yamlfile", "fsutil", "devices", "recipe", "records", "store", "models",
      "variants", "parity", "preflight", "data", "workers", "runlock"},  # foundation: records, files, children
-    {"train", "merge", "export", "eval", "bench", "report", "chat", "doctor", "qat"},  # engines: the work itself
-    {"stages", "runner", "launcher", "sweep"},  # the pipeline: recipe section -> engine -> run store
+    {"train", "merge", "export", "eval", "bench", "report", "chat", "doctor", "qat", "serve"},  # engines: the work
+    {"stages", "runner", "launcher", "sweep", "servers", "publish"},  # the pipeline: recipe -> engine -> store
     {"cli", "tui"},  # surfaces
 ]  # fmt: skip
 LAYER = {name: rank for rank, names in enumerate(LAYERS) for name in names}

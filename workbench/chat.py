@@ -64,6 +64,26 @@ def for_run(store: Store, run_id: str) -> tuple[list[dict[str, Any]], str | None
     return askable(store.variants(run_id), recipe.get("base_model")), system_prompt
 
 
+def served(store: Store, run_id: str) -> list[dict[str, Any]]:
+    """The run's running servers as answerers (label `served:<server>`): the arena asks them over HTTP."""
+    return [
+        {
+            "name": server.id,
+            "label": f"served:{server.id}",
+            "format": "served",
+            "path": server.local_url,
+            "endpoint": {
+                "url": server.local_url,
+                "model": server.model,
+                "backend": server.backend,
+                "api_key": server.api_key,
+            },
+        }  # fmt: skip
+        for server in store.servers(run_id)
+        if server.status == "running"
+    ]
+
+
 def pick(found: list[dict[str, Any]], wanted: list[str]) -> list[dict[str, Any]]:
     """Candidates by label ("merged", "base", "Q4_K_M.gguf") or name, or by a part of either such as
     `Q4_K_M` or `GPTQ` (case-insensitive)."""
@@ -86,7 +106,10 @@ def messages(prompt: str, system_prompt: str | None) -> list[dict[str, str]]:
 
 
 def job(candidate: dict[str, Any], chat: list[dict[str, str]], max_tokens: int = MAX_TOKENS) -> dict[str, Any]:
-    return {"path": candidate["path"], "format": candidate["format"], "messages": chat, "max_tokens": max_tokens}
+    request = {"path": candidate["path"], "format": candidate["format"], "messages": chat, "max_tokens": max_tokens}
+    if "endpoint" in candidate:
+        request["endpoint"] = candidate["endpoint"]
+    return request
 
 
 def ask(
@@ -95,7 +118,11 @@ def ask(
     timeout: float | None = ANSWER_TIMEOUT_S,
 ) -> Generator[dict[str, Any], None, None]:
     """Answer in a worker and yield its events; a crash, a timeout or an exit without an answer becomes an
-    `error` event. `started` gets the running worker (to stop it early); closing this generator stops it."""
+    `error` event. `started` gets the running worker (to stop it early); closing this generator stops it.
+    A served candidate answers over HTTP instead (no worker)."""
+    if "endpoint" in request:
+        yield from ask_server(request)
+        return
     try:
         running = workers.start("chat.answer", request, name=Path(request["path"]).name, timeout=timeout)
     except OSError as exc:
@@ -107,6 +134,28 @@ def ask(
     outcome = running.outcome
     assert outcome is not None
     yield {"done": outcome.result} if outcome.ok else {"error": outcome.error}
+
+
+def ask_server(request: dict[str, Any]) -> Generator[dict[str, Any], None, None]:
+    """The same events from a running server, streamed with the `openai` client (greedy)."""
+    from workbench.serve.client import Endpoint
+    from workbench.serve.client import request as chat_request
+
+    endpoint = Endpoint(**request["endpoint"])
+    started = time.perf_counter()
+    yield {"loaded": 0.0}
+    times: list[float] = []
+    try:
+        arguments = chat_request(endpoint, request["messages"], request["max_tokens"], stream=True)
+        for chunk in endpoint.client().chat.completions.create(**arguments):
+            for choice in chunk.choices:
+                if choice.delta.content:
+                    times.append(time.perf_counter())
+                    yield {"text": choice.delta.content}
+    except Exception as exc:  # noqa: BLE001 - the server's failure is this answer's
+        yield {"error": f"{endpoint.url}: {type(exc).__name__}: {exc}"}
+        return
+    yield {"done": stats(started, started, times)}
 
 
 def stats(started: float, loaded: float, token_times: list[float]) -> dict[str, Any]:
@@ -137,8 +186,11 @@ def plain_text(turns: list[dict[str, str]]) -> str:
     return "\n".join(turn["content"] for turn in turns) + "\n"
 
 
-def gguf_stream(request: dict[str, Any], loaded: Callable[[], None]) -> Iterator[str]:
-    """Greedy tokens through llama.cpp; each yield is one generated token's text (end token: '')."""
+END_OF_TURN = None  # what a stream yields for the token that ends the answer (not at max_tokens)
+
+
+def gguf_stream(request: dict[str, Any], loaded: Callable[[], None]) -> Iterator[str | None]:
+    """Greedy tokens through llama.cpp; each yield is one generated token's text (end of turn: None)."""
     import codecs
 
     import llama_cpp
@@ -168,7 +220,7 @@ def gguf_stream(request: dict[str, Any], loaded: Callable[[], None]) -> Iterator
         try:
             for token in tokens:
                 if llama_cpp.llama_vocab_is_eog(llm._model.vocab, token):
-                    yield ""
+                    yield END_OF_TURN
                     return
                 yield decoder.decode(llm.detokenize([token], prev_tokens=prompt + generated))
                 generated.append(token)
@@ -180,8 +232,8 @@ def gguf_stream(request: dict[str, Any], loaded: Callable[[], None]) -> Iterator
         llm.close()
 
 
-def torch_stream(request: dict[str, Any], loaded: Callable[[], None]) -> Iterator[str]:
-    """Greedy tokens through transformers; each yield is one generated token's text."""
+def torch_stream(request: dict[str, Any], loaded: Callable[[], None]) -> Iterator[str | None]:
+    """Greedy tokens through transformers; each yield is one generated token's text (end of turn: None)."""
     from queue import Queue
     from threading import Thread
 
@@ -205,7 +257,10 @@ def torch_stream(request: dict[str, Any], loaded: Callable[[], None]) -> Iterato
         inputs = tokenizer(plain_text(request["messages"]), return_tensors="pt")
     inputs = cast(BatchEncoding, inputs).to(model.device)
     loaded()
-    pieces: Queue[str | BaseException | None] = Queue()
+    pieces: Queue[object] = Queue()
+    done = object()  # the queue's last item
+    eos = model.generation_config.eos_token_id
+    ends = set(eos) if isinstance(eos, list) else {eos}
 
     class Streamer:  # transformers calls put() with the prompt first, then once per new token
         def __init__(self) -> None:
@@ -217,7 +272,11 @@ def torch_stream(request: dict[str, Any], loaded: Callable[[], None]) -> Iterato
             if not self.prompt_seen:
                 self.prompt_seen = True
                 return
-            self.ids += value.flatten().tolist()
+            new = value.flatten().tolist()
+            if new and new[-1] in ends:
+                pieces.put(END_OF_TURN)
+                return
+            self.ids += new
             text = str(tokenizer.decode(self.ids, skip_special_tokens=True))
             if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
                 pieces.put("")
@@ -226,7 +285,7 @@ def torch_stream(request: dict[str, Any], loaded: Callable[[], None]) -> Iterato
             self.shown = len(text)
 
         def end(self) -> None:
-            pieces.put(None)
+            pieces.put(done)
 
     def generate() -> None:
         try:
@@ -234,12 +293,13 @@ def torch_stream(request: dict[str, Any], loaded: Callable[[], None]) -> Iterato
                 model.generate(**inputs, max_new_tokens=request["max_tokens"], do_sample=False, streamer=Streamer())
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread
             pieces.put(exc)
+            pieces.put(done)
 
     Thread(target=generate, daemon=True).start()
-    while (piece := pieces.get()) is not None:
+    while (piece := pieces.get()) is not done:
         if isinstance(piece, BaseException):
             raise piece
-        yield piece
+        yield cast(str | None, piece)
 
 
 def answer_job(request: dict[str, Any], channel: Channel) -> dict[str, Any]:
@@ -253,17 +313,19 @@ def answer_job(request: dict[str, Any], channel: Channel) -> dict[str, Any]:
 
     stream = stream_for(request)
     times: list[float] = []
+    ended = False
     for piece in stream(request, loaded):
         times.append(time.perf_counter())
+        ended = piece is END_OF_TURN
         if piece:
             channel.emit({"text": piece})
-    return stats(started, loaded_at[0] if loaded_at else started, times)
+    return {**stats(started, loaded_at[0] if loaded_at else started, times), "end_of_turn": ended}
 
 
 def reply(request: dict[str, Any]) -> str:
     """In a worker: one whole greedy answer (the export checks' smoke test)."""
-    return "".join(stream_for(request)(request, lambda: None))
+    return "".join(piece or "" for piece in stream_for(request)(request, lambda: None))
 
 
-def stream_for(request: dict[str, Any]) -> Callable[[dict[str, Any], Callable[[], None]], Iterator[str]]:
+def stream_for(request: dict[str, Any]) -> Callable[[dict[str, Any], Callable[[], None]], Iterator[str | None]]:
     return gguf_stream if request["format"] == "gguf" else torch_stream

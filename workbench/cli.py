@@ -12,6 +12,7 @@ from pathlib import Path
 from workbench import launcher, paths, safe
 from workbench.common import default_home
 from workbench.errors import RunError, WorkbenchError
+from workbench.parity import describe_served
 from workbench.qat.check import describe_grid
 from workbench.report import runs, table, twins, write
 from workbench.report.compare import parity_status
@@ -207,7 +208,9 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 def cmd_chat(args: argparse.Namespace) -> int:
     from workbench import chat
 
-    found, system_prompt = chat.for_run(Store(args.home / "workbench.db"), args.run)
+    store = Store(args.home / "workbench.db")
+    found, system_prompt = chat.for_run(store, args.run)
+    found += chat.served(store, args.run)  # its running servers answer over HTTP (`served:<server>`)
     chosen = chat.pick(found, args.variant) if args.variant else found
     if not chosen:
         raise RunError(f"run {args.run!r} has no finished variants to ask yet")
@@ -225,6 +228,54 @@ def cmd_chat(args: argparse.Namespace) -> int:
                 _out(f"   FAILED: {event['error']}\n", flush=True)
                 failed += 1
     return 1 if failed else 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from workbench import servers
+
+    store = Store(args.home / "workbench.db")
+    if args.stop:
+        for server in servers.find(store, args.stop):
+            servers.stop(store, server)
+            print(f"stopped {server.id} ({server.url})")
+        return 0
+    if args.run is None:
+        listed = store.servers()
+        if not listed:
+            print("no servers yet; `workbench serve RUN` starts one")
+        for server in listed:
+            since = _when(server.started if server.status == "running" else server.stopped)
+            _out(f"{server.id:28} {server.status:8} {server.url:32} {server.backend:12} {since:20} {server.variant}")
+        return 0
+    candidate = servers.choose(store, args.home, args.run, args.variant, args.recommended)
+    print(f"starting a server for {candidate['name']} ({candidate['format']}) ...", flush=True)
+    server = servers.start(
+        store, args.home, args.run, candidate, args.host, args.port, args.api_key or os.environ.get("WORKBENCH_API_KEY")
+    )
+    print(f"serving {server.variant} with {server.backend} at {server.url} (model {server.model!r})")
+    if server.api_key:
+        print(f"API key: {server.api_key}  (send it as `Authorization: Bearer <key>`)")
+    print(f"log: {server.log}; stop it: `workbench serve --stop {server.id}`")
+    if args.check:
+        print("checking it against `workbench chat` (held-out conversations, stream and non-stream) ...", flush=True)
+        result = servers.check(store, args.home, server)
+        _out(f"served parity: {describe_served(result)}")
+        return 0 if result["status"] != "failed" else 1
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from workbench import publish
+
+    store = Store(args.home / "workbench.db")
+    folder = publish.lay_out(store, args.home, args.run, args.variant, args.repo)
+    files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    print(f"{folder}: {', '.join(files)}")
+    if args.dry_run:
+        print("dry run: nothing uploaded; the model card is README.md there")
+        return 0
+    print(f"uploaded: {publish.upload(folder, args.repo, args.private)}")
+    return 0
 
 
 def cmd_tui(args: argparse.Namespace) -> int:
@@ -297,6 +348,15 @@ def cmd_show(args: argparse.Namespace) -> int:
         for v in variants:
             if v.meta.get("grid"):
                 _out(f"grid check: {v.name}: {describe_grid(v.meta['grid'])}")
+        for v in variants:
+            serving = v.meta.get("serving") or {}
+            if serving.get("modelfile"):
+                _out(f"ollama: {v.name}: `ollama create NAME -f {Path(v.path).parent / serving['modelfile']}`")
+            elif serving.get("untranslatable"):
+                _out(f"ollama: {v.name}: no Modelfile: {serving['untranslatable']}")
+            if v.meta.get("served"):
+                _out(f"served: {v.name}: {describe_served(v.meta['served'])}")
+        print(f"serve one: `workbench serve {args.run} --variant NAME` (llama-server commands: the report)")
     metrics = store.metrics(args.run)
     if metrics:
         from workbench.report.scores import format_table
@@ -433,6 +493,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     chat_parser.add_argument("--max-tokens", type=_positive, default=128, help="per answer")
     chat_parser.set_defaults(func=cmd_chat)
+    serve = sub.add_parser(
+        "serve", help="serve a run's variant on an OpenAI-compatible endpoint (no RUN: list servers)"
+    )
+    serve.add_argument("run", nargs="?", type=_run_name)
+    which = serve.add_mutually_exclusive_group()
+    which.add_argument("--variant", help="a variant's name or label (e.g. Q8_0.gguf, merged, GPTQ)")
+    which.add_argument(
+        "--recommended", choices=["cpu", "gpu"], help="the report's recommendation for a target (default: cpu)"
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    serve.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    serve.add_argument(
+        "--api-key", help="required for a host other than loopback (default: $WORKBENCH_API_KEY, else a new one)"
+    )
+    serve.add_argument("--check", action="store_true", help="then hold it to `workbench chat` through the wire")
+    serve.add_argument("--stop", metavar="SERVER|RUN", help="stop a server, or every server of a run")
+    serve.set_defaults(func=cmd_serve)
+    publish = sub.add_parser("publish", help="a variant with its model card to the Hugging Face Hub")
+    publish.add_argument("run", type=_run_name)
+    publish.add_argument("--variant", required=True, help="a variant's name or label (e.g. Q4_K_M.gguf, merged)")
+    publish.add_argument("--repo", required=True, help="OWNER/NAME on the Hub")
+    publish.add_argument("--private", action="store_true", help="create the repository private")
+    publish.add_argument("--dry-run", action="store_true", help="lay the repository out under RUN/publish/ only")
+    publish.set_defaults(func=cmd_publish)
     tui = sub.add_parser("tui", help="the terminal UI (also `workbench` with no arguments)")
     tui.add_argument("--web", action="store_true", help="serve it to a browser (textual-serve) instead")
     tui.add_argument("--host", default="127.0.0.1", help="--web: address to listen on (default: this machine only)")

@@ -174,3 +174,18 @@ def check_hf(expected: Expected, variant_dir: Path) -> ParityResult:
         return ParityResult.skipped("no held-out conversations to compare")
     variant_tokenizer = AutoTokenizer.from_pretrained(variant_dir)
     return compare(expected, lambda messages: render_hf(variant_tokenizer, messages))
+
+
+def describe_served(result: dict[str, Any]) -> str:
+    """A served-parity result (workbench.serve.served) in one line."""
+    if result["status"] == "skipped":
+        return f"skipped ({result['reason']})"
+    if result["status"] == "passed":
+        how = " and prompt lengths" if result.get("prompt_lengths_compared") else ""
+        return f"passed: {result['checked']} conversations, stream and non-stream, answers{how} as in-process"
+    first = result["findings"][0]
+    more = len(result["findings"]) - 1
+    return (
+        f"FAILED: conversation {first['conversation']}: {first['what']} (expected {first['expected']!r},"
+        f" got {first['got']!r})" + (f"; {more} more" if more else "")
+    )

@@ -156,6 +156,33 @@ Format = Literal["hf", "gguf", "gptq", "awq", "nf4"]
 FORMATS: tuple[Format, ...] = ("hf", "gguf", "gptq", "awq", "nf4")
 
 
+SERVED_FORMATS: tuple[Format, ...] = ("gguf", "hf")
+
+
+class ServeLoadSection(Section):
+    """Served load: each variant behind its real OpenAI-compatible server, held-out prompts from clients on
+    loopback at each concurrency level (closed loop). Off unless `concurrency` lists levels."""
+
+    concurrency: list[int] = Field(default_factory=list, description="client counts, e.g. [1, 4, 16]; [] for none")
+    requests: int = Field(default=16, gt=0, description="requests per level (at least the level's client count)")
+    max_tokens: int = Field(default=64, gt=0, description="answer length limit per request")
+    parity_prompts: int = Field(
+        default=4, ge=0, description="held-out conversations each server answers first, held to `workbench chat`"
+    )
+    formats: list[Format] = Field(
+        default_factory=lambda: list(SERVED_FORMATS),
+        description="formats served (GGUF: llama.cpp; others: transformers/vLLM)",
+    )
+    time_limit_s: float = Field(default=300, gt=0, description="seconds one level may take before it stops sending")
+
+    @field_validator("concurrency")
+    @classmethod
+    def _levels(cls, levels: list[int]) -> list[int]:
+        if any(level < 1 for level in levels):
+            raise ValueError("each level is a count of clients, 1 or more")
+        return levels
+
+
 class BenchSection(Section):
     prompt_tokens: int = Field(default=512, gt=0, description="prompt processing length (llama-bench's pp512)")
     gen_tokens: int = Field(default=128, gt=0, description="generation length (llama-bench's tg128)")
@@ -174,6 +201,7 @@ class BenchSection(Section):
     timeout_s: float | None = Field(
         default=1800, gt=0, description="seconds one measurement may run before it is stopped; null: no limit"
     )
+    serve: ServeLoadSection = ServeLoadSection()
 
 
 class ReportSection(Section):
@@ -181,6 +209,9 @@ class ReportSection(Section):
         default=98.0, gt=0, le=100, description="a recommended variant keeps at least this % of the merged task score"
     )
     task: str | None = Field(default=None, description="the task score to judge by; default: the first eval task")
+    max_ttft_ms: float | None = Field(
+        default=None, gt=0, description="served load: the p95 time to first token a recommended level must keep"
+    )
 
 
 class Recipe(Section):

@@ -80,3 +80,37 @@ class BenchResult:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         return {**{key: value for key, value in data.items() if key != "extra"}, **data["extra"]}
+
+
+@dataclass
+class Server:
+    """A model server the workbench started for one variant of a run (an OpenAI-compatible endpoint)."""
+
+    id: str  # <run>-<n>
+    run_id: str
+    variant: str
+    backend: str  # llama.cpp | transformers | vllm
+    host: str
+    port: int
+    model: str  # the model name its API answers to
+    pid: int
+    pid_started: float | None
+    started: float
+    log: str
+    api_key: str | None = None
+    stopped: float | None = None
+    status: str = "running"  # running | stopped; a server whose process is gone reads stopped
+
+    @property
+    def url(self) -> str:
+        return api_url(self.host, self.port)
+
+    @property
+    def local_url(self) -> str:
+        """Where this machine reaches it (a wildcard bind answers on loopback)."""
+        return api_url({"0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host), self.port)
+
+
+def api_url(host: str, port: int) -> str:
+    """An OpenAI-compatible server's base URL."""
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}/v1"

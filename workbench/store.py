@@ -16,7 +16,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ import psutil
 
 from workbench.common import STAGE_ORDER, tail
 from workbench.errors import ResourceError
-from workbench.records import Artifact, BenchResult, Metric
+from workbench.records import Artifact, BenchResult, Metric, Server
 from workbench.variants import Variant
 
 # version 1: the tables below (stores made before versioning read as 0 and are version 1)
@@ -99,6 +99,15 @@ CREATE TABLE IF NOT EXISTS bench (
 # version -> statements that bring a store of the version before it up to it
 MIGRATIONS: dict[int, list[str]] = {
     2: ["ALTER TABLE runs ADD COLUMN pid_started REAL"],  # the worker's start time: a reused pid is not it
+    3: [
+        """CREATE TABLE IF NOT EXISTS servers (
+            id TEXT PRIMARY KEY,
+            run_id TEXT NOT NULL,
+            variant TEXT NOT NULL,
+            status TEXT NOT NULL,
+            data TEXT NOT NULL
+        )"""
+    ],
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -345,6 +354,36 @@ class Store:
     def bench(self, run_id: str) -> list[BenchResult]:
         rows = self.db.execute("SELECT data FROM bench WHERE run_id=? ORDER BY rowid", (run_id,)).fetchall()
         return [BenchResult.from_dict(json.loads(r["data"])) for r in rows]
+
+    # servers --------------------------------------------------------------------------------
+    def add_server(self, server: Server) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO servers (id, run_id, variant, status, data) VALUES (?, ?, ?, ?, ?)",
+            (server.id, server.run_id, server.variant, server.status, json.dumps(asdict(server))),
+        )
+
+    def servers(self, run_id: str | None = None) -> list[Server]:
+        """Servers (of one run, or all), newest first; one whose process is gone reads `stopped`."""
+        where, params = ("WHERE run_id=?", [run_id]) if run_id is not None else ("", [])
+        rows = self.db.execute(f"SELECT data FROM servers {where} ORDER BY rowid DESC", params)
+        found = [Server(**json.loads(r["data"])) for r in rows]
+        return [
+            s if s.status != "running" or is_alive(s.pid, s.pid_started) else replace(s, status="stopped")
+            for s in found
+        ]
+
+    def server(self, server_id: str) -> Server | None:
+        return next((s for s in self.servers() if s.id == server_id), None)
+
+    def set_variant_meta(self, run_id: str, name: str, key: str, value: Any) -> None:
+        """Record one finding on a stored variant (e.g. its served-parity check)."""
+        with self.transaction() as db:
+            row = db.execute("SELECT data FROM variants WHERE run_id=? AND name=?", (run_id, name)).fetchone()
+            if row is None:
+                raise KeyError(f"{run_id}: no variant {name!r}")
+            data = json.loads(row["data"])
+            data.setdefault("meta", {})[key] = value
+            db.execute("UPDATE variants SET data=? WHERE run_id=? AND name=?", (json.dumps(data), run_id, name))
 
 
 def _event(row: sqlite3.Row) -> dict[str, Any]:

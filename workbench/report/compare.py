@@ -60,6 +60,9 @@ class ComparisonRow:
     parity: str | None = None  # passed | failed | skipped; None: not checked
     grid: str | None = None  # a quantization-aware run's file: passed | failed; None: not checked
     speed: dict[str, Speed] = field(default_factory=dict)  # target -> fastest measurement there
+    served: dict[str, dict[str, Any]] = field(default_factory=dict)  # served load: clients -> its numbers
+    served_by: str | None = None  # e.g. "llama.cpp server"
+    served_parity: str | None = None  # through its server vs `workbench chat`: passed | failed | skipped
 
     def tg(self, target: str) -> float | None:
         return self.speed[target].tg_tps if target in self.speed else None
@@ -150,6 +153,8 @@ def speeds(bench: list[BenchResult]) -> dict[str, dict[str, Speed]]:
     for record in bench:
         if record.status != "done":
             continue
+        if record.concurrency is not None and is_served(record):
+            continue
         if record.concurrency is not None:
             throughput[record.variant] = {level: v["output_tps"] for level, v in record.concurrency.items()}
             continue
@@ -173,6 +178,11 @@ def speeds(bench: list[BenchResult]) -> dict[str, dict[str, Speed]]:
         # serving throughput includes prefill: kept apart from the decode-only tg the rules compare
         found.setdefault(variant, {}).setdefault("gpu", Speed("vllm")).throughput = levels
     return found
+
+
+def is_served(record: BenchResult) -> bool:
+    """A served-load measurement (bench.serve): through a real server over HTTP."""
+    return record.backend.endswith(" server")
 
 
 def build_rows(
@@ -201,6 +211,7 @@ def build_rows(
                 bits=variant.bits,
                 parity=parity_status(variant.meta.get("parity")),
                 grid=(variant.meta.get("grid") or {}).get("status"),
+                served_parity=(variant.meta.get("served") or {}).get("status"),
             )
         )
     for row in rows:
@@ -214,6 +225,9 @@ def build_rows(
         row.kld = values.get((row.name, "fidelity", "kld_mean"))
         row.top1 = values.get((row.name, "fidelity", "top1_agreement"))
         row.speed = measured.get(row.name, {})
+        for record in bench:
+            if record.variant == row.name and record.status == "done" and record.concurrency and is_served(record):
+                row.served, row.served_by = record.concurrency, record.backend
     merged = next((r for r in rows if r.role == "reference"), None)
     if task and merged and merged.score is not None:
         for row in rows:
@@ -275,6 +289,46 @@ def recommend(
     return Recommendation(target, fastest.name, reason, True)
 
 
+def best_served_level(row: ComparisonRow, max_ttft_ms: float | None) -> tuple[str, dict[str, Any]] | None:
+    """The level at which the row's server put out the most tokens/s while its p95 time to first token
+    stayed within `max_ttft_ms` (any level when there is no limit); None when no level qualifies."""
+    levels = [
+        (level, numbers)
+        for level, numbers in row.served.items()
+        if not numbers.get("errors")
+        and (max_ttft_ms is None or (numbers.get("ttft_p95_ms") is not None and numbers["ttft_p95_ms"] <= max_ttft_ms))
+    ]
+    return max(levels, key=lambda item: item[1]["output_tps"], default=None)
+
+
+def recommend_served(
+    rows: list[ComparisonRow], keep: float, max_ttft_ms: float | None, task: str | None
+) -> Recommendation | None:
+    """Which variant, of those that keep `keep`% of the merged score and passed parity, serves the most
+    tokens/s through its server within the latency limit. None when nothing was served under load."""
+    served = [r for r in rows if r.served and r.status == "done"]
+    if not served:
+        return None
+    limit = f"TTFT p95 <= {max_ttft_ms:g} ms" if max_ttft_ms is not None else "any TTFT"
+    pool = [
+        r
+        for r in served
+        if r.role != "base"
+        and "failed" not in (r.parity, r.served_parity)
+        and (task is None or (r.keep_pct or 0) >= keep)
+    ]
+    best = [(r, found) for r in pool if (found := best_served_level(r, max_ttft_ms)) is not None]
+    if not best:
+        return Recommendation("served", None, f"no served variant that keeps {keep:g}% meets {limit}", True)
+    row, (clients, numbers) = max(best, key=lambda item: item[1][1]["output_tps"])
+    ttft = numbers.get("ttft_p95_ms")
+    reason = f"most tokens/s through its server ({row.served_by}): {numbers['output_tps']:.1f} tok/s with {clients}"
+    reason += f" concurrent client{'s' if clients != '1' else ''}"
+    reason += f", TTFT p95 {ttft:.0f} ms" if ttft is not None else ""
+    reason += f" ({limit})" if max_ttft_ms is not None else "; no latency limit set (report.max_ttft_ms)"
+    return Recommendation("served", row.name, reason, True)
+
+
 def compare(
     run_id: str,
     variants: list[Variant],
@@ -282,6 +336,7 @@ def compare(
     bench: list[BenchResult],
     keep: float = 98.0,
     wanted_task: str | None = None,
+    max_ttft_ms: float | None = None,
 ) -> Comparison:
     task, metric = choose_task(metrics, wanted_task)
     rows = build_rows(variants, metrics, bench, task)
@@ -294,4 +349,7 @@ def compare(
             if points:
                 pareto_speed[target] = pareto_front(points)
     recommendations = [recommend(rows, target, keep, task, metric) for target in TARGETS]
+    served = recommend_served(rows, keep, max_ttft_ms, task)
+    if served is not None:
+        recommendations.append(served)
     return Comparison(run_id, task, metric, keep, rows, pareto_size, pareto_speed, recommendations)

@@ -70,3 +70,20 @@ def loss_curve(history: list[dict[str, Any]]) -> bytes | None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _png(figure)
+
+
+def served_throughput(comparison: Comparison) -> bytes | None:
+    """Output tokens/s through each variant's server against the number of concurrent clients (served load)."""
+    rows = [r for r in comparison.rows if r.served]
+    if not rows:
+        return None
+    figure, ax = _figure()
+    for row in rows:
+        levels = sorted(row.served.items(), key=lambda item: int(item[0]))
+        ax.plot([int(level) for level, _ in levels], [n["output_tps"] for _, n in levels], marker="o", label=row.label)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("concurrent clients")
+    ax.set_ylabel("output tokens/s through the server")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(figure)

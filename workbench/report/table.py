@@ -18,6 +18,9 @@ class Column:
     signed: bool = False
 
 
+MARKS = {"passed": "pass", "failed": "FAIL", "skipped": "skipped"}
+
+
 def _speed(target: str, field: str) -> Callable[[ComparisonRow], Any]:
     return lambda row: getattr(row.speed[target], field) if target in row.speed else None
 
@@ -42,7 +45,7 @@ def columns(comparison: Comparison) -> list[Column]:
     cols += [
         Column("KLD", lambda r: r.kld, 4),
         Column("top-1", lambda r: r.top1, 3),
-        Column("parity", lambda r: {"passed": "pass", "failed": "FAIL", "skipped": "skipped"}.get(r.parity or "")),
+        Column("parity", lambda r: MARKS.get(r.parity or "")),
     ]
     if any(r.grid for r in rows):  # a quantization-aware run: its file holds what training rounded to
         cols.append(Column("grid", lambda r: {"passed": "pass", "failed": "FAIL"}.get(r.grid or "")))
@@ -60,6 +63,10 @@ def columns(comparison: Comparison) -> list[Column]:
         ]
     if any("gpu" in r.speed and r.speed["gpu"].throughput for r in rows):
         cols.append(Column("vLLM tok/s by concurrency", lambda r: throughput(r)))
+    if any(r.served_parity for r in rows):
+        cols.append(Column("served parity", lambda r: MARKS.get(r.served_parity or "")))
+    if any(r.served for r in rows):
+        cols.append(Column("served tok/s (TTFT p95 ms) by clients", served_cell))
     cols.append(Column("Pareto", lambda r: pareto_marks(comparison, r)))
     return cols
 
@@ -67,6 +74,15 @@ def columns(comparison: Comparison) -> list[Column]:
 def throughput(row: ComparisonRow) -> str | None:
     levels = row.speed["gpu"].throughput if "gpu" in row.speed else {}
     return " ".join(f"x{level}:{tps:.0f}" for level, tps in levels.items()) or None
+
+
+def served_cell(row: ComparisonRow) -> str | None:
+    parts = []
+    for clients, numbers in row.served.items():
+        ttft = numbers.get("ttft_p95_ms")
+        part = f"x{clients}:{numbers['output_tps']:.0f}" + (f" ({ttft:.0f})" if ttft is not None else "")
+        parts.append(part + (f" {numbers['errors']} err" if numbers.get("errors") else ""))
+    return " ".join(parts) or None
 
 
 def pareto_marks(comparison: Comparison, row: ComparisonRow) -> str:

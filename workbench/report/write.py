@@ -15,6 +15,7 @@ from typing import Any
 from workbench import safe
 from workbench.errors import RunError
 from workbench.fsutil import atomic_write_bytes
+from workbench.parity import describe_served
 from workbench.records import BenchResult
 from workbench.report import plots, table, twins
 from workbench.report.compare import Comparison, compare
@@ -25,6 +26,7 @@ FIGURES = {
     "quality_vs_cpu_speed.png": "Quality vs CPU speed",
     "quality_vs_gpu_speed.png": "Quality vs GPU speed",
     "loss_curve.png": "Training loss",
+    "served_throughput.png": "Served throughput vs concurrent clients",
 }
 
 
@@ -37,6 +39,7 @@ class RunReport:
     failures: list[str] = field(default_factory=list)
     settings: list[str] = field(default_factory=list)  # how the speeds were measured, per target
     recovered: list[dict[str, Any]] = field(default_factory=list)  # against plain / QAT twins (report.twins)
+    serving: list[dict[str, Any]] = field(default_factory=list)  # per variant: how to serve it, served parity
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -48,6 +51,7 @@ class RunReport:
             "bench_settings": self.settings,
             "loss": self.loss,
             "recovered": self.recovered,
+            "serving": self.serving,
         }
 
 
@@ -61,7 +65,8 @@ def load(store: Store, run_id: str, run_dir: Path, keep_percent: float | None = 
     wanted = section.get("task") or next(iter((recipe.get("eval") or {}).get("tasks") or []), None)
     bench = store.bench(run_id)
     keep = keep_percent if keep_percent is not None else section.get("keep_percent", 98.0)
-    comparison = compare(run_id, store.variants(run_id), store.metrics(run_id), bench, keep, wanted)
+    max_ttft_ms = section.get("max_ttft_ms")
+    comparison = compare(run_id, store.variants(run_id), store.metrics(run_id), bench, keep, wanted, max_ttft_ms)
     records = store.stages(run_id)
     stages = [{"name": s.name, "status": s.status, "seconds": s.seconds, "error": s.error} for s in records]
     # a partial stage's error lists every part that failed (variant, model or measurement) and why
@@ -70,9 +75,15 @@ def load(store: Store, run_id: str, run_dir: Path, keep_percent: float | None = 
         failures.append("no evaluation results: nothing to judge the variants by")
     elif wanted and comparison.task != wanted:
         failures.append(f"no results for task {wanted!r}; judged by {comparison.task!r} instead")
+    labels = {row.name: row.label for row in comparison.rows}
+    serving = [
+        {"variant": labels.get(v.name, v.name), **v.meta.get("serving", {}), "served": v.meta.get("served")}
+        for v in store.variants(run_id)
+        if v.status == "done" and (v.meta.get("serving") or v.meta.get("served"))
+    ]
     history = run_dir / "train" / "log_history.json"
     loss = json.loads(history.read_text()) if history.is_file() else []
-    return RunReport(comparison, recipe, stages, loss, failures, bench_settings(bench))
+    return RunReport(comparison, recipe, stages, loss, failures, bench_settings(bench), serving=serving)
 
 
 def bench_settings(bench: list[BenchResult]) -> list[str]:
@@ -97,6 +108,7 @@ def figures(report: RunReport) -> dict[str, bytes]:
         plots.quality_vs(report.comparison, "cpu"),
         plots.quality_vs(report.comparison, "gpu"),
         plots.loss_curve(report.loss),
+        plots.served_throughput(report.comparison),
     ]
     return {name: data for name, data in zip(FIGURES, made, strict=True) if data is not None}
 
@@ -107,6 +119,23 @@ def recommendation_lines(comparison: Comparison) -> list[str]:
         f"{rec.target.upper()}: {names.get(rec.variant, rec.variant) if rec.variant else 'none'} — {rec.reason}"
         for rec in comparison.recommendations
     ]
+
+
+def serving_lines(report: RunReport) -> list[str]:
+    """Per variant: its Ollama Modelfile (or why there is none), the llama-server command, served parity."""
+    lines = []
+    for item in report.serving:
+        parts = []
+        if item.get("modelfile"):
+            parts.append(f"Ollama: `ollama create NAME -f {item['modelfile']}` (in the export folder)")
+        elif item.get("untranslatable"):
+            parts.append(f"no Ollama Modelfile: {item['untranslatable']}")
+        if item.get("llama_server"):
+            parts.append(f"llama.cpp: `{item['llama_server']}`")
+        if item.get("served"):
+            parts.append(f"served parity {describe_served(item['served'])}")
+        lines.append(f"{item['variant']}: " + "; ".join(parts))
+    return lines
 
 
 def stage_lines(report: RunReport) -> list[str]:
@@ -131,6 +160,8 @@ def markdown(report: RunReport, images: dict[str, bytes]) -> str:
         parts += ["## Quantization-aware training against the plain twin", "", text(twins.RECOVERED_LEGEND), ""]
         parts += [safe.markdown_row(twins.RECOVERED_HEADINGS), "|---" * len(twins.RECOVERED_HEADINGS) + "|"]
         parts += [safe.markdown_row(twins.recovered_cells(item)) for item in report.recovered] + [""]
+    if report.serving:
+        parts += ["## Serving", "", *[f"- {text(line)}" for line in serving_lines(report)], ""]
     if report.failures:
         parts += ["## Failures", "", *[f"- {text(line)}" for line in report.failures], ""]
     parts += ["## Figures", ""]
@@ -192,6 +223,11 @@ def to_html(report: RunReport, images: dict[str, bytes]) -> str:
                     "</tbody></table>",
                 ]
                 if report.recovered
+                else []
+            ),
+            *(
+                ["<h2>Serving</h2><ul>", *[f"<li>{esc(line)}</li>" for line in serving_lines(report)], "</ul>"]
+                if report.serving
                 else []
             ),
             *(

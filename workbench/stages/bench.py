@@ -10,8 +10,11 @@ from typing import Any
 
 from workbench import safe
 from workbench.bench import vllm_bench
+from workbench.data.files import read_jsonl
 from workbench.devices import pick_device, usable_cores
+from workbench.errors import StageFailed
 from workbench.fsutil import atomic_write_text
+from workbench.parity import describe_served
 from workbench.recipe import Recipe
 from workbench.records import Artifact, BenchResult
 from workbench.stages.base import Stage, StageContext, failure_line
@@ -78,8 +81,64 @@ def speed_line(record: BenchResult) -> str:
             f"peak RSS {record.peak_rss_mb or 0:.0f} MiB"
         )
     if record.concurrency:
-        return ", ".join(f"x{level}: {v['output_tps']:.0f} tok/s" for level, v in record.concurrency.items())
+        return ", ".join(served_level(level, v) for level, v in record.concurrency.items())
     return record.status
+
+
+def serve_load(ctx: StageContext, variants: list[Variant]) -> list[BenchResult]:
+    """Each variant of `bench.serve.formats` behind its real server, under the closed-loop load of every
+    level; the server is stopped after. A variant that fails is recorded failed and the others go on."""
+    from workbench import servers
+    from workbench.serve import backends, load
+    from workbench.store import is_alive
+
+    section = ctx.recipe.bench.serve
+    conversations = [row["messages"][:-1] for row in read_jsonl(ctx.inputs["data"] / "held_out.jsonl")]
+    records = []
+    for variant in [v for v in variants if v.status == "done" and v.format in section.formats]:
+        device = "cuda" if servers.cuda_for(variant.format) else "cpu"
+        backend = f"{backends.pick_backend(variant.format, device == 'cuda')} server"
+        ctx.say(f"{variant.name}: serving it under load ({backend}, clients {section.concurrency})")
+        base = {"variant": variant.name, "device": device, "backend": backend, "format": variant.format}
+        candidate = {"name": variant.name, "label": variant.name, "format": variant.format, "path": variant.path}
+        server = None
+        try:
+            home = ctx.run_dir.parent
+            server = servers.start(ctx.store, home, ctx.run_id, candidate, threads=ctx.recipe.bench.threads)
+            checked = servers.check(ctx.store, home, server, section.parity_prompts, section.max_tokens)
+            ctx.say(f"{variant.name}: served parity {describe_served(checked)}")
+            if checked["status"] == "failed":
+                ctx.failures.append(f"{variant.name}: served parity {describe_served(checked)}")
+            levels = load.run(servers.endpoint(server), conversations, section.concurrency, section.requests,
+                              section.max_tokens, section.time_limit_s)  # fmt: skip
+            if not is_alive(server.pid, server.pid_started):
+                raise StageFailed("under load")
+            if all(level.errors == level.requests for level in levels):
+                raise StageFailed(f"{variant.name}: every request failed ({levels[0].first_error}) — see {server.log}")
+            record = BenchResult.from_dict(
+                {**base, "threads": ctx.recipe.bench.threads or usable_cores(), "gen_tokens": section.max_tokens,
+                 "concurrency": {str(level.concurrency): level.to_dict() for level in levels}}
+            )  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - one failed server is recorded, the rest go on
+            error = failure_line(variant.name, exc)
+            if server is not None and not is_alive(server.pid, server.pid_started):
+                error = f"{variant.name}: its server died ({error.split(': ', 1)[-1]}) — see {server.log}"
+            ctx.failures.append(f"{error.splitlines()[0]} (served, {backend})")
+            record = BenchResult.from_dict({**base, "status": "failed", "error": error})
+        finally:
+            if server is not None:
+                servers.stop(ctx.store, server)
+        ctx.say(f"{variant.name} served ({backend}): {speed_line(record)}")
+        ctx.event("benchmarked", **record.to_dict())
+        records.append(record)
+    return records
+
+
+def served_level(level: str, numbers: dict[str, Any]) -> str:
+    line = f"x{level}: {numbers['output_tps']:.0f} tok/s"
+    if numbers.get("ttft_p95_ms") is not None:
+        line += f", TTFT p95 {numbers['ttft_p95_ms']:.0f} ms"
+    return line + (f", {numbers['errors']} errors" if numbers.get("errors") else "")
 
 
 def run(ctx: StageContext) -> list[Artifact]:
@@ -99,10 +158,12 @@ def run(ctx: StageContext) -> list[Artifact]:
         ctx.say(f"{job['variant']} on {job['device']} ({job['backend']}): {speed_line(record)}")
         ctx.event("benchmarked", **record.to_dict())
         records.append(record)
+    if ctx.recipe.bench.serve.concurrency:
+        records += serve_load(ctx, ctx.store.variants(ctx.run_id))
     ctx.store.replace_bench(ctx.run_id, records)
     results = ctx.out / "results.json"
     atomic_write_text(results, safe.json_text({"cuda": cuda, "results": [r.to_dict() for r in records]}, indent=2))
     return [Artifact("bench-results", "bench", results.name, results.stat().st_size)]
 
 
-STAGE = Stage(name="bench", needs=("export",), key_inputs=key_inputs, run=run)
+STAGE = Stage(name="bench", needs=("data", "export"), key_inputs=key_inputs, run=run)

@@ -18,6 +18,7 @@ from workbench.models import display_name
 from workbench.qat.check import describe_grid
 from workbench.recipe import FORMATS, ExportSection, Format, Recipe
 from workbench.records import Artifact
+from workbench.serve import ollama
 from workbench.stages.base import Stage, StageContext, failure_line
 from workbench.variants import Variant, variant_name
 
@@ -49,6 +50,40 @@ class ExportInputs:
     tokenizer: Any  # the training tokenizer and chat template (saved with the merged model)
     smoke_prompts: list[list[dict[str, str]]]  # held-out conversations without their answers
     expected: parity.Expected  # held-out conversations as training rendered them, for the parity check
+    template: ollama.Translation  # the training chat template in Ollama's template language, if faithful
+    stops: list[str]  # the tokens that end an answer, as text (Modelfile stops)
+
+
+SERVE_CONTEXT = 2048  # the context of the llama-server command written for each GGUF
+
+
+def stop_texts(tokenizer: Any, end_of_turn: int | None) -> list[str]:
+    ids = [end_of_turn, tokenizer.eos_token_id]
+    return list(dict.fromkeys(str(tokenizer.convert_ids_to_tokens(i)) for i in ids if i is not None))
+
+
+def package_for_serving(ctx: StageContext, inputs: ExportInputs, variant: Variant) -> None:
+    """Next to an exported GGUF: its Ollama Modelfile (when the template translates faithfully) and the
+    llama-server command, both recorded on the variant."""
+    gguf_file = Path(variant.path)
+    if gguf_file.parent != ctx.out:  # the f16 made only as a source: not shipped
+        return
+    system_prompt = ctx.recipe.data.system_prompt
+    reason = inputs.template.reason or ollama.unquotable(system_prompt)
+    serving: dict[str, Any] = {
+        "llama_server": ollama.llama_server_command(ctx.run_dir / ctx.stage / gguf_file.name, SERVE_CONTEXT),
+        "template": inputs.template.family,
+        "stops": inputs.stops,
+        "modelfile": None,
+        "untranslatable": reason,
+    }
+    if reason is None:
+        modelfile = gguf_file.with_suffix(".Modelfile")
+        modelfile.write_text(ollama.modelfile(gguf_file.name, inputs.template, inputs.stops, system_prompt))
+        serving["modelfile"] = modelfile.name
+    else:
+        ctx.say(f"{variant.name}: no Ollama Modelfile: {reason}")
+    variant.meta["serving"] = serving
 
 
 def record_parity(ctx: StageContext, inputs: ExportInputs, variant: Variant, result: dict[str, Any]) -> None:
@@ -134,6 +169,7 @@ def export_gguf(ctx: StageContext, inputs: ExportInputs) -> list[Variant]:
         record_measurement(variant, outcome)
         variant.meta["tensor_types"] = gguf.tensor_types(Path(variant.path))
         check(ctx, inputs, variant)
+        package_for_serving(ctx, inputs, variant)
 
     def build_f16(variant: Variant) -> None:
         outcome = gguf.convert(Path(merged.path), source, "f16", log=ctx.log_path(variant.name), timeout=timeout)
@@ -301,11 +337,16 @@ def run(ctx: StageContext) -> list[Artifact]:
     preflight_export(ctx, merged_dir)
     section = ctx.recipe.export
     tokenizer = AutoTokenizer.from_pretrained(merged_dir)  # saved there by the train stage
+    expected = parity.Expected.of(tokenizer, held_out_conversations(ctx, section.parity_prompts))
     inputs = ExportInputs(
         merged=merged,
         tokenizer=tokenizer,
         smoke_prompts=[m[:-1] for m in held_out_conversations(ctx, section.smoke_prompts)],
-        expected=parity.Expected.of(tokenizer, held_out_conversations(ctx, section.parity_prompts)),
+        expected=expected,
+        template=ollama.translate(
+            lambda messages: str(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+        ),
+        stops=stop_texts(tokenizer, expected.end_of_turn),
     )
     try:
         check(ctx, inputs, merged, smoke=False)

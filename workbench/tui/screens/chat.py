@@ -93,6 +93,7 @@ class ChatScreen(AppScreen):
         info = self.query_one("#chat-info", Static)
         try:
             self.found, self.system_prompt = chat.for_run(self.workbench.store, self.run_id)
+            self.found += chat.served(self.workbench.store, self.run_id)  # its running servers, over HTTP
         except RunError as exc:
             info.update(str(exc))
             return

