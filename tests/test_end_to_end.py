@@ -34,7 +34,7 @@ def test_every_stage_runs_and_crashing_variants_take_nothing_else_down(
         data,
         data={"max_length": 128},
         train={"max_steps": 2},
-        export={"gguf": ["q8_0", "q4_0", "q4_k_m"], "smoke_prompts": 1, "parity_prompts": 2},
+        export={"gguf": ["q8_0", "q4_0", "q4_k_m"], "adapter_gguf": ["q8_0"], "smoke_prompts": 1, "parity_prompts": 2},
         eval={"tasks": ["heldout", "general"], "limit": 3, "fidelity_rows": 4, "max_length": 512},
         bench={"prompt_tokens": 32, "gen_tokens": 8, "repetitions": 2, "warmup": 1, "timeout_s": 30,
                "serve": {"concurrency": [1, 2], "requests": 2, "max_tokens": 8, "formats": ["gguf"]}},
@@ -64,7 +64,9 @@ def test_every_stage_runs_and_crashing_variants_take_nothing_else_down(
     # eval: base, merged and Q8_0 scored on every task; fidelity for the variant only
     rows = store.metrics("tiny")
     by_model = {m.model: m for m in scores.by_model(rows)}
-    assert set(by_model) == {tiny_llama_256.name, stem, f"{stem}-Q8_0.gguf"}
+    adapted = f"{stem}-adapter-on-Q8_0.gguf"  # the LoRA adapter as a GGUF adapter on the base's Q8_0
+    assert set(by_model) == {tiny_llama_256.name, stem, f"{stem}-Q8_0.gguf", adapted}
+    assert 0 <= by_model[adapted].scores["kld_mean"] < 0.05
     assert by_model[tiny_llama_256.name].role == "base" and by_model[stem].role == "reference"
     for model in by_model.values():
         for column in ("heldout exact_match,strip", "stdlib_docs word_perplexity", "general_mc acc"):
@@ -83,6 +85,7 @@ def test_every_stage_runs_and_crashing_variants_take_nothing_else_down(
     # bench: the merged model through torch, Q8_0 through llama.cpp, the broken file recorded as failed
     bench = {(b.variant, b.backend): b.to_dict() for b in store.bench("tiny")}
     served = {key: bench.pop(key) for key in list(bench) if key[1] == "llama.cpp server"}
+    assert bench.pop((adapted, "llama.cpp"))["tg_tps"]["median"] > 0
     assert set(bench) == {(stem, "torch"), (f"{stem}-Q8_0.gguf", "llama.cpp"), (broken, "llama.cpp")}
     assert bench[(broken, "llama.cpp")]["status"] == "failed"
     for key in ((stem, "torch"), (f"{stem}-Q8_0.gguf", "llama.cpp")):
@@ -92,7 +95,9 @@ def test_every_stage_runs_and_crashing_variants_take_nothing_else_down(
         assert measured["pp_tps"]["min"] <= measured["pp_tps"]["median"] <= measured["pp_tps"]["max"]
 
     # served load: Q8_0 behind llama.cpp's server at 1 and 2 clients; the crashing server fails alone
-    assert set(served) == {(f"{stem}-Q8_0.gguf", "llama.cpp server"), (broken, "llama.cpp server")}
+    assert set(served) == {(f"{stem}-Q8_0.gguf", "llama.cpp server"), (broken, "llama.cpp server"),
+                           (adapted, "llama.cpp server")}  # fmt: skip
+    assert served[(adapted, "llama.cpp server")]["status"] == "done"
     levels = served[(f"{stem}-Q8_0.gguf", "llama.cpp server")]["concurrency"]
     assert list(levels) == ["1", "2"]
     for level in levels.values():
@@ -101,7 +106,13 @@ def test_every_stage_runs_and_crashing_variants_take_nothing_else_down(
     assert served[(broken, "llama.cpp server")]["status"] == "failed"
     crash = served[(broken, "llama.cpp server")]["error"]
     assert crash.startswith(f"{broken}: its server died (") and crash.endswith(".log")
-    assert all(s.status == "stopped" for s in store.servers("tiny")) and len(store.servers("tiny")) == 2
+    assert all(s.status == "stopped" for s in store.servers("tiny")) and len(store.servers("tiny")) == 3
+    adapter_variant = next(v for v in store.variants("tiny") if v.name == adapted)
+    assert adapter_variant.meta["served"]["status"] == "passed"  # answers through its server as in-process
+    assert Path(adapter_variant.meta["lora"]).is_file() and Path(adapter_variant.path).is_file()
+    adapter_modelfile = (home / "tiny" / "export" / adapter_variant.meta["serving"]["modelfile"]).read_text()
+    assert f"ADAPTER ./{Path(adapter_variant.meta['lora']).name}" in adapter_modelfile
+    assert f"--lora {adapter_variant.meta['lora']}" in adapter_variant.meta["serving"]["llama_server"]
 
     # serving files: an Ollama Modelfile and the llama-server command beside each GGUF
     q8_variant = next(v for v in store.variants("tiny") if v.name == f"{stem}-Q8_0.gguf")
@@ -118,6 +129,7 @@ def test_every_stage_runs_and_crashing_variants_take_nothing_else_down(
     results = json.loads((report / "results.json").read_text())
     assert "served tok/s (TTFT p95 ms) by clients" in page and "Served throughput" in page
     assert "ollama create NAME -f " in page
+    assert "adapter-on-Q8_0.gguf (the LoRA adapter on the base quantized to Q8_0) vs Q8_0.gguf" in page
     assert results["comparison"]["recommendations"][-1]["target"] == "served"
     cpu = results["comparison"]["recommendations"][0]
     assert cpu["target"] == "cpu" and cpu["variant"] in {stem, f"{stem}-Q8_0.gguf"} and cpu["measured"]

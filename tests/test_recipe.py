@@ -131,3 +131,18 @@ def test_qat_section_rules_and_the_merge_base_it_implies(tmp_path: Path) -> None
         with pytest.raises(RecipeError) as caught:
             load(*sets)
         assert message in caught.value.report(), caught.value.report()
+
+
+def test_adapter_gguf_needs_an_adapter_that_belongs_to_the_base(tmp_path: Path) -> None:
+    path = recipe_file(tmp_path, GOOD)
+    assert load_recipe(path, ["export.adapter_gguf=[q8_0]"]).export.adapter_gguf == ["q8_0"]
+    assert load_recipe(path).export.adapter_gguf == []  # off unless asked for
+    cases = {
+        ("train.method=full",): "export.adapter_gguf: a full fine-tune has no adapter",
+        ("train.lora.dora=true",): "llama.cpp's adapter format has no DoRA",
+        ("train.method=qlora", "train.lora.init=loftq"): "this adapter belongs to the dequantized nf4 base",
+    }
+    for sets, message in cases.items():
+        with pytest.raises(RecipeError) as caught:
+            load_recipe(path, ["export.adapter_gguf=[q8_0]", *sets])
+        assert message in caught.value.report(), caught.value.report()

@@ -38,6 +38,7 @@ def askable(variants: list[Variant], base_model: str | None = None) -> list[dict
             "label": label_of(v.name, reference, "reference" if v.name == reference else "variant"),
             "format": v.format,
             "path": v.path,
+            "lora": v.meta.get("lora"),
         }
         for v in variants
         if v.status == "done"
@@ -78,7 +79,7 @@ def served(store: Store, run_id: str) -> list[dict[str, Any]]:
                 "backend": server.backend,
                 "api_key": server.api_key,
             },
-        }  # fmt: skip
+        }
         for server in store.servers(run_id)
         if server.status == "running"
     ]
@@ -107,8 +108,9 @@ def messages(prompt: str, system_prompt: str | None) -> list[dict[str, str]]:
 
 def job(candidate: dict[str, Any], chat: list[dict[str, str]], max_tokens: int = MAX_TOKENS) -> dict[str, Any]:
     request = {"path": candidate["path"], "format": candidate["format"], "messages": chat, "max_tokens": max_tokens}
-    if "endpoint" in candidate:
-        request["endpoint"] = candidate["endpoint"]
+    for extra in ("endpoint", "lora"):  # a server to ask; a GGUF adapter to load on the file
+        if candidate.get(extra):
+            request[extra] = candidate[extra]
     return request
 
 
@@ -200,8 +202,9 @@ def gguf_stream(request: dict[str, Any], loaded: Callable[[], None]) -> Iterator
 
     gpu = bool(llama_cpp.llama_supports_gpu_offload())
     llm = llama_cpp.Llama(
-        request["path"], n_ctx=2048, n_threads=usable_cores(), n_gpu_layers=-1 if gpu else 0, verbose=False
-    )
+        request["path"], n_ctx=2048, n_threads=usable_cores(), n_gpu_layers=-1 if gpu else 0, verbose=False,
+        lora_path=request.get("lora"),
+    )  # fmt: skip
     try:
         template = llm.metadata.get("tokenizer.chat_template")
         if template:

@@ -396,7 +396,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     dest = write.write(report, dest, own=args.out is None)
     _out(table.plain(report.comparison))
     print()
-    for line in write.recommendation_lines(report.comparison):
+    for line in write.recommendation_lines(report.comparison) + write.adapter_lines(report.comparison):
         _out(line)
     print(f"\nreport: {dest / 'report.html'} (also report.md, results.json, comparison.csv)")
     return 0

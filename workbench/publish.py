@@ -50,6 +50,8 @@ def lay_out(store: Store, home: Path, run_id: str, wanted: str, repo: str) -> Pa
                     link_or_copy(item, folder / item.relative_to(source))
         else:
             link_or_copy(source, folder / source.name)
+            if variant.meta.get("lora"):  # an adapter variant: the base file and the adapter
+                link_or_copy(Path(variant.meta["lora"]), folder / Path(variant.meta["lora"]).name)
             modelfile = (variant.meta.get("serving") or {}).get("modelfile")
             if modelfile and (source.parent / modelfile).is_file():
                 link_or_copy(source.parent / modelfile, folder / modelfile)

@@ -108,6 +108,11 @@ class ExportSection(Section):
     gguf: list[GGUFType] = Field(
         default_factory=lambda: list(DEFAULT_GGUF), description="llama.cpp types to export; [] for none"
     )
+    adapter_gguf: list[GGUFType] = Field(
+        default_factory=list,
+        description="the LoRA adapter as a GGUF adapter (llama.cpp's convert_lora_to_gguf.py) served on the base"
+        " model quantized to each of these types, next to the merged-then-quantized files; [] for none",
+    )
     nf4: bool = Field(default=True, description="bitsandbytes nf4 checkpoint (double quantization)")
     gptq: bool = Field(default=True, description="GPTQ checkpoint with GPTQModel")
     awq: bool = Field(default=True, description="AWQ (GEMM) checkpoint with GPTQModel")
@@ -230,6 +235,15 @@ class Recipe(Section):
     @model_validator(mode="after")
     def _consistent(self) -> Recipe:
         qat = self.train.qat
+        if self.export.adapter_gguf and self.train.method == "full":
+            raise ValueError("export.adapter_gguf: a full fine-tune has no adapter to convert")
+        if self.export.adapter_gguf and self.train.lora.dora:
+            raise ValueError("export.adapter_gguf: llama.cpp's adapter format has no DoRA; leave train.lora.dora off")
+        if self.export.adapter_gguf and self.merge_base != "original":
+            raise ValueError(
+                "export.adapter_gguf: this adapter belongs to the dequantized nf4 base (merge.base"
+                f" {self.merge_base}), not to the base model a GGUF adapter is applied to"
+            )
         if qat.target and qat.target not in self.export.gguf:
             raise ValueError(f"train.qat.target: {qat.target} is not exported; add it to export.gguf")
         if qat.target and self.train.lora.dora and self.train.method != "full":

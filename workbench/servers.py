@@ -87,16 +87,15 @@ def start(
     if not backends.is_loopback(host) and not api_key:
         api_key = secrets.token_urlsafe(24)
     port = port or free_port(host)
-    number = 1 + max((int(s.id.rsplit("-", 1)[1]) for s in store.servers(run_id)), default=0)
-    server_id = f"{run_id}-{number}"
-    log = home / run_id / "serve" / f"{server_id}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
+    server_id, log = reserve(
+        home, run_id, 1 + max((int(s.id.rsplit("-", 1)[1]) for s in store.servers(run_id)), default=0)
+    )
     name = candidate["label"] if candidate["label"] not in ("merged", "base") else candidate["name"]
     plan = backends.plan(
         candidate["format"], candidate["path"], name, host, port, api_key, threads or usable_cores(),
-        cuda_for(candidate["format"]), backend=backend,
+        cuda_for(candidate["format"]), backend=backend, lora=candidate.get("lora"),
     )  # fmt: skip
-    with open(log, "ab") as out:
+    with open(log, "wb") as out:
         process = subprocess.Popen(
             plan.argv,
             stdin=subprocess.DEVNULL,
@@ -122,8 +121,33 @@ def start(
     return server
 
 
+def reserve(home: Path, run_id: str, number: int) -> tuple[str, Path]:
+    """The next free server id of the run and its log file, created exclusively: two `serve` commands
+    started at once get different ids."""
+    folder = home / run_id / "serve"
+    folder.mkdir(parents=True, exist_ok=True)
+    while True:
+        server_id = f"{run_id}-{number}"
+        try:
+            os.close(os.open(folder / f"{server_id}.log", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            return server_id, folder / f"{server_id}.log"
+        except FileExistsError:
+            number += 1
+
+
 def endpoint(server: Server) -> Endpoint:
     return Endpoint(server.local_url, server.model, server.backend, server.api_key)
+
+
+def gone(server: Server, within: float = 3.0) -> bool:
+    """Whether the server's process has ended, waiting up to `within` seconds (a request can fail while a
+    crashing server is still on its way out)."""
+    deadline = time.monotonic() + within
+    while is_alive(server.pid, server.pid_started):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def stop(store: Store, server: Server) -> bool:

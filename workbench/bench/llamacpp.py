@@ -13,7 +13,7 @@ def gpu_offload_available() -> bool:
     return bool(llama_cpp.llama_supports_gpu_offload())
 
 
-def bench(path: str, settings: Settings, threads: int, gpu: bool) -> dict[str, Any]:
+def bench(path: str, settings: Settings, threads: int, gpu: bool, lora: str | None = None) -> dict[str, Any]:
     import llama_cpp
     import numpy as np
 
@@ -25,6 +25,7 @@ def bench(path: str, settings: Settings, threads: int, gpu: bool) -> dict[str, A
         n_threads_batch=threads,
         n_gpu_layers=-1 if gpu else 0,
         verbose=False,
+        lora_path=lora,  # an adapter variant: its GGUF adapter on the base file
     )
     ctx, bos = llm._ctx, max(llm.token_bos(), 0)  # -1: the model has no BOS token
 

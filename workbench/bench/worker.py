@@ -18,7 +18,9 @@ def measure_job(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
 
         if job["device"] == "cuda" and not llamacpp.gpu_offload_available():
             return {"status": "skipped", "error": "llama-cpp-python was built without GPU offload"}
-        result = llamacpp.bench(job["path"], settings, job["threads"], gpu=job["device"] == "cuda")
+        result = llamacpp.bench(
+            job["path"], settings, job["threads"], gpu=job["device"] == "cuda", lora=job.get("lora")
+        )
     elif job["backend"] == "torch":
         from workbench.bench import torch_bench
 

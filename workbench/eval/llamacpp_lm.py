@@ -8,6 +8,7 @@ not evaluated again), one decodes several greedy generations at once (generate_u
 
 from __future__ import annotations
 
+import ctypes
 import os
 from typing import Any
 
@@ -33,6 +34,7 @@ class LlamaCppLM(TemplateLM):
         gen_batch: int = 8,
         add_bos_token: bool | None = None,
         seed: int = 1234,
+        lora: str | None = None,  # a GGUF LoRA adapter applied on the file
         **_: Any,
     ):
         super().__init__()
@@ -44,6 +46,7 @@ class LlamaCppLM(TemplateLM):
         self.gen_batch = int(gen_batch)
         self.add_bos_token = add_bos_token  # None: as the GGUF says (tokenizer.ggml.add_bos_token)
         self.seed = int(seed)
+        self.lora = lora
         self._llamas: dict[bool, Any] = {}  # by logits_all
         self._batched: Any = None
 
@@ -60,6 +63,7 @@ class LlamaCppLM(TemplateLM):
                 logits_all=logits_all,
                 seed=self.seed,
                 verbose=False,
+                lora_path=self.lora,
             )
         return self._llamas[logits_all]
 
@@ -151,6 +155,12 @@ class LlamaCppLM(TemplateLM):
             params.kv_unified = True
             params.n_threads = params.n_threads_batch = self.n_threads
             self._batched = _internals.LlamaContext(model=self.llm._model, params=params, verbose=False)
+            adapter = getattr(self.llm, "_lora_adapter", None)
+            if adapter is not None:  # the adapter applies per context: this one too
+                adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(adapter)
+                scales = (ctypes.c_float * 1)(1.0)
+                if llama_cpp.llama_set_adapters_lora(self._batched.ctx, adapters, 1, scales):
+                    raise RuntimeError(f"could not apply the adapter {self.lora} to the batched context")
         return self._batched
 
     def _decode(self, ctx: Any, entries: list[tuple[int, int, int, bool]]) -> dict[int, np.ndarray]:

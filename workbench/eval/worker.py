@@ -21,7 +21,7 @@ def load_lm(job: dict[str, Any]) -> Any:
     if job["format"] == "gguf":
         from workbench.eval.llamacpp_lm import LlamaCppLM
 
-        return LlamaCppLM(pretrained=job["path"], max_length=job["max_length"], seed=job["seed"])
+        return LlamaCppLM(pretrained=job["path"], max_length=job["max_length"], seed=job["seed"], lora=job.get("lora"))
     from lm_eval.models.huggingface import HFLM
 
     return HFLM(

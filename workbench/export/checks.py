@@ -26,7 +26,7 @@ def check_job(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
     channel.emit(result)
     if job["smoke_prompts"]:
         channel.phase("smoke check")
-        request = {"path": job["path"], "format": job["format"], "max_tokens": SMOKE_TOKENS}
+        request = {"path": job["path"], "format": job["format"], "max_tokens": SMOKE_TOKENS, "lora": job.get("lora")}
         result["smoke"] = [
             {"prompt": messages[-1]["content"], "reply": chat.reply({**request, "messages": messages})}
             for messages in job["smoke_prompts"]

@@ -45,6 +45,17 @@ def convert(
     return workers.run("gguf.convert", job, name=out.name, log=log, timeout=timeout, echo=True, env=env)
 
 
+def convert_lora(
+    adapter_dir: Path, base_dir: Path, out: Path, *, log: Path | None = None, timeout: float | None = None
+) -> workers.Outcome:
+    """A PEFT LoRA adapter -> GGUF adapter (f16) with llama.cpp's convert_lora_to_gguf.py; `base_dir` gives
+    the base model's config (read only, never downloaded)."""
+    llamacpp_tools.converter()
+    job = {"adapter_dir": str(adapter_dir), "base_dir": str(base_dir), "out": str(out)}
+    env = llamacpp_tools.converter_env()
+    return workers.run("gguf.convert_lora", job, name=out.name, log=log, timeout=timeout, echo=True, env=env)
+
+
 def quantize(
     src: Path,
     dst: Path,
@@ -74,6 +85,20 @@ def convert_job(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
             raise RuntimeError(f"convert_hf_to_gguf.py exited with {exc.code}") from None
     if not Path(job["out"]).is_file():
         raise RuntimeError("convert_hf_to_gguf.py wrote no file")
+    return {}
+
+
+def convert_lora_job(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
+    """In a worker: llama.cpp's own adapter converter, PEFT folder -> f16 GGUF adapter."""
+    script = llamacpp_tools.converter().with_name("convert_lora_to_gguf.py")
+    sys.argv = [str(script), job["adapter_dir"], "--base", job["base_dir"], "--outfile", job["out"], "--outtype", "f16"]
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            raise RuntimeError(f"convert_lora_to_gguf.py exited with {exc.code}") from None
+    if not Path(job["out"]).is_file():
+        raise RuntimeError("convert_lora_to_gguf.py wrote no file")
     return {}
 
 

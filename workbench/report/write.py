@@ -121,6 +121,37 @@ def recommendation_lines(comparison: Comparison) -> list[str]:
     ]
 
 
+ADAPTER_MARK = "adapter-on-"
+
+
+def adapter_lines(comparison: Comparison) -> list[str]:
+    """Each GGUF adapter on a quantized base against the merged-then-quantized file of the same type: which
+    is closer to the merged model (KLD) and which scores better."""
+    by_label = {row.label: row for row in comparison.rows}
+    lines = []
+    for row in comparison.rows:
+        if not row.label.startswith(ADAPTER_MARK) or row.status != "done":
+            continue
+        twin = by_label.get(row.label.removeprefix(ADAPTER_MARK))
+        kind = row.label.removeprefix(ADAPTER_MARK).removesuffix(".gguf")
+        what = f"{row.label} (the LoRA adapter on the base quantized to {kind})"
+        if twin is None or twin.status != "done":
+            lines.append(f"{what}: no merged-then-quantized file of that type to compare with")
+            continue
+
+        def number(value: float | None, form: str) -> str:
+            return "-" if value is None else format(value, form)
+
+        line = (
+            f"{what} vs {twin.label} (merged, then quantized): KLD to the merged model {number(row.kld, '.3g')} vs"
+            f" {number(twin.kld, '.3g')}, task score {number(row.score, '.3f')} vs {number(twin.score, '.3f')}"
+        )
+        if row.kld is not None and twin.kld is not None and row.kld != twin.kld:
+            line += f"; closer to the merged model: {row.label if row.kld < twin.kld else twin.label}"
+        lines.append(line)
+    return lines
+
+
 def serving_lines(report: RunReport) -> list[str]:
     """Per variant: its Ollama Modelfile (or why there is none), the llama-server command, served parity."""
     lines = []
@@ -162,6 +193,8 @@ def markdown(report: RunReport, images: dict[str, bytes]) -> str:
         parts += [safe.markdown_row(twins.recovered_cells(item)) for item in report.recovered] + [""]
     if report.serving:
         parts += ["## Serving", "", *[f"- {text(line)}" for line in serving_lines(report)], ""]
+    if adapter_lines(comparison):
+        parts += ["## Adapter or merge", "", *[f"- {text(line)}" for line in adapter_lines(comparison)], ""]
     if report.failures:
         parts += ["## Failures", "", *[f"- {text(line)}" for line in report.failures], ""]
     parts += ["## Figures", ""]
@@ -228,6 +261,15 @@ def to_html(report: RunReport, images: dict[str, bytes]) -> str:
             *(
                 ["<h2>Serving</h2><ul>", *[f"<li>{esc(line)}</li>" for line in serving_lines(report)], "</ul>"]
                 if report.serving
+                else []
+            ),
+            *(
+                [
+                    "<h2>Adapter or merge</h2><ul>",
+                    *[f"<li>{esc(line)}</li>" for line in adapter_lines(comparison)],
+                    "</ul>",
+                ]  # fmt: skip
+                if adapter_lines(comparison)
                 else []
             ),
             *(

@@ -50,6 +50,7 @@ def plan(
     cuda: bool,
     context: int = 2048,
     backend: str | None = None,
+    lora: str | None = None,
 ) -> Plan:
     """The server command for one variant. Refused (InputError) where the server could not keep its promise:
     an API key on `transformers serve`, which has none, or a non-loopback bind without a key."""
@@ -61,6 +62,7 @@ def plan(
         argv += ["--host", host, "--port", str(port), "--n_ctx", str(context), "--n_threads", str(threads)]
         argv += ["--n_gpu_layers", "-1" if cuda else "0", "--verbose", "true"]  # per-request timings in its log
         argv += ["--interrupt_requests", "false"]  # its default cuts a streaming answer off at the next request
+        argv += ["--lora_path", lora] if lora else []  # a GGUF adapter on the (quantized) base
         return Plan(backend, argv, model, {"API_KEY": api_key} if api_key else {})
     if backend == "vllm":
         argv = [*PYTHON, "-m", "vllm.entrypoints.openai.api_server", "--model", path, "--served-model-name", model]

@@ -90,11 +90,14 @@ def quoted(text: str) -> str:
     return f'"""{text}"""'
 
 
-def modelfile(gguf_file: str, translation: Translation, stops: list[str], system_prompt: str | None) -> str:
-    """The Modelfile for a GGUF lying beside it (FROM is relative to the Modelfile). Needs a translation
-    with a template and a system prompt a Modelfile can quote (`unquotable`)."""
+def modelfile(
+    gguf_file: str, translation: Translation, stops: list[str], system_prompt: str | None, adapter: str | None = None
+) -> str:
+    """The Modelfile for a GGUF lying beside it (FROM, and ADAPTER for a GGUF LoRA adapter, are relative to
+    the Modelfile). Needs a translation with a template and a system prompt a Modelfile can quote."""
     assert translation.template is not None, "no Modelfile without a faithful template"
-    lines = [f"FROM ./{gguf_file}", f'TEMPLATE """{translation.template}"""']
+    lines = [f"FROM ./{gguf_file}", *([f"ADAPTER ./{adapter}"] if adapter else [])]
+    lines.append(f'TEMPLATE """{translation.template}"""')
     if system_prompt:
         lines.append(f'SYSTEM """{system_prompt}"""')
     lines += [f"PARAMETER stop {json.dumps(stop, ensure_ascii=False)}" for stop in stops]
@@ -107,7 +110,9 @@ def unquotable(system_prompt: str | None) -> str | None:
     return None
 
 
-def llama_server_command(gguf: Path, context: int, port: int = 8080) -> str:
-    """llama.cpp's own server on this file with its embedded chat template (`--jinja`), on this machine only."""
-    args = ["llama-server", "-m", str(gguf), "--jinja", "-c", str(context), "--host", "127.0.0.1", "--port", str(port)]
+def llama_server_command(gguf: Path, context: int, port: int = 8080, lora: Path | None = None) -> str:
+    """llama.cpp's own server on this file with its embedded chat template (`--jinja`), on this machine only;
+    `lora`: a GGUF adapter applied on it."""
+    args = ["llama-server", "-m", str(gguf), *(["--lora", str(lora)] if lora else [])]
+    args += ["--jinja", "-c", str(context), "--host", "127.0.0.1", "--port", str(port)]
     return shlex.join(args)

@@ -48,7 +48,8 @@ def plan_jobs(variants: list[Variant], recipe: Recipe, cuda: bool, vllm: bool) -
         if variant.status != "done":
             continue
         backend = "llama.cpp" if variant.format == "gguf" else "torch"
-        base = {**common, "variant": variant.name, "format": variant.format, "path": variant.path}
+        base = {**common, "variant": variant.name, "format": variant.format, "path": variant.path,
+                "lora": variant.meta.get("lora")}  # fmt: skip
         threads = section.threads or usable_cores()
         if variant.format in section.cpu:
             jobs.append({**base, "backend": backend, "device": "cpu", "threads": threads})
@@ -90,7 +91,6 @@ def serve_load(ctx: StageContext, variants: list[Variant]) -> list[BenchResult]:
     level; the server is stopped after. A variant that fails is recorded failed and the others go on."""
     from workbench import servers
     from workbench.serve import backends, load
-    from workbench.store import is_alive
 
     section = ctx.recipe.bench.serve
     conversations = [row["messages"][:-1] for row in read_jsonl(ctx.inputs["data"] / "held_out.jsonl")]
@@ -100,7 +100,8 @@ def serve_load(ctx: StageContext, variants: list[Variant]) -> list[BenchResult]:
         backend = f"{backends.pick_backend(variant.format, device == 'cuda')} server"
         ctx.say(f"{variant.name}: serving it under load ({backend}, clients {section.concurrency})")
         base = {"variant": variant.name, "device": device, "backend": backend, "format": variant.format}
-        candidate = {"name": variant.name, "label": variant.name, "format": variant.format, "path": variant.path}
+        candidate = {"name": variant.name, "label": variant.name, "format": variant.format, "path": variant.path,
+                     "lora": variant.meta.get("lora")}  # fmt: skip
         server = None
         try:
             home = ctx.run_dir.parent
@@ -111,7 +112,7 @@ def serve_load(ctx: StageContext, variants: list[Variant]) -> list[BenchResult]:
                 ctx.failures.append(f"{variant.name}: served parity {describe_served(checked)}")
             levels = load.run(servers.endpoint(server), conversations, section.concurrency, section.requests,
                               section.max_tokens, section.time_limit_s)  # fmt: skip
-            if not is_alive(server.pid, server.pid_started):
+            if servers.gone(server, within=0):
                 raise StageFailed("under load")
             if all(level.errors == level.requests for level in levels):
                 raise StageFailed(f"{variant.name}: every request failed ({levels[0].first_error}) — see {server.log}")
@@ -121,7 +122,7 @@ def serve_load(ctx: StageContext, variants: list[Variant]) -> list[BenchResult]:
             )  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - one failed server is recorded, the rest go on
             error = failure_line(variant.name, exc)
-            if server is not None and not is_alive(server.pid, server.pid_started):
+            if server is not None and servers.gone(server):
                 error = f"{variant.name}: its server died ({error.split(': ', 1)[-1]}) — see {server.log}"
             ctx.failures.append(f"{error.splitlines()[0]} (served, {backend})")
             record = BenchResult.from_dict({**base, "status": "failed", "error": error})
@@ -148,7 +149,7 @@ def run(ctx: StageContext) -> list[Artifact]:
     jobs = plan_jobs(ctx.store.variants(ctx.run_id), ctx.recipe, cuda, cuda and vllm_bench.available())
     records = []
     for job in jobs:
-        keep = {k: v for k, v in job.items() if k not in ("path", "vllm_concurrency")}
+        keep = {k: v for k, v in job.items() if k not in ("path", "vllm_concurrency", "lora")}
         try:
             record = BenchResult.from_dict({**keep, **bench_one(ctx, job)})
         except Exception as exc:  # noqa: BLE001 - one failed measurement is recorded, the rest go on

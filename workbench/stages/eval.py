@@ -66,7 +66,8 @@ def models_to_evaluate(ctx: StageContext) -> list[dict[str, Any]]:
         if variant.status != "done":
             continue
         role = "reference" if variant.is_reference else "variant"
-        models.append({"name": variant.name, "format": variant.format, "path": variant.path, "role": role})
+        model = {"name": variant.name, "format": variant.format, "path": variant.path, "role": role}
+        models.append({**model, "lora": variant.meta["lora"]} if variant.meta.get("lora") else model)
     return models
 
 
@@ -83,6 +84,8 @@ def evaluate_model(ctx: StageContext, model: dict[str, Any], common: dict[str, A
     out = ctx.work / "models" / model["name"]
     done = out / "results.json"
     fingerprint = files_fingerprint(Path(model["path"]))
+    if model.get("lora"):  # an adapter variant is its base file and its adapter
+        fingerprint = f"{fingerprint}+{files_fingerprint(Path(model['lora']))}"
     kept = json.loads(done.read_text()) if done.is_file() else {}
     if kept and kept.get("fingerprint") == fingerprint:
         ctx.say(f"{model['name']}: evaluated earlier (kept from an interrupted attempt)")

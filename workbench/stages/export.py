@@ -70,16 +70,21 @@ def package_for_serving(ctx: StageContext, inputs: ExportInputs, variant: Varian
         return
     system_prompt = ctx.recipe.data.system_prompt
     reason = inputs.template.reason or ollama.unquotable(system_prompt)
+    final = ctx.run_dir / ctx.stage
+    adapter = Path(variant.meta["lora"]).name if variant.meta.get("lora") else None
     serving: dict[str, Any] = {
-        "llama_server": ollama.llama_server_command(ctx.run_dir / ctx.stage / gguf_file.name, SERVE_CONTEXT),
+        "llama_server": ollama.llama_server_command(
+            final / gguf_file.name, SERVE_CONTEXT, lora=final / adapter if adapter else None
+        ),
         "template": inputs.template.family,
         "stops": inputs.stops,
         "modelfile": None,
         "untranslatable": reason,
     }
     if reason is None:
-        modelfile = gguf_file.with_suffix(".Modelfile")
-        modelfile.write_text(ollama.modelfile(gguf_file.name, inputs.template, inputs.stops, system_prompt))
+        modelfile = ctx.out / f"{Path(variant.name).stem}.Modelfile"
+        text = ollama.modelfile(gguf_file.name, inputs.template, inputs.stops, system_prompt, adapter=adapter)
+        modelfile.write_text(text)
         serving["modelfile"] = modelfile.name
     else:
         ctx.say(f"{variant.name}: no Ollama Modelfile: {reason}")
@@ -103,6 +108,7 @@ def check(ctx: StageContext, inputs: ExportInputs, variant: Variant, smoke: bool
         "format": variant.format,
         "expected": inputs.expected.to_dict(),
         "smoke_prompts": inputs.smoke_prompts if smoke else [],
+        "lora": variant.meta.get("lora"),
     }
     timeout = ctx.recipe.export.check_timeout_s
     running = ctx.start_worker(
@@ -223,6 +229,53 @@ def export_gguf(ctx: StageContext, inputs: ExportInputs) -> list[Variant]:
     return done  # an f16 made only as a source stays in the work folder, removed with it
 
 
+def export_adapter(ctx: StageContext, inputs: ExportInputs) -> list[Variant]:
+    """The LoRA adapter as a GGUF adapter on the base model quantized to each of `export.adapter_gguf`: what
+    llama.cpp and Ollama load when the adapter ships apart from the base (`--lora`, `ADAPTER`). One variant
+    per type, checked and measured like the merged-then-quantized files it is compared with."""
+    from workbench.models import resolve_model
+
+    section, stem = ctx.recipe.export, inputs.merged.name
+    timeout = section.timeout_s
+    base_dir = Path(resolve_model(ctx.recipe.base_model))
+    base_name = display_name(ctx.recipe.base_model)
+    base_f16 = ctx.work / f"{base_name}-F16.gguf"
+    adapter = ctx.out / f"{stem}-LoRA-F16.gguf"
+    version = metadata.version("llama_cpp_python")
+
+    def build(variant: Variant) -> None:
+        gguf_type, base_file = variant.meta["type"], Path(variant.meta["base"])
+        if not base_f16.is_file():
+            made(ctx, gguf.convert(base_dir, base_f16, "f16", log=ctx.log_path(base_f16.name), timeout=timeout),
+                 base_f16)  # fmt: skip
+        if not adapter.is_file():
+            made(ctx, gguf.convert_lora(ctx.run_dir / "train", base_dir, adapter, log=ctx.log_path(adapter.name),
+                                        timeout=timeout), adapter)  # fmt: skip
+        outcome = gguf.quantize(base_f16, base_file, gguf_type, log=ctx.log_path(base_file.name), timeout=timeout)
+        made(ctx, outcome, base_file)
+        record_measurement(variant, outcome)
+        check(ctx, inputs, variant)
+        package_for_serving(ctx, inputs, variant)
+
+    made_variants = []
+    for gguf_type in section.adapter_gguf:
+        base_file = ctx.out / f"{base_name}-{gguf_type.upper()}.gguf"
+        variant = Variant(
+            name=f"{stem}-adapter-on-{gguf_type.upper()}.gguf",
+            format="gguf",
+            path=str(base_file),
+            bits=gguf.GGUF_TYPES[gguf_type][1],
+            parent=stem,
+            quantizer="llama.cpp",
+            quantizer_version=version,
+            meta={"type": gguf_type, "base": str(base_file), "lora": str(adapter)},
+        )
+        made_variants.append(attempt(ctx, variant, build))
+        if variant.status == "done":
+            variant.size = base_file.stat().st_size + adapter.stat().st_size
+    return made_variants
+
+
 def export_nf4(ctx: StageContext, inputs: ExportInputs) -> list[Variant]:
     section, merged = ctx.recipe.export, inputs.merged
     out = ctx.out / f"{merged.name}-BNB-NF4"
@@ -303,6 +356,7 @@ class Exporter:
 
 EXPORTERS: tuple[Exporter, ...] = (
     Exporter(("gguf",), lambda section: bool(section.gguf), export_gguf),
+    Exporter(("gguf",), lambda section: bool(section.adapter_gguf), export_adapter),
     Exporter(("nf4",), lambda section: section.nf4, export_nf4),
     Exporter(("gptq", "awq"), lambda section: section.gptq or section.awq, export_gptq_awq),
 )
@@ -361,6 +415,9 @@ def run(ctx: StageContext) -> list[Artifact]:
     final = ctx.run_dir / ctx.stage
     for variant in variants[1:]:
         variant.path = str(final / Path(variant.path).name)
+        for key in ("base", "lora"):  # an adapter variant's two files
+            if key in variant.meta:
+                variant.meta[key] = str(final / Path(variant.meta[key]).name)
     ctx.store.replace_variants(ctx.run_id, list(FORMATS), variants)
     exported = [v for v in variants[1:] if v.status == "done"]
     return [Artifact(v.name, v.format, Path(v.path).name, v.size, {"bits": v.bits}) for v in exported]
