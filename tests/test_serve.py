@@ -386,3 +386,21 @@ def test_publish_lays_out_a_hub_repository_with_its_model_card(
     if huggingface_hub.constants.HF_HUB_OFFLINE:  # as `make test` runs: refused before any request is made
         assert cli(["--home", str(home), "publish", "pub", "--variant", "Q4_0", "--repo", "me/tiny-GGUF"]) == 3
         assert "HF_HUB_OFFLINE is set: unset it to upload" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+def test_vllm_serves_the_merged_model_as_workbench_chat_answers(home: Path) -> None:
+    pytest.importorskip("vllm")
+    store = Store(home / "workbench.db")
+    server = servers.start(store, home, "srv", candidate(home, "merged"), host="0.0.0.0")  # with its key
+    try:
+        assert server.backend == "vllm" and server.api_key
+        with pytest.raises(openai.AuthenticationError):
+            Endpoint(servers.endpoint(server).url, server.model, "vllm", "wrong").client().models.list()
+        result = servers.check(store, home, server, count=2, max_tokens=8)
+    finally:
+        servers.stop(store, server)
+    # vLLM's kernels and transformers' may round a random tiny model's greedy choice differently; the
+    # prompt must not differ
+    assert result["prompt_lengths_compared"]
+    assert not [f for f in result["findings"] if "prompt length" in f["what"]], result["findings"]
