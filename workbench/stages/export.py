@@ -165,9 +165,23 @@ def attempt(ctx: StageContext, variant: Variant, build: Callable[[Variant], None
     return variant
 
 
+def gguf_variant(name: str, path: Path, gguf_type: str, parent: str, **meta: str) -> Variant:
+    """A GGUF variant made by llama.cpp (`meta`: more to record, e.g. an adapter variant's files)."""
+    return Variant(
+        name=name,
+        format="gguf",
+        path=str(path),
+        bits=gguf.GGUF_TYPES[gguf_type][1],
+        parent=parent,
+        quantizer="llama.cpp",
+        quantizer_version=metadata.version("llama_cpp_python"),
+        meta={"type": gguf_type, **meta},
+    )
+
+
 def export_gguf(ctx: StageContext, inputs: ExportInputs) -> list[Variant]:
     section, merged = ctx.recipe.export, inputs.merged
-    version, timeout = metadata.version("llama_cpp_python"), section.timeout_s
+    timeout = section.timeout_s
     stem = merged.name
     source = ctx.out / f"{stem}-F16.gguf" if "f16" in section.gguf else ctx.work / f"{stem}-F16.gguf"
 
@@ -211,16 +225,7 @@ def export_gguf(ctx: StageContext, inputs: ExportInputs) -> list[Variant]:
 
     def new_variant(gguf_type: str, parent: str) -> Variant:
         path = source if gguf_type == "f16" else ctx.out / f"{stem}-{gguf_type.upper()}.gguf"
-        return Variant(
-            name=path.name,
-            format="gguf",
-            path=str(path),
-            bits=gguf.GGUF_TYPES[gguf_type][1],
-            parent=parent,
-            quantizer="llama.cpp",
-            quantizer_version=version,
-            meta={"type": gguf_type},
-        )
+        return gguf_variant(path.name, path, gguf_type, parent)
 
     f16 = attempt(ctx, new_variant("f16", merged.name), build_f16)
     done = [f16] if "f16" in section.gguf else ([] if f16.status == "done" else [f16])
@@ -241,7 +246,6 @@ def export_adapter(ctx: StageContext, inputs: ExportInputs) -> list[Variant]:
     base_name = display_name(ctx.recipe.base_model)
     base_f16 = ctx.work / f"{base_name}-F16.gguf"
     adapter = ctx.out / f"{stem}-LoRA-F16.gguf"
-    version = metadata.version("llama_cpp_python")
 
     def build(variant: Variant) -> None:
         gguf_type, base_file = variant.meta["type"], Path(variant.meta["base"])
@@ -260,16 +264,8 @@ def export_adapter(ctx: StageContext, inputs: ExportInputs) -> list[Variant]:
     made_variants = []
     for gguf_type in section.adapter_gguf:
         base_file = ctx.out / f"{base_name}-{gguf_type.upper()}.gguf"
-        variant = Variant(
-            name=f"{stem}-adapter-on-{gguf_type.upper()}.gguf",
-            format="gguf",
-            path=str(base_file),
-            bits=gguf.GGUF_TYPES[gguf_type][1],
-            parent=stem,
-            quantizer="llama.cpp",
-            quantizer_version=version,
-            meta={"type": gguf_type, "base": str(base_file), "lora": str(adapter)},
-        )
+        name = f"{stem}-adapter-on-{gguf_type.upper()}.gguf"
+        variant = gguf_variant(name, base_file, gguf_type, stem, base=str(base_file), lora=str(adapter))
         made_variants.append(attempt(ctx, variant, build))
         if variant.status == "done":
             variant.size = base_file.stat().st_size + adapter.stat().st_size
