@@ -7,7 +7,6 @@ watches and stops it. `check` holds a served variant to `workbench chat` through
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import secrets
@@ -21,6 +20,7 @@ from typing import Any
 
 from workbench import chat, launcher
 from workbench.common import tail
+from workbench.data.files import read_jsonl
 from workbench.errors import InputError, RunError
 from workbench.records import Server
 from workbench.serve import backends, served
@@ -186,7 +186,7 @@ def cases(store: Store, home: Path, server: Server, count: int, max_tokens: int)
     the prompt length training gave each (from the tokenizer saved with the merged model)."""
     found, _ = chat.for_run(store, server.run_id)
     candidate = next(c for c in found if c["name"] == server.variant)
-    rows = [json.loads(line) for line in (home / server.run_id / "data" / "held_out.jsonl").read_text().splitlines()]
+    rows = read_jsonl(home / server.run_id / "data" / "held_out.jsonl")
     conversations = [row["messages"][:-1] for row in rows if row.get("messages")][:count]
     reference = next((v for v in store.variants(server.run_id) if v.is_reference and v.status == "done"), None)
     lengths: list[int | None] = [None] * len(conversations)

@@ -73,33 +73,31 @@ def quantize(
     return workers.run("gguf.quantize", job, name=dst.name, log=log, timeout=timeout)
 
 
-def convert_job(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
-    """In a worker: llama.cpp's own converter script, HF folder -> f16/bf16 GGUF (started with
-    `llamacpp_tools.converter_env()`, so its vendored gguf-py is the one imported)."""
-    script = llamacpp_tools.converter()
-    sys.argv = [str(script), job["hf_dir"], "--outfile", job["out"], "--outtype", job["outtype"]]
+def run_converter(script: Path, args: list[str], out: str) -> dict[str, Any]:
+    """One of llama.cpp's converter scripts as its own `__main__` in this worker (started with
+    `llamacpp_tools.converter_env()`, so its vendored gguf-py is the one imported); `out` must appear."""
+    sys.argv = [str(script), *args]
     try:
         runpy.run_path(str(script), run_name="__main__")
     except SystemExit as exc:
         if exc.code not in (0, None):
-            raise RuntimeError(f"convert_hf_to_gguf.py exited with {exc.code}") from None
-    if not Path(job["out"]).is_file():
-        raise RuntimeError("convert_hf_to_gguf.py wrote no file")
+            raise RuntimeError(f"{script.name} exited with {exc.code}") from None
+    if not Path(out).is_file():
+        raise RuntimeError(f"{script.name} wrote no file")
     return {}
+
+
+def convert_job(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
+    """In a worker: llama.cpp's own converter script, HF folder -> f16/bf16 GGUF."""
+    args = [job["hf_dir"], "--outfile", job["out"], "--outtype", job["outtype"]]
+    return run_converter(llamacpp_tools.converter(), args, job["out"])
 
 
 def convert_lora_job(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
     """In a worker: llama.cpp's own adapter converter, PEFT folder -> f16 GGUF adapter."""
     script = llamacpp_tools.converter().with_name("convert_lora_to_gguf.py")
-    sys.argv = [str(script), job["adapter_dir"], "--base", job["base_dir"], "--outfile", job["out"], "--outtype", "f16"]
-    try:
-        runpy.run_path(str(script), run_name="__main__")
-    except SystemExit as exc:
-        if exc.code not in (0, None):
-            raise RuntimeError(f"convert_lora_to_gguf.py exited with {exc.code}") from None
-    if not Path(job["out"]).is_file():
-        raise RuntimeError("convert_lora_to_gguf.py wrote no file")
-    return {}
+    args = [job["adapter_dir"], "--base", job["base_dir"], "--outfile", job["out"], "--outtype", "f16"]
+    return run_converter(script, args, job["out"])
 
 
 def quantize_job(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
