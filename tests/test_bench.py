@@ -44,8 +44,13 @@ def test_jobs_follow_the_formats_per_target_and_skip_failed_variants() -> None:
 def test_measure_follows_the_warmup_and_repetition_protocol() -> None:
     prompts: list[list[int]] = []
     generated: list[int] = []
-    result = measure(Settings(prompt_tokens=7, gen_tokens=5, repetitions=3, warmup=2), prompts.append,
-                     generated.append, vocab_size=11)  # fmt: skip
+
+    def generate(count: int, deadline: float | None) -> int:
+        generated.append(count)
+        return count
+
+    result = measure(Settings(prompt_tokens=7, gen_tokens=5, repetitions=3, warmup=2), prompts.append, generate,
+                     vocab_size=11)  # fmt: skip
     assert len(prompts) == len(generated) == 5  # warm-up runs are run, not reported
     assert all(len(ids) == 7 and all(0 <= t < 11 for t in ids) for ids in prompts)
     assert prompts[0] != prompts[1]  # a fresh random prompt each time: no prefix cache can help
@@ -53,6 +58,25 @@ def test_measure_follows_the_warmup_and_repetition_protocol() -> None:
     for key in ("pp_tps", "tg_tps", "ttft_ms"):
         stats = result[key]
         assert len(stats["samples"]) == 3 and stats["min"] <= stats["median"] <= stats["max"]
+    assert "tg_tokens" not in result
+
+
+def test_a_slow_generation_stops_at_its_time_limit_and_counts_what_it_made() -> None:
+    import time
+
+    from workbench.bench.timing import past
+
+    def generate(count: int, deadline: float | None) -> int:
+        for done in range(count):
+            if past(deadline, done):
+                return done
+            time.sleep(0.02)
+        return count
+
+    result = measure(Settings(prompt_tokens=3, gen_tokens=1000, repetitions=2, warmup=0, max_gen_seconds=0.1),
+                     lambda ids: None, generate, vocab_size=5)  # fmt: skip
+    assert all(2 <= n < 20 for n in result["tg_tokens"]), result["tg_tokens"]
+    assert 10 < result["tg_tps"]["median"] <= 55  # ~50 tokens/s: the rate of what was made, not of 1000
 
 
 @pytest.mark.gpu

@@ -76,6 +76,13 @@ def test_every_stage_runs_and_crashing_variants_take_nothing_else_down(
     assert "kld_mean" not in by_model[stem].scores
     samples = home / "tiny" / "eval" / "models" / f"{stem}-Q8_0.gguf" / "samples"
     assert len((samples / "heldout.jsonl").read_text().splitlines()) == 3  # eval.limit
+    # lm-eval's own direction of each metric, and per-item values for paired comparisons
+    said = {(m.task, m.metric): m.higher_is_better for m in rows if m.task != "fidelity"}
+    assert said[("heldout", "exact_match,strip")] is True and said[("stdlib_docs", "word_perplexity")] is False
+    per_item = {(i.model, i.task, i.metric): i.values for i in store.items("tiny")}
+    assert set(per_item[(stem, "heldout", "exact_match,strip")]) == {0, 1, 2}
+    assert set(per_item[(f"{stem}-Q8_0.gguf", "general_mc", "acc")]) == {0, 1, 2}
+    assert all(key[2] != "word_perplexity" for key in per_item)  # corpus-level: no per-item value
 
     runnable = tmp_path / "again"  # the run's own task folder moves with the run and runs again
     assert tasks.copy_task_folders([home / "tiny" / "eval" / "tasks"], runnable) == ["heldout"]
@@ -131,6 +138,9 @@ def test_every_stage_runs_and_crashing_variants_take_nothing_else_down(
     assert "ollama create NAME -f " in page
     assert "adapter-on-Q8_0.gguf (the LoRA adapter on the base quantized to Q8_0) vs Q8_0.gguf" in page
     assert results["comparison"]["recommendations"][-1]["target"] == "served"
+    q8_row = next(r for r in results["comparison"]["rows"] if r["label"] == "Q8_0.gguf")
+    assert q8_row["paired"]["items"] == 3 and q8_row["paired"]["verdict"] in ("indistinguishable", "worse", "better")
+    assert "vs merged" in page and "lower bound" in page
     cpu = results["comparison"]["recommendations"][0]
     assert cpu["target"] == "cpu" and cpu["variant"] in {stem, f"{stem}-Q8_0.gguf", adapted} and cpu["measured"]
     assert any("Q4_0.gguf" in failure for failure in results["failures"])

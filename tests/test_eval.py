@@ -70,6 +70,37 @@ def test_llamacpp_loglikelihoods_match_hf_on_the_same_model(ggufs: dict[str, Pat
         lm.close()
 
 
+def test_batched_scoring_equals_one_request_at_a_time(ggufs: dict[str, Path]) -> None:
+    """Several requests per decode, contexts shared in the KV pool, logits only where scored: the same
+    numbers as decoding each request alone (within 1e-4 nats), for multiple-choice families, contexts
+    that contain other requests' continuations, and windows cut at max_length."""
+    import numpy as np
+
+    from workbench.eval.llamacpp_lm import LlamaCppLM, Scoring
+
+    questions = [f"Question: what comes after {n}?\nAnswer:" for n in range(5)]
+    pairs = [(q, choice) for q in questions for choice in (" one", " two", " three", " many more numbers")]
+    pairs += [(questions[0] + " one", " two"), (" ".join(["Long"] * 300), " tail end"), ("", "no context at all")]
+    pairs += PAIRS
+    for kind in ("f16", "q4_0"):
+        lm = LlamaCppLM(pretrained=str(ggufs[kind]), max_length=256, gen_batch=8)
+        try:
+            batched = lm.loglikelihood(requests(pairs))
+            for (context, continuation), (ll, greedy) in zip(pairs, batched, strict=True):
+                # as lm-eval splits a request (trailing spaces of the context move to the continuation)
+                if context:
+                    ctx, cont = lm._encode_pair(context, continuation)
+                else:
+                    ctx, cont = [lm.prefix_token_id], lm.tok_encode(continuation)
+                scoring = Scoring.of(ctx, cont, lm.max_length)
+                rows = fidelity.log_softmax(lm.logits(scoring.window)[scoring.scored_from :])
+                alone = float(rows[np.arange(len(cont)), cont].sum())
+                assert abs(ll - alone) < 1e-4, (kind, context[:40], continuation, ll, alone)
+                assert greedy == bool((rows.argmax(axis=-1) == cont).all())
+        finally:
+            lm.close()
+
+
 def test_llamacpp_generation_scores_like_hf(ggufs: dict[str, Path], hf_lm, tmp_path: Path) -> None:
     """Targets are hf's own greedy replies, so hf scores 1.0; llama.cpp on the f16 file must too."""
     import lm_eval

@@ -176,6 +176,30 @@ def test_nf4_variant_is_a_4bit_checkpoint_transformers_loads(tmp_path: Path, rec
     merged_size = recorded(Store(home / "workbench.db"))[0]["size"]
     assert nf4["size"] < merged_size
 
+    # on a CPU: bitsandbytes computes in fp32, and evaluation runs on the weights the checkpoint stores
+    import bitsandbytes.functional as bnb_functional
+    import torch
+
+    from workbench.export.nf4 import compute_in, dequantized
+
+    served = compute_in(model, torch.float32)
+    layers = {name: m for name, m in served.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
+    assert layers and all(m.compute_dtype is torch.float32 for m in layers.values())
+    stored = {name: bnb_functional.dequantize_4bit(m.weight.data, m.weight.quant_state).float() for name, m in
+              layers.items()}  # fmt: skip
+    ids = torch.tensor([[3, 17, 42, 99, 5, 250, 7, 11]])
+    with torch.inference_mode():
+        by_bnb = served(ids).logits
+    plain = dequantized(AutoModelForCausalLM.from_pretrained(nf4["path"], device_map={"": "cpu"}), torch.float32)
+    modules = dict(plain.named_modules())
+    assert not any(isinstance(m, bnb.nn.Linear4bit) for m in modules.values())
+    assert all(torch.equal(modules[name].weight, weight) for name, weight in stored.items())
+    with torch.inference_mode():
+        by_weights = plain(ids).logits
+    assert by_bnb.dtype == by_weights.dtype == torch.float32
+    assert (by_bnb - by_weights).abs().max() <= 0.02 * by_bnb.abs().max()  # kernel numerics only
+    assert torch.equal(by_bnb.argmax(-1), by_weights.argmax(-1))
+
 
 def test_preflight_refuses_with_numbers_before_writing_anything(
     tmp_path: Path, recipe: Path, tiny_llama_256: Path, monkeypatch: pytest.MonkeyPatch
@@ -203,7 +227,8 @@ def test_preflight_refuses_with_numbers_before_writing_anything(
 @pytest.mark.parametrize("method", ["gptq", "awq"])
 def test_gptq_and_awq_variants_with_gptqmodel(tmp_path: Path, recipe: Path, method: str) -> None:
     home = tmp_path / "runs"
-    settings = ["export.gguf=[]", f"export.{method}=true", "export.group_size=64", "export.calibration_rows=16"]
+    settings = ["export.gguf=[]", f"export.{method}=true", "export.group_size=64", "export.calibration_rows=16",
+                "merge.dtype=bfloat16"]  # fmt: skip
     run_recipe(load_recipe(recipe, settings), home, stages=["export"])
     variant = recorded(Store(home / "workbench.db"))[-1]
     assert variant["status"] == "done", variant["error"]
@@ -213,6 +238,18 @@ def test_gptq_and_awq_variants_with_gptqmodel(tmp_path: Path, recipe: Path, meth
     assert config.get("quant_method", method) == method
     assert variant["meta"]["calibration_rows"] == 16 and variant["meta"]["parity"]["passed"]
     assert isinstance(variant["meta"]["smoke"][0]["reply"], str)
+
+    # calibrated in fp32 on a CPU, stored like a checkpoint quantized in the merged model's dtype
+    from safetensors import safe_open
+
+    merged_dtype = json.loads((home / "tiny" / "merge" / "config.json").read_text())["dtype"]
+    assert json.loads((Path(variant["path"]) / "config.json").read_text())["dtype"] == merged_dtype
+    with safe_open(str(Path(variant["path"]) / "model.safetensors"), "pt") as handle:
+        kinds = {key.rsplit(".", 1)[-1]: str(handle.get_slice(key).get_dtype()) for key in handle.keys()}  # noqa: SIM118 - safe_open is not a dict
+    assert kinds["scales"] == "F16" and kinds["qweight"] == "I32" and "F32" not in kinds.values()
+    assert merged_dtype == "bfloat16" and kinds["weight"] == "BF16"
+    if method == "awq":
+        assert variant["meta"]["clip"] is False  # the default: the clip search costs ~4x and did not help
 
     from transformers import AutoModelForCausalLM  # plain transformers loads it with GPTQModel's kernels
 

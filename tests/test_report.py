@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from workbench.records import BenchResult, Metric, Stat
-from workbench.report import runs, twins, write
-from workbench.report.compare import compare, keep_percent, pareto_front
+from workbench.records import BenchResult, ItemScores, Metric, Stat
+from workbench.report import runs, table, twins, write
+from workbench.report.compare import Judging, compare, direction, keep_percent, pareto_front
+from workbench.report.paired import compare_items, interval_text, sample_size_text
 from workbench.store import Store
 from workbench.variants import Variant
 
@@ -78,9 +79,105 @@ def test_pareto_front_keeps_exactly_the_undominated_points() -> None:
 
 
 def test_keep_percent_follows_the_metric_direction() -> None:
-    assert keep_percent(0.45, 0.9, "exact_match") == pytest.approx(50.0)
-    assert keep_percent(20.0, 10.0, "word_perplexity") == pytest.approx(50.0)  # twice the perplexity
-    assert keep_percent(0.0, 0.0, "acc") == 100.0
+    assert keep_percent(0.45, 0.9, True) == pytest.approx(50.0)
+    assert keep_percent(20.0, 10.0, False) == pytest.approx(50.0)  # twice the perplexity
+    assert keep_percent(0.0, 0.0, True) == 100.0
+
+
+def test_the_direction_is_lm_evals_word_not_the_metric_name() -> None:
+    # a metric whose name reads "lower is better" but that lm-eval scores higher-is-better, and the reverse
+    for metric, higher in (("loss_avoided", True), ("mistakes", False)):
+        scores = {MERGED: 0.8, f"{MERGED}-Q8_0.gguf": 0.4}
+        rows = [replace(m, metric=metric, higher_is_better=higher) for m in metrics(scores)]
+        result = compare("r", VARIANTS, rows, CPU_BENCH, keep=98.0, wanted_task=TASK)
+        assert result.higher_is_better is higher
+        kept = next(r for r in result.rows if r.label == "Q8_0.gguf").keep_pct
+        assert kept == pytest.approx(50.0 if higher else 200.0)
+    assert direction([], TASK, "word_perplexity") is False  # results stored without it: the name decides
+
+
+def items(values: dict[str, list[float]]) -> list[ItemScores]:
+    return [ItemScores(name, TASK, METRIC, dict(enumerate(v))) for name, v in values.items()]
+
+
+def outcomes(right: int, total: int = 60) -> list[float]:
+    return [1.0] * right + [0.0] * (total - right)
+
+
+def test_paired_interval_and_verdict_on_fixed_outcomes() -> None:
+    merged = outcomes(53)
+    # the same answers: nothing lost, but 60 items cannot rule out a 2% loss
+    same = compare_items(dict(enumerate(merged)), dict(enumerate(merged)), True, 98.0)
+    assert same is not None and same.verdict == "indistinguishable" and same.kept == 100.0
+    assert same.low == same.high == 100.0 and not same.enough_items
+    assert "too few to tell a loss of 2%" in (sample_size_text(same) or "")
+    # two answers lost of 53: 96.2% kept, an interval reaching 100% — McNemar's exact p for 2-0 is 0.5
+    two = compare_items(dict(enumerate(outcomes(51))), dict(enumerate(merged)), True, 98.0)
+    assert two is not None and two.verdict == "indistinguishable"
+    assert two.kept == pytest.approx(100 * 51 / 53) and two.high == pytest.approx(100.0) and two.low < 95
+    assert two.items_needed is not None and two.items_needed > 60
+    # twelve lost: worse, and the interval stays below 100%
+    worse = compare_items(dict(enumerate(outcomes(41))), dict(enumerate(merged)), True, 98.0)
+    assert worse is not None and worse.verdict == "worse" and worse.high < 100 and sample_size_text(worse) is None
+    assert interval_text(worse).startswith(f"{100 * 41 / 53:.1f}% (95% CI ")
+    # swapped answers on the same count: same score, and the interval is wide both ways
+    swapped = merged[::-1]
+    mixed = compare_items(dict(enumerate(swapped)), dict(enumerate(merged)), True, 98.0)
+    assert mixed is not None and mixed.kept == 100.0 and mixed.verdict == "indistinguishable"
+    assert mixed.low < 90 and mixed.high > 110
+    # 10 gained: better; lower-is-better metrics read the other way round
+    assert (
+        compare_items(dict(enumerate(outcomes(63, 80))), dict(enumerate(outcomes(53, 80))), True, 98).verdict
+        == "better"
+    )
+    lower = compare_items({0: 2.0, 1: 2.0, 2: 2.0}, {0: 1.0, 1: 1.0, 2: 1.0}, False, 98.0)
+    assert lower is not None and lower.kept == pytest.approx(50.0) and lower.verdict == "worse"
+    assert compare_items({5: 1.0}, {6: 1.0}, True, 98.0) is None  # nothing shared
+
+
+def test_recommendation_by_the_lower_bound_says_indistinguishable_and_the_sample_size() -> None:
+    scores = {MERGED: 53 / 60, f"{MERGED}-F16.gguf": 53 / 60, f"{MERGED}-Q8_0.gguf": 53 / 60,
+              f"{MERGED}-Q4_K_M.gguf": 52 / 60}  # fmt: skip
+    per_item = items({MERGED: outcomes(53), f"{MERGED}-F16.gguf": outcomes(53), f"{MERGED}-Q8_0.gguf": outcomes(53),
+                      f"{MERGED}-Q4_K_M.gguf": outcomes(52)})  # fmt: skip
+    fidelity = [Metric(f"{MERGED}-{n}", "variant", "fidelity", "kld_mean", 0.01) for n in ("Q8_0.gguf", "Q4_K_M.gguf")]
+    judged = Judging(keep_percent=98.0, keep_on="lower")
+    result = compare("r", VARIANTS, metrics(scores) + fidelity, CPU_BENCH, wanted_task=TASK, items=per_item,
+                     judging=judged)  # fmt: skip
+    cpu = result.recommendations[0]
+    # Q4_K_M is faster and keeps 98.1% by the point estimate, but its interval reaches far below 98%
+    assert cpu.variant == f"{MERGED}-Q8_0.gguf", cpu.reason
+    assert "indistinguishable" in cpu.reason and "lower bound" in cpu.reason
+    assert "60 held-out items are too few to tell a loss of 2%" in cpu.reason
+    row = next(r for r in result.rows if r.label == "Q4_K_M.gguf")
+    assert row.paired is not None and row.paired.verdict == "indistinguishable" and row.paired.low < 98
+    # by the point estimate it qualifies and, being faster, is chosen
+    point = compare("r", VARIANTS, metrics(scores) + fidelity, CPU_BENCH, wanted_task=TASK, items=per_item,
+                    judging=replace(judged, keep_on="point"))  # fmt: skip
+    assert point.recommendations[0].variant == f"{MERGED}-Q4_K_M.gguf"
+    headers, body = table.text_rows(result)
+    assert "kept 95% CI" in headers and "vs merged" in headers
+    verdicts = {cells[0]: cells[headers.index("vs merged")] for cells in body}
+    assert verdicts["Q4_K_M.gguf"] == "indistinguishable" and verdicts["merged"] == "-"
+
+
+def test_a_variant_that_moved_far_is_flagged_and_not_recommended() -> None:
+    # the user's case: a Q4_0 that kept 100% of 10 exact-match answers with KLD 0.77 and top-1 0.58
+    scores = {MERGED: 0.9, f"{MERGED}-Q4_K_M.gguf": 0.9, f"{MERGED}-Q8_0.gguf": 0.9}
+    far = [Metric(f"{MERGED}-Q4_K_M.gguf", "variant", "fidelity", "kld_mean", 0.77),
+           Metric(f"{MERGED}-Q4_K_M.gguf", "variant", "fidelity", "top1_agreement", 0.58),
+           Metric(f"{MERGED}-Q8_0.gguf", "variant", "fidelity", "kld_mean", 0.004)]  # fmt: skip
+    result = compare("r", VARIANTS, metrics(scores) + far, CPU_BENCH, wanted_task=TASK)
+    row = next(r for r in result.rows if r.label == "Q4_K_M.gguf")
+    assert row.moved == "KLD 0.77 > 0.2, top-1 agreement 0.580 < 0.8"
+    assert result.recommendations[0].variant == f"{MERGED}-Q8_0.gguf"  # Q4_K_M is faster, but flagged
+    alone = compare("r", VARIANTS, metrics(scores) + far, [CPU_BENCH[3]], wanted_task=TASK)
+    assert alone.recommendations[0].variant is None and "moved too far" in alone.recommendations[0].reason
+    headers, body = table.text_rows(result)
+    assert "KLD 0.77 > 0.2" in body[[c[0] for c in body].index("Q4_K_M.gguf")][headers.index("moved")]
+    loose = compare("r", VARIANTS, metrics(scores) + far, CPU_BENCH, wanted_task=TASK,
+                    judging=Judging(max_kld=None, min_top1=None))  # fmt: skip
+    assert loose.recommendations[0].variant == f"{MERGED}-Q4_K_M.gguf"
 
 
 def test_cpu_recommendation_is_the_fastest_that_keeps_the_threshold() -> None:

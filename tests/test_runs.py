@@ -19,6 +19,7 @@ from transformers import TrainerCallback
 from workbench import launcher
 from workbench.cli import main
 from workbench.recipe import load_recipe
+from workbench.records import ItemScores, Metric
 from workbench.runner import run_recipe
 from workbench.stages.base import StageInterrupted
 from workbench.store import BASELINE, SCHEMA_VERSION, Store, StoreError
@@ -91,9 +92,14 @@ def test_an_old_store_is_migrated_and_a_newer_one_refused(tmp_path: Path, capsys
     old.commit()
     old.close()
     store = Store(path)
-    assert store.version() == SCHEMA_VERSION == 3
+    assert store.version() == SCHEMA_VERSION == 4
     assert store.run("a")["status"] == "done" and store.run("a")["pid_started"] is None
     assert store.servers() == []  # version 3's table is there
+    # version 4: lm-eval's direction of each metric and per-item values
+    store.replace_metrics("a", [Metric("m", "reference", "t", "acc", 0.5, None, True)],
+                          [ItemScores("m", "t", "acc", {0: 1.0, 7: 0.0})])  # fmt: skip
+    assert store.metrics("a")[0].higher_is_better is True
+    assert store.items("a") == [ItemScores("m", "t", "acc", {0: 1.0, 7: 0.0})]
     store.upsert_run("b", "b", {"name": "b"}, None, os.getpid())
     assert store.live_status(store.run("b")) == "running"
     store.close()
@@ -101,7 +107,7 @@ def test_an_old_store_is_migrated_and_a_newer_one_refused(tmp_path: Path, capsys
     newer = sqlite3.connect(path)
     newer.execute("PRAGMA user_version=99")
     newer.close()
-    with pytest.raises(StoreError, match=r"written by a newer workbench \(store version 99; this one reads up to 3\)"):
+    with pytest.raises(StoreError, match=r"written by a newer workbench \(store version 99; this one reads up to 4\)"):
         Store(path)
     assert main(["--home", str(tmp_path), "runs"]) == 3
     err = capsys.readouterr().err

@@ -252,6 +252,10 @@ def torch_stream(request: dict[str, Any], loaded: Callable[[], None]) -> Iterato
     model = AutoModelForCausalLM.from_pretrained(
         request["path"], dtype=dtype if dtype == "auto" else getattr(torch, dtype), device_map={"": device}
     )
+    if request["format"] == "nf4" and device == "cpu":
+        from workbench.export.nf4 import compute_in
+
+        compute_in(model, torch.float32)
     if tokenizer.chat_template:
         inputs = tokenizer.apply_chat_template(
             request["messages"], add_generation_prompt=True, return_tensors="pt", return_dict=True

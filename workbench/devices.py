@@ -3,9 +3,30 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
+
+# What a GPU torch can use exists as one of these: the NVIDIA driver, WSL2's GPU bridge, ROCm's driver
+GPU_DRIVER_FILES = ("/dev/nvidiactl", "/proc/driver/nvidia", "/dev/dxg", "/dev/kfd")
+
+
+def no_gpu_possible() -> bool:
+    """True when torch could not see a GPU, decided without importing torch (seconds on a small machine:
+    an unchanged recipe re-runs without it): every device hidden, macOS, or Linux without a GPU driver."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES") in ("", "-1"):
+        return True
+    if sys.platform == "darwin":
+        return True
+    return sys.platform.startswith("linux") and not any(Path(f).exists() for f in GPU_DRIVER_FILES)
 
 
 def pick_device(requested: str = "auto") -> str:
+    if requested in ("auto", "cuda") and no_gpu_possible():
+        if requested == "cuda":
+            raise RuntimeError("train.device is cuda but no CUDA device is available (no GPU driver found)")
+        return "cpu"
+    if requested == "cpu":
+        return "cpu"
     import torch
 
     if requested == "cuda" and not torch.cuda.is_available():

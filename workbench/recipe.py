@@ -116,6 +116,11 @@ class ExportSection(Section):
     nf4: bool = Field(default=True, description="bitsandbytes nf4 checkpoint (double quantization)")
     gptq: bool = Field(default=True, description="GPTQ checkpoint with GPTQModel")
     awq: bool = Field(default=True, description="AWQ (GEMM) checkpoint with GPTQModel")
+    awq_clip: bool = Field(
+        default=False,
+        description="AWQ's clipping search (AutoAWQ's apply_clip): ~4x AWQ's time on a CPU, and a higher KLD on"
+        " the default model (benchmarks/awq_settings.py)",
+    )
     bits: Literal[4, 8] = Field(default=4, description="GPTQ / AWQ bits")
     group_size: int = Field(default=128, gt=0, description="GPTQ / AWQ group size; must divide the layer widths")
     desc_act: bool = Field(default=False, description="GPTQ act-order")
@@ -193,6 +198,12 @@ class BenchSection(Section):
     gen_tokens: int = Field(default=128, gt=0, description="generation length (llama-bench's tg128)")
     repetitions: int = Field(default=3, gt=0, description="timed repetitions; the median is reported")
     warmup: int = Field(default=1, ge=0, description="untimed runs first")
+    max_gen_seconds: float | None = Field(
+        default=10,
+        gt=0,
+        description="a timed generation stops after this many seconds (2 tokens at least) and"
+        " tokens/s is taken over what it generated: bitsandbytes nf4 decodes ~0.5 tok/s on a CPU; null: no limit",
+    )
     threads: int | None = Field(default=None, gt=0, description="CPU threads; default: every usable core")
     cpu: list[Format] = Field(
         default_factory=lambda: list(FORMATS), description="formats measured on CPU (GGUF: llama.cpp; others: torch)"
@@ -212,6 +223,23 @@ class BenchSection(Section):
 class ReportSection(Section):
     keep_percent: float = Field(
         default=98.0, gt=0, le=100, description="a recommended variant keeps at least this % of the merged task score"
+    )
+    keep_on: Literal["lower", "point"] = Field(
+        default="lower",
+        description="keep_percent applies to the 95% paired interval's lower bound of kept % (lower) or to the "
+        "point estimate (point)",
+    )
+    max_kld: float | None = Field(
+        default=0.2,
+        gt=0,
+        description="a variant whose mean next-token KLD to the merged model exceeds this is "
+        "flagged and not recommended; null: no limit",
+    )
+    min_top1: float | None = Field(
+        default=0.8,
+        gt=0,
+        le=1,
+        description="... or whose top-1 agreement with the merged model is below this",
     )
     task: str | None = Field(default=None, description="the task score to judge by; default: the first eval task")
     max_ttft_ms: float | None = Field(

@@ -29,6 +29,18 @@ class Metric:
     metric: str
     value: float | None
     stderr: float | None = None
+    higher_is_better: bool | None = None  # lm-eval's own word for the metric; None: not said (fidelity, old runs)
+
+
+@dataclass
+class ItemScores:
+    """One model's per-item values of one task metric (lm-eval's per-sample numbers), by item id: what
+    paired comparisons between models of a run are made of."""
+
+    model: str
+    task: str
+    metric: str
+    values: dict[int, float]
 
 
 @dataclass

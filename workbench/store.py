@@ -24,7 +24,7 @@ import psutil
 
 from workbench.common import STAGE_ORDER, tail
 from workbench.errors import ResourceError
-from workbench.records import Artifact, BenchResult, Metric, Server
+from workbench.records import Artifact, BenchResult, ItemScores, Metric, Server
 from workbench.variants import Variant
 
 # version 1: the tables below (stores made before versioning read as 0 and are version 1)
@@ -107,6 +107,18 @@ MIGRATIONS: dict[int, list[str]] = {
             status TEXT NOT NULL,
             data TEXT NOT NULL
         )"""
+    ],
+    4: [
+        "ALTER TABLE metrics ADD COLUMN higher_is_better INTEGER",
+        """CREATE TABLE IF NOT EXISTS items (
+            run_id TEXT NOT NULL,
+            model TEXT NOT NULL,
+            task TEXT NOT NULL,
+            metric TEXT NOT NULL,
+            item INTEGER NOT NULL,
+            value REAL NOT NULL,
+            PRIMARY KEY (run_id, model, task, metric, item)
+        )""",
     ],
 }
 SCHEMA_VERSION = max(MIGRATIONS)
@@ -326,19 +338,46 @@ class Store:
         return [Variant.from_dict(json.loads(r["data"])) for r in rows]
 
     # metrics --------------------------------------------------------------------------------
-    def replace_metrics(self, run_id: str, rows: list[Metric]) -> None:
-        """Replace the run's evaluation results."""
+    def replace_metrics(self, run_id: str, rows: list[Metric], items: list[ItemScores] | None = None) -> None:
+        """Replace the run's evaluation results (and their per-item values) in one transaction."""
         with self.transaction() as db:
             db.execute("DELETE FROM metrics WHERE run_id=?", (run_id,))
+            db.execute("DELETE FROM items WHERE run_id=?", (run_id,))
             db.executemany(
-                "INSERT OR REPLACE INTO metrics (run_id, model, role, task, metric, value, stderr)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(run_id, m.model, m.role, m.task, m.metric, m.value, m.stderr) for m in rows],
+                "INSERT OR REPLACE INTO metrics (run_id, model, role, task, metric, value, stderr, higher_is_better)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(run_id, m.model, m.role, m.task, m.metric, m.value, m.stderr, m.higher_is_better) for m in rows],
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO items (run_id, model, task, metric, item, value) VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (run_id, scores.model, scores.task, scores.metric, item, value)
+                    for scores in items or []
+                    for item, value in scores.values.items()
+                ],
             )
 
     def metrics(self, run_id: str) -> list[Metric]:
         rows = self.db.execute("SELECT * FROM metrics WHERE run_id=? ORDER BY rowid", (run_id,)).fetchall()
-        return [Metric(r["model"], r["role"], r["task"], r["metric"], r["value"], r["stderr"]) for r in rows]
+        return [
+            Metric(
+                r["model"],
+                r["role"],
+                r["task"],
+                r["metric"],
+                r["value"],
+                r["stderr"],
+                None if r["higher_is_better"] is None else bool(r["higher_is_better"]),
+            )
+            for r in rows
+        ]
+
+    def items(self, run_id: str) -> list[ItemScores]:
+        found: dict[tuple[str, str, str], ItemScores] = {}
+        for r in self.db.execute("SELECT * FROM items WHERE run_id=? ORDER BY rowid", (run_id,)):
+            key = (r["model"], r["task"], r["metric"])
+            found.setdefault(key, ItemScores(*key, {})).values[r["item"]] = r["value"]
+        return list(found.values())
 
     # bench ----------------------------------------------------------------------------------
     def replace_bench(self, run_id: str, results: list[BenchResult]) -> None:

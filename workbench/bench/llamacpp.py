@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from workbench.bench.timing import Settings, measure
+from workbench.bench.timing import Settings, measure, past
 
 
 def gpu_offload_available() -> bool:
@@ -36,15 +36,18 @@ def bench(path: str, settings: Settings, threads: int, gpu: bool, lora: str | No
 
     n_vocab = llm.n_vocab()
 
-    def generate(count: int) -> None:
+    def generate(count: int, deadline: float | None) -> int:
         """One token a time through llama_decode, greedy from the last logits (no Python-side copies)."""
         ctx.kv_cache_clear()
         token = (llama_cpp.llama_token * 1)(bos)
-        for _ in range(count):
+        for done in range(count):
+            if past(deadline, done):
+                return done
             if llama_cpp.llama_decode(ctx.ctx, llama_cpp.llama_batch_get_one(token, 1)) != 0:
                 raise RuntimeError("llama_decode failed")
             logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx.ctx, -1), shape=(n_vocab,))
             token[0] = int(logits.argmax())
+        return count
 
     result = measure(settings, prompt, generate, n_vocab)
     llm.close()

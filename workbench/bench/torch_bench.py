@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from workbench.bench.timing import Settings, measure
+from workbench.bench.timing import Settings, measure, past
 
 
 def bench(path: str, model_format: str, device: str, settings: Settings, threads: int) -> dict[str, Any]:
@@ -19,6 +19,10 @@ def bench(path: str, model_format: str, device: str, settings: Settings, threads
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=dtype if dtype == "auto" else getattr(torch, dtype), device_map={"": device}
     )
+    if model_format == "nf4" and device == "cpu":
+        from workbench.export.nf4 import compute_in
+
+        compute_in(model, torch.float32)
     model.eval()
     cuda = device.startswith("cuda")
 
@@ -35,13 +39,16 @@ def bench(path: str, model_format: str, device: str, settings: Settings, threads
         sync()
 
     @torch.inference_mode()
-    def generate(count: int) -> None:
+    def generate(count: int, deadline: float | None) -> int:
         cache = DynamicCache(config=model.config)  # sliding-window layers where the model has them
         token = torch.tensor([[model.config.bos_token_id or 0]], device=model.device)
-        for _ in range(count):
+        for done in range(count):
+            if past(deadline, done):
+                return done
             logits = model(input_ids=token, cache=cache, use_cache=True).logits
             token = logits[:, -1:].argmax(-1)
-        sync()
+            sync()
+        return count
 
     if cuda:
         torch.cuda.reset_peak_memory_stats()

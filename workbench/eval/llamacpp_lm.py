@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ctypes
 import os
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,6 +22,30 @@ from tqdm import tqdm
 
 from workbench.devices import usable_cores
 from workbench.eval.fidelity import log_softmax
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """One log-likelihood request as lm-eval's hf backend windows it: the tokens fed (`window`), the
+    tokens they predict (`full[1:]`) and the first position whose prediction is scored."""
+
+    window: list[int]
+    full: list[int]
+    scored_from: int
+
+    @classmethod
+    def of(cls, context: list[int], continuation: list[int], max_length: int) -> Scoring:
+        full = (context + continuation)[-(max_length + 1) :]
+        window = full[:-1]
+        return cls(window, full, len(window) - len(continuation))
+
+    def shared_with(self, head: Scoring) -> int:
+        """Tokens of this request's window taken from the head's KV cells: the context both share, which
+        ends where either starts scoring (scored positions need logits from their own decode). 0 when
+        the two do not share a whole context."""
+        context = min(self.scored_from, head.scored_from)
+        common = len(os.path.commonprefix([self.window[:context], head.window[:context]]))
+        return context if common == context else 0
 
 
 @register_model("llama-cpp-inprocess")
@@ -113,20 +139,73 @@ class LlamaCppLM(TemplateLM):
     def _loglikelihood_tokens(
         self, requests: list[tuple[Any, list[int], list[int]]], disable_tqdm: bool = False, **_: Any
     ) -> list[tuple[float, bool]]:
-        results: list[tuple[float, bool] | None] = [None] * len(requests)
-        order = sorted(range(len(requests)), key=lambda i: requests[i][1] + requests[i][2])
-        for i in tqdm(order, disable=disable_tqdm or len(requests) < 2, desc="llama.cpp loglikelihood"):
-            _, context, continuation = requests[i]
-            window = (context + continuation)[-(self._max_length + 1) :][:-1]
-            rows = log_softmax(self.logits(window)[len(window) - len(continuation) :])
-            picked = rows[np.arange(len(continuation)), continuation]
-            results[i] = (float(picked.sum()), bool((rows.argmax(axis=-1) == continuation).all()))
-        return results  # type: ignore[return-value]
+        """Several requests per decode in one KV pool (like generation): requests are ordered so those
+        with the same context are adjacent; a context is decoded once and shared by its continuations,
+        and logits are computed only where a continuation token is scored."""
+        scoring = [Scoring.of(context, continuation, self._max_length) for _, context, continuation in requests]
+        order = sorted(range(len(requests)), key=lambda i: scoring[i].full)
+        results: list[tuple[float, bool]] = [(0.0, False)] * len(requests)
+        progress = tqdm(total=len(requests), disable=disable_tqdm or len(requests) < 2, desc="llama.cpp loglikelihood")
+        for group in self._score_groups([scoring[i] for i in order], order):
+            for i, result in zip(group, self._score_group([scoring[i] for i in group]), strict=True):
+                results[i] = result
+            progress.update(len(group))
+        progress.close()
+        return results
+
+    def _score_groups(self, ordered: list[Scoring], indices: list[int]) -> Iterator[list[int]]:
+        """Consecutive requests, as many as fit the pool's sequences and cells together."""
+        group: list[int] = []
+        cells = 0
+        head: Scoring | None = None
+        for scoring, i in zip(ordered, indices, strict=True):
+            shared = scoring.shared_with(head) if head is not None else 0
+            if group and (len(group) == self.gen_batch or cells + len(scoring.window) - shared > self._max_length):
+                yield group
+                group, cells, head, shared = [], 0, None, 0
+            if not shared:
+                head = scoring  # a new context: the requests after it may share it
+            group.append(i)
+            cells += len(scoring.window) - shared
+        if group:
+            yield group
+
+    def _score_group(self, group: list[Scoring]) -> list[tuple[float, bool]]:
+        ctx = self.batched_context()
+        ctx.kv_cache_clear()
+        # a context is decoded once, in the sequence of its first request (its head), and copied
+        head_of, shared = [0] * len(group), [0] * len(group)
+        for seq, scoring in enumerate(group):
+            head = head_of[seq - 1] if seq else None
+            shared[seq] = scoring.shared_with(group[head]) if head is not None else 0
+            head_of[seq] = head if shared[seq] and head is not None else seq
+        heads = sorted(set(head_of))
+        reach = {h: max(shared[s] for s in range(len(group)) if head_of[s] == h) for h in heads}
+        self._decode(ctx, [(group[h].window[p], p, h, False) for h in heads for p in range(reach[h])])
+        for seq in range(len(group)):
+            if head_of[seq] != seq:
+                ctx.kv_cache_seq_cp(head_of[seq], seq, 0, shared[seq])
+        entries = [
+            (scoring.window[p], p, seq, p >= scoring.scored_from)
+            for seq, scoring in enumerate(group)
+            for p in range(shared[seq] if head_of[seq] != seq else reach[seq], len(scoring.window))
+        ]
+        totals, greedy = [0.0] * len(group), [True] * len(group)
+        for start in range(0, len(entries), self.n_batch):
+            chunk = entries[start : start + self.n_batch]
+            wanted = [(seq, p) for _, p, seq, wants in chunk if wants]
+            for (seq, p), row in zip(wanted, log_softmax(self._decode_rows(ctx, chunk)), strict=True):
+                target = group[seq].full[p + 1]
+                totals[seq] += float(row[target])
+                greedy[seq] = greedy[seq] and int(row.argmax()) == target
+        return list(zip(totals, greedy, strict=True))
 
     def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
-        totals = []
-        for request in tqdm(requests, disable=disable_tqdm, desc="llama.cpp rolling loglikelihood"):
-            windows = map(
+        """Every document's rolling windows (lm-eval's own windowing) scored together, summed per document."""
+        windows: list[tuple[None, list[int], list[int]]] = []
+        owners: list[int] = []
+        for index, request in enumerate(requests):
+            for context, continuation in map(
                 utils.make_disjoint_window,
                 utils.get_rolling_token_windows(
                     token_list=self.tok_encode(request.args[0]),
@@ -134,10 +213,15 @@ class LlamaCppLM(TemplateLM):
                     max_seq_len=self._max_length,
                     context_len=1,
                 ),
-            )
-            scored = self._loglikelihood_tokens([(None, *window) for window in windows], disable_tqdm=True)
-            totals.append(sum(ll for ll, _ in scored))
-            self.cache_hook.add_partial("loglikelihood_rolling", request.args, totals[-1])
+            ):
+                windows.append((None, context, continuation))
+                owners.append(index)
+        scored = self._loglikelihood_tokens(windows, disable_tqdm=disable_tqdm)
+        totals = [0.0] * len(requests)
+        for owner, (loglikelihood, _) in zip(owners, scored, strict=True):
+            totals[owner] += loglikelihood
+        for request, total in zip(requests, totals, strict=True):
+            self.cache_hook.add_partial("loglikelihood_rolling", request.args, total)
         return totals
 
     # generation ------------------------------------------------------------------------------
@@ -148,7 +232,9 @@ class LlamaCppLM(TemplateLM):
             import llama_cpp
             from llama_cpp import _internals
 
-            params = llama_cpp.llama_context_default_params()
+            # the single-sequence context's settings (flash attention among them: a different attention
+            # kernel moves log-likelihoods by ~1e-4), with a pool of sequences
+            params = llama_cpp.llama_context_params.from_buffer_copy(self.llm.context_params)
             params.n_ctx = self._max_length
             params.n_batch = params.n_ubatch = self.n_batch
             params.n_seq_max = self.gen_batch
@@ -163,10 +249,13 @@ class LlamaCppLM(TemplateLM):
                     raise RuntimeError(f"could not apply the adapter {self.lora} to the batched context")
         return self._batched
 
-    def _decode(self, ctx: Any, entries: list[tuple[int, int, int, bool]]) -> dict[int, np.ndarray]:
-        """Decode (token, position, sequence, wants_logits) entries; returns logits by sequence."""
+    def _decode_rows(self, ctx: Any, entries: list[tuple[int, int, int, bool]]) -> np.ndarray:
+        """Decode (token, position, sequence, wants_logits) entries (at most n_batch); returns the logits
+        of the entries that want them, in order, one row each."""
         from llama_cpp import _internals
 
+        if not entries:
+            return np.zeros((0, self.llm.n_vocab()), dtype=np.float32)
         batch = _internals.LlamaBatch(n_tokens=len(entries), embd=0, n_seq_max=1, verbose=False)
         try:
             raw = batch.batch
@@ -174,19 +263,18 @@ class LlamaCppLM(TemplateLM):
                 raw.token[i], raw.pos[i], raw.seq_id[i][0], raw.n_seq_id[i], raw.logits[i] = token, pos, seq, 1, wants
             raw.n_tokens = len(entries)
             ctx.decode(batch)
-            vocab = self.llm.n_vocab()
-            return {
-                seq: np.ctypeslib.as_array(ctx.get_logits_ith(i), shape=(vocab,)).copy()
-                for i, (_, _, seq, wants) in enumerate(entries)
-                if wants
-            }
+            wanted = sum(1 for entry in entries if entry[3])
+            return np.ctypeslib.as_array(ctx.get_logits(), shape=(wanted, self.llm.n_vocab())).copy()
         finally:
             batch.close()
 
-    def _decode_chunked(self, ctx: Any, entries: list[tuple[int, int, int, bool]]) -> dict[int, np.ndarray]:
+    def _decode(self, ctx: Any, entries: list[tuple[int, int, int, bool]]) -> dict[int, np.ndarray]:
+        """Decode entries in chunks of n_batch; returns the last wanted logits of each sequence."""
         logits: dict[int, np.ndarray] = {}
         for start in range(0, len(entries), self.n_batch):
-            logits.update(self._decode(ctx, entries[start : start + self.n_batch]))
+            chunk = entries[start : start + self.n_batch]
+            seqs = [seq for _, _, seq, wants in chunk if wants]
+            logits.update(zip(seqs, self._decode_rows(ctx, chunk), strict=True))
         return logits
 
     def _generate_group(self, prompts: list[list[int]], settings: list[tuple[list[str], int]]) -> list[str]:
@@ -199,11 +287,11 @@ class LlamaCppLM(TemplateLM):
         # the prefix all prompts share (a system prompt, few-shot examples) is decoded once and copied
         shared = len(os.path.commonprefix(prompts)) if len(prompts) > 1 else 0
         shared = max(0, min(shared, min(len(p) for p in prompts) - 1))  # every prompt keeps a token for logits
-        self._decode_chunked(ctx, [(tok, pos, 0, False) for pos, tok in enumerate(prompts[0][:shared])])
+        self._decode(ctx, [(tok, pos, 0, False) for pos, tok in enumerate(prompts[0][:shared])])
         for seq in range(1, len(prompts) if shared else 0):
             ctx.kv_cache_seq_cp(0, seq, 0, shared)
         rest = [(tok, pos, seq, pos == len(p) - 1) for seq, p in enumerate(prompts) for pos, tok in enumerate(p)]
-        logits = self._decode_chunked(ctx, [entry for entry in rest if entry[1] >= shared])
+        logits = self._decode(ctx, [entry for entry in rest if entry[1] >= shared])
         generated: list[list[int]] = [[] for _ in prompts]
         texts = [""] * len(prompts)
         active = set(range(len(prompts)))

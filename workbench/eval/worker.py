@@ -24,6 +24,15 @@ def load_lm(job: dict[str, Any]) -> Any:
         return LlamaCppLM(pretrained=job["path"], max_length=job["max_length"], seed=job["seed"], lora=job.get("lora"))
     from lm_eval.models.huggingface import HFLM
 
+    if job["format"] == "nf4" and job["device"] == "cpu":
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from workbench.export.nf4 import dequantized
+
+        model = dequantized(AutoModelForCausalLM.from_pretrained(job["path"], device_map={"": "cpu"}), torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(job["path"])
+        return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=job["batch_size"], max_length=job["max_length"])
     return HFLM(
         pretrained=job["path"],
         device=job["device"],
@@ -33,9 +42,13 @@ def load_lm(job: dict[str, Any]) -> Any:
     )
 
 
-def lm_eval_rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """lm-eval's `{task: {"metric,filter": value, "metric_stderr,filter": err}}` as flat rows."""
+def lm_eval_rows(
+    results: dict[str, dict[str, Any]], directions: dict[str, dict[str, bool]] | None = None
+) -> list[dict[str, Any]]:
+    """lm-eval's `{task: {"metric,filter": value, "metric_stderr,filter": err}}` as flat rows, each with
+    lm-eval's own `higher_is_better` for the metric when it says."""
     rows = []
+    directions = directions or {}
     for task, values in results.items():
         for key, value in values.items():
             metric, _, filter_name = key.partition(",")
@@ -48,9 +61,25 @@ def lm_eval_rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
                     "metric": metric if filter_name == "none" else f"{metric},{filter_name}",
                     "value": float(value),
                     "stderr": float(stderr) if isinstance(stderr, int | float) else None,
+                    "higher_is_better": directions.get(task, {}).get(metric),
                 }
             )
     return rows
+
+
+def item_values(samples: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per-item values of every metric lm-eval scores item by item (a number per sample: accuracy, exact
+    match; not corpus-level ones such as perplexity, whose samples are pairs), keyed like `lm_eval_rows`."""
+    found: dict[tuple[str, str], dict[int, float]] = {}
+    for task, records in samples.items():
+        for record in records:
+            filter_name = record.get("filter", "none")
+            for metric in record.get("metrics", []):
+                value = record.get(metric)
+                if isinstance(value, bool | int | float):
+                    key = metric if filter_name == "none" else f"{metric},{filter_name}"
+                    found.setdefault((task, key), {})[int(record["doc_id"])] = float(value)
+    return [{"task": task, "metric": metric, "values": values} for (task, metric), values in found.items()]
 
 
 def sandbox_templates() -> None:
@@ -95,7 +124,8 @@ def run_lm_eval(lm: Any, job: dict[str, Any], out: Path) -> dict[str, Any]:
             for sample in samples:
                 f.write(safe.json_text(sample, default=handle_non_serializable, ensure_ascii=False) + "\n")
     return {
-        "metrics": lm_eval_rows(output["results"]),
+        "metrics": lm_eval_rows(output["results"], output.get("higher_is_better")),
+        "items": item_values(output.get("samples", {})),
         "samples": {task: len(samples) for task, samples in output.get("samples", {}).items()},
         "n_shot": output.get("n-shot", {}),
         "versions": output.get("versions", {}),

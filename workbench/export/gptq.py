@@ -10,9 +10,12 @@ server would.
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 from typing import Any
 
+from workbench.fsutil import atomic_write_text
 from workbench.workers.child import Channel
 
 
@@ -24,9 +27,35 @@ def calibration_texts(rows: list[dict[str, Any]], tokenizer: Any) -> list[str]:
     ]
 
 
+def skip_awq_clip() -> None:
+    """AutoAWQ's `quantize(apply_clip=False)`. GPTQModel keeps the switch on its AWQ processor only, set
+    in its constructor; the clip search (10 clipping ratios per weight group, on a sample of the
+    calibration activations) is the slowest part of AWQ on a CPU."""
+    from gptqmodel.looper.awq_processor import AWQProcessor
+
+    construct = AWQProcessor.__init__
+
+    def without_clip(self: Any, *args: Any, **kwargs: Any) -> None:
+        construct(self, *args, **kwargs)
+        self.apply_clip = False
+
+    AWQProcessor.__init__ = without_clip  # type: ignore[method-assign]
+
+
+def allow_fp32_awq_packing() -> None:
+    """GPTQModel's AWQ module refuses to be built from an fp32 model, though it packs fp32 weights into
+    fp16 scales itself and computes fp32 inputs in fp16; let it (the file is the same AutoAWQ GEMM layout)."""
+    import torch
+    from gptqmodel.nn_modules.qlinear.torch_awq import AwqTorchLinear
+
+    if torch.float32 not in AwqTorchLinear.SUPPORTS_DTYPES:
+        AwqTorchLinear.SUPPORTS_DTYPES = [*AwqTorchLinear.SUPPORTS_DTYPES, torch.float32]
+
+
 def export_job(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
     # GPTQModel sizes its CPU worker pool from the machine; on two cores its default asks for more than it has
     os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(max(1, min(os.cpu_count() or 1, 8))))
+    import torch
     from gptqmodel import GPTQModel
     from gptqmodel.quantization.config import AWQConfig, GPTQConfig
     from transformers import AutoTokenizer
@@ -35,9 +64,56 @@ def export_job(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
         config = GPTQConfig(bits=job["bits"], group_size=job["group_size"], desc_act=job["desc_act"])
     else:
         config = AWQConfig(bits=job["bits"], group_size=job["group_size"])
+        if not job.get("awq_clip", True):
+            skip_awq_clip()
     tokenizer = AutoTokenizer.from_pretrained(job["merged"])
-    model = GPTQModel.load(job["merged"], config)
+    # GPTQModel picks bf16 on CPU, where torch's bf16 matmul runs ~6x slower than fp32 on CPUs without
+    # native bf16 GEMM: calibration forwards in fp32 (the packed weights are the same integers either way)
+    dtype = torch.float32 if job.get("dtype") == "float32" else "auto"
+    if dtype is torch.float32 and job["method"] == "awq":
+        allow_fp32_awq_packing()
+    model = GPTQModel.load(job["merged"], config, dtype=dtype)
     model.quantize(job["calibration"], tokenizer=tokenizer, batch_size=8)
     model.save(job["out"])
     tokenizer.save_pretrained(job["out"])
+    if dtype is torch.float32:
+        store_unquantized_as(Path(job["out"]), merged_dtype(Path(job["merged"])))
     return {}
+
+
+def merged_dtype(folder: Path) -> str:
+    config = json.loads((folder / "config.json").read_text())
+    return str(config.get("dtype") or config.get("torch_dtype") or "float32")
+
+
+def store_unquantized_as(folder: Path, dtype_name: str) -> None:
+    """Calibration ran in fp32: the weights left unquantized (embeddings, norms) go back to the merged
+    model's dtype, as a checkpoint quantized in that dtype would hold them (packed integers and fp16
+    scales are untouched); config.json says so."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    dtype = getattr(torch, dtype_name)
+    if dtype is torch.float32:
+        return
+    total = 0
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(file), "pt") as handle:
+            metadata = handle.metadata()
+        tensors = {k: t.to(dtype) if t.dtype is torch.float32 else t for k, t in load_file(file).items()}
+        total += sum(t.numel() * t.element_size() for t in tensors.values())
+        part = file.with_name(file.name + ".part")
+        save_file(tensors, str(part), metadata=metadata)
+        os.replace(part, file)
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():  # the shards' sizes changed
+        data = json.loads(index.read_text())
+        data.setdefault("metadata", {})["total_size"] = total
+        atomic_write_text(index, json.dumps(data, indent=2))
+    config_file = folder / "config.json"
+    config = json.loads(config_file.read_text())
+    for key in ("dtype", "torch_dtype"):
+        if key in config:
+            config[key] = dtype_name
+    atomic_write_text(config_file, json.dumps(config, indent=2))

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from workbench.report.compare import Comparison, ComparisonRow, candidates, higher_is_better
+from workbench.report.compare import Comparison, ComparisonRow, candidates
 
 
 @dataclass
@@ -46,7 +46,7 @@ def quality_vs(comparison: Comparison, axis: str) -> Chart | None:
     bar = None
     if merged is not None:
         share = comparison.keep_percent / 100
-        bar = merged * share if higher_is_better(comparison.metric or "") else merged / share
+        bar = merged * share if comparison.higher_is_better else merged / share
     return Chart(
         xlabel=xlabel,
         ylabel=f"{comparison.task} {comparison.metric}",

@@ -8,10 +8,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from workbench.records import BenchResult, Metric
+from workbench.records import BenchResult, ItemScores, Metric
+from workbench.report.paired import Paired, compare_items, interval_text, sample_size_text
 from workbench.report.scores import primary_metrics
 from workbench.variants import Variant
 
+# only for results stored before lm-eval's own `higher_is_better` was kept with them
 LOWER_IS_BETTER = ("perplexity", "ppl", "bits_per_byte", "kld", "loss")
 # where a format serves when no benchmark on that target says otherwise
 TARGET_FORMATS = {"cpu": ("gguf",), "gpu": ("gptq", "awq", "nf4", "hf")}
@@ -26,7 +28,15 @@ def parity_status(check: dict[str, Any] | None) -> str | None:
 
 
 def higher_is_better(metric: str) -> bool:
+    """From the metric's name: the fallback for results stored without lm-eval's word on it."""
     return not any(word in metric for word in LOWER_IS_BETTER)
+
+
+def direction(metrics: list[Metric], task: str | None, metric: str | None) -> bool:
+    """Whether a higher value of the task's metric is better, as lm-eval said when it scored it."""
+    said = next((m.higher_is_better for m in metrics if (m.task, m.metric) == (task, metric)
+                 and m.higher_is_better is not None), None)  # fmt: skip
+    return said if said is not None else higher_is_better(metric or "")
 
 
 @dataclass
@@ -63,6 +73,8 @@ class ComparisonRow:
     served: dict[str, dict[str, Any]] = field(default_factory=dict)  # served load: clients -> its numbers
     served_by: str | None = None  # e.g. "llama.cpp server"
     served_parity: str | None = None  # through its server vs `workbench chat`: passed | failed | skipped
+    paired: Paired | None = None  # vs the merged model on the same held-out items
+    moved: str | None = None  # why its next-token distribution moved too far from the merged model's
 
     def tg(self, target: str) -> float | None:
         return self.speed[target].tg_tps if target in self.speed else None
@@ -76,6 +88,16 @@ class Recommendation:
     measured: bool  # chosen on measured speed on this target (else on size)
 
 
+@dataclass(frozen=True)
+class Judging:
+    """How variants are judged against the merged model (the recipe's `report` section)."""
+
+    keep_percent: float = 98.0
+    keep_on: str = "lower"  # lower: the 95% interval's lower bound of kept %; point: the estimate
+    max_kld: float | None = 0.2  # a variant whose mean next-token KLD exceeds this is flagged
+    min_top1: float | None = 0.8  # ... or whose top-1 agreement is below this
+
+
 @dataclass
 class Comparison:
     run_id: str
@@ -86,6 +108,8 @@ class Comparison:
     pareto_size: list[str]
     pareto_speed: dict[str, list[str]]
     recommendations: list[Recommendation]
+    higher_is_better: bool = True  # of the task's metric
+    judging: Judging = field(default_factory=Judging)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,19 +130,46 @@ def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
     return sorted(front, key=lambda n: points[n][1])
 
 
-def keep_percent(value: float | None, reference: float | None, metric: str) -> float | None:
+def keep_percent(value: float | None, reference: float | None, higher: bool) -> float | None:
     if value is None or reference is None:
         return None
-    if not higher_is_better(metric):
+    if not higher:
         value, reference = reference, value  # lower is better: reference / value
     if reference <= 0 or value < 0:  # a share means nothing here: as good or not
         return 100.0 if value >= reference else 0.0
     return 100.0 * value / reference
 
 
-def oriented(row: ComparisonRow, metric: str) -> float:
+def oriented(row: ComparisonRow, higher: bool) -> float:
     assert row.score is not None
-    return row.score if higher_is_better(metric) else -row.score
+    return row.score if higher else -row.score
+
+
+def moved_reason(row: ComparisonRow, judging: Judging) -> str | None:
+    """Why the row's next-token distributions moved too far from the merged model's, if they did."""
+    if row.role != "variant":
+        return None
+    reasons = []
+    if judging.max_kld is not None and row.kld is not None and row.kld > judging.max_kld:
+        reasons.append(f"KLD {row.kld:.3g} > {judging.max_kld:g}")
+    if judging.min_top1 is not None and row.top1 is not None and row.top1 < judging.min_top1:
+        reasons.append(f"top-1 agreement {row.top1:.3f} < {judging.min_top1:g}")
+    return ", ".join(reasons) or None
+
+
+def qualifies(row: ComparisonRow, judging: Judging) -> bool:
+    """Keeps `keep_percent` of the merged score: by the interval's lower bound when the recipe says so and
+    the items were paired, else by the point estimate."""
+    if judging.keep_on == "lower" and row.paired is not None and row.paired.low is not None:
+        return row.paired.low >= judging.keep_percent
+    return row.keep_pct is not None and row.keep_pct >= judging.keep_percent
+
+
+def kept_text(row: ComparisonRow) -> str:
+    """`96.2% (95% CI 89.8-100.0%), indistinguishable` or `96.2%` without paired items."""
+    if row.paired is None:
+        return "?" if row.keep_pct is None else f"{row.keep_pct:.1f}%"
+    return f"{interval_text(row.paired)}, {row.paired.verdict}"
 
 
 def choose_task(metrics: list[Metric], wanted: str | None) -> tuple[str | None, str | None]:
@@ -186,7 +237,12 @@ def is_served(record: BenchResult) -> bool:
 
 
 def build_rows(
-    variants: list[Variant], metrics: list[Metric], bench: list[BenchResult], task: str | None
+    variants: list[Variant],
+    metrics: list[Metric],
+    bench: list[BenchResult],
+    task: str | None,
+    items: list[ItemScores] | None = None,
+    judging: Judging = Judging(),
 ) -> list[ComparisonRow]:
     primary = primary_metrics(metrics)
     values = {(m.model, m.task, m.metric): m.value for m in metrics if m.value is not None}
@@ -229,11 +285,17 @@ def build_rows(
             if record.variant == row.name and record.status == "done" and record.concurrency and is_served(record):
                 row.served, row.served_by = record.concurrency, record.backend
     merged = next((r for r in rows if r.role == "reference"), None)
+    higher = direction(metrics, task, primary.get(task or ""))
     if task and merged and merged.score is not None:
+        per_item = {s.model: s.values for s in items or [] if (s.task, s.metric) == (task, primary[task])}
         for row in rows:
             if row.score is not None:
                 row.delta = row.score - merged.score
-                row.keep_pct = keep_percent(row.score, merged.score, primary[task])
+                row.keep_pct = keep_percent(row.score, merged.score, higher)
+            if row.role == "variant" and row.name in per_item and merged.name in per_item:
+                row.paired = compare_items(per_item[row.name], per_item[merged.name], higher, judging.keep_percent)
+    for row in rows:
+        row.moved = moved_reason(row, judging)
     return rows
 
 
@@ -246,10 +308,12 @@ def mib(size: float | None) -> str:
 
 
 def recommend(
-    rows: list[ComparisonRow], target: str, keep: float, task: str | None, metric: str | None
+    rows: list[ComparisonRow], target: str, judging: Judging, task: str | None, metric: str | None, higher: bool
 ) -> Recommendation:
     """The fastest variant measured on the target (else the smallest of the target's formats) that keeps
-    at least `keep`% of the merged model's task score and passed the parity check."""
+    `keep_percent` of the merged model's task score (by the interval's lower bound or the estimate, as
+    judging says), passed the parity check and whose next-token distributions did not move too far."""
+    keep = judging.keep_percent
     pool = [r for r in candidates(rows) if r.tg(target) is not None]
     measured = bool(pool)
     if not measured:
@@ -262,31 +326,38 @@ def recommend(
     servable = [r for r in pool if r.parity != "failed"]
     if not servable:
         return Recommendation(target, None, "every variant here failed the serving parity check", measured)
-    keeping = [r for r in servable if r.keep_pct is not None and r.keep_pct >= keep]
+    faithful = [r for r in servable if r.moved is None]
+    if not faithful:
+        moved = "; ".join(f"{r.label}: {r.moved}" for r in servable)
+        reason = f"every variant here moved too far from the merged model ({moved})"
+        return Recommendation(target, None, reason, measured)
+    keeping = [r for r in faithful if qualifies(r, judging)]
+    bound = "the interval's lower bound " if judging.keep_on == "lower" else ""
     if not keeping:
-        best = max(servable, key=lambda r: oriented(r, metric))
-        kept = "?" if best.keep_pct is None else f"{best.keep_pct:.1f}%"
-        reason = f"no variant that passed parity keeps {keep:g}% of {what}; {best.label} comes closest ({kept})"
+        best = max(faithful, key=lambda r: oriented(r, higher))
+        reason = (
+            f"no variant that passed parity keeps {keep:g}% of {what} ({bound or 'point estimate '}>= {keep:g}%);"
+            f" {best.label} comes closest ({kept_text(best)})"
+        )
         return Recommendation(target, best.name, reason, measured)
-    smallest = min(keeping, key=lambda r: (r.size_mb if r.size_mb is not None else float("inf"), -oriented(r, metric)))
+    smallest = min(keeping, key=lambda r: (r.size_mb if r.size_mb is not None else float("inf"), -oriented(r, higher)))
+    chosen = smallest
     if not measured:
-        return Recommendation(
-            target,
-            smallest.name,
-            f"smallest ({mib(smallest.size_mb)}) that keeps {smallest.keep_pct:.1f}% of {what}"
-            f" (>= {keep:g}%); speed on {target} not measured here",
-            False,
+        reason = f"smallest ({mib(smallest.size_mb)}) that keeps {kept_text(smallest)} of {what} ({bound}>= {keep:g}%)"
+        reason += f"; speed on {target} not measured here"
+    else:
+        chosen = max(keeping, key=lambda r: (r.tg(target) or 0, -(r.size_mb or 0)))
+        reason = (
+            f"fastest on {target} ({chosen.tg(target):.1f} tok/s generating, {mib(chosen.size_mb)}) that keeps"
+            f" {kept_text(chosen)} of {what} ({bound}>= {keep:g}%)"
         )
-    fastest = max(keeping, key=lambda r: (r.tg(target) or 0, -(r.size_mb or 0)))
-    reason = (
-        f"fastest on {target} ({fastest.tg(target):.1f} tok/s generating, {mib(fastest.size_mb)}) that keeps"
-        f" {fastest.keep_pct:.1f}% of {what} (>= {keep:g}%)"
-    )
-    if smallest is not fastest:
-        reason += (
-            f"; smallest that qualifies: {smallest.label} ({mib(smallest.size_mb)}, {smallest.tg(target):.1f} tok/s)"
-        )
-    return Recommendation(target, fastest.name, reason, True)
+        if smallest is not chosen:
+            size, speed = mib(smallest.size_mb), smallest.tg(target)
+            reason += f"; smallest that qualifies: {smallest.label} ({size}, {speed:.1f} tok/s)"
+    too_few = sample_size_text(chosen.paired) if chosen.paired else None
+    if too_few:
+        reason += f"; {too_few}"
+    return Recommendation(target, chosen.name, reason, measured)
 
 
 def best_served_level(row: ComparisonRow, max_ttft_ms: float | None) -> tuple[str, dict[str, Any]] | None:
@@ -302,20 +373,22 @@ def best_served_level(row: ComparisonRow, max_ttft_ms: float | None) -> tuple[st
 
 
 def recommend_served(
-    rows: list[ComparisonRow], keep: float, max_ttft_ms: float | None, task: str | None
+    rows: list[ComparisonRow], judging: Judging, max_ttft_ms: float | None, task: str | None
 ) -> Recommendation | None:
     """Which variant, of those that keep `keep`% of the merged score and passed parity, serves the most
     tokens/s through its server within the latency limit. None when nothing was served under load."""
     served = [r for r in rows if r.served and r.status == "done"]
     if not served:
         return None
+    keep = judging.keep_percent
     limit = f"TTFT p95 <= {max_ttft_ms:g} ms" if max_ttft_ms is not None else "any TTFT"
     pool = [
         r
         for r in served
         if r.role != "base"
         and "failed" not in (r.parity, r.served_parity)
-        and (task is None or (r.keep_pct or 0) >= keep)
+        and r.moved is None
+        and (task is None or qualifies(r, judging))
     ]
     best = [(r, found) for r in pool if (found := best_served_level(r, max_ttft_ms)) is not None]
     if not best:
@@ -337,19 +410,26 @@ def compare(
     keep: float = 98.0,
     wanted_task: str | None = None,
     max_ttft_ms: float | None = None,
+    *,
+    items: list[ItemScores] | None = None,
+    judging: Judging | None = None,
 ) -> Comparison:
+    judging = judging or Judging(keep_percent=keep)
     task, metric = choose_task(metrics, wanted_task)
-    rows = build_rows(variants, metrics, bench, task)
+    higher = direction(metrics, task, metric)
+    rows = build_rows(variants, metrics, bench, task, items, judging)
     scored = candidates(rows)
     pareto_size, pareto_speed = [], {}
     if metric:
-        pareto_size = pareto_front({r.name: (oriented(r, metric), r.size_mb) for r in scored if r.size_mb is not None})
+        pareto_size = pareto_front({r.name: (oriented(r, higher), r.size_mb) for r in scored if r.size_mb is not None})
         for target in TARGETS:
-            points = {r.name: (oriented(r, metric), -(r.tg(target) or 0)) for r in scored if r.tg(target) is not None}
+            points = {r.name: (oriented(r, higher), -(r.tg(target) or 0)) for r in scored if r.tg(target) is not None}
             if points:
                 pareto_speed[target] = pareto_front(points)
-    recommendations = [recommend(rows, target, keep, task, metric) for target in TARGETS]
-    served = recommend_served(rows, keep, max_ttft_ms, task)
+    recommendations = [recommend(rows, target, judging, task, metric, higher) for target in TARGETS]
+    served = recommend_served(rows, judging, max_ttft_ms, task)
     if served is not None:
         recommendations.append(served)
-    return Comparison(run_id, task, metric, keep, rows, pareto_size, pareto_speed, recommendations)
+    return Comparison(
+        run_id, task, metric, judging.keep_percent, rows, pareto_size, pareto_speed, recommendations, higher, judging
+    )

@@ -40,6 +40,8 @@ def columns(comparison: Comparison) -> list[Column]:
         Column("Δ vs merged", lambda r: r.delta, 3, signed=True),
         Column("kept %", lambda r: r.keep_pct, 1),
     ]
+    if any(r.paired for r in rows):  # paired per-item outcomes: interval and verdict against the merged model
+        cols += [Column("kept 95% CI", interval), Column("vs merged", lambda r: r.paired.verdict if r.paired else None)]
     probes = list(dict.fromkeys(name for row in rows for name in row.probes))
     cols += [Column(name, probe_value(name), 3) for name in probes]
     cols += [
@@ -47,6 +49,8 @@ def columns(comparison: Comparison) -> list[Column]:
         Column("top-1", lambda r: r.top1, 3),
         Column("parity", lambda r: MARKS.get(r.parity or "")),
     ]
+    if any(r.moved for r in rows):
+        cols.append(Column("moved", lambda r: r.moved))
     if any(r.grid for r in rows):  # a quantization-aware run: its file holds what training rounded to
         cols.append(Column("grid", lambda r: {"passed": "pass", "failed": "FAIL"}.get(r.grid or "")))
     if any("cpu" in r.speed for r in rows):
@@ -69,6 +73,12 @@ def columns(comparison: Comparison) -> list[Column]:
         cols.append(Column("served tok/s (TTFT p95 ms) by clients", served_cell))
     cols.append(Column("Pareto", lambda r: pareto_marks(comparison, r)))
     return cols
+
+
+def interval(row: ComparisonRow) -> str | None:
+    if row.paired is None or row.paired.low is None or row.paired.high is None:
+        return None
+    return f"{row.paired.low:.1f}-{row.paired.high:.1f}"
 
 
 def throughput(row: ComparisonRow) -> str | None:

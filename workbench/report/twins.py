@@ -38,11 +38,11 @@ def merged_row(report: RunReport) -> ComparisonRow | None:
     return next((r for r in report.comparison.rows if r.role == "reference"), None)
 
 
-def score_loss(reference: ComparisonRow | None, row: ComparisonRow, metric: str | None) -> float | None:
+def score_loss(reference: ComparisonRow | None, row: ComparisonRow, higher: bool) -> float | None:
     """How much worse `row` scores than `reference` (oriented by the metric: positive is worse)."""
-    if reference is None or reference.score is None or row.score is None or metric is None:
+    if reference is None or reference.score is None or row.score is None:
         return None
-    return oriented(reference, metric) - oriented(row, metric)
+    return oriented(reference, higher) - oriented(row, higher)
 
 
 def recovered(reports: list[RunReport]) -> list[dict[str, Any]]:
@@ -68,9 +68,9 @@ def recovered(reports: list[RunReport]) -> list[dict[str, Any]]:
         theirs = next((r for r in twin.comparison.rows if r.label == label), None)
         if ours is None or theirs is None:
             continue
-        metric, baseline = twin.comparison.metric, merged_row(twin)
-        plain_loss = score_loss(baseline, theirs, metric)
-        own_loss = score_loss(merged_row(report), ours, report.comparison.metric)
+        higher, baseline = twin.comparison.higher_is_better, merged_row(twin)
+        plain_loss = score_loss(baseline, theirs, higher)
+        own_loss = score_loss(merged_row(report), ours, higher)
         found.append(
             {
                 "run": report.comparison.run_id,
@@ -79,7 +79,7 @@ def recovered(reports: list[RunReport]) -> list[dict[str, Any]]:
                 "score": {
                     "plain": theirs.score,
                     "qat": ours.score,
-                    "recovered_pct": recovered_pct(plain_loss, score_loss(baseline, ours, metric)),
+                    "recovered_pct": recovered_pct(plain_loss, score_loss(baseline, ours, higher)),
                     "recovered_own_pct": recovered_pct(plain_loss, own_loss),
                 },
                 "kld": {"plain": theirs.kld, "qat": ours.kld, "recovered_pct": recovered_pct(theirs.kld, ours.kld)},

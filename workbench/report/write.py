@@ -18,7 +18,7 @@ from workbench.fsutil import atomic_write_bytes
 from workbench.parity import describe_served
 from workbench.records import BenchResult
 from workbench.report import plots, table, twins
-from workbench.report.compare import Comparison, compare
+from workbench.report.compare import Comparison, Judging, compare
 from workbench.store import Store
 
 FIGURES = {
@@ -65,8 +65,16 @@ def load(store: Store, run_id: str, run_dir: Path, keep_percent: float | None = 
     wanted = section.get("task") or next(iter((recipe.get("eval") or {}).get("tasks") or []), None)
     bench = store.bench(run_id)
     keep = keep_percent if keep_percent is not None else section.get("keep_percent", 98.0)
-    max_ttft_ms = section.get("max_ttft_ms")
-    comparison = compare(run_id, store.variants(run_id), store.metrics(run_id), bench, keep, wanted, max_ttft_ms)
+    defaults = Judging()
+    judging = Judging(
+        keep_percent=keep,
+        keep_on=section.get("keep_on", defaults.keep_on),
+        max_kld=section.get("max_kld", defaults.max_kld),
+        min_top1=section.get("min_top1", defaults.min_top1),
+    )
+    variants, metrics = store.variants(run_id), store.metrics(run_id)
+    comparison = compare(run_id, variants, metrics, bench, keep, wanted, section.get("max_ttft_ms"),
+                         items=store.items(run_id), judging=judging)  # fmt: skip
     records = store.stages(run_id)
     stages = [{"name": s.name, "status": s.status, "seconds": s.seconds, "error": s.error} for s in records]
     # a partial stage's error lists every part that failed (variant, model or measurement) and why
@@ -111,6 +119,21 @@ def figures(report: RunReport) -> dict[str, bytes]:
         plots.served_throughput(report.comparison),
     ]
     return {name: data for name, data in zip(FIGURES, made, strict=True) if data is not None}
+
+
+def threshold_line(comparison: Comparison) -> str:
+    judging = comparison.judging
+    on = "the 95% paired interval's lower bound" if judging.keep_on == "lower" else "the point estimate"
+    line = (
+        f"Threshold: {comparison.keep_percent:g}% of the merged model's score (`report.keep_percent`), applied to"
+        f" {on} of kept % (`report.keep_on`; the interval is a paired bootstrap over the held-out items both"
+        " answered)."
+    )
+    limits = [f"KLD > {judging.max_kld:g}" for _ in [0] if judging.max_kld is not None]
+    limits += [f"top-1 agreement < {judging.min_top1:g}" for _ in [0] if judging.min_top1 is not None]
+    if limits:
+        line += f" Not recommended whatever its score: {' or '.join(limits)} (`report.max_kld`, `report.min_top1`)."
+    return line
 
 
 def recommendation_lines(comparison: Comparison) -> list[str]:
@@ -184,7 +207,7 @@ def markdown(report: RunReport, images: dict[str, bytes]) -> str:
     text = safe.markdown_text
     parts = [f"# Run {text(comparison.run_id)}", "", "## Recommendation", ""]
     parts += [f"- {text(line)}" for line in recommendation_lines(comparison)]
-    parts += ["", f"Threshold: {comparison.keep_percent:g}% of the merged model's score (`report.keep_percent`)."]
+    parts += ["", text(threshold_line(comparison))]
     parts += [f"Speeds measured with {text(line)}." for line in report.settings] + [""]
     parts += ["## Variants", "", table.markdown(comparison), ""]
     if report.recovered:
@@ -236,7 +259,7 @@ def to_html(report: RunReport, images: dict[str, bytes]) -> str:
             "<h2>Recommendation</h2><ul>",
             *[f"<li>{esc(line)}</li>" for line in recommendation_lines(comparison)],
             "</ul>",
-            f"<p>Threshold: {comparison.keep_percent:g}% of the merged model's score. Bold: on a Pareto front.</p>",
+            f"<p>{esc(threshold_line(comparison))} Bold: on a Pareto front.</p>",
             *[f"<p>Speeds measured with {esc(line)}.</p>" for line in report.settings],
             "<h2>Variants</h2><table><thead><tr>",
             "".join(f"<th>{esc(h)}</th>" for h in headers),

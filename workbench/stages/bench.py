@@ -42,7 +42,9 @@ def version_of(package: str) -> str | None:
 
 def plan_jobs(variants: list[Variant], recipe: Recipe, cuda: bool, vllm: bool) -> list[dict[str, Any]]:
     section = recipe.bench
-    common = section.model_dump(include={"prompt_tokens", "gen_tokens", "repetitions", "warmup", "vllm_concurrency"})
+    common = section.model_dump(
+        include={"prompt_tokens", "gen_tokens", "repetitions", "warmup", "max_gen_seconds", "vllm_concurrency"}
+    )
     jobs = []
     for variant in variants:
         if variant.status != "done":

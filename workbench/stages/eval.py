@@ -20,7 +20,7 @@ from workbench.eval import tasks
 from workbench.fsutil import atomic_write_text, hash_path
 from workbench.models import display_name, resolve_model
 from workbench.recipe import Recipe
-from workbench.records import Artifact, Metric
+from workbench.records import Artifact, ItemScores, Metric
 from workbench.stages.base import Stage, StageContext, failure_line
 
 
@@ -115,9 +115,20 @@ def files_fingerprint(path: Path) -> str | None:
 def store_rows(model: dict[str, Any], summary: dict[str, Any]) -> list[Metric]:
     """A worker's summary as the store's records: lm-eval's rows, then the fidelity numbers."""
     name, role = model["name"], model["role"]
-    rows = [Metric(name, role, r["task"], r["metric"], r["value"], r.get("stderr")) for r in summary.get("metrics", [])]
+    rows = [
+        Metric(name, role, r["task"], r["metric"], r["value"], r.get("stderr"), r.get("higher_is_better"))
+        for r in summary.get("metrics", [])
+    ]
     rows += [Metric(name, role, "fidelity", key, value) for key, value in (summary.get("fidelity") or {}).items()]
     return rows
+
+
+def store_items(model: dict[str, Any], summary: dict[str, Any]) -> list[ItemScores]:
+    """Per-item values (JSON turned item ids into strings)."""
+    return [
+        ItemScores(model["name"], r["task"], r["metric"], {int(k): v for k, v in r["values"].items()})
+        for r in summary.get("items", [])
+    ]
 
 
 def run(ctx: StageContext) -> list[Artifact]:
@@ -157,6 +168,7 @@ def run(ctx: StageContext) -> list[Artifact]:
         common["fidelity"] = {"reference": str(merged_dir), "sequences": sequences}
     models = models_to_evaluate(ctx)
     rows: list[Metric] = []
+    items: list[ItemScores] = []
     summaries: dict[str, dict[str, Any]] = {}
     for model in models:
         try:
@@ -170,6 +182,7 @@ def run(ctx: StageContext) -> list[Artifact]:
         summaries[model["name"]] = {**model, "status": "done", **summary}
         scored = store_rows(model, summary)
         rows += scored
+        items += store_items(model, summary)
         ctx.event("evaluated", name=model["name"], metrics=[asdict(m) for m in scored])
     if not rows:
         raise EvalFailed("every evaluation failed: " + "; ".join(ctx.failures))
@@ -179,7 +192,7 @@ def run(ctx: StageContext) -> list[Artifact]:
     atomic_write_text(
         results, safe.json_text({"models": list(summaries.values()), "metrics": [asdict(m) for m in rows]}, indent=2)
     )
-    ctx.store.replace_metrics(ctx.run_id, rows)
+    ctx.store.replace_metrics(ctx.run_id, rows, items)
     return [Artifact("eval-results", "eval", results.name, results.stat().st_size)]
 
 

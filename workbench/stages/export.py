@@ -11,6 +11,7 @@ from typing import Any
 
 from workbench import parity, preflight, workers
 from workbench.data.files import read_jsonl
+from workbench.devices import pick_device
 from workbench.errors import StageFailed
 from workbench.export import gguf, gptq
 from workbench.fsutil import dir_size
@@ -316,6 +317,7 @@ def export_gptq_awq(ctx: StageContext, inputs: ExportInputs) -> list[Variant]:
                 "group_size": section.group_size,
                 "desc_act": section.desc_act and method == "gptq",
                 "calibration_rows": len(calibration),
+                **({"clip": section.awq_clip} if method == "awq" else {}),
             },
         )
 
@@ -328,6 +330,9 @@ def export_gptq_awq(ctx: StageContext, inputs: ExportInputs) -> list[Variant]:
                 "bits": section.bits,
                 "group_size": section.group_size,
                 "desc_act": section.desc_act,
+                "awq_clip": section.awq_clip,
+                # GPTQModel calibrates in bf16 on CPU, where torch's bf16 matmul is several times slower
+                "dtype": "float32" if pick_device("auto") == "cpu" else "auto",
             }
             outcome = ctx.run_worker("gptq.export", job, name=variant.name, timeout=section.timeout_s, echo=True)
             made(ctx, outcome, out)

@@ -1,0 +1,77 @@
+"""What AWQ's expensive parts buy: export time and fidelity of AWQ (GPTQModel, 4-bit) with and without
+the clip search, with the calibration forwards in bf16 (GPTQModel's choice on CPU) or fp32, and with
+fewer calibration rows, side by side on one run's merged model. Fidelity is
+the workbench's own (KLD / top-1 agreement vs the merged model on held-out conversations), through the
+same workers the pipeline uses. GPTQ is measured too, for the calibration-size lever.
+
+Uses a finished run (default: the quickstart):
+
+    .venv/bin/python benchmarks/awq_settings.py [--run quickstart] [--settings awq:clip:64,awq:noclip:64,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from workbench import workers  # noqa: E402
+from workbench.data.files import read_jsonl  # noqa: E402
+from workbench.export.gptq import calibration_texts  # noqa: E402
+from workbench.runner import default_home  # noqa: E402
+from workbench.stages.eval import fidelity_sequences  # noqa: E402
+from workbench.store import Store  # noqa: E402
+
+DEFAULT = ",".join([
+    "awq:clip:64:bfloat16", "awq:noclip:64:bfloat16", "awq:clip:64:float32", "awq:noclip:64:float32",
+    "awq:noclip:32:float32", "gptq:-:64:bfloat16", "gptq:-:64:float32", "gptq:-:32:float32",
+])  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", default="quickstart")
+    parser.add_argument("--home", type=Path, default=default_home())
+    parser.add_argument("--settings", default=DEFAULT,
+                        help="method:clip|noclip|-:calibration rows:dtype of the calibration forwards, "
+                             "comma-separated")  # fmt: skip
+    parser.add_argument("--rows", type=int, default=60, help="held-out conversations compared")
+    args = parser.parse_args()
+    from transformers import AutoTokenizer
+
+    store = Store(args.home / "workbench.db")
+    run_dir = args.home / args.run
+    merged = next(v for v in store.variants(args.run) if v.is_reference)
+    tokenizer = AutoTokenizer.from_pretrained(merged.path)
+    train = read_jsonl(run_dir / "data" / "train.jsonl")
+    sequences = fidelity_sequences(read_jsonl(run_dir / "data" / "held_out.jsonl"), tokenizer, args.rows)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="awq-settings-") as tmp:
+        for setting in args.settings.split(","):
+            method, clip, count, dtype = setting.split(":")
+            out = Path(tmp) / setting.replace(":", "-")
+            job = {"method": method, "merged": merged.path, "out": str(out), "bits": 4, "group_size": 64,
+                   "desc_act": False, "awq_clip": clip != "noclip", "dtype": dtype,
+                   "calibration": calibration_texts(train[: int(count)], tokenizer)}  # fmt: skip
+            made = workers.run("gptq.export", job, name=setting, log=Path(tmp) / f"{out.name}.log")
+            if not made.ok:
+                print(f"{setting}: FAILED {made.error}", flush=True)
+                continue
+            job = {"name": setting, "format": method, "path": str(out), "tasks": [], "max_length": 2048,
+                   "seed": 1234, "batch_size": 8, "device": "cpu", "out": str(out / "eval"),
+                   "fidelity": {"reference": merged.path, "sequences": sequences}}  # fmt: skip
+            fidelity = workers.run("eval.model", job, name=setting).value()["fidelity"]
+            rows.append((setting, made.seconds, fidelity["kld_mean"], fidelity["top1_agreement"]))
+            print(f"{setting}: {made.seconds:.0f} s, KLD {fidelity['kld_mean']:.4f}, top-1 "
+                  f"{fidelity['top1_agreement']:.3f}", flush=True)  # fmt: skip
+    print(f"\n{'setting':26} {'export s':>9} {'KLD':>8} {'top-1':>6}")
+    for setting, seconds, kld, top1 in rows:
+        print(f"{setting:26} {seconds:>9.0f} {kld:>8.4f} {top1:>6.3f}")
+
+
+if __name__ == "__main__":
+    main()
