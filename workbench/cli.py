@@ -398,6 +398,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     print()
     for line in write.recommendation_lines(report.comparison) + write.adapter_lines(report.comparison):
         _out(line)
+    _out("\nstages: " + "; ".join(write.stage_lines(report)))
     print(f"\nreport: {dest / 'report.html'} (also report.md, results.json, comparison.csv)")
     return 0
 
