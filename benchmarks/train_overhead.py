@@ -1,9 +1,12 @@
-"""Training throughput of the workbench vs a bare TRL SFTTrainer script, same data and settings.
+"""Training throughput of the workbench vs a bare TRL SFTTrainer script, same data and settings; with
+--packing, the workbench's train stage without and with packing (TRL's best-fit packing, padding-free:
+examples share a row without attending to each other) on the same data.
 
-Runs the two alternately (bare, workbench, bare, workbench, ...) in one process and prints each run's
-tokens/s and the ratio of medians. Target: workbench / bare >= 0.95.
+Runs the two alternately (A, B, A, B, ...) in one process and prints each run's tokens/s (real tokens,
+not padding) and the ratio of medians. Target: workbench / bare >= 0.95.
 
     .venv/bin/python benchmarks/train_overhead.py [--recipe recipes/quickstart.yaml] [--steps 12] [--reps 2]
+    .venv/bin/python benchmarks/train_overhead.py --packing
 """
 
 from __future__ import annotations
@@ -90,7 +93,11 @@ def main() -> None:
     parser.add_argument("--recipe", type=Path, default=ROOT / "recipes" / "quickstart.yaml")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--packing", action="store_true", help="compare the train stage without / with packing")
     args = parser.parse_args()
+    if args.packing:
+        compare_packing(args)
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "runs"
@@ -111,6 +118,21 @@ def main() -> None:
     print(
         f"\nworkbench / bare TRL tokens/s: {ratio:.3f}  (target >= 0.95; {args.steps} steps x {args.reps} reps, "
         f"recipe {args.recipe.name})"
+    )
+
+
+def compare_packing(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp) / "runs"
+        run_recipe(load_recipe(args.recipe), home, stages=["data"])
+        plain, packed = [], []
+        for rep in range(args.reps):
+            plain.append(workbench_run(args.recipe, args.steps, home, ("data.packing=false",)))
+            packed.append(workbench_run(args.recipe, args.steps, home, ("data.packing=true",)))
+            print(f"rep {rep + 1}: padded batches {plain[-1]:.1f} tok/s, packed {packed[-1]:.1f} tok/s", flush=True)
+    ratio = statistics.median(packed) / statistics.median(plain)
+    print(
+        f"\npacked / padded tokens/s: {ratio:.3f}  ({args.steps} steps x {args.reps} reps, recipe {args.recipe.name})"
     )
 
 

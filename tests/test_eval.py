@@ -140,6 +140,7 @@ def test_llamacpp_generation_scores_like_hf(ggufs: dict[str, Path], hf_lm, tmp_p
 
 
 def test_fidelity_of_a_model_to_itself_is_exact_and_q4_differs(tiny_llama_256: Path, ggufs: dict[str, Path]) -> None:
+    import numpy as np
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -161,6 +162,44 @@ def test_fidelity_of_a_model_to_itself_is_exact_and_q4_differs(tiny_llama_256: P
     assert results["f16"].kld_mean < 1e-3
     assert results["q4_0"].kld_mean > 10 * results["f16"].kld_mean
     assert results["q4_0"].kld_mean > 1e-4 and results["q4_0"].ppl_ratio != 1.0
+
+    # several sequences per decode (what the eval stage reads) give each sequence's logits as alone
+    lm = LlamaCppLM(pretrained=str(ggufs["q4_0"]), max_length=64, gen_batch=4)
+    try:
+        alone = [lm.logits(ids).copy() for ids in sequences]
+        together = list(lm.logits_of(sequences))  # 6 sequences of 20-25 tokens: several groups
+    finally:
+        lm.close()
+    assert [len(t) for t in together] == [len(s) for s in sequences]
+    assert all(np.allclose(a, t, atol=1e-4) for a, t in zip(alone, together, strict=True))
+
+    # answer tokens only: the last five tokens of each sequence, by a mask and by scoring from there
+    answers = [len(s) - 5 for s in sequences]
+    lm = LlamaCppLM(pretrained=str(ggufs["q4_0"]), max_length=512)
+    try:
+        both = fidelity.compare(sequences, reference, fidelity.per_sequence(lm.logits), answers)
+        alone, _ = fidelity.positions(sequences, reference, fidelity.per_sequence(lm.logits), answers)
+    finally:
+        lm.close()
+    assert both.answer_tokens == 5 * len(sequences) == len(alone.kld)
+    kld, _, ratio = alone.summary()
+    assert both.answer_kld_mean == pytest.approx(kld) and both.answer_ppl_ratio == pytest.approx(ratio)
+    assert both.kld_mean == pytest.approx(results["q4_0"].kld_mean) and both.answer_kld_mean != both.kld_mean
+
+
+def test_answer_starts_are_where_the_assistant_turn_begins(tiny_llama_256: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from workbench.stages.eval import answer_starts, fidelity_sequences
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_256)
+    rows = [{"messages": [{"role": "system", "content": "You are a calculator."},
+                          {"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "5"}]},
+            {"text": "plain text has no answer"}]  # fmt: skip
+    sequences = fidelity_sequences(rows, tokenizer, 2)
+    starts = answer_starts(rows, tokenizer, sequences)
+    assert tokenizer.decode(sequences[0][starts[0] :]).startswith("5<|im_end|>")
+    assert starts[1] == len(sequences[1])
 
 
 def test_task_folders_get_absolute_data_files_and_code_tags_are_refused(tmp_path: Path) -> None:

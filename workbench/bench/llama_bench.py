@@ -39,33 +39,35 @@ def installed_cmake_args() -> list[str]:
     return shlex.split((llama_build() or {}).get("cmake_args") or "")
 
 
-def find_or_build() -> Path:
-    """$WORKBENCH_LLAMA_BENCH, else llama-bench built with the installed llama-cpp-python's flags."""
-    override = os.environ.get("WORKBENCH_LLAMA_BENCH")
-    return Path(override) if override else build(installed_cmake_args())
+def find_or_build(target: str = "llama-bench") -> Path:
+    """$WORKBENCH_LLAMA_BENCH (for llama-bench), else `target` built with the installed llama-cpp-python's
+    flags."""
+    override = os.environ.get("WORKBENCH_LLAMA_BENCH") if target == "llama-bench" else None
+    return Path(override) if override else build(installed_cmake_args(), target=target)
 
 
-def build(cmake_args: list[str], flavour: str = "installed") -> Path:
-    """llama-bench from the vendored sources with `cmake_args`, kept per flavour (an earlier build is reused).
-    Needs cmake, a C++ compiler and the llama-cpp-python sdist from PyPI once; a few minutes on 2 cores."""
-    binary = build_dir(flavour, cmake_args) / "bin" / "llama-bench"
+def build(cmake_args: list[str], flavour: str = "installed", target: str = "llama-bench") -> Path:
+    """A llama.cpp tool (llama-bench, llama-perplexity) from the vendored sources with `cmake_args`, kept
+    per flavour (an earlier build is reused). Needs cmake, a C++ compiler and the llama-cpp-python sdist
+    from PyPI once; a few minutes on 2 cores."""
+    binary = build_dir(flavour, cmake_args) / "bin" / target
     if binary.is_file():
         return binary
     if not shutil.which("cmake"):
-        raise RuntimeError("building llama-bench needs cmake on PATH (or set WORKBENCH_LLAMA_BENCH)")
+        raise RuntimeError(f"building {target} needs cmake on PATH (or set WORKBENCH_LLAMA_BENCH)")
     source = llamacpp_tools.tools_dir().with_name(f"llama.cpp-{llamacpp_tools.llama_cpp_version()}-src")
     if not (source / "CMakeLists.txt").is_file():
         with tempfile.TemporaryDirectory() as tmp:
             print("fetching the llama.cpp sources of the installed llama-cpp-python ...", flush=True)
             llamacpp_tools.extract_vendored(llamacpp_tools.download_sdist(Path(tmp)), source)
     work = build_dir(flavour, cmake_args).with_name(build_dir(flavour, cmake_args).name + "-cmake")
-    print(f"building llama-bench ({flavour}: {shlex.join(cmake_args) or 'defaults'}) ...", flush=True)
+    print(f"building {target} ({flavour}: {shlex.join(cmake_args) or 'defaults'}) ...", flush=True)
     configure = ["cmake", "-S", str(source), "-B", str(work), *CMAKE_FLAGS, *cmake_args]
     subprocess.run(configure, check=True, stdout=subprocess.DEVNULL)
     jobs = str(usable_cores())
-    subprocess.run(["cmake", "--build", str(work), "--target", "llama-bench", "-j", jobs], check=True)
+    subprocess.run(["cmake", "--build", str(work), "--target", target, "-j", jobs], check=True)
     binary.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(work / "bin" / "llama-bench", binary)
+    shutil.copy2(work / "bin" / target, binary)
     for library in (work / "bin").glob("*.so*"):  # shared builds keep their libraries beside the binary
         shutil.copy2(library, binary.parent / library.name)
     return binary

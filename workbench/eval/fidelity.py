@@ -33,43 +33,91 @@ class Fidelity:
     ppl_variant: float
     ppl_ratio: float
     vocab_compared: int
+    # the same over the answer tokens only (what training constrained); None without answer positions
+    answer_tokens: int | None = None
+    answer_kld_mean: float | None = None
+    answer_ppl_ratio: float | None = None
 
-    def to_dict(self) -> dict[str, float | int]:
-        return asdict(self)
+    def to_dict(self) -> dict[str, float | int | None]:
+        return {key: value for key, value in asdict(self).items() if value is not None}
 
 
-def compare(sequences: list[list[int]], reference: LogitsOf, variant: LogitsOf) -> Fidelity:
-    sequences = [ids for ids in sequences if len(ids) >= 2]
-    klds: list[np.ndarray] = []
-    agree = nll_ref = nll_var = 0.0
+@dataclass
+class Positions:
+    """Per-position numbers of the compared sequences, in order."""
+
+    kld: np.ndarray
+    agree: np.ndarray
+    nll_reference: np.ndarray
+    nll_variant: np.ndarray
+
+    def summary(self) -> tuple[float, float, float]:
+        """(mean KLD, top-1 agreement, perplexity ratio variant / reference)."""
+        ratio = float(np.exp((self.nll_variant.sum() - self.nll_reference.sum()) / len(self.kld)))
+        return float(self.kld.mean()), float(self.agree.mean()), ratio
+
+
+def positions(
+    sequences: list[list[int]], reference: LogitsOf, variant: LogitsOf, starts: list[int] | None = None
+) -> tuple[Positions, int]:
+    """Per-position KL(reference || variant), top-1 agreement and both models' NLL of the actual next
+    token, for the predictions of token `starts[i]` onwards of sequence i (default: from its second
+    token); and the vocabulary size compared. Sequences of fewer than two tokens are skipped."""
+    kept = [i for i, ids in enumerate(sequences) if len(ids) >= 2]
+    sequences = [sequences[i] for i in kept]
+    firsts = [max(1, starts[i]) if starts else 1 for i in kept]
+    klds, agree, nll_ref, nll_var = [], [], [], []
     vocab = 0
-    for ids, ref_all, var_all in zip(sequences, reference(sequences), variant(sequences), strict=True):
-        targets = np.asarray(ids[1:])
-        ref_logits, var_logits = ref_all[:-1], var_all[:-1]
+    for ids, first, ref_all, var_all in zip(sequences, firsts, reference(sequences), variant(sequences), strict=True):
+        targets = np.asarray(ids[first:])
+        ref_logits, var_logits = ref_all[first - 1 : -1], var_all[first - 1 : -1]
         vocab = min(ref_logits.shape[-1], var_logits.shape[-1])  # padded vocabularies differ in length only
         ref = log_softmax(ref_logits[:, :vocab], np.float64)
         var = log_softmax(var_logits[:, :vocab], np.float64)
-        klds.append((np.exp(ref) * (ref - var)).sum(axis=-1))
-        agree += float((ref.argmax(-1) == var.argmax(-1)).sum())
         rows = np.arange(len(targets))
-        nll_ref -= float(ref[rows, targets].sum())
-        nll_var -= float(var[rows, targets].sum())
-    if not klds:
+        klds.append((np.exp(ref) * (ref - var)).sum(axis=-1))
+        agree.append(ref.argmax(-1) == var.argmax(-1))
+        nll_ref.append(-ref[rows, targets])
+        nll_var.append(-var[rows, targets])
+    if not klds or not sum(len(k) for k in klds):
         raise ValueError("no sequence of two or more tokens to compare")
     kld = np.concatenate(klds).clip(min=0.0)  # tiny negatives are rounding
-    count = len(kld)
-    ppl_ref, ppl_var = float(np.exp(nll_ref / count)), float(np.exp(nll_var / count))
-    return Fidelity(
-        tokens=count,
-        kld_mean=float(kld.mean()),
-        kld_p99=float(np.percentile(kld, 99)),
-        kld_max=float(kld.max()),
-        top1_agreement=agree / count,
-        ppl_reference=ppl_ref,
-        ppl_variant=ppl_var,
-        ppl_ratio=ppl_var / ppl_ref,
+    found = Positions(kld, np.concatenate(agree), np.concatenate(nll_ref), np.concatenate(nll_var))
+    return found, vocab
+
+
+def compare(
+    sequences: list[list[int]], reference: LogitsOf, variant: LogitsOf, answers: list[int] | None = None
+) -> Fidelity:
+    """Over every predicted token of every sequence; with `answers` (the index of each sequence's first
+    answer token), also over the answer tokens alone."""
+    found, vocab = positions(sequences, reference, variant)
+    kld, agreement, ratio = found.summary()
+    result = Fidelity(
+        tokens=len(found.kld),
+        kld_mean=kld,
+        kld_p99=float(np.percentile(found.kld, 99)),
+        kld_max=float(found.kld.max()),
+        top1_agreement=agreement,
+        ppl_reference=float(np.exp(found.nll_reference.mean())),
+        ppl_variant=float(np.exp(found.nll_variant.mean())),
+        ppl_ratio=ratio,
         vocab_compared=vocab,
     )
+    if answers:
+        mask = answer_mask(sequences, answers)
+        if mask.any():
+            part = Positions(found.kld[mask], found.agree[mask], found.nll_reference[mask], found.nll_variant[mask])
+            result.answer_tokens = int(mask.sum())
+            result.answer_kld_mean, _, result.answer_ppl_ratio = part.summary()
+    return result
+
+
+def answer_mask(sequences: list[list[int]], answers: list[int]) -> np.ndarray:
+    """Over the predicted positions `positions` yields (tokens 1.. of each sequence of 2+ tokens): which
+    predict an answer token."""
+    parts = [np.arange(1, len(ids)) >= start for ids, start in zip(sequences, answers, strict=True) if len(ids) >= 2]
+    return np.concatenate(parts) if parts else np.array([], dtype=bool)
 
 
 def per_sequence(logits: Callable[[list[int]], np.ndarray]) -> LogitsOf:

@@ -136,6 +136,29 @@ class LlamaCppLM(TemplateLM):
             llm.eval(tokens[same:])
         return llm.scores[: len(tokens)]
 
+    def logits_of(self, sequences: list[list[int]]) -> Iterator[np.ndarray]:
+        """Logits after each token of each sequence, in order, several sequences per decode in the
+        batched context (the fidelity comparison's variant side)."""
+        group: list[list[int]] = []
+        for ids in sequences:
+            if len(ids) > self._max_length:
+                raise ValueError(f"a sequence of {len(ids)} tokens does not fit the context ({self._max_length})")
+            if group and (len(group) == self.gen_batch or sum(map(len, group)) + len(ids) > self._max_length):
+                yield from self._logits_group(group)
+                group = []
+            group.append(ids)
+        if group:
+            yield from self._logits_group(group)
+
+    def _logits_group(self, group: list[list[int]]) -> list[np.ndarray]:
+        ctx = self.batched_context()
+        ctx.kv_cache_clear()
+        entries = [(token, pos, seq, True) for seq, ids in enumerate(group) for pos, token in enumerate(ids)]
+        rows = np.concatenate([self._decode_rows(ctx, entries[i : i + self.n_batch])
+                               for i in range(0, len(entries), self.n_batch)])  # fmt: skip
+        bounds = np.cumsum([0, *map(len, group)])
+        return [rows[bounds[i] : bounds[i + 1]] for i in range(len(group))]
+
     def _loglikelihood_tokens(
         self, requests: list[tuple[Any, list[int], list[int]]], disable_tqdm: bool = False, **_: Any
     ) -> list[tuple[float, bool]]:

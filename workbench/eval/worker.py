@@ -141,8 +141,9 @@ def run_fidelity(lm: Any, job: dict[str, Any]) -> dict[str, Any]:
     spec = job["fidelity"]
     reference = AutoModelForCausalLM.from_pretrained(spec["reference"], dtype=torch.float32).to(job["device"])
     batch = job["batch_size"]
-    variant = fidelity.per_sequence(lm.logits) if job["format"] == "gguf" else fidelity.hf_logits(lm.model, batch)
-    result = fidelity.compare(spec["sequences"], fidelity.hf_logits(reference.eval(), batch), variant)
+    variant = lm.logits_of if job["format"] == "gguf" else fidelity.hf_logits(lm.model, batch)
+    reference_logits = fidelity.hf_logits(reference.eval(), batch)
+    result = fidelity.compare(spec["sequences"], reference_logits, variant, spec.get("answers"))
     return result.to_dict()
 
 

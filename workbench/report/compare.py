@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from workbench.records import BenchResult, ItemScores, Metric
-from workbench.report.paired import Paired, compare_items, interval_text, sample_size_text
+from workbench.report.paired import Paired, compare_items, sample_size_text
 from workbench.report.scores import primary_metrics
 from workbench.variants import Variant
 
@@ -165,11 +165,24 @@ def qualifies(row: ComparisonRow, judging: Judging) -> bool:
     return row.keep_pct is not None and row.keep_pct >= judging.keep_percent
 
 
-def kept_text(row: ComparisonRow) -> str:
-    """`96.2% (95% CI 89.8-100.0%), indistinguishable` or `96.2%` without paired items."""
-    if row.paired is None:
-        return "?" if row.keep_pct is None else f"{row.keep_pct:.1f}%"
-    return f"{interval_text(row.paired)}, {row.paired.verdict}"
+VERDICT_WORDS = {"indistinguishable": "indistinguishable from", "worse": "worse than", "better": "better than"}
+
+
+def kept_text(row: ComparisonRow, what: str, judging: Judging | None = None) -> str:
+    """`96.2% of WHAT (95% CI 89.8-100.0%, lower bound >= 98%): indistinguishable from the merged model on
+    60 held-out items`; without paired items `96.2% of WHAT`. The rule in the brackets with `judging`."""
+    if row.keep_pct is None:
+        return f"? of {what}"
+    rule = ""
+    if judging is not None:
+        lower = judging.keep_on == "lower" and row.paired is not None and row.paired.low is not None
+        rule = f"{'lower bound ' if lower else ''}>= {judging.keep_percent:g}%"
+    if row.paired is None or row.paired.low is None or row.paired.high is None:
+        return f"{row.keep_pct:.1f}% of {what}" + (f" ({rule})" if rule else "")
+    paired = row.paired
+    interval = f"95% CI {paired.low:.1f}-{paired.high:.1f}%" + (f", {rule}" if rule else "")
+    verdict = f"{VERDICT_WORDS[paired.verdict]} the merged model on {paired.items} held-out items"
+    return f"{paired.kept:.1f}% of {what} ({interval}): {verdict}"
 
 
 def choose_task(metrics: list[Metric], wanted: str | None) -> tuple[str | None, str | None]:
@@ -332,24 +345,24 @@ def recommend(
         reason = f"every variant here moved too far from the merged model ({moved})"
         return Recommendation(target, None, reason, measured)
     keeping = [r for r in faithful if qualifies(r, judging)]
-    bound = "the interval's lower bound " if judging.keep_on == "lower" else ""
     if not keeping:
         best = max(faithful, key=lambda r: oriented(r, higher))
+        on = "by the interval's lower bound" if judging.keep_on == "lower" else "by the point estimate"
         reason = (
-            f"no variant that passed parity keeps {keep:g}% of {what} ({bound or 'point estimate '}>= {keep:g}%);"
-            f" {best.label} comes closest ({kept_text(best)})"
+            f"no variant that passed parity keeps {keep:g}% of {what} ({on});"
+            f" {best.label} comes closest: {kept_text(best, what)}"
         )
         return Recommendation(target, best.name, reason, measured)
     smallest = min(keeping, key=lambda r: (r.size_mb if r.size_mb is not None else float("inf"), -oriented(r, higher)))
     chosen = smallest
     if not measured:
-        reason = f"smallest ({mib(smallest.size_mb)}) that keeps {kept_text(smallest)} of {what} ({bound}>= {keep:g}%)"
+        reason = f"smallest ({mib(smallest.size_mb)}) that keeps {kept_text(smallest, what, judging)}"
         reason += f"; speed on {target} not measured here"
     else:
         chosen = max(keeping, key=lambda r: (r.tg(target) or 0, -(r.size_mb or 0)))
         reason = (
             f"fastest on {target} ({chosen.tg(target):.1f} tok/s generating, {mib(chosen.size_mb)}) that keeps"
-            f" {kept_text(chosen)} of {what} ({bound}>= {keep:g}%)"
+            f" {kept_text(chosen, what, judging)}"
         )
         if smallest is not chosen:
             size, speed = mib(smallest.size_mb), smallest.tg(target)

@@ -89,13 +89,6 @@ def compare_items(
     )
 
 
-def interval_text(paired: Paired) -> str:
-    """`96.2% (95% CI 89.8-100.0%)`."""
-    if paired.low is None or paired.high is None:
-        return f"{paired.kept:.1f}%"
-    return f"{paired.kept:.1f}% (95% CI {paired.low:.1f}-{paired.high:.1f}%)"
-
-
 def sample_size_text(paired: Paired) -> str | None:
     """A sentence when the items could not tell a loss of the size that matters (the verdict is
     `indistinguishable` and more items would be needed); None otherwise."""

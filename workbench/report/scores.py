@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from workbench.records import Metric
 
-FIDELITY = ("kld_mean", "top1_agreement", "ppl_ratio")
+FIDELITY = ("kld_mean", "top1_agreement", "ppl_ratio", "answer_ppl_ratio")
 ROLE_ORDER = {"base": 0, "reference": 1, "variant": 2}
 
 

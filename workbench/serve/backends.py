@@ -9,6 +9,7 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from workbench.common import PYTHON
+from workbench.devices import compute_dtype
 from workbench.errors import InputError
 
 BACKENDS = ("llama.cpp", "vllm", "transformers")
@@ -76,6 +77,13 @@ def plan(
             )
         # `transformers serve` names the model by the path it was given
         argv = [*PYTHON, "-m", "transformers.cli.transformers", "serve", path, "--host", host, "--port", str(port)]
-        argv += ["--device", "auto" if cuda else "cpu"]
+        # in the dtype the workbench computes it in (fp32 on a CPU: bf16 there is emulated and answers can
+        # differ from `workbench chat`'s)
+        argv += [
+            "--device",
+            "auto" if cuda else "cpu",
+            "--dtype",
+            compute_dtype(variant_format, "cuda" if cuda else "cpu"),
+        ]
         return Plan(backend, argv, path)
     raise InputError(f"unknown server backend {backend!r}; one of {', '.join(BACKENDS)}")

@@ -78,6 +78,24 @@ def fidelity_sequences(rows: list[dict[str, Any]], tokenizer: Any, count: int) -
     return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
 
 
+def answer_starts(rows: list[dict[str, Any]], tokenizer: Any, sequences: list[list[int]]) -> list[int]:
+    """Where each conversation's last (assistant) turn starts among its tokens: the prompt as the chat
+    template renders it for generation, when the whole conversation begins with exactly those tokens.
+    Otherwise (plain text, a template that renders the prompt differently) the sequence's length: no
+    answer tokens."""
+    starts = []
+    for row, ids in zip(rows, sequences, strict=False):
+        messages = row.get("messages") or []
+        start = len(ids)
+        if messages and messages[-1].get("role") == "assistant":
+            prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False)
+            prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            if ids[: len(prompt_ids)] == prompt_ids:
+                start = len(prompt_ids)
+        starts.append(start)
+    return starts
+
+
 def evaluate_model(ctx: StageContext, model: dict[str, Any], common: dict[str, Any]) -> dict[str, Any]:
     """One model in a worker; its results folder is kept in the work folder until the stage ends, so an
     interrupted stage does not evaluate finished models again. Raises WorkerFailed when it fails."""
@@ -165,7 +183,8 @@ def run(ctx: StageContext) -> list[Artifact]:
     }
     if section.fidelity_rows:
         sequences = fidelity_sequences(held_out, tokenizer, section.fidelity_rows)
-        common["fidelity"] = {"reference": str(merged_dir), "sequences": sequences}
+        answers = answer_starts(held_out, tokenizer, sequences)
+        common["fidelity"] = {"reference": str(merged_dir), "sequences": sequences, "answers": answers}
     models = models_to_evaluate(ctx)
     rows: list[Metric] = []
     items: list[ItemScores] = []
