@@ -58,6 +58,7 @@ class LlamaCppLM(TemplateLM):
         n_batch: int = 512,
         max_gen_toks: int = 256,
         gen_batch: int = 8,
+        score_batch: int = 32,
         add_bos_token: bool | None = None,
         seed: int = 1234,
         lora: str | None = None,  # a GGUF LoRA adapter applied on the file
@@ -70,6 +71,7 @@ class LlamaCppLM(TemplateLM):
         self.n_batch = int(n_batch)
         self.max_gen_toks = int(max_gen_toks)
         self.gen_batch = int(gen_batch)
+        self.score_batch = int(score_batch)  # sequences per decode when scoring: short ones mostly
         self.add_bos_token = add_bos_token  # None: as the GGUF says (tokenizer.ggml.add_bos_token)
         self.seed = int(seed)
         self.lora = lora
@@ -143,7 +145,7 @@ class LlamaCppLM(TemplateLM):
         for ids in sequences:
             if len(ids) > self._max_length:
                 raise ValueError(f"a sequence of {len(ids)} tokens does not fit the context ({self._max_length})")
-            if group and (len(group) == self.gen_batch or sum(map(len, group)) + len(ids) > self._max_length):
+            if group and (len(group) == self.score_batch or sum(map(len, group)) + len(ids) > self._max_length):
                 yield from self._logits_group(group)
                 group = []
             group.append(ids)
@@ -183,7 +185,7 @@ class LlamaCppLM(TemplateLM):
         head: Scoring | None = None
         for scoring, i in zip(ordered, indices, strict=True):
             shared = scoring.shared_with(head) if head is not None else 0
-            if group and (len(group) == self.gen_batch or cells + len(scoring.window) - shared > self._max_length):
+            if group and (len(group) == self.score_batch or cells + len(scoring.window) - shared > self._max_length):
                 yield group
                 group, cells, head, shared = [], 0, None, 0
             if not shared:
@@ -249,8 +251,8 @@ class LlamaCppLM(TemplateLM):
 
     # generation ------------------------------------------------------------------------------
     def batched_context(self) -> Any:
-        """A context decoding up to `gen_batch` sequences at once in one KV pool of `max_length` cells:
-        on CPU a step of 8 tokens costs little more than a step of 1."""
+        """A context decoding up to `gen_batch` (generating) or `score_batch` (scoring) sequences at once in
+        one KV pool of `max_length` cells: on CPU a step of 8 tokens costs little more than a step of 1."""
         if self._batched is None:
             import llama_cpp
             from llama_cpp import _internals
@@ -260,7 +262,7 @@ class LlamaCppLM(TemplateLM):
             params = llama_cpp.llama_context_params.from_buffer_copy(self.llm.context_params)
             params.n_ctx = self._max_length
             params.n_batch = params.n_ubatch = self.n_batch
-            params.n_seq_max = self.gen_batch
+            params.n_seq_max = max(self.gen_batch, self.score_batch)
             params.kv_unified = True
             params.n_threads = params.n_threads_batch = self.n_threads
             self._batched = _internals.LlamaContext(model=self.llm._model, params=params, verbose=False)
