@@ -13,8 +13,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
-
 Z_95 = 1.959963984540054  # two-sided 5%
 Z_80 = 0.8416212335729143  # 80% power
 DRAWS = 4000
@@ -51,6 +49,8 @@ def compare_items(
     variant: dict[int, float], reference: dict[int, float], higher_is_better: bool, keep: float
 ) -> Paired | None:
     """None when the two share no item."""
+    import numpy as np  # here: the TUI imports the report rules and starts without numpy
+
     shared = sorted(variant.keys() & reference.keys())
     if not shared:
         return None
