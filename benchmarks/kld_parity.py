@@ -89,7 +89,9 @@ def main() -> None:
 
     quantized, reference = LlamaCppLM(str(variant), max_length=args.context), LlamaCppLM(str(base), args.context)
     bos = reference.llm.token_bos() if reference.llm._model.add_bos_token() else None
-    pieces = chunks(reference.tok_encode(text, add_special_tokens=False), args.context, bos)
+    # as llama-perplexity tokenizes its text file: BOS as the model says, special-token text read as text
+    tokens = reference.llm.tokenize(text.encode("utf-8"), add_bos=bos is not None, special=False)
+    pieces = chunks(tokens, args.context, bos)
     starts = [args.context // 2 + 1] * len(pieces)  # predictions from the middle of each chunk on
     found, _ = fidelity.positions(pieces, fidelity.per_sequence(reference.logits),
                                   fidelity.per_sequence(quantized.logits), starts)  # fmt: skip
