@@ -69,7 +69,7 @@ def measure(
             tg.append(count / gen_seconds)
             ttft.append((prompt_seconds + gen_seconds / count) * 1000)
             generated.append(count)
-    result = {"pp_tps": summarize(pp), "tg_tps": summarize(tg), "ttft_ms": summarize(ttft)}
+    result: dict[str, Any] = {"pp_tps": summarize(pp), "tg_tps": summarize(tg), "ttft_ms": summarize(ttft)}
     if min(generated, default=settings.gen_tokens) < settings.gen_tokens:
         result["tg_tokens"] = generated  # the time limit cut generation short
     return result

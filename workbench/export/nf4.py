@@ -62,7 +62,8 @@ def dequantized(model: Any, dtype: Any) -> Any:
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, Linear4bit):
-                weight = bnb_functional.dequantize_4bit(child.weight.data, child.weight.quant_state)
+                state = child.weight.quant_state  # type: ignore[attr-defined]  # bitsandbytes' Params4bit
+                weight = bnb_functional.dequantize_4bit(child.weight.data, state)
                 plain = torch.nn.Linear(child.in_features, child.out_features, bias=child.bias is not None)
                 plain.weight = torch.nn.Parameter(weight.to(dtype), requires_grad=False)
                 if child.bias is not None:
