@@ -11,7 +11,7 @@ from __future__ import annotations
 import ctypes
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -46,6 +46,23 @@ class Scoring:
         context = min(self.scored_from, head.scored_from)
         common = len(os.path.commonprefix([self.window[:context], head.window[:context]]))
         return context if common == context else 0
+
+
+@dataclass
+class ScoreGroup:
+    """Requests scored in one KV pool: their positions in the caller's list, and for each the sequence
+    whose context cells it takes (itself when it shares none) and how many."""
+
+    indices: list[int] = field(default_factory=list)
+    requests: list[Scoring] = field(default_factory=list)
+    head_of: list[int] = field(default_factory=list)
+    shared: list[int] = field(default_factory=list)
+
+    def add(self, index: int, request: Scoring, head: int, shared: int) -> None:
+        self.indices.append(index)
+        self.requests.append(request)
+        self.head_of.append(head)
+        self.shared.append(shared)
 
 
 @register_model("llama-cpp-inprocess")
@@ -156,8 +173,7 @@ class LlamaCppLM(TemplateLM):
         ctx = self.batched_context()
         ctx.kv_cache_clear()
         entries = [(token, pos, seq, True) for seq, ids in enumerate(group) for pos, token in enumerate(ids)]
-        rows = np.concatenate([self._decode_rows(ctx, entries[i : i + self.n_batch])
-                               for i in range(0, len(entries), self.n_batch)])  # fmt: skip
+        rows = np.concatenate([rows for _, rows in self._decoded(ctx, entries)])
         bounds = np.cumsum([0, *map(len, group)])
         return [rows[bounds[i] : bounds[i + 1]] for i in range(len(group))]
 
@@ -172,55 +188,51 @@ class LlamaCppLM(TemplateLM):
         results: list[tuple[float, bool]] = [(0.0, False)] * len(requests)
         progress = tqdm(total=len(requests), disable=disable_tqdm or len(requests) < 2, desc="llama.cpp loglikelihood")
         for group in self._score_groups([scoring[i] for i in order], order):
-            for i, result in zip(group, self._score_group([scoring[i] for i in group]), strict=True):
+            for i, result in zip(group.indices, self._score_group(group), strict=True):
                 results[i] = result
-            progress.update(len(group))
+            progress.update(len(group.indices))
         progress.close()
         return results
 
-    def _score_groups(self, ordered: list[Scoring], indices: list[int]) -> Iterator[list[int]]:
-        """Consecutive requests, as many as fit the pool's sequences and cells together."""
-        group: list[int] = []
+    def _score_groups(self, ordered: list[Scoring], indices: list[int]) -> Iterator[ScoreGroup]:
+        """Consecutive requests, as many as fit the pool's sequences and cells together, each sharing the
+        context of the last request before it in the group that shares nothing (its head)."""
+        group = ScoreGroup()
         cells = 0
-        head: Scoring | None = None
         for scoring, i in zip(ordered, indices, strict=True):
-            shared = scoring.shared_with(head) if head is not None else 0
-            if group and (len(group) == self.score_batch or cells + len(scoring.window) - shared > self._max_length):
+            head = group.head_of[-1] if group.indices else None
+            shared = scoring.shared_with(group.requests[head]) if head is not None else 0
+            if group.indices and (
+                len(group.indices) == self.score_batch or cells + len(scoring.window) - shared > self._max_length
+            ):
                 yield group
-                group, cells, head, shared = [], 0, None, 0
-            if not shared:
-                head = scoring  # a new context: the requests after it may share it
-            group.append(i)
+                group, cells, head, shared = ScoreGroup(), 0, None, 0
+            group.add(i, scoring, head if shared and head is not None else len(group.indices), shared)
             cells += len(scoring.window) - shared
-        if group:
+        if group.indices:
             yield group
 
-    def _score_group(self, group: list[Scoring]) -> list[tuple[float, bool]]:
+    def _score_group(self, group: ScoreGroup) -> list[tuple[float, bool]]:
         ctx = self.batched_context()
         ctx.kv_cache_clear()
-        # a context is decoded once, in the sequence of its first request (its head), and copied
-        head_of, shared = [0] * len(group), [0] * len(group)
-        for seq, scoring in enumerate(group):
-            head = head_of[seq - 1] if seq else None
-            shared[seq] = scoring.shared_with(group[head]) if head is not None else 0
-            head_of[seq] = head if shared[seq] and head is not None else seq
+        requests, head_of, shared = group.requests, group.head_of, group.shared
+        # each context is decoded once, in its head's sequence, as far as its requests share it, and copied
         heads = sorted(set(head_of))
-        reach = {h: max(shared[s] for s in range(len(group)) if head_of[s] == h) for h in heads}
-        self._decode(ctx, [(group[h].window[p], p, h, False) for h in heads for p in range(reach[h])])
-        for seq in range(len(group)):
+        reach = {h: max(shared[s] for s in range(len(requests)) if head_of[s] == h) for h in heads}
+        self._decode(ctx, [(requests[h].window[p], p, h, False) for h in heads for p in range(reach[h])])
+        for seq in range(len(requests)):
             if head_of[seq] != seq:
                 ctx.kv_cache_seq_cp(head_of[seq], seq, 0, shared[seq])
         entries = [
             (scoring.window[p], p, seq, p >= scoring.scored_from)
-            for seq, scoring in enumerate(group)
+            for seq, scoring in enumerate(requests)
             for p in range(shared[seq] if head_of[seq] != seq else reach[seq], len(scoring.window))
         ]
-        totals, greedy = [0.0] * len(group), [True] * len(group)
-        for start in range(0, len(entries), self.n_batch):
-            chunk = entries[start : start + self.n_batch]
+        totals, greedy = [0.0] * len(requests), [True] * len(requests)
+        for chunk, rows in self._decoded(ctx, entries):
             wanted = [(seq, p) for _, p, seq, wants in chunk if wants]
-            for (seq, p), row in zip(wanted, log_softmax(self._decode_rows(ctx, chunk)), strict=True):
-                target = group[seq].full[p + 1]
+            for (seq, p), row in zip(wanted, log_softmax(rows), strict=True):
+                target = requests[seq].full[p + 1]
                 totals[seq] += float(row[target])
                 greedy[seq] = greedy[seq] and int(row.argmax()) == target
         return list(zip(totals, greedy, strict=True))
@@ -293,13 +305,19 @@ class LlamaCppLM(TemplateLM):
         finally:
             batch.close()
 
-    def _decode(self, ctx: Any, entries: list[tuple[int, int, int, bool]]) -> dict[int, np.ndarray]:
-        """Decode entries in chunks of n_batch; returns the last wanted logits of each sequence."""
-        logits: dict[int, np.ndarray] = {}
+    def _decoded(
+        self, ctx: Any, entries: list[tuple[int, int, int, bool]]
+    ) -> Iterator[tuple[list[tuple[int, int, int, bool]], np.ndarray]]:
+        """Decode entries in chunks of n_batch, in order: each chunk with its wanted logits."""
         for start in range(0, len(entries), self.n_batch):
             chunk = entries[start : start + self.n_batch]
-            seqs = [seq for _, _, seq, wants in chunk if wants]
-            logits.update(zip(seqs, self._decode_rows(ctx, chunk), strict=True))
+            yield chunk, self._decode_rows(ctx, chunk)
+
+    def _decode(self, ctx: Any, entries: list[tuple[int, int, int, bool]]) -> dict[int, np.ndarray]:
+        """Decode entries; returns the last wanted logits of each sequence."""
+        logits: dict[int, np.ndarray] = {}
+        for chunk, rows in self._decoded(ctx, entries):
+            logits.update(zip([seq for _, _, seq, wants in chunk if wants], rows, strict=True))
         return logits
 
     def _generate_group(self, prompts: list[list[int]], settings: list[tuple[list[str], int]]) -> list[str]:
