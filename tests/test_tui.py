@@ -93,6 +93,118 @@ def test_runs_and_run_screens_at_80x24(tmp_path: Path) -> None:
     asyncio.run(drive())
 
 
+DPO = ({"rewards/margins": 0.0, "rewards/accuracies": 0.5}, {"rewards/margins": 0.61, "rewards/accuracies": 0.75},
+       {"rewards/margins": 1.3456, "rewards/accuracies": 0.9375})  # fmt: skip
+
+
+def tuned_run(home: Path, tune_status: str = "running") -> Store:
+    """A run past its supervised training, preference tuning (DPO) with 3 of its steps logged."""
+    store = Store(home / "workbench.db")
+    recipe = {"name": "tuned", "tune": {"objective": "dpo"}}
+    store.upsert_run("tuned", "tuned", recipe, "recipes/tuned.yaml", os.getpid())
+    for name in ("data", "train"):
+        store.start_stage("tuned", name, "k")
+        store.finish_stage("tuned", name, "done")
+    for step in range(1, 5):
+        log = {"step": step, "total_steps": 4, "loss": 2 / step, "learning_rate": 1e-3, "tokens_per_s": 250.0}
+        store.add_event("tuned", "train", "train_log", {**log, "metrics": {"mean_token_accuracy": 0.5}})
+    store.start_stage("tuned", "tune", "k")
+    for step, (loss, metrics) in enumerate(zip((0.693, 0.55, 0.412), DPO, strict=True), 1):
+        log = {"step": step, "total_steps": 3, "loss": loss, "learning_rate": 5e-6, "eta_s": 3 - step}
+        store.add_event("tuned", "tune", "train_log", {**log, "metrics": {**metrics, "logps/chosen": -40.0}})
+    if tune_status != "running":
+        store.finish_stage("tuned", "tune", tune_status)
+    (home / "tuned").mkdir(parents=True)
+    (home / "tuned" / "worker.log").write_text("[tune] dpo\n")
+    return store
+
+
+def test_headline_metrics_of_each_objective() -> None:
+    def logs(*keys: str) -> list[dict]:
+        return [{"step": 1, "loss": 1.0, "metrics": dict.fromkeys(keys, 0.1)}]
+
+    dpo = logs("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen")
+    grpo = logs("reward", "reward_std", "kl", "rewards/exact_match/mean", "completions/mean_length")
+    kto = logs("kl", "rewards/chosen", "rewards/rejected", "rewards/margins")
+    reward_model = logs("min_reward", "mean_reward", "max_reward", "accuracy", "margin")
+    assert progress.headline_keys("tune", dpo) == ["rewards/margins", "rewards/accuracies"]
+    assert progress.headline_keys("tune", grpo) == ["reward", "kl"]
+    assert progress.headline_keys("tune", kto) == ["rewards/margins", "kl"]  # KTO logs no accuracies
+    assert progress.headline_keys("reward", reward_model) == ["accuracy", "margin"]
+    assert progress.headline_keys("reward", logs("mean_reward")) == ["mean_reward"]
+    assert progress.headline_keys("train", logs("mean_token_accuracy", "entropy")) == []  # loss and lr only
+    assert progress.headline_keys("tune", [{"step": 1, "loss": 1.0}]) == []  # logs from before metrics
+    assert [progress.figure(v) for v in (0, 0.5, 1.3456, 0.0012, -0.25)] == ["0.00", "0.50", "1.35", "0.0012", "-0.25"]
+
+
+def test_progress_follows_the_training_stage_running(tmp_path: Path) -> None:
+    store = tuned_run(tmp_path)
+    stages = store.stages("tuned")
+    logs = {name: store.events("tuned", stage=name, kind="train_log") for name in ("train", "tune")}
+    assert progress.training_stage(stages, logs) == "tune"
+    assert progress.training_stage(stages, {"train": logs["train"]}) == "tune"  # running, nothing logged yet
+    assert progress.training_stage(stages[:2], logs) == "tune"  # none running: the last that logged
+    assert progress.training_stage(stages[:2], {"train": logs["train"]}) == "train"
+    assert progress.training_stage(stages[:2], {}) is None
+    label = progress.stage_label("tune", progress.run_recipe(store.run("tuned")["recipe"]))
+    assert label == "tune (dpo)" and progress.stage_label("reward", {"tune": {"objective": "dpo"}}) == "reward"
+    assert progress.run_recipe("not json") == {} and progress.stage_label("tune", {}) == "tune"
+    assert progress.training_line(logs["tune"][-1], label) == (
+        "tune (dpo) step 3/3 · loss 0.4120 · margin 1.35 · acc 0.94 · lr 5.00e-06 · ETA 0s"
+    )
+    assert progress.training_line(None, label) == "tune (dpo): no steps logged yet"
+    assert progress.training_line(logs["train"][-1], "train").startswith("training: step 4/4 · loss 0.5000 · lr")
+    assert progress.pipeline(stages, logs["tune"][-1]) == "data✓ train✓ tune 3/3 merge· export· eval· bench· report·"
+
+
+def test_run_screen_follows_preference_tuning_with_its_metrics(tmp_path: Path) -> None:
+    store = tuned_run(tmp_path)
+
+    async def drive() -> None:
+        app = WorkbenchApp(tmp_path)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.press("enter")
+            await pilot.pause()
+            screen = app.screen
+            assert isinstance(screen, RunScreen)
+            assert sorted(screen.train_logs) == ["train", "tune"]
+            assert [len(screen.train_logs[name]) for name in ("train", "tune")] == [4, 3]
+            line = str(screen.query_one("#training").render())
+            assert line.startswith("tune (dpo) step 3/3 · loss 0.4120 · margin 1.35 · acc 0.94")
+            await pilot.press("2")
+            await pilot.pause()
+            assert (screen.plotted_stage, screen.plotted) == ("tune", 3)
+            drawn = screen.query_one("#curve").render().plain
+            assert "tune (dpo) loss (left) and margin, acc (right)" in drawn
+            store.add_event("tuned", "tune", "train_log", {"step": 4, "total_steps": 4, "loss": 0.3,
+                            "metrics": {"rewards/margins": 2.5, "rewards/accuracies": 1.0}})  # fmt: skip
+            store.finish_stage("tuned", "tune", "done")
+            screen.refresh_run()
+            assert "step 4/4 · loss 0.3000 · margin 2.50 · acc 1.00" in str(screen.query_one("#training").render())
+            assert (screen.plotted_stage, screen.plotted) == ("tune", 4)
+
+    asyncio.run(drive())
+
+
+def test_show_prints_a_line_per_training_stage(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    from workbench.cli import main
+
+    store = tuned_run(tmp_path, "done")
+    for step, accuracy, margin in ((1, 0.6, 0.1), (2, 0.9, 0.8)):
+        metrics = {"accuracy": accuracy, "margin": margin, "mean_reward": 0.2}
+        store.add_event("tuned", "reward", "train_log", {"step": step, "total_steps": 2, "loss": 1 - 0.35 * step,
+                        "metrics": metrics})  # fmt: skip
+    store.set_run_status("tuned", "done")
+    assert main(["--home", str(tmp_path), "show", "tuned"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    trained = lines.index("training: step 4/4, loss 2.0000 -> 0.5000, 250.0 tokens/s")
+    assert lines[trained + 1] == "reward: step 2/2, loss 0.6500 -> 0.3000, accuracy 0.60 -> 0.90, margin 0.10 -> 0.80"
+    assert (
+        "tune (dpo): step 3/3, loss 0.6930 -> 0.4120, rewards/margins 0.00 -> 1.35, rewards/accuracies 0.50 -> 0.94"
+        in lines
+    )
+
+
 async def until(pilot, condition, seconds: float = 60) -> None:  # noqa: ANN001
     """Let the app run until `condition()` holds (answers and pulls come from other processes)."""
     deadline = time.monotonic() + seconds

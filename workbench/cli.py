@@ -364,13 +364,23 @@ def cmd_show(args: argparse.Namespace) -> int:
         print("\nevaluation (lm-eval; fidelity vs the merged model: next-token KLD, top-1 agreement, perplexity ratio)")
         _out("\n".join(format_table(metrics)))
         print(f"per-sample outputs: {args.home / args.run / 'eval' / 'models'}/<model>/samples/")
-    logs = store.events(args.run, stage="train", kind="train_log")
-    if logs:
-        first, last = logs[0], logs[-1]
-        print(
-            f"\ntraining: step {last['step']}/{last['total_steps']}, loss {first['loss']:.4f} -> {last['loss']:.4f}"
-            + (f", {last['tokens_per_s']} tokens/s" if last.get("tokens_per_s") else "")
-        )
+    from workbench.tui import progress  # plain functions over the store (no terminal)
+
+    logs = store.events(args.run, kind="train_log")
+    by_stage = {name: [log for log in logs if log["stage"] == name] for name in progress.TRAINING}
+    recipe = progress.run_recipe(run["recipe"])
+    if any(by_stage.values()):
+        print()
+    for name, staged in by_stage.items():  # one line per training stage that logged: train, reward, tune
+        if not staged:
+            continue
+        first, last = staged[0], staged[-1]
+        line = f"{'training' if name == 'train' else progress.stage_label(name, recipe)}: "
+        line += f"step {last['step']}/{last['total_steps']}, loss {first['loss']:.4f} -> {last['loss']:.4f}"
+        for key in progress.headline_keys(name, staged):
+            values = [log["metrics"][key] for log in staged if key in (log.get("metrics") or {})]
+            line += f", {key} {progress.figure(values[0])} -> {progress.figure(values[-1])}"
+        _out(line + (f", {last['tokens_per_s']} tokens/s" if last.get("tokens_per_s") else ""))
     if metrics or store.bench(args.run):
         print(f"\nspeed, comparison and recommendation: `workbench report {args.run}`")
     return 0

@@ -13,7 +13,9 @@ from workbench.safe import terminal_text
 PYTHON = [sys.executable, "-P"]
 
 # stage names in the order they run (the stages themselves live in workbench.stages, which loads torch)
-STAGE_ORDER = ["data", "train", "merge", "export", "eval", "bench", "report"]
+STAGE_ORDER = ["data", "train", "reward", "tune", "merge", "export", "eval", "bench", "report"]
+# stages only recipes with the matching section have (reward_model, tune)
+OPTIONAL_STAGES = frozenset({"reward", "tune"})
 
 
 def default_home() -> Path:

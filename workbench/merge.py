@@ -4,6 +4,8 @@ quantization-aware QLoRA rounded; never into the nf4 weights themselves."""
 
 from __future__ import annotations
 
+import contextlib
+from pathlib import Path
 from typing import Any
 
 
@@ -25,9 +27,26 @@ def load_base(base: str, merge_base: str) -> Any:
     return AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
 
 
-def merge_adapter(base: str, adapter_dir: Any, merge_base: str = "original") -> Any:
-    """The base with the adapter folded in, in fp32 (cast when saving)."""
+def merge_adapter(base: str, adapter_dir: Any, merge_base: str = "original", then: Any = None) -> Any:
+    """The base with the adapter folded in, in fp32 (cast when saving); `then`: a second adapter trained on
+    that merged model (preference tuning with `tune.start: merged`), folded in after it."""
     from peft import PeftModel
 
-    model = PeftModel.from_pretrained(load_base(base, merge_base), str(adapter_dir))
-    return model.merge_and_unload()
+    model = PeftModel.from_pretrained(load_base(base, merge_base), str(adapter_dir)).merge_and_unload()
+    if then is not None:
+        model = PeftModel.from_pretrained(model, str(then)).merge_and_unload()
+    return model
+
+
+def save_merged(model: Any, out: Path, dtype: str, base: str, tokenizer_from: str | Path) -> None:
+    """A merged model saved as a plain safetensors checkpoint in `dtype`, with the base model's generation
+    settings and the trained tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, GenerationConfig
+
+    model = model.to(getattr(torch, dtype))
+    model.config.dtype = getattr(torch, dtype)
+    with contextlib.suppress(OSError):  # a base without generation_config.json keeps the default
+        model.generation_config = GenerationConfig.from_pretrained(base)
+    model.save_pretrained(out, safe_serialization=True)
+    AutoTokenizer.from_pretrained(tokenizer_from).save_pretrained(out)

@@ -13,14 +13,18 @@ from workbench import yamlfile
 from workbench.errors import InputError
 from workbench.paths import NAME_PATTERN, NAME_RULE
 
-DataFormat = Literal["auto", "messages", "sharegpt", "alpaca", "qa", "prompt_completion", "preference", "text"]
+DataFormat = Literal[
+    "auto", "messages", "sharegpt", "alpaca", "qa", "prompt_completion", "preference", "unpaired", "text"
+]
 
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
-class DataSection(Section):
+class RowsSection(Section):
+    """A data file and how its rows are read, checked and split."""
+
     path: str = Field(description="JSON, JSONL, CSV or Parquet file, relative to the recipe")
     format: DataFormat = "auto"
     encoding: str = Field(
@@ -32,9 +36,12 @@ class DataSection(Section):
     held_out: float = Field(default=0.1, ge=0, description="fraction (< 1) or count (>= 1) of rows kept for evaluation")
     split_seed: int = 0
     max_bad_rows: int = Field(default=0, ge=0, description="bad rows tolerated before refusing")
+    max_length: int = Field(default=1024, gt=0, description="longest row in tokens; longer rows are bad")
+
+
+class DataSection(RowsSection):
     loss_on: Literal["responses", "all"] = "responses"
     packing: bool = False
-    max_length: int = Field(default=1024, gt=0, description="longest row in tokens; longer rows are bad")
 
 
 class LoraSection(Section):
@@ -68,8 +75,9 @@ class QATSection(Section):
         return None if isinstance(value, str) and value.lower() == "none" else value
 
 
-class TrainSection(Section):
-    method: Literal["lora", "qlora", "full"] = "lora"
+class OptimizeSection(Section):
+    """How long and how a training stage optimizes (supervised, preference and reward training alike)."""
+
     epochs: float | Literal["auto"] = "auto"
     max_steps: int | None = Field(default=None, gt=0, description="overrides epochs when set")
     batch_size: int = Field(default=8, gt=0)
@@ -83,7 +91,55 @@ class TrainSection(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     gradient_checkpointing: bool = False
     lora: LoraSection = LoraSection()
+
+
+class TrainSection(OptimizeSection):
+    method: Literal["lora", "qlora", "full"] = "lora"
     qat: QATSection = QATSection()
+
+
+Objective = Literal["dpo", "orpo", "kto", "grpo", "rloo"]
+PAIRED: tuple[Objective, ...] = ("dpo", "orpo")  # trained on chosen / rejected pairs
+ONLINE: tuple[Objective, ...] = ("grpo", "rloo")  # generate, score with rewards, learn
+RewardName = Literal["exact_match", "reward_model"]
+
+
+class TuneSection(OptimizeSection):
+    """Preference tuning or online RL after the supervised fine-tune, starting from its result."""
+
+    objective: Objective = Field(description="dpo, orpo, kto (preference rows); grpo, rloo (online RL)")
+    data: RowsSection | None = Field(
+        default=None,
+        description="preference rows (dpo, orpo: prompt/chosen/rejected; kto: prompt/completion/label or pairs);"
+        " online RL: prompts with reference answers, default the supervised split's training rows",
+    )
+    start: Literal["adapter", "merged"] = Field(
+        default="adapter",
+        description="adapter: the supervised adapter trains on, the reference is a frozen copy of it; merged: the"
+        " supervised model is merged first and a new LoRA trains on it, the reference is the merged model",
+    )
+    beta: float = Field(
+        default=0.1,
+        ge=0,
+        description="KL coefficient to the reference model (DPO/KTO beta, GRPO/RLOO KL penalty; ORPO: the"
+        " odds-ratio weight)",
+    )
+    learning_rate: float = Field(default=5e-5, gt=0)
+    rewards: list[RewardName] = Field(
+        default_factory=lambda: list[RewardName](["exact_match"]),
+        description="online RL rewards: exact_match (answer equals the row's reference answer), reward_model"
+        " (the recipe's reward_model)",
+    )
+    generations: int = Field(default=4, ge=2, description="online RL: answers sampled per prompt")
+    max_completion_length: int = Field(default=32, gt=0, description="online RL: tokens per sampled answer")
+    temperature: float = Field(default=1.0, gt=0, description="online RL: sampling temperature")
+
+
+class RewardModelSection(OptimizeSection):
+    """A reward model: the base model with a LoRA sequence-classification head, trained on preference pairs."""
+
+    data: RowsSection | None = Field(default=None, description="preference pairs; default: tune.data")
+    learning_rate: float = Field(default=1e-4, gt=0)
 
 
 MergeBase = Literal["original", "dequantized-nf4"]
@@ -252,6 +308,8 @@ class Recipe(Section):
     base_model: str = Field(description="registry name, local folder or hub id")
     data: DataSection
     train: TrainSection = TrainSection()
+    reward_model: RewardModelSection | None = None
+    tune: TuneSection | None = None
     merge: MergeSection = MergeSection()
     export: ExportSection = ExportSection()
     eval: EvalSection = EvalSection()
@@ -272,6 +330,7 @@ class Recipe(Section):
                 "export.adapter_gguf: this adapter belongs to the dequantized nf4 base (merge.base"
                 f" {self.merge_base}), not to the base model a GGUF adapter is applied to"
             )
+        self._check_tuning()
         if qat.target and qat.target not in self.export.gguf:
             raise ValueError(f"train.qat.target: {qat.target} is not exported; add it to export.gguf")
         if qat.target and self.train.lora.dora and self.train.method != "full":
@@ -283,6 +342,30 @@ class Recipe(Section):
             )
         return self
 
+    def _check_tuning(self) -> None:
+        tune, reward = self.tune, self.reward_model
+        if reward and not (reward.data or (tune and tune.data)):
+            raise ValueError("reward_model.data: needs preference pairs (or tune.data to share)")
+        if not tune:
+            return
+        if tune.objective not in ONLINE and tune.data is None:
+            raise ValueError(f"tune.data: {tune.objective} trains on preference rows; name their file")
+        if tune.objective in ONLINE and tune.batch_size * tune.grad_accum % tune.generations:
+            raise ValueError(
+                f"tune.batch_size x tune.grad_accum must be a multiple of tune.generations ({tune.generations}):"
+                " each prompt's sampled answers are scored together"
+            )
+        if tune.objective in ONLINE and "reward_model" in tune.rewards and not reward:
+            raise ValueError("tune.rewards: reward_model needs a reward_model section to train it")
+        if self.train.method == "full":
+            raise ValueError("tune: follows a LoRA fine-tune (train.method lora or qlora), not a full one")
+        if self.train.qat.target:
+            raise ValueError("tune: quantization-aware training applies to the supervised stage alone; drop train.qat")
+        if tune.start == "merged" and self.export.adapter_gguf:
+            raise ValueError(
+                "export.adapter_gguf: with tune.start merged the result is two adapters; use tune.start adapter"
+            )
+
     @property
     def merge_base(self) -> MergeBase:
         """What the adapter is folded into, `merge.base: auto` decided."""
@@ -290,6 +373,22 @@ class Recipe(Section):
             return self.merge.base
         nf4 = self.train.method == "qlora" and (self.train.lora.init == "loftq" or self.train.qat.target is not None)
         return "dequantized-nf4" if nf4 else "original"
+
+    def data_files(self) -> dict[str, RowsSection]:
+        """Every data file the recipe reads, by the field that names it."""
+        files: dict[str, RowsSection] = {"data": self.data}
+        if self.tune and self.tune.data:
+            files["tune.data"] = self.tune.data
+        if self.reward_model and self.reward_model.data:
+            files["reward_model.data"] = self.reward_model.data
+        return files
+
+    @property
+    def reward_rows(self) -> RowsSection | None:
+        """The reward model's preference pairs (its own, else tune.data)."""
+        if not self.reward_model:
+            return None
+        return self.reward_model.data or (self.tune.data if self.tune else None)
 
     @field_validator("base_model")
     @classmethod
@@ -413,7 +512,11 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
             raise RecipeError(str(path), ["(top level): must be a mapping to apply --set"])
         data = apply_overrides(data, overrides, str(path))
     recipe = parse_recipe(data, str(path), path.resolve())
-    data_path = recipe.resolve_path(recipe.data.path)
-    if not data_path.is_file():
-        raise RecipeError(str(path), [f"data.path: file not found: {recipe.data.path}"])
+    missing = [
+        f"{field}.path: file not found: {section.path}"
+        for field, section in recipe.data_files().items()
+        if not recipe.resolve_path(section.path).is_file()
+    ]
+    if missing:
+        raise RecipeError(str(path), missing)
     return recipe

@@ -15,28 +15,29 @@ from workbench.fsutil import atomic_dir, atomic_write_text
 from workbench.paths import check_name, remove
 from workbench.recipe import Recipe
 from workbench.runlock import RunLock
-from workbench.stages import STAGE_ORDER, STAGES
+from workbench.stages import STAGES, needs_of, stages_of
 from workbench.stages.base import StageContext, StageInterrupted, cache_key, can_resume, differences, key_payload
 from workbench.store import Store
 
 KEY_FILE = "key.json"  # in a stage's work folder: the key payload it was made under
 
 
-def plan(selected: list[str] | None) -> list[str]:
-    """Stages to consider, in order: the selected ones and everything they need."""
+def plan(recipe: Recipe, selected: list[str] | None) -> list[str]:
+    """Stages to consider, in order: the selected ones and everything they need, of those the recipe has."""
+    have = stages_of(recipe)
     if not selected:
-        return list(STAGE_ORDER)
-    unknown = [name for name in selected if name not in STAGES]
+        return have
+    unknown = [name for name in selected if name not in have]
     if unknown:
-        raise RunError(f"unknown stage(s) {', '.join(unknown)}; stages are {', '.join(STAGE_ORDER)}")
+        raise RunError(f"unknown stage(s) {', '.join(unknown)}; this recipe's stages are {', '.join(have)}")
     wanted: set[str] = set()
     pending = list(selected)
     while pending:
         name = pending.pop()
         if name not in wanted:
             wanted.add(name)
-            pending += STAGES[name].needs
-    return [name for name in STAGE_ORDER if name in wanted]
+            pending += needs_of(name, recipe)
+    return [name for name in have if name in wanted]
 
 
 def run_recipe(
@@ -50,7 +51,7 @@ def run_recipe(
     """Run (or resume) a recipe; returns the run id. Raises StageInterrupted or RunError. Holds the run's
     lock throughout: a second worker for the same run is refused."""
     force = force or []
-    names = plan(stages)
+    names = plan(recipe, stages)
     bad_force = [name for name in force if name not in STAGES]
     if bad_force:
         raise RunError(f"--force: unknown stage(s) {', '.join(bad_force)}")
@@ -71,17 +72,17 @@ def _run(recipe: Recipe, home: Path, run_id: str, names: list[str], force: list[
         if "eval" in names:  # refused now, not after hours of training
             check_metric(recipe.eval.metric)
         for name in names:
-            stage = STAGES[name]
-            payload = key_payload(stage, recipe, {need: keys[need] for need in stage.needs})
+            stage, needs = STAGES[name], needs_of(name, recipe)
+            payload = key_payload(stage, recipe, {need: keys[need] for need in needs})
             key = keys[name] = cache_key(payload)
             out = run_dir / name
             record = store.stage(run_id, name)
             fresh = record and record.status == "done" and record.cache_key == key and out.exists()
-            if fresh and name not in force and not redone.intersection(stage.needs):
+            if fresh and name not in force and not redone.intersection(needs):
                 print(f"[{name}] unchanged, skipped (cached)", flush=True)
                 continue
             redone.add(name)
-            inputs = {need: run_dir / need for need in stage.needs}
+            inputs = {need: run_dir / need for need in needs}
             _run_stage(store, recipe, run_id, run_dir, name, payload, inputs)
         store.set_run_status(run_id, "done")
     except (StageInterrupted, KeyboardInterrupt):

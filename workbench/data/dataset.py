@@ -13,6 +13,7 @@ import numpy as np
 from workbench.data.files import _Unparsable, read_rows
 from workbench.data.formats import NORMALISERS, BadRow, Row, detect_format
 from workbench.errors import InputError
+from workbench.recipe import RowsSection
 
 
 @dataclass
@@ -80,11 +81,31 @@ def _with_system(row: Row, system_prompt: str | None) -> Row:
     return row
 
 
-def check_bad_rows(data: LoadedData, tolerated: int, shown: int = 20) -> None:
+def load_checked(
+    path: Path, section: RowsSection, tokenizer: Any, field: str = "data", system_prompt: str | None = None
+) -> tuple[LoadedData, list[int]]:
+    """A recipe's data file (`field`) read and normalised, rows longer than its `max_length` in tokens
+    marked bad, refused when more rows are bad than its `max_bad_rows` (each named with its number); the
+    token lengths of the rest."""
+    data = load_data(path, section.format, system_prompt or section.system_prompt, section.encoding)
+    lengths = token_lengths([row for _, row in data.rows], tokenizer)
+    too_long = {
+        number: f"{length} tokens, longer than {field}.max_length {section.max_length}"
+        for (number, _), length in zip(data.rows, lengths, strict=True)
+        if length > section.max_length
+    }
+    data.mark_bad(too_long)
+    check_bad_rows(data, section.max_bad_rows, field=field)
+    return data, [length for length in lengths if length <= section.max_length]
+
+
+def check_bad_rows(data: LoadedData, tolerated: int, shown: int = 20, field: str = "data") -> None:
     """Refuse when more rows are bad than the recipe tolerates, naming every one (up to `shown`)."""
     if len(data.bad) <= tolerated:
         return
-    lines = [f"{data.path}: {len(data.bad)} of {data.total} {data.unit}s are bad (data.max_bad_rows is {tolerated}):"]
+    lines = [
+        f"{data.path}: {len(data.bad)} of {data.total} {data.unit}s are bad ({field}.max_bad_rows is {tolerated}):"
+    ]
     lines += [f"  {info}" for info in data.bad[:shown]]
     if len(data.bad) > shown:
         lines.append(f"  ... and {len(data.bad) - shown} more")
@@ -123,6 +144,8 @@ def to_trl(row: Row, loss_on: str) -> dict[str, Any]:
         return {"text": row["text"]}
     if "chosen" in row:
         return row
+    if "label" in row:  # unpaired: TRL's KTO rows
+        return {"prompt": row["prompt"], "completion": row["completion"], "label": row["label"]}
     messages = row["messages"]
     if loss_on == "all":
         return {"messages": messages}
@@ -135,12 +158,22 @@ def render(row: Row, tokenizer: Any) -> str:
         return row["text"]
     if "chosen" in row:
         return tokenizer.apply_chat_template(row["prompt"] + row["chosen"], tokenize=False)
+    if "completion" in row:
+        return tokenizer.apply_chat_template(row["prompt"] + row["completion"], tokenize=False)
     return tokenizer.apply_chat_template(row["messages"], tokenize=False)
 
 
 def token_lengths(rows: list[Row], tokenizer: Any) -> list[int]:
+    """Each row's length in tokens as the model sees it; a preference pair's is its longer side's."""
     texts = [render(row, tokenizer) for row in rows]
     if not texts:
         return []
-    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    return [len(ids) for ids in encoded]
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    paired = [i for i, row in enumerate(rows) if "rejected" in row]
+    if paired:
+        rejected = [
+            tokenizer.apply_chat_template(rows[i]["prompt"] + rows[i]["rejected"], tokenize=False) for i in paired
+        ]
+        for i, ids in zip(paired, tokenizer(rejected, add_special_tokens=False)["input_ids"], strict=True):
+            lengths[i] = max(lengths[i], len(ids))
+    return lengths

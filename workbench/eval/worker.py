@@ -2,8 +2,9 @@
 
 Runs lm-eval on the job's tasks (GGUF through the in-process llama.cpp LM, everything else through
 lm-eval's `hf` backend, which loads GPTQ/AWQ through GPTQModel and nf4 through bitsandbytes), then the
-fidelity comparison against the reference model. Writes per-sample `samples/*.jsonl` into the job's `out`
-folder and returns the summary. A crash here fails one model, not the stage.
+fidelity comparison against the reference model, then the log-likelihoods of held-out preference pairs.
+Writes per-sample `samples/*.jsonl` into the job's `out` folder and returns the summary. A crash here
+fails one model, not the stage.
 """
 
 from __future__ import annotations
@@ -165,6 +166,13 @@ def evaluate_job(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
         started = time.perf_counter()
         result["fidelity"] = run_fidelity(lm, job)
         result["seconds"]["fidelity"] = round(time.perf_counter() - started, 2)
+    if job.get("preference"):
+        from workbench.eval.preference import log_likelihoods
+
+        channel.phase("preference")
+        started = time.perf_counter()
+        result["preference"] = log_likelihoods(lm, job["preference"]["pairs"])
+        result["seconds"]["preference"] = round(time.perf_counter() - started, 2)
     if hasattr(lm, "close"):
         lm.close()
     return result

@@ -56,7 +56,7 @@ class ComparisonRow:
     name: str
     label: str  # the part of the name after the merged model's: "Q4_K_M.gguf", "GPTQ-Int4"; "merged", "base"
     format: str
-    role: str  # base | reference | variant
+    role: str  # base | sft | reference | variant
     status: str = "done"
     error: str | None = None
     size_mb: float | None = None
@@ -266,6 +266,8 @@ def build_rows(
     base_names = [name for name, role in roles.items() if role == "base"]
     for name in base_names:
         rows.append(ComparisonRow(name=name, label="base", format="hf", role="base"))
+    for name in [name for name, role in roles.items() if role == "sft"]:  # before preference tuning
+        rows.append(ComparisonRow(name=name, label="supervised", format="hf", role="sft"))
     for variant in variants:
         role = "reference" if variant.is_reference else "variant"
         rows.append(
@@ -312,8 +314,11 @@ def build_rows(
     return rows
 
 
+UNSHIPPED = ("base", "sft")  # rows shown for comparison, never recommended
+
+
 def candidates(rows: list[ComparisonRow]) -> list[ComparisonRow]:
-    return [r for r in rows if r.role != "base" and r.status == "done" and r.score is not None]
+    return [r for r in rows if r.role not in UNSHIPPED and r.status == "done" and r.score is not None]
 
 
 def mib(size: float | None) -> str:
@@ -398,7 +403,7 @@ def recommend_served(
     pool = [
         r
         for r in served
-        if r.role != "base"
+        if r.role not in UNSHIPPED
         and "failed" not in (r.parity, r.served_parity)
         and r.moved is None
         and (task is None or qualifies(r, judging))

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from workbench.records import Metric
 
 FIDELITY = ("kld_mean", "top1_agreement", "ppl_ratio", "answer_ppl_ratio")
-ROLE_ORDER = {"base": 0, "reference": 1, "variant": 2}
+ROLE_ORDER = {"base": 0, "sft": 1, "reference": 2, "variant": 3, "reward": 4}
 
 
 @dataclass

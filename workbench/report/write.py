@@ -16,9 +16,10 @@ from workbench import safe
 from workbench.errors import RunError
 from workbench.fsutil import atomic_write_bytes
 from workbench.parity import describe_served
-from workbench.records import BenchResult
+from workbench.records import BenchResult, Metric
 from workbench.report import plots, table, twins
 from workbench.report.compare import Comparison, Judging, compare
+from workbench.report.scores import ROLE_ORDER
 from workbench.store import Store
 
 FIGURES = {
@@ -40,6 +41,7 @@ class RunReport:
     settings: list[str] = field(default_factory=list)  # how the speeds were measured, per target
     recovered: list[dict[str, Any]] = field(default_factory=list)  # against plain / QAT twins (report.twins)
     serving: list[dict[str, Any]] = field(default_factory=list)  # per variant: how to serve it, served parity
+    preference: list[str] = field(default_factory=list)  # held-out preference pairs, per model
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -52,6 +54,7 @@ class RunReport:
             "loss": self.loss,
             "recovered": self.recovered,
             "serving": self.serving,
+            "preference": self.preference,
         }
 
 
@@ -91,7 +94,39 @@ def load(store: Store, run_id: str, run_dir: Path, keep_percent: float | None = 
     ]
     history = run_dir / "train" / "log_history.json"
     loss = json.loads(history.read_text()) if history.is_file() else []
-    return RunReport(comparison, recipe, stages, loss, failures, bench_settings(bench), serving=serving)
+    preference = preference_lines(metrics, labels)
+    return RunReport(
+        comparison, recipe, stages, loss, failures, bench_settings(bench), serving=serving, preference=preference
+    )
+
+
+def preference_lines(metrics: list[Metric], labels: dict[str, str]) -> list[str]:
+    """What preference tuning did, per model, on the held-out pairs (workbench.eval.preference)."""
+    values: dict[str, dict[str, float]] = {}
+    roles = {}
+    for m in metrics:
+        if m.task == "preference" and m.value is not None:
+            values.setdefault(m.model, {})[m.metric] = m.value
+            roles[m.model] = m.role
+    lines = []
+    for model in sorted(values, key=lambda name: ROLE_ORDER.get(roles[name], 3)):
+        got = values[model]
+        if roles[model] == "reward":
+            lines.append(
+                f"reward model: ranks {got['accuracy']:.1%} of its held-out pairs right"
+                f" (mean score margin {got.get('margin', float('nan')):.3f})"
+            )
+            continue
+        line = (
+            f"{labels.get(model, model)}: finds the chosen answer likelier on {got['accuracy']:.1%} of held-out pairs"
+        )
+        if "reward_margin" in got:
+            line += (
+                f"; implicit reward vs the supervised model: margin {got['reward_margin']:+.3f},"
+                f" {got.get('reward_accuracy', float('nan')):.1%} of pairs ranked right"
+            )
+        lines.append(line)
+    return lines
 
 
 def bench_settings(bench: list[BenchResult]) -> list[str]:
@@ -216,6 +251,8 @@ def markdown(report: RunReport, images: dict[str, bytes]) -> str:
         parts += [safe.markdown_row(twins.recovered_cells(item)) for item in report.recovered] + [""]
     if report.serving:
         parts += ["## Serving", "", *[f"- {text(line)}" for line in serving_lines(report)], ""]
+    if report.preference:
+        parts += ["## Preference (held-out pairs)", "", *[f"- {text(line)}" for line in report.preference], ""]
     if adapter_lines(comparison):
         parts += ["## Adapter or merge", "", *[f"- {text(line)}" for line in adapter_lines(comparison)], ""]
     if report.failures:
@@ -284,6 +321,12 @@ def to_html(report: RunReport, images: dict[str, bytes]) -> str:
             *(
                 ["<h2>Serving</h2><ul>", *[f"<li>{esc(line)}</li>" for line in serving_lines(report)], "</ul>"]
                 if report.serving
+                else []
+            ),
+            *(
+                ["<h2>Preference (held-out pairs)</h2><ul>", *[f"<li>{esc(line)}</li>" for line in report.preference]]
+                + ["</ul>"]
+                if report.preference
                 else []
             ),
             *(

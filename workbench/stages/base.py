@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from workbench import paths, safe, workers
+from workbench.data.dataset import LoadedData, load_checked, split_rows
 from workbench.errors import Interrupted, WorkbenchError
-from workbench.recipe import Recipe
+from workbench.recipe import Recipe, RowsSection
 from workbench.records import Artifact
 from workbench.store import Store
 
@@ -79,6 +80,8 @@ class Stage:
     run: Callable[[StageContext], list[Artifact]]  # paths relative to the stage's folder
     # cache-key fields (dotted, under "inputs.") whose change still lets unfinished work resume
     resumable: frozenset[str] = frozenset()
+    # whether a recipe has this stage at all (reward and tune only when their sections are there)
+    wanted: Callable[[Recipe], bool] = lambda recipe: True
 
 
 def library_versions() -> dict[str, str]:
@@ -134,3 +137,42 @@ def failure_line(name: str, exc: Exception) -> str:
     text = str(exc) if isinstance(exc, WorkbenchError) else f"{type(exc).__name__}: {exc}"
     text = text.strip() or type(exc).__name__
     return text if text.startswith(name) else f"{name}: {text}"
+
+
+def train_resumably(ctx: StageContext, trainer: Any, steps: int, interrupt_cb: Any) -> Any:
+    """`trainer.train()` from the stage's last checkpoint (work/checkpoints), if any; an interrupt request
+    saves a checkpoint after the current step and raises StageInterrupted. Returns the TrainOutput."""
+    from workbench.train.callbacks import catch_interrupts
+    from workbench.train.loop import last_checkpoint
+
+    resume = last_checkpoint(ctx.work / "checkpoints")
+    if resume and int(resume.rsplit("-", 1)[-1]) >= steps:  # past the length asked for now
+        kept = ctx.keep_aside(ctx.work / "checkpoints")
+        ctx.say(f"{Path(resume).name} is past the {steps} steps asked for; training from the start ({kept} kept)")
+        resume = None
+    if resume:
+        ctx.say(f"resuming from {Path(resume).name}")
+    with catch_interrupts(interrupt_cb):
+        result = trainer.train(resume_from_checkpoint=resume)
+    if interrupt_cb.requested:
+        raise StageInterrupted(f"stopped at step {trainer.state.global_step}; run again to resume")
+    return result
+
+
+def adapter_dir(run_dir: Path, recipe: Recipe) -> Path:
+    """The adapter the run ships: the preference-tuned one when the recipe tunes, else the supervised one."""
+    return run_dir / "tune" / "adapter" if recipe.tune else run_dir / "train"
+
+
+def checked_split(
+    ctx: StageContext, section: RowsSection, tokenizer: Any, field: str
+) -> tuple[LoadedData, list[dict[str, Any]], list[dict[str, Any]]]:
+    """A tuning data file (`field`) read and checked like the data stage's (the supervised data's system
+    prompt unless it has its own), its tolerated bad rows said, split; rows carry their number."""
+    path = ctx.recipe.resolve_path(section.path)
+    data, _ = load_checked(path, section, tokenizer, field, section.system_prompt or ctx.recipe.data.system_prompt)
+    for info in data.bad:
+        ctx.say(f"bad {info} (tolerated, {field}.max_bad_rows={section.max_bad_rows})")
+    train, held_out = split_rows(data.rows, section.held_out, section.split_seed)
+    ctx.say(f"{field}: {data.format}, {len(train)} train / {len(held_out)} held-out rows, {len(data.bad)} bad")
+    return data, [{"number": n, **row} for n, row in train], [{"number": n, **row} for n, row in held_out]

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench import safe
-from workbench.data.dataset import DataError, check_bad_rows, load_data, split_rows, token_lengths
+from workbench.data.dataset import DataError, load_checked, split_rows
 from workbench.data.files import write_jsonl
 from workbench.fsutil import hash_path
 from workbench.models import resolve_model
@@ -73,17 +73,8 @@ def run(ctx: StageContext) -> list[Artifact]:
 
     section = ctx.recipe.data
     path = ctx.recipe.resolve_path(section.path)
-    data = load_data(path, section.format, section.system_prompt, section.encoding)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(ctx.recipe.base_model))
-    lengths = token_lengths([row for _, row in data.rows], tokenizer)
-    too_long = {
-        number: f"{length} tokens, longer than data.max_length {section.max_length}"
-        for (number, _), length in zip(data.rows, lengths, strict=True)
-        if length > section.max_length
-    }
-    data.mark_bad(too_long)
-    lengths = [length for length in lengths if length <= section.max_length]
-    check_bad_rows(data, section.max_bad_rows)
+    data, lengths = load_checked(path, section, tokenizer)
     for info in data.bad:
         ctx.say(f"bad {info} (tolerated, data.max_bad_rows={section.max_bad_rows})")
 

@@ -16,7 +16,7 @@ from workbench import safe
 from workbench.data.files import read_jsonl
 from workbench.devices import pick_device
 from workbench.errors import StageFailed
-from workbench.eval import tasks
+from workbench.eval import preference, tasks
 from workbench.fsutil import atomic_write_text, hash_path
 from workbench.models import display_name, resolve_model
 from workbench.recipe import Recipe
@@ -26,6 +26,10 @@ from workbench.stages.base import Stage, StageContext, failure_line
 
 class EvalFailed(StageFailed):
     pass
+
+
+SUPERVISED = "supervised"  # the eval's name for the supervised model preference tuning started from
+REWARD_MODEL = "reward-model"
 
 
 def task_folders(recipe: Recipe) -> list[Path]:
@@ -57,11 +61,14 @@ def check_task_names(requested: list[str], local: list[str], task_dir: Path) -> 
 
 
 def models_to_evaluate(ctx: StageContext) -> list[dict[str, Any]]:
-    """Base model (optional), the merged reference and every variant the export stage finished."""
+    """Base model (optional), the supervised model (when the recipe tunes after it), the merged reference
+    and every variant the export stage finished."""
     models = []
     if ctx.recipe.eval.base:
         base = resolve_model(ctx.recipe.base_model)
         models.append({"name": display_name(ctx.recipe.base_model), "format": "hf", "path": base, "role": "base"})
+    if "tune" in ctx.inputs:  # the supervised model: what preference tuning started from
+        models.append({"name": SUPERVISED, "format": "hf", "path": str(ctx.inputs["tune"] / "sft"), "role": "sft"})
     for variant in ctx.store.variants(ctx.run_id):
         if variant.status != "done":
             continue
@@ -149,16 +156,57 @@ def store_items(model: dict[str, Any], summary: dict[str, Any]) -> list[ItemScor
     ]
 
 
+def held_out_pairs(ctx: StageContext, tokenizer: Any) -> list[preference.Pair]:
+    """The tune stage's held-out preference pairs, rendered (none when the recipe does not tune on pairs)."""
+    if "tune" not in ctx.inputs or not (ctx.inputs["tune"] / "held_out.jsonl").is_file():
+        return []
+    return preference.render_pairs(read_jsonl(ctx.inputs["tune"] / "held_out.jsonl"), tokenizer)
+
+
+def preference_metrics(
+    ctx: StageContext, summaries: dict[str, dict[str, Any]], numbers: list[int]
+) -> tuple[list[Metric], list[ItemScores]]:
+    """Each evaluated model's preference accuracy and, against the supervised model, implicit reward."""
+    assert ctx.recipe.tune is not None
+    done = {name: s for name, s in summaries.items() if s.get("status") == "done" and s.get("preference")}
+    reference = done.get(SUPERVISED, {}).get("preference")
+    rows: list[Metric] = []
+    items: list[ItemScores] = []
+    for name, summary in done.items():
+        role = summary["role"]
+        scores = preference.score(numbers, summary["preference"], reference, ctx.recipe.tune.beta)
+        rows.append(Metric(name, role, preference.TASK, "accuracy", scores.accuracy, None, True))
+        items.append(ItemScores(name, preference.TASK, "accuracy", scores.per_item))
+        if scores.reward_margin is not None and role != "sft":
+            rows.append(Metric(name, role, preference.TASK, "reward_margin", scores.reward_margin, None, True))
+            rows.append(Metric(name, role, preference.TASK, "reward_accuracy", scores.reward_accuracy, None, True))
+    return rows, items
+
+
+def reward_model_metrics(ctx: StageContext) -> list[Metric]:
+    """The reward model's own pairwise accuracy and margin on its held-out pairs (measured by its stage)."""
+    path = ctx.inputs["reward"] / "reward_summary.json" if "reward" in ctx.inputs else None
+    if path is None or not path.is_file():
+        return []
+    held = json.loads(path.read_text())["held_out"]
+    if not held.get("pairs"):
+        return []
+    return [
+        Metric(REWARD_MODEL, "reward", preference.TASK, key, held[key], None, True) for key in ("accuracy", "margin")
+    ]
+
+
 def run(ctx: StageContext) -> list[Artifact]:
     from transformers import AutoTokenizer
 
     section = ctx.recipe.eval
-    if not section.tasks and not section.fidelity_rows:
-        ctx.say("nothing to evaluate (eval.tasks is empty and eval.fidelity_rows is 0)")
-        ctx.store.replace_metrics(ctx.run_id, [])
-        return []
     merged_dir = ctx.inputs["merge"]
     tokenizer = AutoTokenizer.from_pretrained(merged_dir)
+    pairs = held_out_pairs(ctx, tokenizer)
+    if not section.tasks and not section.fidelity_rows and not pairs:
+        ctx.say("nothing to evaluate (eval.tasks is empty, eval.fidelity_rows is 0, no held-out preference pairs)")
+        ctx.store.replace_metrics(ctx.run_id, [])
+        return []
     held_out = read_jsonl(ctx.inputs["data"] / "held_out.jsonl")
     run_tasks = ctx.out / "tasks"  # the run's own tasks (held-out), kept with its results
     run_tasks.mkdir(parents=True)
@@ -185,6 +233,8 @@ def run(ctx: StageContext) -> list[Artifact]:
         sequences = fidelity_sequences(held_out, tokenizer, section.fidelity_rows)
         answers = answer_starts(held_out, tokenizer, sequences)
         common["fidelity"] = {"reference": str(merged_dir), "sequences": sequences, "answers": answers}
+    if pairs:
+        common["preference"] = {"pairs": [asdict(pair) for pair in pairs]}
     models = models_to_evaluate(ctx)
     rows: list[Metric] = []
     items: list[ItemScores] = []
@@ -203,6 +253,11 @@ def run(ctx: StageContext) -> list[Artifact]:
         rows += scored
         items += store_items(model, summary)
         ctx.event("evaluated", name=model["name"], metrics=[asdict(m) for m in scored])
+    if pairs:
+        scored_pairs, pair_items = preference_metrics(ctx, summaries, [pair.number for pair in pairs])
+        rows += scored_pairs
+        items += pair_items
+    rows += reward_model_metrics(ctx)
     if not rows:
         raise EvalFailed("every evaluation failed: " + "; ".join(ctx.failures))
     results_dir = ctx.work / "models"
@@ -215,4 +270,4 @@ def run(ctx: StageContext) -> list[Artifact]:
     return [Artifact("eval-results", "eval", results.name, results.stat().st_size)]
 
 
-STAGE = Stage(name="eval", needs=("data", "merge", "export"), key_inputs=key_inputs, run=run)
+STAGE = Stage(name="eval", needs=("data", "reward", "tune", "merge", "export"), key_inputs=key_inputs, run=run)

@@ -20,7 +20,7 @@ from workbench.qat.check import describe_grid
 from workbench.recipe import FORMATS, ExportSection, Format, Recipe
 from workbench.records import Artifact
 from workbench.serve import ollama
-from workbench.stages.base import Stage, StageContext, failure_line
+from workbench.stages.base import Stage, StageContext, adapter_dir, failure_line
 from workbench.variants import Variant, variant_name
 
 # how long a worker may take; not part of the cache key (they do not change what is made)
@@ -254,8 +254,9 @@ def export_adapter(ctx: StageContext, inputs: ExportInputs) -> list[Variant]:
             made(ctx, gguf.convert(base_dir, base_f16, "f16", log=ctx.log_path(base_f16.name), timeout=timeout),
                  base_f16)  # fmt: skip
         if not adapter.is_file():
-            made(ctx, gguf.convert_lora(ctx.run_dir / "train", base_dir, adapter, log=ctx.log_path(adapter.name),
-                                        timeout=timeout), adapter)  # fmt: skip
+            trained = adapter_dir(ctx.run_dir, ctx.recipe)
+            made(ctx, gguf.convert_lora(trained, base_dir, adapter, log=ctx.log_path(adapter.name), timeout=timeout),
+                 adapter)  # fmt: skip
         outcome = gguf.quantize(base_f16, base_file, gguf_type, log=ctx.log_path(base_file.name), timeout=timeout)
         made(ctx, outcome, base_file)
         record_measurement(variant, outcome)

@@ -3,14 +3,13 @@ recipe's dtype."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 from typing import Any
 
 from workbench import preflight
 from workbench.fsutil import dir_size
-from workbench.merge import merge_adapter
+from workbench.merge import merge_adapter, save_merged
 from workbench.models import resolve_model
 from workbench.recipe import Recipe
 from workbench.records import Artifact
@@ -23,7 +22,7 @@ def key_inputs(recipe: Recipe) -> dict[str, Any]:
 
 def run(ctx: StageContext) -> list[Artifact]:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers import AutoModelForCausalLM
 
     trained = ctx.inputs["train"]
     summary = json.loads((trained / "train_summary.json").read_text())
@@ -33,19 +32,20 @@ def run(ctx: StageContext) -> list[Artifact]:
         out_bytes = 4 if ctx.recipe.merge.dtype == "float32" else 2
         # fp32 base + merged copy of the adapted layers; output in the merge dtype
         preflight.check("merge", ctx.run_dir, params * out_bytes * 1.05, params * 4 * 1.6)
+    tune = ctx.inputs.get("tune")
     if summary["method"] == "full":
         model = AutoModelForCausalLM.from_pretrained(trained, dtype=torch.float32)
     else:
         merge_base = ctx.recipe.merge_base
         ctx.say(f"merging adapter into {'dequantized nf4' if merge_base != 'original' else '16-bit'} base")
-        model = merge_adapter(base, trained, merge_base)
-    dtype = getattr(torch, ctx.recipe.merge.dtype)
-    model = model.to(dtype)
-    model.config.dtype = dtype
-    with contextlib.suppress(OSError):  # a base without generation_config.json keeps the default
-        model.generation_config = GenerationConfig.from_pretrained(base)
-    model.save_pretrained(ctx.out, safe_serialization=True)
-    AutoTokenizer.from_pretrained(trained).save_pretrained(ctx.out)
+        if tune is None:
+            model = merge_adapter(base, trained, merge_base)
+        elif ctx.recipe.tune and ctx.recipe.tune.start == "merged":
+            ctx.say("then the preference-tuned adapter, trained on the merged supervised model")
+            model = merge_adapter(base, trained, merge_base, then=tune / "adapter")
+        else:
+            model = merge_adapter(base, tune / "adapter", merge_base)
+    save_merged(model, ctx.out, ctx.recipe.merge.dtype, base, tune / "adapter" if tune else trained)
     size = dir_size(ctx.out)
     ctx.say(f"merged model saved ({size / 1e6:.0f} MB, {ctx.recipe.merge.dtype})")
     meta = {"dtype": ctx.recipe.merge.dtype, "base_model": base, "method": summary["method"]}
@@ -54,4 +54,4 @@ def run(ctx: StageContext) -> list[Artifact]:
     return [Artifact("merged", "model", ".", size, meta)]
 
 
-STAGE = Stage(name="merge", needs=("train",), key_inputs=key_inputs, run=run)
+STAGE = Stage(name="merge", needs=("train", "tune"), key_inputs=key_inputs, run=run)

@@ -6,7 +6,6 @@ checkpoints) resumes from the last one when the recipe is run again.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
@@ -19,8 +18,8 @@ from workbench.devices import pick_device
 from workbench.models import resolve_model
 from workbench.recipe import Recipe, RecipeError
 from workbench.records import Artifact
-from workbench.stages.base import Stage, StageContext, StageInterrupted
-from workbench.train import sft
+from workbench.stages.base import Stage, StageContext, train_resumably
+from workbench.train import loop, sft
 
 
 def key_inputs(recipe: Recipe) -> dict[str, Any]:
@@ -37,7 +36,7 @@ def run(ctx: StageContext) -> list[Artifact]:
     from transformers import AutoTokenizer
     from trl import SFTTrainer
 
-    from workbench.train.callbacks import InterruptCallback, QATSwitch, StoreCallback, catch_interrupts
+    from workbench.train.callbacks import InterruptCallback, QATSwitch, StoreCallback
 
     section = ctx.recipe.train
     device = pick_device(section.device)
@@ -45,7 +44,7 @@ def run(ctx: StageContext) -> list[Artifact]:
     base = resolve_model(ctx.recipe.base_model)
     rows = read_jsonl(ctx.inputs["data"] / "train.jsonl")
     dataset = Dataset.from_list([to_trl(row, ctx.recipe.data.loss_on) for row in rows])
-    epochs, steps = sft.training_steps(section, len(rows))
+    epochs, steps = loop.training_steps(section, len(rows))
     if section.qat.target and section.qat.start_after_steps >= steps:
         where = str(ctx.recipe.source or ctx.recipe.name)
         problem = (
@@ -87,17 +86,7 @@ def run(ctx: StageContext) -> list[Artifact]:
         processing_class=tokenizer,
         callbacks=callbacks,
     )
-    resume = sft.last_checkpoint(ctx.work / "checkpoints")
-    if resume and int(resume.rsplit("-", 1)[-1]) >= steps:  # past the length asked for now
-        kept = ctx.keep_aside(ctx.work / "checkpoints")
-        ctx.say(f"{Path(resume).name} is past the {steps} steps asked for; training from the start ({kept} kept)")
-        resume = None
-    if resume:
-        ctx.say(f"resuming from {Path(resume).name}")
-    with catch_interrupts(interrupt_cb):
-        result = trainer.train(resume_from_checkpoint=resume)
-    if interrupt_cb.requested:
-        raise StageInterrupted(f"stopped at step {trainer.state.global_step}; run again to resume")
+    result = train_resumably(ctx, trainer, steps, interrupt_cb)
 
     save_kwargs: dict[str, Any] = {}
     if section.method != "full" and section.lora.init == "pissa":

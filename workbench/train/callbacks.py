@@ -21,7 +21,8 @@ class Recorder(Protocol):
 
 
 class StoreCallback(TrainerCallback):
-    """Writes loss, learning rate, grad norm, tokens/s and ETA to the run store at every log."""
+    """Writes loss, learning rate, grad norm, tokens/s, ETA and the objective's own metrics to the run store
+    at every log."""
 
     def __init__(self, ctx: Recorder, total_steps: int):
         self.ctx = ctx
@@ -61,7 +62,21 @@ class StoreCallback(TrainerCallback):
             grad_norm=logs.get("grad_norm"),
             tokens_per_s=self.tokens_per_second(),
             eta_s=round(per_step * (self.total_steps - state.global_step), 1) if per_step else None,
+            metrics=objective_metrics(logs),
         )
+
+
+COMMON_LOGS = frozenset({"loss", "epoch", "learning_rate", "grad_norm", "num_tokens"})
+
+
+def objective_metrics(logs: dict[str, Any]) -> dict[str, float]:
+    """What an objective logs besides the loss: DPO's rewards/margins and rewards/accuracies, online RL's
+    reward and kl, a reward model's accuracy and margin."""
+    return {
+        key: float(value)
+        for key, value in logs.items()
+        if key not in COMMON_LOGS and isinstance(value, int | float) and not isinstance(value, bool)
+    }
 
 
 class InterruptCallback(TrainerCallback):

@@ -4,14 +4,11 @@ and records what they did."""
 
 from __future__ import annotations
 
-import json
-import math
 import os
 from pathlib import Path
 from typing import Any
 
-from workbench.data.dataset import auto_epochs
-from workbench.recipe import DataSection, Recipe, RecipeError, TrainSection
+from workbench.recipe import DataSection, OptimizeSection, Recipe, RecipeError, TrainSection
 
 
 def check_supported(recipe: Recipe, device: str) -> None:
@@ -25,7 +22,7 @@ def check_supported(recipe: Recipe, device: str) -> None:
         raise RecipeError(str(recipe.source or recipe.name), problems)
 
 
-def lora_config(section: TrainSection) -> Any:
+def lora_config(section: OptimizeSection, task_type: str = "CAUSAL_LM") -> Any:
     from peft import LoraConfig
 
     lora = section.lora
@@ -38,15 +35,21 @@ def lora_config(section: TrainSection) -> Any:
         use_dora=lora.dora,
         use_rslora=lora.rslora,
         init_lora_weights="pissa" if lora.init == "pissa" else True,
-        task_type="CAUSAL_LM",
+        task_type=task_type,
     )
 
 
-def load_model(base: str, section: TrainSection, device: str) -> Any:
+def load_dtype(device: str) -> Any:
+    """bf16 on a GPU that has it, else fp32 (a CPU's bf16 matmul is many times slower)."""
     import torch
+
+    return torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+
+
+def load_model(base: str, section: TrainSection, device: str) -> Any:
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    dtype = load_dtype(device)
     kwargs: dict[str, Any] = {"dtype": dtype}
     if section.method == "qlora":
         kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -104,57 +107,12 @@ def qat_summary(model: Any, section: TrainSection) -> dict[str, Any]:
     }
 
 
-def training_steps(section: TrainSection, rows: int) -> tuple[float, int]:
-    """(epochs, optimizer steps) the run will take."""
-    epochs = auto_epochs(rows) if section.epochs == "auto" else float(section.epochs)
-    per_step = section.batch_size * section.grad_accum
-    steps = section.max_steps or math.ceil(epochs * math.ceil(rows / section.batch_size) / section.grad_accum)
-    return (steps * per_step / rows if section.max_steps else epochs), max(steps, 1)
-
-
 def sft_config(
     checkpoints: Path, section: TrainSection, data: DataSection, device: str, epochs: float, steps: int
 ) -> Any:
-    import torch
     from trl import SFTConfig
 
-    return SFTConfig(
-        output_dir=str(checkpoints),
-        max_steps=steps,
-        num_train_epochs=epochs,
-        per_device_train_batch_size=section.batch_size,
-        gradient_accumulation_steps=section.grad_accum,
-        learning_rate=section.learning_rate,
-        lr_scheduler_type=section.lr_scheduler,
-        warmup_steps=section.warmup_ratio,  # a float below 1 is a ratio
-        weight_decay=section.weight_decay,
-        seed=section.seed,
-        data_seed=section.seed,
-        logging_steps=1,
-        save_strategy="steps",
-        save_steps=section.checkpoint_every,
-        save_total_limit=2,
-        report_to="none",
-        use_cpu=device == "cpu",
-        bf16=device == "cuda" and torch.cuda.is_bf16_supported(),
-        activation_checkpointing=section.gradient_checkpointing,
-        max_length=data.max_length,
-        packing=data.packing,
-        dataset_num_proc=None,
-        dataloader_num_workers=0,
-    )
+    from workbench.train.loop import trainer_arguments
 
-
-def last_checkpoint(folder: Path) -> str | None:
-    """The newest complete checkpoint. The Trainer writes trainer_state.json last, so a checkpoint a kill
-    interrupted while it was being saved lacks it (or holds half of it) and is passed over."""
-    numbered = (
-        [p for p in folder.glob("checkpoint-*") if p.name.rsplit("-", 1)[-1].isdigit()] if folder.is_dir() else []
-    )
-    for path in sorted(numbered, key=lambda p: int(p.name.rsplit("-", 1)[-1]), reverse=True):
-        try:
-            json.loads((path / "trainer_state.json").read_text())
-        except (OSError, ValueError):
-            continue
-        return str(path)
-    return None
+    common = trainer_arguments(checkpoints, section, device, epochs, steps)
+    return SFTConfig(**common, max_length=data.max_length, packing=data.packing)

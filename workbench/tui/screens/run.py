@@ -1,6 +1,8 @@
-"""Run: its stage pipeline with times and errors, live training progress and loss/lr curve, the worker's
-log tail, the run's artifacts and its servers (one tab each, keys 1-5). `s` serves the variant selected in
-the artifacts tab (else the CPU recommendation), `x` stops the run's servers."""
+"""Run: its stage pipeline with times and errors, live training progress and its curve (the training stage
+running, else the last that logged: supervised training's loss and lr, a reward model's or preference
+tuning's loss and headline metrics), the worker's log tail, the run's artifacts and its servers (one tab
+each, keys 1-5). `s` serves the variant selected in the artifacts tab (else the CPU recommendation), `x`
+stops the run's servers."""
 
 from __future__ import annotations
 
@@ -42,8 +44,11 @@ class RunScreen(NumberedTabs):
         super().__init__()
         self.run_id = run_id
         self.log_lines: list[str] = []
-        self.train_logs: list[dict[str, Any]] = []
-        self.plotted = 0
+        self.train_logs: dict[str, list[dict[str, Any]]] = {}  # by training stage (train, reward, tune)
+        self.last_log_id = 0
+        self.plotted = 0  # how many logs of the `plotted_stage` the curve shows
+        self.plotted_stage: str | None = None
+        self.recipe: dict[str, Any] | None = None
         self.artifact_rows: list[tuple[str, str, str, str]] = []
 
     def compose(self) -> ComposeResult:
@@ -81,9 +86,16 @@ class RunScreen(NumberedTabs):
             self.query_one("#summary", Static).update(f"run {self.run_id}: waiting for its worker to start")
             return
         stages = store.stages(self.run_id)
-        after = self.train_logs[-1]["id"] if self.train_logs else 0
-        self.train_logs += store.events(self.run_id, stage="train", kind="train_log", after=after)
-        last = self.train_logs[-1] if self.train_logs else None
+        for event in store.events(self.run_id, kind="train_log", after=self.last_log_id):
+            self.last_log_id = event["id"]
+            if event["stage"] in progress.TRAINING:
+                self.train_logs.setdefault(event["stage"], []).append(event)
+        if self.recipe is None:
+            self.recipe = progress.run_recipe(run["recipe"])
+        training = progress.training_stage(stages, self.train_logs)  # the one running, else the last that logged
+        logs = self.train_logs.get(training, []) if training else []
+        last = logs[-1] if logs else None
+        label = progress.stage_label(training, self.recipe) if training else None
         self.query_one("#summary", Static).update(
             f"{self.run_id} · {store.live_status(run)} · {run['recipe_path'] or run['name']}\n"
             + progress.pipeline(stages, last)
@@ -93,8 +105,8 @@ class RunScreen(NumberedTabs):
         for stage in stages:
             note = (stage.error or "").splitlines()[0][:60] if stage.error else ""
             table.add_row(*map(cell, (stage.name, stage.status, progress.duration(stage.seconds), note)))
-        self.query_one("#training", Static).update(progress.training_line(last))
-        self.plot_curve()
+        self.query_one("#training", Static).update(progress.training_line(last, label))
+        self.plot_curve(training, label)
         self.show_artifacts(store.artifacts(self.run_id))
         self.show_servers()
         lines = tail(self.workbench.home / self.run_id / "worker.log")
@@ -104,23 +116,36 @@ class RunScreen(NumberedTabs):
             log.write_lines(lines)
             self.log_lines = lines
 
-    def plot_curve(self) -> None:
-        if len(self.train_logs) == self.plotted:
+    def plot_curve(self, stage: str | None, label: str | None) -> None:
+        logs = self.train_logs.get(stage, []) if stage else []
+        if (stage, len(logs)) == (self.plotted_stage, self.plotted):
             return
-        self.plotted = len(self.train_logs)
+        self.plotted_stage, self.plotted = stage, len(logs)
         widget = self.query_one("#curve", PlotextPlot)
         plt = widget.plt
         plt.clear_data()
-        title = "training loss (left) and learning rate (right) by step"
-        qat = self.workbench.store.last_event(self.run_id, "train", "qat_on")
-        if qat:  # quantization-aware training: where the rounding was switched on
-            plt.vline(qat["step"])
-            title += f"; {qat['target']} rounding from step {qat['step']}"
-        plt.title(title)
-        steps = [log["step"] for log in self.train_logs]
-        plt.plot(steps, [log["loss"] for log in self.train_logs], label="loss", marker="braille")
-        rates = [log.get("learning_rate") for log in self.train_logs]
-        if all(rate is not None for rate in rates):
+        steps = [log["step"] for log in logs]
+        keys = progress.headline_keys(stage, logs) if stage else []
+        if keys:  # a reward model's or preference tuning's own numbers on the right
+            names = ", ".join(progress.SHORT.get(key, key) for key in keys)
+            plt.title(f"{label} loss (left) and {names} (right) by step")
+        else:
+            title = "training loss (left) and learning rate (right) by step"
+            if stage and stage != "train":
+                title = f"{label} loss (left) and learning rate (right) by step"
+            qat = self.workbench.store.last_event(self.run_id, "train", "qat_on") if stage == "train" else None
+            if qat:  # quantization-aware training: where the rounding was switched on
+                plt.vline(qat["step"])
+                title += f"; {qat['target']} rounding from step {qat['step']}"
+            plt.title(title)
+        plt.plot(steps, [log["loss"] for log in logs], label="loss", marker="braille")
+        for key, marker in zip(keys, ("dot", "hd"), strict=False):
+            having = [log for log in logs if key in (log.get("metrics") or {})]
+            values = [log["metrics"][key] for log in having]
+            plt.plot([log["step"] for log in having], values, label=progress.SHORT.get(key, key), yside="right",
+                     marker=marker)  # fmt: skip
+        rates = [log.get("learning_rate") for log in logs]
+        if not keys and all(rate is not None for rate in rates):
             plt.plot(steps, rates, label="lr", yside="right", marker="dot")
         widget.refresh()
 

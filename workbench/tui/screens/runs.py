@@ -49,12 +49,14 @@ class RunsScreen(AppScreen):
         for run in store.runs():
             run_id = run["id"]
             seen.add(run_id)
-            last = store.last_event(run_id, "train", "train_log")
+            stages = store.stages(run_id)
+            running = next((s.name for s in stages if s.status == "running" and s.name in progress.TRAINING), "train")
+            last = store.last_event(run_id, running, "train_log")
             cells = (
                 f"* {run_id}" if run_id in self.marked else run_id,
                 store.live_status(run),
                 progress.age(time.time() - run["updated"]),  # since its status last changed
-                progress.marks(store.stages(run_id), last),
+                progress.marks(stages, last),
             )
             if run_id in table.rows:
                 for column, value in zip(table.columns, cells, strict=True):
