@@ -286,3 +286,39 @@ def test_preference_accuracy_through_llama_cpp_equals_transformers_on_the_same_f
     assert from_gguf.per_item == from_hf.per_item and from_gguf.accuracy == from_hf.accuracy
     assert 0 < from_hf.accuracy < 1  # a random model: some pairs each way, so equality is not trivial
     assert from_hf.reward_margin == 0 and abs(from_gguf.reward_margin or 0) < 0.01
+
+
+def test_online_rl_scores_answers_with_the_recipes_reward_model(tmp_path: Path, tiny_model: Path) -> None:
+    data = tmp_path / "qa.json"
+    data.write_text(json.dumps(addition_rows(24)))
+    recipe = write_recipe(
+        tmp_path,
+        tiny_model,
+        data,
+        train={"max_steps": 1},
+        reward_model={
+            "data": {"path": str(preference_file(tmp_path)), "held_out": 4, "max_length": 64},
+            "max_steps": 2,
+            "batch_size": 4,
+        },
+        tune={
+            "objective": "grpo",
+            "rewards": ["exact_match", "reward_model"],
+            "max_steps": 2,
+            "batch_size": 8,
+            "generations": 4,
+            "max_completion_length": 4,
+            "checkpoint_every": 100,
+        },
+    )
+    home = tmp_path / "runs"
+    run_recipe(load_recipe(recipe), home, stages=["tune"])
+    store = Store(home / "workbench.db")
+    assert [s.name for s in store.stages("tiny")] == ["data", "train", "reward", "tune"]
+    logs = store.events("tiny", stage="tune", kind="train_log")
+    keys = set(logs[-1]["metrics"])
+    assert "rewards/exact_match/mean" in keys
+    model_reward = [key for key in keys if key.startswith("rewards/") and "exact_match" not in key]
+    assert model_reward and all(key.endswith(("/mean", "/std")) for key in model_reward)
+    # the reward model's scores are real numbers: the total reward differs from exact match alone
+    assert any(log["metrics"]["reward"] != log["metrics"]["rewards/exact_match/mean"] for log in logs)

@@ -45,7 +45,8 @@ def metadata(report: RunReport, variant: Variant) -> dict[str, Any]:
         meta["license"] = license_
     meta["library_name"] = LIBRARY.get(variant.format, "transformers")
     meta["pipeline_tag"] = "text-generation"
-    tags = ["workbench", method, variant.format]
+    objective = (recipe.get("tune") or {}).get("objective")  # dpo, grpo, ... after the supervised fine-tune
+    tags = ["workbench", method, *([objective] if objective else []), variant.format]
     if variant.format in QUANTIZED:
         tags.append(QUANTIZED[variant.format])
     if variant.meta.get("type"):
@@ -62,8 +63,15 @@ def how_made(report: RunReport, variant: Variant) -> list[str]:
         f"- Fine-tuned from `{recipe.get('base_model')}` with {train.get('method', 'lora')}"
         f" on `{data.get('path', '?')}` ({train.get('max_steps') or train.get('epochs') or '?'}"
         f" {'steps' if train.get('max_steps') else 'epochs'}), by the workbench (recipe `{recipe.get('name')}`).",
-        f"- Merged into a {merge.get('dtype', 'bfloat16')} model.",
     ]
+    tune = recipe.get("tune") or {}
+    if tune.get("objective"):
+        source = (tune.get("data") or {}).get("path") or "the supervised rows"
+        lines.append(
+            f"- Then tuned with {tune['objective'].upper()} (beta {tune.get('beta', 0.1)}) on `{source}`, starting"
+            f" from the supervised {tune.get('start', 'adapter')}."
+        )
+    lines.append(f"- Merged into a {merge.get('dtype', 'bfloat16')} model.")
     if (train.get("qat") or {}).get("target"):
         lines.append(f"- Trained for the rounding of {train['qat']['target']} (quantization-aware).")
     if variant.format != "hf" or not variant.is_reference:
