@@ -311,10 +311,19 @@ def test_online_rl_scores_answers_with_the_recipes_reward_model(tmp_path: Path, 
             "checkpoint_every": 100,
         },
     )
+    loaded = load_recipe(recipe)
+    loaded = parse_recipe(
+        {**loaded.model_dump(mode="json"), "eval": {"tasks": ["heldout"], "fidelity_rows": 0, "base": False}},
+        "r",
+        loaded.source,
+    )
     home = tmp_path / "runs"
-    run_recipe(load_recipe(recipe), home, stages=["tune"])
+    run_recipe(loaded, home, stages=["eval"])
     store = Store(home / "workbench.db")
-    assert [s.name for s in store.stages("tiny")] == ["data", "train", "reward", "tune"]
+    assert [s.name for s in store.stages("tiny")] == ["data", "train", "reward", "tune", "merge", "export", "eval"]
+    # the reward model scored each evaluated model's own answers to the held-out prompts
+    scored = {m.role: m.value for m in store.metrics("tiny") if m.task == "reward-model" and m.metric == "mean_score"}
+    assert set(scored) == {"sft", "reference"} and all(isinstance(v, float) for v in scored.values())
     logs = store.events("tiny", stage="tune", kind="train_log")
     keys = set(logs[-1]["metrics"])
     assert "rewards/exact_match/mean" in keys

@@ -8,6 +8,9 @@ same lm-eval `loglikelihood` call for every backend: llama.cpp for GGUF, transfo
 - `reward_margin`, `reward_accuracy`: DPO's implicit reward, beta * log(model / reference) with the
   supervised model as the reference: the mean chosen-minus-rejected margin and the pairs it ranks right
   (TRL's rewards/margins and rewards/accuracies on held-out pairs; 0 for the reference itself).
+
+A recipe's reward model scores texts with `sequence_scores`: its own held-out pairs, and each model's
+answers to the held-out prompts.
 """
 
 from __future__ import annotations
@@ -84,3 +87,16 @@ def score(
         for c, r, rc, rr in zip(chosen, rejected, reference["chosen"], reference["rejected"], strict=True)
     ]
     return PreferenceScores(accuracy, wins, sum(margins) / len(margins), sum(m > 0 for m in margins) / len(margins))
+
+
+def sequence_scores(model: Any, tokenizer: Any, texts: list[str]) -> list[float]:
+    """A reward model's (a one-label sequence classifier's) score of each text, one at a time (no padding)."""
+    import torch
+
+    scores = []
+    model.eval()
+    with torch.inference_mode():
+        for text in texts:
+            ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(model.device)
+            scores.append(float(model(**ids).logits[0, 0]))
+    return scores

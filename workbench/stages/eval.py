@@ -196,6 +196,36 @@ def reward_model_metrics(ctx: StageContext) -> list[Metric]:
     ]
 
 
+def reward_of_answers(
+    ctx: StageContext, summaries: dict[str, dict[str, Any]], held_out: list[dict[str, Any]]
+) -> list[Metric]:
+    """The recipe's reward model's mean score of each model's own (greedy) answers to the held-out prompts,
+    read from its `heldout` samples: what online RL against that reward model did, per variant."""
+    if "reward" not in ctx.inputs or not held_out or "messages" not in held_out[0]:
+        return []
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = ctx.inputs["reward"] / "model"
+    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    rows = []
+    for name, summary in summaries.items():
+        samples = ctx.out / "models" / name / "samples" / f"{tasks.HELDOUT}.jsonl"
+        if summary.get("status") != "done" or not samples.is_file():
+            continue
+        texts = []
+        for record in read_jsonl(samples):
+            answer = {"role": "assistant", "content": str(record["filtered_resps"][0])}
+            messages = held_out[int(record["doc_id"])]["messages"][:-1] + [answer]
+            texts.append(str(tokenizer.apply_chat_template(messages, tokenize=False)))
+        scores = preference.sequence_scores(model, tokenizer, texts)
+        if scores:
+            mean = sum(scores) / len(scores)
+            rows.append(Metric(name, summary["role"], REWARD_MODEL, "mean_score", mean, None, True))
+    return rows
+
+
 def run(ctx: StageContext) -> list[Artifact]:
     from transformers import AutoTokenizer
 
@@ -262,6 +292,7 @@ def run(ctx: StageContext) -> list[Artifact]:
         raise EvalFailed("every evaluation failed: " + "; ".join(ctx.failures))
     results_dir = ctx.work / "models"
     shutil.move(results_dir, ctx.out / "models")
+    rows += reward_of_answers(ctx, summaries, held_out)
     results = ctx.out / "results.json"
     atomic_write_text(
         results, safe.json_text({"models": list(summaries.values()), "metrics": [asdict(m) for m in rows]}, indent=2)

@@ -9,6 +9,7 @@ from typing import Any
 from workbench import safe
 from workbench.data.files import write_jsonl
 from workbench.devices import pick_device
+from workbench.eval.preference import sequence_scores
 from workbench.fsutil import dir_size, hash_path
 from workbench.models import resolve_model
 from workbench.recipe import Recipe, RecipeError
@@ -32,19 +33,13 @@ def key_inputs(recipe: Recipe) -> dict[str, Any]:
 
 def pair_scores(model: Any, tokenizer: Any, rows: list[dict[str, Any]]) -> list[tuple[float, float]]:
     """(chosen, rejected) scores of each pair, each conversation rendered by the chat template."""
-    import torch
-
-    scores = []
-    model.eval()
-    with torch.inference_mode():
-        for row in rows:
-            pair = []
-            for side in ("chosen", "rejected"):
-                text = tokenizer.apply_chat_template(row["prompt"] + row[side], tokenize=False)
-                ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(model.device)
-                pair.append(float(model(**ids).logits[0, 0]))
-            scores.append((pair[0], pair[1]))
-    return scores
+    texts = [
+        tokenizer.apply_chat_template(row["prompt"] + row[side], tokenize=False)
+        for row in rows
+        for side in ("chosen", "rejected")
+    ]
+    scores = sequence_scores(model, tokenizer, texts)
+    return list(zip(scores[0::2], scores[1::2], strict=True))
 
 
 def pairwise(scores: list[tuple[float, float]]) -> dict[str, Any]:
