@@ -38,6 +38,7 @@ def test_every_stage_runs_and_crashing_variants_take_nothing_else_down(
         eval={"tasks": ["heldout", "general"], "limit": 3, "fidelity_rows": 4, "max_length": 512},
         bench={"prompt_tokens": 32, "gen_tokens": 8, "repetitions": 2, "warmup": 1, "timeout_s": 30,
                "serve": {"concurrency": [1, 2], "requests": 2, "max_tokens": 8, "formats": ["gguf"]}},
+        tracking={"report_to": ["tensorboard", "mlflow"]},
     )  # fmt: skip
     home = tmp_path / "runs"
     fault(
@@ -147,6 +148,22 @@ def test_every_stage_runs_and_crashing_variants_take_nothing_else_down(
     assert cpu["target"] == "cpu" and cpu["variant"] in {stem, f"{stem}-Q8_0.gguf", adapted} and cpu["measured"]
     assert any("Q4_0.gguf" in failure for failure in results["failures"])
     assert any("Q4_K_M.gguf" in failure for failure in results["failures"])
+
+    # tracking: the Trainer's curves in TensorBoard files and MLflow, the report as an MLflow run
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(home / "tiny" / "tracking" / "tensorboard" / "train")).Reload()
+    assert [event.step for event in board.Scalars("train/loss")] == [1, 2]
+    client = MlflowClient((home / "tiny" / "tracking" / "mlruns").as_uri())
+    runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("tiny").experiment_id])}
+    assert set(runs) == {"tiny/train", "tiny/report"}
+    assert [m.step for m in client.get_metric_history(runs["tiny/train"].info.run_id, "loss")] == [1, 2]
+    logged = runs["tiny/report"].data
+    assert logged.metrics["Q8_0.gguf/score"] == q8_row["score"] and logged.metrics["Q8_0.gguf/kld"] == q8_row["kld"]
+    assert logged.tags["recommended.cpu"].startswith(f"{cpu['variant']}: ")
+    shipped = {f.path for f in client.list_artifacts(runs["tiny/report"].info.run_id, "report")}
+    assert {"report/results.json", "report/comparison.csv", "report/report.html"} <= shipped
 
     from workbench.cli import main
 

@@ -3,6 +3,7 @@ timeout that ends the whole process group, a death by signal turned into one pla
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -146,3 +147,27 @@ def test_a_crash_after_the_result_is_reported_does_not_undo_it(tmp_path: Path) -
     GPTQModel): the worker leaves without running them, and a result that arrived whole stands."""
     outcome = selftest(tmp_path, do="crash-at-exit", echo="kept")
     assert outcome.status == "done" and outcome.value() == {"echo": "kept"}
+
+
+def test_spread_runs_one_worker_per_device_at_a_time(tmp_path: Path) -> None:
+    def begin(number: int, device: str | None) -> workers.Running:
+        if number == 4:
+            raise ValueError("no such variant")  # a start that fails is reported; the others go on
+        job = {"do": "sleep", "seconds": 1.0, "echo": number}
+        return workers.start("workers.selftest", job, name=str(number), env=workers.device_env(device))
+
+    ended = dict(workers.spread([0, 1, 2, 3, 4], begin, ["3", "5"]))
+    assert isinstance(ended.pop(4), ValueError)
+    results = {n: outcome.value() for n, outcome in ended.items()}
+    assert {r["echo"] for r in results.values()} == {0, 1, 2, 3}
+    assert sorted(r["gpu"] for r in results.values()) == ["3", "3", "5", "5"]  # each pinned to its GPU
+    spans = sorted(r["span"] for r in results.values())
+    assert spans[1][0] < spans[0][1]  # the first two ran side by side
+    for device in ("3", "5"):  # never two at once on one GPU
+        mine = sorted(r["span"] for r in results.values() if r["gpu"] == device)
+        assert mine[0][1] <= mine[1][0]
+
+    alone = dict(workers.spread([0, 1], begin, [None]))  # one slot: one after another, not pinned
+    first, second = sorted(outcome.value()["span"] for outcome in alone.values())
+    assert first[1] <= second[0]
+    assert {o.value()["gpu"] for o in alone.values()} == {os.environ.get("CUDA_VISIBLE_DEVICES")}

@@ -46,6 +46,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe, args.set)
     run_id = args.run_id or recipe.name
+    node_rank = _join_nodes(args)
+    if node_rank:  # another machine's share of the training; the first machine does the rest
+        if args.detach:
+            raise RunError("--node-rank: run the other machines in the foreground (their launcher, e.g. srun, waits)")
+        args.stages = ["train"]
+        print(f"machine {node_rank} of {recipe.train.distributed.nodes}: the data and train stages only")
     if args.detach:
         if args.stages or args.force:
             raise RunError("--detach runs the whole recipe; leave out --stages and --force")
@@ -62,6 +68,46 @@ def cmd_run(args: argparse.Namespace) -> int:
             with launcher.logged_to(args.home / run_id / "worker.log"):
                 run_recipe(recipe, args.home, stages=args.stages, force=args.force, run_id=run_id)
     print(f"run {run_id} done; `workbench show {run_id}` lists its stages and artifacts")
+    return 0
+
+
+def _join_nodes(args: argparse.Namespace) -> int:
+    """The multi-machine options, handed to the train stage as the launchers' own environment variables
+    (which may also be set directly); returns this machine's node rank."""
+    for name, value in (("NODE_RANK", args.node_rank), ("MASTER_ADDR", args.master_addr)):
+        if value is not None:
+            os.environ[name] = str(value)
+    if args.master_port is not None:
+        os.environ["MASTER_PORT"] = str(args.master_port)
+    try:
+        return int(os.environ.get("NODE_RANK", "0") or 0)
+    except ValueError:
+        raise RunError(f"NODE_RANK={os.environ['NODE_RANK']!r} is not a number") from None
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from workbench import slurm
+    from workbench.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.set)
+    out = args.out or args.home / "slurm" / f"{recipe.name}.sbatch"
+    script = slurm.sbatch_script(
+        Path(args.recipe),
+        recipe,
+        args.home,
+        args.set,
+        stages=args.stages,
+        partition=args.partition,
+        time=args.time,
+        account=args.account,
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    (args.home / "slurm").mkdir(parents=True, exist_ok=True)  # the job's output goes there
+    out.write_text(script)
+    out.chmod(0o755)
+    spread = recipe.train.distributed
+    print(f"wrote {out}: {spread.nodes} machine(s) x {spread.processes} process(es), strategy {spread.strategy}")
+    print(f"submit it: sbatch {out}")
     return 0
 
 
@@ -450,7 +496,24 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--run-id", type=_run_name, help="run name (default: the recipe's name; re-running resumes it)")
     run.add_argument("--detach", action="store_true", help="run in a background worker that outlives the terminal")
     run.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # set by `launch` for its worker
+    nodes = run.add_argument_group("several machines (train.distributed.nodes > 1)")
+    nodes.add_argument("--node-rank", type=int, metavar="K", help="this machine's rank, 0 first (or $NODE_RANK)")
+    nodes.add_argument("--master-addr", metavar="HOST", help="the first machine's address (or $MASTER_ADDR)")
+    nodes.add_argument(
+        "--master-port", type=int, metavar="PORT", help="its rendezvous port (or $MASTER_PORT; default the recipe's)"
+    )
     run.set_defaults(func=cmd_run)
+
+    launch = sub.add_parser("launch", help="write a cluster job script that runs a recipe on its machines")
+    launch.add_argument("recipe")
+    launch.add_argument("--slurm", action="store_true", required=True, help="an sbatch script (SLURM)")
+    launch.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
+    launch.add_argument("--stages", type=_csv, help="comma-separated stages to run (and what they need)")
+    launch.add_argument("--out", type=Path, help="where to write it (default: runs/slurm/RECIPE.sbatch)")
+    launch.add_argument("--partition", help="#SBATCH --partition")
+    launch.add_argument("--time", help="#SBATCH --time (e.g. 12:00:00)")
+    launch.add_argument("--account", help="#SBATCH --account")
+    launch.set_defaults(func=cmd_launch)
 
     sweep = sub.add_parser(
         "sweep", help="run a recipe once per combination of varied fields, then compare the runs side by side"

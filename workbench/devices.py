@@ -47,3 +47,16 @@ def compute_dtype(model_format: str, device: str) -> str:
     if device != "cpu":
         return "auto"
     return "bfloat16" if model_format == "gptq" else "float32"
+
+
+def gpu_slots() -> list[str]:
+    """The visible GPUs as CUDA_VISIBLE_DEVICES entries when there are several (workers then run one per
+    GPU at a time); empty with none or one."""
+    if no_gpu_possible():
+        return []
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    slots = visible[:count] if visible else [str(index) for index in range(count)]
+    return slots if len(slots) > 1 else []

@@ -93,9 +93,72 @@ class OptimizeSection(Section):
     lora: LoraSection = LoraSection()
 
 
+class FSDPSection(Section):
+    """FSDP2 (torch's fully_shard) through accelerate: what accelerate's own config asks."""
+
+    reshard_after_forward: bool = Field(
+        default=True, description="free gathered weights after each forward (ZeRO-3-like); off: keep them (ZeRO-2-like)"
+    )
+    offload: bool = Field(default=False, description="keep parameters and optimizer state in CPU memory")
+    auto_wrap: Literal["transformer", "size"] = Field(
+        default="transformer", description="one shard unit per decoder layer, or per min_params parameters"
+    )
+    min_params: int = Field(default=100_000_000, gt=0, description="auto_wrap size: parameters per unit")
+    layer_class: str | None = Field(
+        default=None, description="auto_wrap transformer: the decoder layer class (default: the model's own)"
+    )
+
+
+class DeepSpeedSection(Section):
+    """DeepSpeed ZeRO through accelerate and the Trainer's DeepSpeed integration."""
+
+    stage: Literal[0, 1, 2, 3] = 2
+    offload_optimizer: Literal["none", "cpu", "nvme"] = "none"
+    offload_params: Literal["none", "cpu", "nvme"] = Field(default="none", description="ZeRO stage 3 only")
+    nvme_path: str | None = Field(default=None, description="folder for nvme offload")
+
+
+class DistributedSection(Section):
+    """Data-parallel training over several processes and machines, started by `accelerate launch` (torchrun
+    underneath). `train.batch_size` stays the batch of one optimizer step over all processes, split evenly,
+    so a recipe trains the same steps on one process or many."""
+
+    processes: int | Literal["auto"] = Field(
+        default=1, description="processes per machine; auto: one per visible GPU (one on a CPU)"
+    )
+    nodes: int = Field(default=1, gt=0, description="machines; each runs `workbench run … --node-rank K`")
+    strategy: Literal["ddp", "fsdp", "deepspeed"] = Field(
+        default="ddp", description="ddp (a full copy per process), fsdp (FSDP2 sharding), deepspeed (ZeRO)"
+    )
+    fsdp: FSDPSection = FSDPSection()
+    deepspeed: DeepSpeedSection = DeepSpeedSection()
+    port: int | None = Field(
+        default=None,
+        gt=0,
+        lt=65536,
+        description="rendezvous port of the first machine (default 29500; one machine: a free one)",
+    )
+    timeout_s: int = Field(
+        default=600, gt=0, description="a collective (or the start) waiting longer than this fails the stage"
+    )
+
+    @field_validator("processes")
+    @classmethod
+    def _positive(cls, value: Any) -> Any:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be at least 1 (or auto)")
+        return value
+
+    @property
+    def many(self) -> bool:
+        """Whether the recipe asks for more than one process (auto decides on the machine)."""
+        return self.processes != 1 or self.nodes > 1
+
+
 class TrainSection(OptimizeSection):
     method: Literal["lora", "qlora", "full"] = "lora"
     qat: QATSection = QATSection()
+    distributed: DistributedSection = DistributedSection()
 
 
 Objective = Literal["dpo", "orpo", "kto", "grpo", "rloo"]
@@ -303,6 +366,25 @@ class ReportSection(Section):
     )
 
 
+Tracker = Literal["tensorboard", "mlflow", "wandb"]
+
+
+class TrackingSection(Section):
+    """Experiment tracking teams already use: the trainers' curves and the report's comparison. Offline
+    unless a server is named: TensorBoard files, an MLflow file store, W&B offline, all in <run>/tracking/."""
+
+    report_to: list[Tracker] = Field(default_factory=list, description="tensorboard, mlflow, wandb (installed ones)")
+    mlflow_uri: str | None = Field(default=None, description="an MLflow server; default: <run>/tracking/mlruns")
+    experiment: str | None = Field(
+        default=None, description="MLflow experiment / W&B project; default: the recipe's name"
+    )
+    wandb_mode: Literal["offline", "online"] = Field(default="offline", description="online sends to W&B's servers")
+
+    def mlflow_store(self, run_dir: Path) -> str:
+        """The recipe's MLflow server, else a file store in <run>/tracking/mlruns (`mlflow ui --backend-store-uri`)."""
+        return self.mlflow_uri or (run_dir / "tracking" / "mlruns").resolve().as_uri()
+
+
 class Recipe(Section):
     name: str = Field(pattern=NAME_PATTERN, description=NAME_RULE)
     base_model: str = Field(description="registry name, local folder or hub id")
@@ -315,6 +397,7 @@ class Recipe(Section):
     eval: EvalSection = EvalSection()
     bench: BenchSection = BenchSection()
     report: ReportSection = ReportSection()
+    tracking: TrackingSection = TrackingSection()
 
     source: Path | None = Field(default=None, exclude=True)
 
@@ -331,6 +414,7 @@ class Recipe(Section):
                 f" {self.merge_base}), not to the base model a GGUF adapter is applied to"
             )
         self._check_tuning()
+        self._check_distributed()
         if qat.target and qat.target not in self.export.gguf:
             raise ValueError(f"train.qat.target: {qat.target} is not exported; add it to export.gguf")
         if qat.target and self.train.lora.dora and self.train.method != "full":
@@ -341,6 +425,26 @@ class Recipe(Section):
                 " ones); use dequantized-nf4 or auto"
             )
         return self
+
+    def _check_distributed(self) -> None:
+        train = self.train
+        spread = train.distributed
+        if isinstance(spread.processes, int) and train.batch_size % (spread.processes * spread.nodes):
+            raise ValueError(
+                f"train.batch_size: {train.batch_size} does not split evenly over {spread.processes * spread.nodes}"
+                " processes (train.distributed.processes x nodes); it is the batch of one step over all of them"
+            )
+        if spread.strategy == "ddp":
+            return
+        if train.qat.target:
+            raise ValueError(f"train.qat: quantization-aware training runs alone or with ddp, not {spread.strategy}")
+        if train.lora.init != "default" and train.method != "full":
+            raise ValueError(f"train.lora.init: {train.lora.init} needs the whole model in one process; use ddp")
+        speed = spread.deepspeed
+        if spread.strategy == "deepspeed" and speed.offload_params != "none" and speed.stage != 3:
+            raise ValueError("train.distributed.deepspeed.offload_params: ZeRO offloads parameters at stage 3 only")
+        if "nvme" in (speed.offload_optimizer, speed.offload_params) and not speed.nvme_path:
+            raise ValueError("train.distributed.deepspeed.nvme_path: name the folder nvme offload writes to")
 
     def _check_tuning(self) -> None:
         tune, reward = self.tune, self.reward_model

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -15,7 +16,8 @@ from typing import Any
 
 from workbench import paths, safe, workers
 from workbench.data.dataset import LoadedData, load_checked, split_rows
-from workbench.errors import Interrupted, WorkbenchError
+from workbench.errors import Interrupted, StageFailed, WorkbenchError
+from workbench.fsutil import atomic_write_text
 from workbench.recipe import Recipe, RowsSection
 from workbench.records import Artifact
 from workbench.store import Store
@@ -38,9 +40,11 @@ class StageContext:
     work: Path  # survives interruptions (checkpoints); keyed by the stage's cache key
     inputs: dict[str, Path] = field(default_factory=dict)  # finished upstream stage folders
     failures: list[str] = field(default_factory=list)  # parts that failed while the rest finished
+    rank: int | None = None  # the global rank when this is one of several training processes
 
     def event(self, kind: str, **data: Any) -> None:
-        self.store.add_event(self.run_id, self.stage, kind, data)
+        if not self.rank:  # the stage's own process, or rank 0: one writer per run
+            self.store.add_event(self.run_id, self.stage, kind, data)
 
     def say(self, message: str) -> None:
         print(f"[{self.stage}] {safe.terminal_text(message)}", flush=True)
@@ -143,20 +147,39 @@ def train_resumably(ctx: StageContext, trainer: Any, steps: int, interrupt_cb: A
     """`trainer.train()` from the stage's last checkpoint (work/checkpoints), if any; an interrupt request
     saves a checkpoint after the current step and raises StageInterrupted. Returns the TrainOutput."""
     from workbench.train.callbacks import catch_interrupts
+    from workbench.train.distributed import gathered
     from workbench.train.loop import last_checkpoint
 
     resume = last_checkpoint(ctx.work / "checkpoints")
     if resume and int(resume.rsplit("-", 1)[-1]) >= steps:  # past the length asked for now
-        kept = ctx.keep_aside(ctx.work / "checkpoints")
-        ctx.say(f"{Path(resume).name} is past the {steps} steps asked for; training from the start ({kept} kept)")
+        if ctx.rank is None or os.environ.get("LOCAL_RANK", "0") == "0":  # one mover per machine
+            kept = ctx.keep_aside(ctx.work / "checkpoints")
+            ctx.say(f"{Path(resume).name} is past the {steps} steps asked for; training from the start ({kept} kept)")
         resume = None
+    seen = gathered(Path(resume).name if resume else None)  # also: every rank past that point before any trains
+    if len(set(seen)) > 1:
+        found = ", ".join(f"rank {rank}: {name or 'none'}" for rank, name in enumerate(seen))
+        raise StageFailed(f"the ranks would resume from different checkpoints ({found}); each machine needs the same")
     if resume:
         ctx.say(f"resuming from {Path(resume).name}")
-    with catch_interrupts(interrupt_cb):
+    # several processes stop through the stop file; a SIGTERM (the launcher's, a rank died) ends a rank
+    guard = catch_interrupts(interrupt_cb) if ctx.rank is None else contextlib.nullcontext()
+    with guard:
         result = trainer.train(resume_from_checkpoint=resume)
     if interrupt_cb.requested:
         raise StageInterrupted(f"stopped at step {trainer.state.global_step}; run again to resume")
     return result
+
+
+def trackers(ctx: StageContext) -> list[str]:
+    """The recipe's trackers for this stage's Trainer, their destinations set in the environment (which
+    several processes inherit)."""
+    from workbench.train.loop import tracking_env
+
+    if not ctx.recipe.tracking.report_to:
+        return []
+    os.environ.update(tracking_env(ctx.recipe.tracking, ctx.run_dir, ctx.stage, ctx.recipe.name))
+    return list(ctx.recipe.tracking.report_to)
 
 
 def adapter_dir(run_dir: Path, recipe: Recipe) -> Path:
@@ -176,3 +199,109 @@ def checked_split(
     train, held_out = split_rows(data.rows, section.held_out, section.split_seed)
     ctx.say(f"{field}: {data.format}, {len(train)} train / {len(held_out)} held-out rows, {len(data.bad)} bad")
     return data, [{"number": n, **row} for n, row in train], [{"number": n, **row} for n, row in held_out]
+
+
+def run_on_ranks(ctx: StageContext, where: Any, device: str) -> list[Artifact]:
+    """Run the stage on every process of this machine through `accelerate launch` (workbench.stages.ranks
+    runs the same stage in each, `ctx.rank` set) and wait for them. `where` is the machine's
+    train.distributed.Layout. The launcher's configuration, its output and every rank's log stay in
+    <run>/logs/<stage>/; rank 0 records to the run store and saves. Ctrl-C or `workbench cancel` has every
+    rank checkpoint at the same step and stop; a rank that dies fails the stage with its log."""
+    import torch
+    import yaml
+
+    from workbench.train import distributed
+
+    section = ctx.recipe.train.distributed
+    logs = ctx.run_dir / "logs" / ctx.stage
+    logs.mkdir(parents=True, exist_ok=True)
+    bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
+    speed_file = None
+    config_file = logs / "accelerate.yaml"
+    try:  # refused here, by the launchers' own loaders, rather than by every rank
+        if section.strategy == "deepspeed":
+            speed = distributed.deepspeed_config(ctx.recipe.train, where.world, bf16)
+            distributed.check_deepspeed_config(speed, where.world)
+            speed_file = logs / "deepspeed.json"
+            atomic_write_text(speed_file, json.dumps(speed, indent=2))
+        config = distributed.accelerate_config(section, where, bf16, speed_file)
+        atomic_write_text(config_file, yaml.safe_dump(config, sort_keys=False))
+        distributed.check_accelerate_config(config_file)
+    except ValueError as exc:
+        raise StageFailed(f"{ctx.stage}: train.distributed: {exc}") from None
+
+    ranks = ctx.work / "ranks"
+    ranks.mkdir(parents=True, exist_ok=True)
+    for stale in ("stop", "result.json"):
+        (ranks / stale).unlink(missing_ok=True)
+    job = {
+        "run_id": ctx.run_id,
+        "run_dir": str(ctx.run_dir),
+        "store": str(ctx.store.path),
+        "stage": ctx.stage,
+        "out": str(ctx.out),
+        "work": str(ctx.work),
+        "inputs": {name: str(path) for name, path in ctx.inputs.items()},
+        "recipe": ctx.recipe.model_dump(mode="json"),
+        "source": str(ctx.recipe.source) if ctx.recipe.source else None,
+        "logs": str(logs),
+    }
+    atomic_write_text(ranks / "job.json", json.dumps(job))
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")}
+    env["PYTHONUNBUFFERED"] = "1"
+    first = where.first_rank
+    ctx.say(
+        f"{section.strategy} over {where.world} processes ({where.processes} per machine on {where.nodes}"
+        f" machine{'s' if where.nodes > 1 else ''}; this is machine {where.node_rank}, ranks {first}-"
+        f"{first + where.processes - 1}); logs in {logs}"
+    )
+    end = distributed.run_group(
+        distributed.launch_command(config_file, where, device, ranks / "job.json"),
+        env=env,
+        log=logs / "launcher.log",
+        stop_file=ranks / "stop",
+        follow=logs / f"rank{first}.log",
+        echo=lambda text: print(text, end="", flush=True),
+        grace_s=float(section.timeout_s),
+        pid_files=lambda: sorted(logs.glob("rank*.json")),
+    )
+    try:
+        result = json.loads((ranks / "result.json").read_text())
+    except (OSError, ValueError):
+        result = None
+    judge_group(ctx, end, result, logs, where.world, section.timeout_s)
+    for name in ("accelerate.yaml", "deepspeed.json"):  # how it was trained, kept with what it made
+        if (logs / name).exists():
+            (ctx.out / name).write_bytes((logs / name).read_bytes())
+    artifacts = [Artifact(**item) for item in result["artifacts"]]
+    if not artifacts:  # another machine's ranks: rank 0 saves on the first machine
+        ranks_meta = {"node_rank": where.node_rank, "ranks": [first, first + where.processes - 1], "world": where.world}
+        artifacts = [Artifact("ranks", "ranks", ".", 0, ranks_meta)]
+    return artifacts
+
+
+def judge_group(ctx: StageContext, end: Any, result: dict | None, logs: Path, world: int, timeout_s: int) -> None:
+    """Raise what the process group's end means unless it finished: stopped on request (StageInterrupted) or
+    failed (StageFailed naming the first rank that failed, with the end of its log)."""
+    from workbench.train import distributed
+
+    if end.killed:
+        raise StageInterrupted(f"the ranks did not stop within {timeout_s} s and were killed; re-run to resume")
+    if result and "interrupted" in result:
+        raise StageInterrupted(result["interrupted"])
+    if end.returncode != 0 or result is None:
+        launcher_log = logs / "launcher.log"
+        failure = distributed.first_failure(launcher_log.read_text(encoding="utf-8", errors="replace"))
+        if failure is None:
+            raise StageFailed(
+                f"{ctx.stage}: the launcher exited with {end.returncode}; its log {launcher_log}:\n"
+                + distributed.tail_text(launcher_log)
+            )
+        rank, how = failure
+        rank_log = logs / f"rank{rank}.log"
+        raise StageFailed(
+            f"{ctx.stage}: rank {rank} of {world} {how}; the others were stopped. Its log {rank_log} ends:\n"
+            + distributed.tail_text(rank_log)
+        )
+    if end.stop_requested:  # asked to stop as the training ended: stopped, as one process would be
+        raise StageInterrupted("stopped on request; run again to resume")

@@ -5,13 +5,14 @@ CUDA, on GPU; vLLM throughput when vLLM is installed. One child process per meas
 from __future__ import annotations
 
 import platform
+from collections.abc import Iterator
 from importlib import metadata
 from typing import Any
 
-from workbench import safe
+from workbench import safe, workers
 from workbench.bench import vllm_bench
 from workbench.data.files import read_jsonl
-from workbench.devices import pick_device, usable_cores
+from workbench.devices import gpu_slots, pick_device, usable_cores
 from workbench.errors import StageFailed
 from workbench.fsutil import atomic_write_text
 from workbench.parity import describe_served
@@ -62,18 +63,37 @@ def plan_jobs(variants: list[Variant], recipe: Recipe, cuda: bool, vllm: bool) -
     return jobs
 
 
-def bench_one(ctx: StageContext, job: dict[str, Any]) -> dict[str, Any]:
-    """One measurement in a worker; raises WorkerFailed when it fails."""
+def start_measurement(ctx: StageContext, job: dict[str, Any], gpu: str | None = None) -> workers.Running:
+    """One measurement in a worker (pinned to one GPU when `gpu` names it)."""
     where = f"{job['device']}-{job['backend']}"
-    ctx.say(f"{job['variant']} on {job['device']} ({job['backend']})")
-    outcome = ctx.run_worker(
+    ctx.say(f"{job['variant']} on {job['device']} ({job['backend']})" + (f", GPU {gpu}" if gpu else ""))
+    return ctx.start_worker(
         "bench.measure",
         job,
         name=job["variant"],
         log_name=f"{job['variant']}-{where}",
         timeout=ctx.recipe.bench.timeout_s,
+        env=workers.device_env(gpu),
     )
-    return {**outcome.value(), "peak_rss_mb": outcome.peak_rss_mb}
+
+
+def measurements(ctx: StageContext, jobs: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], BenchResult]]:
+    """Every job's record: CPU measurements one after another (they would share cores), then GPU ones, one
+    per GPU at a time on a machine with several. A failed measurement is recorded; the rest go on."""
+    cpu = [job for job in jobs if job["device"] == "cpu"]
+    gpu = [job for job in jobs if job["device"] != "cpu"]
+    runs: list[tuple[list[dict[str, Any]], list[str | None]]] = [(cpu, [None]), (gpu, [*gpu_slots()] or [None])]
+    for batch, slots in runs:
+        for job, ended in workers.spread(batch, lambda j, slot: start_measurement(ctx, j, slot), slots):
+            keep = {k: v for k, v in job.items() if k not in ("path", "vllm_concurrency", "lora")}
+            try:
+                if isinstance(ended, Exception):
+                    raise ended
+                yield job, BenchResult.from_dict({**keep, **ended.value(), "peak_rss_mb": ended.peak_rss_mb})
+            except Exception as exc:  # noqa: BLE001 - one failed measurement is recorded, the rest go on
+                error = failure_line(job["variant"], exc)
+                ctx.failures.append(f"{error.splitlines()[0]} (on {job['device']}, {job['backend']})")
+                yield job, BenchResult.from_dict({**keep, "status": "failed", "error": error})
 
 
 def speed_line(record: BenchResult) -> str:
@@ -150,14 +170,7 @@ def run(ctx: StageContext) -> list[Artifact]:
         ctx.say("no CUDA device: GPU benchmarks skipped")
     jobs = plan_jobs(ctx.store.variants(ctx.run_id), ctx.recipe, cuda, cuda and vllm_bench.available())
     records = []
-    for job in jobs:
-        keep = {k: v for k, v in job.items() if k not in ("path", "vllm_concurrency", "lora")}
-        try:
-            record = BenchResult.from_dict({**keep, **bench_one(ctx, job)})
-        except Exception as exc:  # noqa: BLE001 - one failed measurement is recorded, the rest go on
-            error = failure_line(job["variant"], exc)
-            ctx.failures.append(f"{error.splitlines()[0]} (on {job['device']}, {job['backend']})")
-            record = BenchResult.from_dict({**keep, "status": "failed", "error": error})
+    for job, record in measurements(ctx, jobs):
         ctx.say(f"{job['variant']} on {job['device']} ({job['backend']}): {speed_line(record)}")
         ctx.event("benchmarked", **record.to_dict())
         records.append(record)

@@ -7,14 +7,15 @@ from __future__ import annotations
 import difflib
 import json
 import shutil
+from collections.abc import Iterator
 from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from workbench import safe
+from workbench import safe, workers
 from workbench.data.files import read_jsonl
-from workbench.devices import pick_device
+from workbench.devices import gpu_slots, pick_device
 from workbench.errors import StageFailed
 from workbench.eval import preference, tasks
 from workbench.fsutil import atomic_write_text, hash_path
@@ -103,30 +104,75 @@ def answer_starts(rows: list[dict[str, Any]], tokenizer: Any, sequences: list[li
     return starts
 
 
-def evaluate_model(ctx: StageContext, model: dict[str, Any], common: dict[str, Any]) -> dict[str, Any]:
-    """One model in a worker; its results folder is kept in the work folder until the stage ends, so an
-    interrupted stage does not evaluate finished models again. Raises WorkerFailed when it fails."""
-    out = ctx.work / "models" / model["name"]
-    done = out / "results.json"
+def fingerprint_of(model: dict[str, Any]) -> str | None:
     fingerprint = files_fingerprint(Path(model["path"]))
     if model.get("lora"):  # an adapter variant is its base file and its adapter
         fingerprint = f"{fingerprint}+{files_fingerprint(Path(model['lora']))}"
+    return fingerprint
+
+
+def kept_summary(ctx: StageContext, model: dict[str, Any]) -> dict[str, Any] | None:
+    """A model's results from an interrupted attempt of this stage (kept in its work folder), if its files
+    are unchanged: it is not evaluated again."""
+    done = ctx.work / "models" / model["name"] / "results.json"
     kept = json.loads(done.read_text()) if done.is_file() else {}
-    if kept and kept.get("fingerprint") == fingerprint:
+    if kept and kept.get("fingerprint") == fingerprint_of(model):
         ctx.say(f"{model['name']}: evaluated earlier (kept from an interrupted attempt)")
         return kept
+    return None
+
+
+def start_evaluation(
+    ctx: StageContext, model: dict[str, Any], common: dict[str, Any], device: str | None
+) -> workers.Running:
+    """One model's evaluation in a worker (pinned to one GPU when `device` names it)."""
+    out = ctx.work / "models" / model["name"]
     ctx.remove(out)
     job = {**common, **model, "out": str(out)}
     if model["role"] != "variant":
         job["fidelity"] = None  # the reference is itself; the base model is not an export of it
-    ctx.say(f"evaluating {model['name']} ({model['format']})")
-    outcome = ctx.run_worker("eval.model", job, name=model["name"], timeout=ctx.recipe.eval.timeout_s, echo=True)
+    ctx.say(f"evaluating {model['name']} ({model['format']})" + (f" on GPU {device}" if device else ""))
+    return ctx.start_worker(
+        "eval.model",
+        job,
+        name=model["name"],
+        timeout=ctx.recipe.eval.timeout_s,
+        echo=True,
+        env=workers.device_env(device),
+    )
+
+
+def finish_evaluation(ctx: StageContext, model: dict[str, Any], outcome: workers.Outcome) -> dict[str, Any]:
+    """The worker's summary, kept in the work folder until the stage ends. Raises WorkerFailed."""
     summary = outcome.value()
     summary["seconds"]["total"] = outcome.seconds
     summary["peak_mem_mb"] = outcome.peak_rss_mb
-    summary["fingerprint"] = fingerprint
-    atomic_write_text(done, safe.json_text(summary, indent=2))
+    summary["fingerprint"] = fingerprint_of(model)
+    atomic_write_text(ctx.work / "models" / model["name"] / "results.json", safe.json_text(summary, indent=2))
     return summary
+
+
+def evaluations(
+    ctx: StageContext, models: list[dict[str, Any]], common: dict[str, Any]
+) -> Iterator[tuple[dict[str, Any], dict[str, Any] | Exception]]:
+    """(model, its summary or why it failed) for every model: kept ones first, then the rest in workers,
+    one per GPU at a time on a machine with several (one after another otherwise)."""
+    todo = []
+    for model in models:
+        kept = kept_summary(ctx, model)
+        if kept is None:
+            todo.append(model)
+        else:
+            yield model, kept
+    slots: list[str | None] = list(gpu_slots()) or [None]
+    for model, ended in workers.spread(todo, lambda m, device: start_evaluation(ctx, m, common, device), slots):
+        if isinstance(ended, Exception):
+            yield model, ended
+            continue
+        try:
+            yield model, finish_evaluation(ctx, model, ended)
+        except Exception as exc:  # noqa: BLE001 - reported with the model's name by the caller
+            yield model, exc
 
 
 def files_fingerprint(path: Path) -> str | None:
@@ -269,11 +315,9 @@ def run(ctx: StageContext) -> list[Artifact]:
     rows: list[Metric] = []
     items: list[ItemScores] = []
     summaries: dict[str, dict[str, Any]] = {}
-    for model in models:
-        try:
-            summary = evaluate_model(ctx, model, common)
-        except Exception as exc:  # noqa: BLE001 - one model's failure is recorded, the rest go on
-            error = failure_line(model["name"], exc)
+    for model, summary in evaluations(ctx, models, common):
+        if isinstance(summary, Exception):  # one model's failure is recorded, the rest go on
+            error = failure_line(model["name"], summary)
             ctx.failures.append(error.splitlines()[0])
             ctx.say(f"FAILED: {error}")
             summaries[model["name"]] = {**model, "status": "failed", "error": error}
@@ -283,6 +327,7 @@ def run(ctx: StageContext) -> list[Artifact]:
         rows += scored
         items += store_items(model, summary)
         ctx.event("evaluated", name=model["name"], metrics=[asdict(m) for m in scored])
+    summaries = {model["name"]: summaries[model["name"]] for model in models}  # in the models' order
     if pairs:
         scored_pairs, pair_items = preference_metrics(ctx, summaries, [pair.number for pair in pairs])
         rows += scored_pairs

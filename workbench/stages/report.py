@@ -7,12 +7,15 @@ from typing import Any
 
 from workbench.recipe import Recipe
 from workbench.records import Artifact
-from workbench.report import twins, write
+from workbench.report import tracking, twins, write
 from workbench.stages.base import Stage, StageContext
 
 
 def key_inputs(recipe: Recipe) -> dict[str, Any]:
-    return {"report": recipe.report.model_dump(mode="json"), "eval_tasks": recipe.eval.tasks}
+    inputs = {"report": recipe.report.model_dump(mode="json"), "eval_tasks": recipe.eval.tasks}
+    if {"mlflow", "wandb"} & set(recipe.tracking.report_to):  # logged there too
+        inputs["tracking"] = recipe.tracking.model_dump(mode="json")
+    return inputs
 
 
 def run(ctx: StageContext) -> list[Artifact]:
@@ -22,6 +25,13 @@ def run(ctx: StageContext) -> list[Artifact]:
     for line in write.recommendation_lines(report.comparison):
         ctx.say(line)
     ctx.say(f"report: {ctx.run_dir / 'report' / 'report.html'}")
+    if {"mlflow", "wandb"} & set(ctx.recipe.tracking.report_to):
+        try:
+            for where in tracking.log_report(ctx.recipe.tracking, ctx.run_id, ctx.run_dir, ctx.out, ctx.recipe.name):
+                ctx.say(f"logged to {where}")
+        except Exception as exc:  # noqa: BLE001 - the tracker failed; the report itself stands
+            ctx.failures.append(f"tracking: {type(exc).__name__}: {exc}")
+            ctx.say(f"could not log to the tracker: {exc}")
     return [
         Artifact(f"report-{path.name}", "report", path.name, path.stat().st_size)
         for path in sorted(ctx.out.iterdir())

@@ -14,7 +14,7 @@ from workbench.fsutil import dir_size, hash_path
 from workbench.models import resolve_model
 from workbench.recipe import Recipe, RecipeError
 from workbench.records import Artifact
-from workbench.stages.base import Stage, StageContext, checked_split, train_resumably
+from workbench.stages.base import Stage, StageContext, checked_split, trackers, train_resumably
 from workbench.train import loop, preference, sft
 
 
@@ -88,7 +88,15 @@ def run(ctx: StageContext) -> list[Artifact]:
         model,
         tokenizer,
         Dataset.from_list(pairs),
-        loop.trainer_arguments(ctx.work / "checkpoints", section, device, epochs, steps),
+        loop.trainer_arguments(
+            ctx.work / "checkpoints",
+            section,
+            device,
+            epochs,
+            steps,
+            report_to=trackers(ctx),
+            run_name=f"{ctx.run_id}/{ctx.stage}",
+        ),
         max_length=rows_section.max_length,
         callbacks=[store_cb, interrupt_cb],
     )

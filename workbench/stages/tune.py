@@ -17,7 +17,7 @@ from workbench.fsutil import dir_size, hash_path
 from workbench.models import resolve_model
 from workbench.recipe import Recipe, RecipeError
 from workbench.records import Artifact
-from workbench.stages.base import Stage, StageContext, checked_split, train_resumably
+from workbench.stages.base import Stage, StageContext, checked_split, trackers, train_resumably
 from workbench.train import loop, preference, sft
 
 
@@ -88,7 +88,15 @@ def run(ctx: StageContext) -> list[Artifact]:
         )
 
     store_cb, interrupt_cb = StoreCallback(ctx, steps), InterruptCallback()
-    common = loop.trainer_arguments(ctx.work / "checkpoints", tune, device, epochs, steps)
+    common = loop.trainer_arguments(
+        ctx.work / "checkpoints",
+        tune,
+        device,
+        epochs,
+        steps,
+        report_to=trackers(ctx),
+        run_name=f"{ctx.run_id}/{ctx.stage}",
+    )
     reward_model = ctx.inputs["reward"] / "model" if "reward" in ctx.inputs else None
     trainer = preference.build_trainer(
         tune,

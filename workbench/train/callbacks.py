@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Protocol
 
 from transformers import TrainerCallback
@@ -80,12 +81,19 @@ def objective_metrics(logs: dict[str, Any]) -> dict[str, float]:
 
 
 class InterruptCallback(TrainerCallback):
-    """When an interrupt is requested, save a checkpoint after the current step and stop."""
+    """When an interrupt is requested, save a checkpoint after the current step and stop. On several
+    processes the request is a file (`stop_file`, written by the stage's process) and the ranks agree at
+    every step, so all of them checkpoint the same step."""
 
-    def __init__(self) -> None:
+    def __init__(self, stop_file: Path | None = None) -> None:
         self.requested = False
+        self.stop_file = stop_file
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if self.stop_file is not None:
+            from workbench.train.distributed import any_rank
+
+            self.requested = any_rank(self.requested or self.stop_file.exists())
         if self.requested:
             control.should_save = True
             control.should_training_stop = True

@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from workbench.data.dataset import auto_epochs
-from workbench.recipe import OptimizeSection
+from workbench.errors import ResourceError
+from workbench.recipe import DistributedSection, OptimizeSection, TrackingSection
+from workbench.train.distributed import per_process_batch
 
 
 def training_steps(section: OptimizeSection, rows: int) -> tuple[float, int]:
@@ -21,17 +23,35 @@ def training_steps(section: OptimizeSection, rows: int) -> tuple[float, int]:
 
 
 def trainer_arguments(
-    checkpoints: Path, section: OptimizeSection, device: str, epochs: float, steps: int
+    checkpoints: Path,
+    section: OptimizeSection,
+    device: str,
+    epochs: float,
+    steps: int,
+    spread: DistributedSection | None = None,
+    world: int = 1,
+    report_to: list[str] | None = None,
+    run_name: str | None = None,
 ) -> dict[str, Any]:
     """Arguments every TRL config takes. Each defaults to bf16 and gradient checkpointing, ~18x slower (or
-    refused) on a CPU without bf16 instructions: both are set here, always."""
+    refused) on a CPU without bf16 instructions: both are set here, always. With `world` processes
+    (`spread` their section) each takes an equal share of `batch_size`. `report_to`: the Trainer's trackers
+    (see `tracking_env`)."""
     import torch
 
+    many = {}
+    if spread is not None and world > 1:
+        many = {
+            "ddp_timeout": spread.timeout_s,
+            "ddp_find_unused_parameters": False,  # every LoRA weight is used; True breaks gradient checkpointing
+            "save_on_each_node": spread.nodes > 1,  # each machine resumes from its own copy of a checkpoint
+        }
     return {
+        **many,
         "output_dir": str(checkpoints),
         "max_steps": steps,
         "num_train_epochs": epochs,
-        "per_device_train_batch_size": section.batch_size,
+        "per_device_train_batch_size": per_process_batch(section.batch_size, world),
         "gradient_accumulation_steps": section.grad_accum,
         "learning_rate": section.learning_rate,
         "lr_scheduler_type": section.lr_scheduler,
@@ -43,7 +63,8 @@ def trainer_arguments(
         "save_strategy": "steps",
         "save_steps": section.checkpoint_every,
         "save_total_limit": 2,
-        "report_to": "none",
+        "report_to": report_to or "none",
+        "run_name": run_name,  # what the trackers call it
         "use_cpu": device == "cpu",
         "bf16": device == "cuda" and torch.cuda.is_bf16_supported(),
         "activation_checkpointing": section.gradient_checkpointing,
@@ -64,3 +85,29 @@ def last_checkpoint(folder: Path) -> str | None:
             continue
         return str(path)
     return None
+
+
+def tracking_env(tracking: TrackingSection, run_dir: Path, stage: str, name: str) -> dict[str, str]:
+    """Where the Trainer's trackers write (their integrations read these variables): offline stores in
+    <run>/tracking/ unless the recipe names a server. Refuses a tracker that is not installed."""
+    import importlib.util
+
+    missing = [
+        tracker
+        for tracker, module in (("tensorboard", "tensorboard"), ("mlflow", "mlflow"), ("wandb", "wandb"))
+        if tracker in tracking.report_to and importlib.util.find_spec(module) is None
+    ]
+    if missing:
+        raise ResourceError(
+            f"tracking.report_to: {', '.join(missing)} is not installed (pip install {' '.join(missing)})"
+        )
+    folder = run_dir / "tracking"
+    return {
+        "TENSORBOARD_LOGGING_DIR": str(folder / "tensorboard" / stage),
+        "MLFLOW_TRACKING_URI": tracking.mlflow_store(run_dir),
+        "MLFLOW_ALLOW_FILE_STORE": "true",  # MLflow 3 keeps its file backend (the offline default) behind this
+        "MLFLOW_EXPERIMENT_NAME": tracking.experiment or name,
+        "WANDB_PROJECT": tracking.experiment or name,
+        "WANDB_MODE": tracking.wandb_mode,
+        "WANDB_DIR": str(folder),
+    }

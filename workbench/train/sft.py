@@ -18,6 +18,10 @@ def check_supported(recipe: Recipe, device: str) -> None:
         problems.append("train.lora.init: loftq initialises LoRA against the 4-bit base; use train.method: qlora")
     elif section.lora.init == "loftq" and device != "cuda":
         problems.append("train.lora.init: loftq needs a CUDA device (peft computes its initialisation on the GPU)")
+    strategy = section.distributed.strategy
+    if section.distributed.many and strategy != "ddp" and device != "cuda":
+        # accelerate would quietly run DDP instead: on a CPU there is nothing to shard onto
+        problems.append(f"train.distributed.strategy: {strategy} shards over CUDA GPUs; on a CPU use ddp")
     if problems:
         raise RecipeError(str(recipe.source or recipe.name), problems)
 
@@ -52,14 +56,17 @@ def load_model(base: str, section: TrainSection, device: str) -> Any:
     dtype = load_dtype(device)
     kwargs: dict[str, Any] = {"dtype": dtype}
     if section.method == "qlora":
+        sharded = section.distributed.many and section.distributed.strategy != "ddp"
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype,
+            # FSDP and ZeRO-3 shard flat tensors of one dtype: the packed 4-bit weights are stored in it
+            **({"bnb_4bit_quant_storage": dtype} if sharded else {}),
         )
-        # one full copy per process, so `accelerate launch` data parallelism works as well
-        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0)) if device == "cuda" else "cpu"}
+        if not sharded:  # one whole copy per process (DDP), on this process's GPU
+            kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0)) if device == "cuda" else "cpu"}
     return AutoModelForCausalLM.from_pretrained(base, **kwargs)  # the Trainer places unquantized models
 
 
@@ -108,11 +115,21 @@ def qat_summary(model: Any, section: TrainSection) -> dict[str, Any]:
 
 
 def sft_config(
-    checkpoints: Path, section: TrainSection, data: DataSection, device: str, epochs: float, steps: int
+    checkpoints: Path,
+    section: TrainSection,
+    data: DataSection,
+    device: str,
+    epochs: float,
+    steps: int,
+    world: int = 1,
+    report_to: list[str] | None = None,
+    run_name: str | None = None,
 ) -> Any:
     from trl import SFTConfig
 
     from workbench.train.loop import trainer_arguments
 
-    common = trainer_arguments(checkpoints, section, device, epochs, steps)
+    common = trainer_arguments(
+        checkpoints, section, device, epochs, steps, section.distributed, world, report_to, run_name
+    )
     return SFTConfig(**common, max_length=data.max_length, packing=data.packing)

@@ -20,6 +20,7 @@ killed orchestrator leaves nothing behind. This module imports only the standard
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -29,7 +30,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -317,3 +318,42 @@ def run(task: str, job: dict[str, Any], **options: Any) -> Outcome:
     """`start` the task (same options) and wait for its outcome; its events are dropped. An interrupt of
     this process (Ctrl-C, SIGTERM) stops the child before it propagates."""
     return start(task, job, **options).wait()
+
+
+def spread(
+    items: list[Any], begin: Callable[[Any, str | None], Running], devices: list[str | None]
+) -> Iterator[tuple[Any, Outcome | Exception]]:
+    """Run one worker per device at a time (`begin(item, device)` starts it; a device of None is no
+    pinning), yielding (item, its outcome or the exception that ended it) as each ends. With one device
+    this is one after another. An interrupt stops every worker still running."""
+    free = list(devices)
+    pending = list(items)
+    active: dict[concurrent.futures.Future[Outcome], tuple[Any, str | None, Running]] = {}
+    with concurrent.futures.ThreadPoolExecutor(max(len(devices), 1)) as pool:
+        try:
+            while pending or active:
+                while pending and free:
+                    item, device = pending.pop(0), free.pop(0)
+                    try:
+                        running = begin(item, device)
+                    except Exception as exc:  # noqa: BLE001 - the caller records it; the others go on
+                        free.append(device)
+                        yield item, exc
+                        continue
+                    active[pool.submit(running.wait)] = (item, device, running)
+                if not active:
+                    continue
+                finished, _ = concurrent.futures.wait(active, return_when=concurrent.futures.FIRST_COMPLETED)
+                for future in finished:
+                    item, device, _ = active.pop(future)
+                    free.append(device)
+                    error = future.exception()
+                    yield item, error if isinstance(error, Exception) else future.result()
+        finally:
+            for _, _, running in active.values():
+                running.stop()
+
+
+def device_env(device: str | None) -> dict[str, str] | None:
+    """A worker's environment pinned to one GPU (None: as this process's)."""
+    return None if device is None else {**os.environ, "CUDA_VISIBLE_DEVICES": device}
