@@ -63,7 +63,10 @@ def adapter_digest(folder: Path) -> str:
     return distributed.digest(load_file(folder / "adapter_model.safetensors"))
 
 
-def test_two_processes_train_one_adapter_the_same_steps_as_one(tmp_path: Path, tiny_model: Path, qa_file: Path):
+def test_two_processes_train_one_adapter_the_same_steps_as_one(
+    tmp_path: Path, tiny_model: Path, qa_file: Path, capsys: pytest.CaptureFixture[str]
+):
+    from workbench.cli import main
     from workbench.runner import run_recipe
 
     recipe = load_recipe(recipe_for(tmp_path, tiny_model, qa_file))
@@ -81,6 +84,10 @@ def test_two_processes_train_one_adapter_the_same_steps_as_one(tmp_path: Path, t
     assert train_steps(home) == [1, 2, 3, 4, 5, 6]  # rank 0 alone writes the store: no step twice
     config = yaml.safe_load((home / "tiny" / "train" / "accelerate.yaml").read_text())
     assert config["num_processes"] == 2 and config["distributed_type"] == "MULTI_GPU"
+    capsys.readouterr()
+    assert main(["--home", str(home), "show", "tiny"]) == 0
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("training:")]
+    assert line.startswith("training: step 6/6") and line.endswith("on 2 processes (ddp)")
 
     # train.batch_size is the batch of a step over both processes: the first step is the single process's
     one = load_recipe(recipe.source, ["train.distributed.processes=1"])
@@ -287,3 +294,22 @@ def test_two_gpus_train_with_each_strategy(tmp_path: Path, tiny_model: Path, qa_
     assert done["device"] == "cuda" and done["distributed"]["world_size"] == 2
     assert (home / "tiny" / "train" / "adapter_model.safetensors").exists()
     assert train_steps(home) == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_tracker_that_is_not_installed_is_refused_by_name(tmp_path: Path):
+    import importlib.util
+
+    from workbench.errors import ResourceError
+    from workbench.recipe import TrackingSection
+    from workbench.train.loop import tracking_env
+
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here")
+    with pytest.raises(ResourceError, match=r"tracking.report_to: wandb not installed here \(pip install wandb\)"):
+        tracking_env(TrackingSection(report_to=["tensorboard", "wandb"]), tmp_path, "train", "tiny")
+    offline = tracking_env(TrackingSection(report_to=["tensorboard", "mlflow"]), tmp_path, "train", "tiny")
+    assert offline["MLFLOW_TRACKING_URI"] == (tmp_path / "tracking" / "mlruns").resolve().as_uri()
+    assert offline["TENSORBOARD_LOGGING_DIR"] == str(tmp_path / "tracking" / "tensorboard" / "train")
+    served = TrackingSection(report_to=["mlflow"], mlflow_uri="http://mlflow.internal:5000", experiment="team")
+    assert tracking_env(served, tmp_path, "tune", "tiny")["MLFLOW_TRACKING_URI"] == "http://mlflow.internal:5000"
+    assert tracking_env(served, tmp_path, "tune", "tiny")["MLFLOW_EXPERIMENT_NAME"] == "team"

@@ -417,6 +417,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     recipe = progress.run_recipe(run["recipe"])
     if any(by_stage.values()):
         print()
+    spread = {a.stage: a.meta["distributed"] for a in store.artifacts(args.run) if a.meta.get("distributed")}
     for name, staged in by_stage.items():  # one line per training stage that logged: train, reward, tune
         if not staged:
             continue
@@ -426,7 +427,10 @@ def cmd_show(args: argparse.Namespace) -> int:
         for key in progress.headline_keys(name, staged):
             values = [log["metrics"][key] for log in staged if key in (log.get("metrics") or {})]
             line += f", {key} {progress.figure(values[0])} -> {progress.figure(values[-1])}"
-        _out(line + (f", {last['tokens_per_s']} tokens/s" if last.get("tokens_per_s") else ""))
+        line += f", {last['tokens_per_s']} tokens/s" if last.get("tokens_per_s") else ""
+        if name in spread:
+            line += f" on {spread[name]['world_size']} processes ({spread[name]['strategy']})"
+        _out(line)
     if metrics or store.bench(args.run):
         print(f"\nspeed, comparison and recommendation: `workbench report {args.run}`")
     return 0

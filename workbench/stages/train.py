@@ -43,6 +43,7 @@ def run(ctx: StageContext) -> list[Artifact]:
     if ctx.rank is None and section.distributed.many:
         try:
             where = distributed.layout(section.distributed, device)
+            distributed.per_process_batch(section.batch_size, where.world)  # `auto` decided only now
         except ValueError as exc:
             raise RunError(str(exc)) from None
         if where.world > 1:

@@ -24,8 +24,6 @@ from workbench.common import PYTHON
 from workbench.devices import usable_cores
 from workbench.recipe import DistributedSection, TrainSection
 
-RENDEZVOUS_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK")  # what `workbench run --master-addr …` sets
-
 
 @dataclass(frozen=True)
 class Layout:
