@@ -305,7 +305,7 @@ def test_a_tracker_that_is_not_installed_is_refused_by_name(tmp_path: Path):
 
     if importlib.util.find_spec("wandb") is not None:
         pytest.skip("wandb is installed here")
-    with pytest.raises(ResourceError, match=r"tracking.report_to: wandb not installed here \(pip install wandb\)"):
+    with pytest.raises(ResourceError, match=r"tracking.report_to: wandb is not installed \(pip install wandb\)"):
         tracking_env(TrackingSection(report_to=["tensorboard", "wandb"]), tmp_path, "train", "tiny")
     offline = tracking_env(TrackingSection(report_to=["tensorboard", "mlflow"]), tmp_path, "train", "tiny")
     assert offline["MLFLOW_TRACKING_URI"] == (tmp_path / "tracking" / "mlruns").resolve().as_uri()
