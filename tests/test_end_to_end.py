@@ -5,6 +5,7 @@ measured and the report names every failure."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ def test_every_stage_runs_and_crashing_variants_take_nothing_else_down(
         eval={"tasks": ["heldout", "general"], "limit": 3, "fidelity_rows": 4, "max_length": 512},
         bench={"prompt_tokens": 32, "gen_tokens": 8, "repetitions": 2, "warmup": 1, "timeout_s": 30,
                "serve": {"concurrency": [1, 2], "requests": 2, "max_tokens": 8, "formats": ["gguf"]}},
-        tracking={"report_to": ["tensorboard", "mlflow"]},
+        tracking={"report_to": ["tensorboard", "mlflow", "wandb"]},
     )  # fmt: skip
     home = tmp_path / "runs"
     fault(
@@ -164,6 +165,14 @@ def test_every_stage_runs_and_crashing_variants_take_nothing_else_down(
     assert logged.tags["recommended.cpu"].startswith(f"{cpu['variant']}: ")
     shipped = {f.path for f in client.list_artifacts(runs["tiny/report"].info.run_id, "report")}
     assert {"report/results.json", "report/comparison.csv", "report/report.html"} <= shipped
+    offline = sorted((home / "tiny" / "tracking" / "wandb").glob("offline-run-*"))
+    assert len(offline) == 2  # W&B offline: the Trainer's run and the report's
+    (table_file,) = [t for run in offline for t in run.glob("files/media/table/comparison_*.table.json")]
+    table = json.loads(table_file.read_text())
+    header, *lines = list(csv.reader((report / "comparison.csv").open(newline="", encoding="utf-8")))
+    assert table["columns"] == header and len(table["data"]) == len(lines)
+    (record,) = table_file.parents[3].glob("run-*.wandb")  # the run's summary and artifact, as W&B stores them
+    assert b"Q8_0.gguf/score" in record.read_bytes() and b"recommended.cpu" in record.read_bytes()
 
     from workbench.cli import main
 
