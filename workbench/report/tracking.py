@@ -102,7 +102,8 @@ def _wandb(
         with open(report_dir / "comparison.csv", newline="", encoding="utf-8") as handle:
             rows = list(csv.reader(handle))
         if rows:
-            run.log({"comparison": wandb.Table(columns=rows[0], data=rows[1:])})
+            header: list[str | int] = list(rows[0])
+            run.log({"comparison": wandb.Table(columns=header, data=rows[1:])})
         files = wandb.Artifact(f"{re.sub(r'[^A-Za-z0-9_.-]', '_', run_id)}-report", type="report")
         files.add_dir(str(report_dir))
         run.log_artifact(files)
