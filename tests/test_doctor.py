@@ -69,3 +69,19 @@ def test_an_install_that_contradicts_its_flags_is_caught() -> None:
     assert contradiction(flags, "CPU : AVX512 = 1 | AMX_INT8 = 1 |")  # a wheel cached from an AMX build
     assert contradiction(flags, "CPU : AVX512 = 1 | AVX512_VNNI = 1 |") is None
     assert contradiction("-DGGML_NATIVE=ON", "CPU : AMX_INT8 = 1 |") is None  # AMX asked for
+
+
+def test_a_distributed_recipe_has_two_processes_form_a_group(tmp_path: Path, tiny_model: Path) -> None:
+    from workbench import workers
+    from workbench.recipe import load_recipe
+
+    data = tmp_path / "qa.json"
+    data.write_text(json.dumps([{"question": "q", "answer": "a"}] * 4))
+    spread = load_recipe(write_recipe(tmp_path, tiny_model, data, train={"distributed": {"processes": 2}}))
+    assert "distributed" in doctor.needed_backends(spread)
+    assert "distributed" not in doctor.needed_backends(load_recipe(write_recipe(tmp_path, tiny_model, data)))
+    (probe,) = [p for p in doctor.plan(cuda=False, gguf_types=[]) if p.backend == "distributed"]
+    outcome = workers.run("doctor.probe", probe.job, name=probe.name, log=tmp_path / "probe.log", timeout=300)
+    assert outcome.status == "done", outcome.error
+    assert outcome.value()["detail"] == "2 processes, gloo: all-reduce 1 + 2 = 3 on both"  # each rank saw the sum
+    assert (tmp_path / "probe.log").read_text().count('"world": 2') == 2

@@ -30,7 +30,7 @@ PACKAGES = (
     "torch", "transformers", "peft", "trl", "accelerate", "bitsandbytes", "gptqmodel", "llama_cpp_python",
     "lm_eval", "optimum", "textual",
 )  # fmt: skip
-BACKENDS = ("torch", "llama.cpp", "bitsandbytes", "gptqmodel")
+BACKENDS = ("torch", "llama.cpp", "bitsandbytes", "gptqmodel", "distributed")
 PROBE_TIMEOUT_S = 300  # each probe; on 2 cores the slowest (torch + GPTQModel imports) takes ~10 s
 BUILD_RECORD = Path(sys.prefix) / "share" / "workbench" / "llama-cpp-build.json"
 
@@ -122,6 +122,8 @@ def needed_backends(recipe: Any | None) -> list[str]:
         needed.append("bitsandbytes")
     if recipe.export.gptq or recipe.export.awq:
         needed.append("gptqmodel")
+    if recipe.train.distributed.many:
+        needed.append("distributed")
     return needed
 
 
@@ -138,6 +140,8 @@ def plan(cuda: bool, gguf_types: list[str]) -> list[Probe]:
             Probe(f"bitsandbytes nf4 ({device})", "bitsandbytes", {"probe": "bitsandbytes", "device": device})
         )
     probes.append(Probe("gptqmodel 4-bit kernel (cpu)", "gptqmodel", {"probe": "gptqmodel"}))
+    group = "cuda" if cuda else "cpu"
+    probes.append(Probe(f"process group ({group})", "distributed", {"probe": "process group", "device": group}))
     return probes
 
 
@@ -207,6 +211,11 @@ def advice(report: Report) -> list[str]:
         lines.append("bitsandbytes does not work here: use train.method: lora and export.nf4: false.")
     if "gptqmodel" in failing:
         lines.append("GPTQModel does not work here: set export.gptq: false and export.awq: false.")
+    if "distributed" in failing:
+        lines.append(
+            "Two processes could not train together here (see the probe's log): set train.distributed.processes: 1,"
+            " or on GPUs check NCCL (`NCCL_DEBUG=INFO`) and that the rendezvous port is free."
+        )
     if "torch" in failing:
         lines.append("torch itself fails: reinstall the environment (`rm -rf .venv && make install`).")
     return lines

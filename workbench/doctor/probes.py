@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -164,12 +165,68 @@ def gptqmodel_kernel(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
     return {"detail": f"kernel {type(model.model.model.layers[0].self_attn.q_proj).__name__}"}
 
 
+def process_group(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
+    """Two processes started by `accelerate launch` (as train.distributed starts them) form a group and
+    all-reduce: gloo over loopback on a CPU, NCCL between two GPUs."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from workbench.common import PYTHON
+
+    if job["device"] == "cuda":
+        import torch
+
+        if torch.cuda.device_count() < 2:
+            return {"skipped": "fewer than two GPUs: data parallelism needs two"}
+    with tempfile.TemporaryDirectory(prefix="workbench-doctor-") as folder:
+        config = Path(folder) / "accelerate.yaml"
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "compute_environment": "LOCAL_MACHINE",
+                    "distributed_type": "MULTI_GPU",
+                    "num_processes": 2,
+                    "num_machines": 1,
+                    "machine_rank": 0,
+                    "main_process_ip": "127.0.0.1",
+                    "mixed_precision": "no",
+                    "use_cpu": False,
+                    "rdzv_backend": "static",
+                    "same_network": True,
+                }  # fmt: skip
+            )
+        )
+        command = [*PYTHON, "-m", "accelerate.commands.launch", "--config_file", str(config),
+                   "--num_cpu_threads_per_process", "1", "--main_process_port", str(_free_port()),
+                   "--module", "workbench.doctor.allreduce", job["device"]]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, timeout=240, check=False)
+    sys.stdout.write(done.stdout + done.stderr)  # into the probe's log
+    ranks = [json.loads(seen) for seen in re.findall(r'\{"rank"[^{}]*\}', done.stdout)]  # lines may interleave
+    if done.returncode != 0 or sorted(r["rank"] for r in ranks) != [0, 1]:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"two processes did not form a group (exit status {done.returncode}): {last}")
+    if any(r["world"] != 2 or r["sum"] != 3.0 for r in ranks):
+        raise RuntimeError(f"the all-reduce went wrong: {ranks}")
+    return {"detail": f"2 processes, {ranks[0]['backend']}: all-reduce 1 + 2 = 3 on both"}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 PROBES: dict[str, Callable[[dict[str, Any], Channel], dict[str, Any]]] = {
     "llama.cpp info": llama_cpp_info,
     "llama.cpp decode": llama_cpp_decode,
     "torch": torch_generate,
     "bitsandbytes": bitsandbytes_nf4,
     "gptqmodel": gptqmodel_kernel,
+    "process group": process_group,
 }
 
 
