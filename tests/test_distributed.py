@@ -296,15 +296,15 @@ def test_two_gpus_train_with_each_strategy(tmp_path: Path, tiny_model: Path, qa_
     assert train_steps(home) == [1, 2, 3, 4, 5, 6]
 
 
-def test_a_tracker_that_is_not_installed_is_refused_by_name(tmp_path: Path):
+def test_a_tracker_that_is_not_installed_is_refused_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     import importlib.util
 
     from workbench.errors import ResourceError
     from workbench.recipe import TrackingSection
     from workbench.train.loop import tracking_env
 
-    if importlib.util.find_spec("wandb") is not None:
-        pytest.skip("wandb is installed here")
+    find = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *rest: None if name == "wandb" else find(name, *rest))
     with pytest.raises(ResourceError, match=r"tracking.report_to: wandb is not installed \(pip install wandb\)"):
         tracking_env(TrackingSection(report_to=["tensorboard", "wandb"]), tmp_path, "train", "tiny")
     offline = tracking_env(TrackingSection(report_to=["tensorboard", "mlflow"]), tmp_path, "train", "tiny")
