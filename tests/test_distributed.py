@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,17 +16,12 @@ import pytest
 import yaml
 from conftest import train_steps, write_recipe
 
+from workbench.common import free_port
 from workbench.recipe import RecipeError, load_recipe
 from workbench.store import Store, is_alive
 from workbench.train import distributed
 
 CLI = [sys.executable, "-m", "workbench.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def recipe_for(tmp_path: Path, tiny_model: Path, qa_file: Path, **train: object) -> Path:

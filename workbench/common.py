@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 from workbench.safe import terminal_text
 
@@ -20,6 +22,21 @@ OPTIONAL_STAGES = frozenset({"reward", "tune"})
 
 def default_home() -> Path:
     return Path(os.environ.get("WORKBENCH_HOME", "runs"))
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on at `host` now."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as one, their keys joined with dots."""
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in flat(item, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): value}
 
 
 def last_line(text: str, fallback: str) -> str:

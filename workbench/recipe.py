@@ -380,6 +380,11 @@ class TrackingSection(Section):
     )
     wandb_mode: Literal["offline", "online"] = Field(default="offline", description="online sends to W&B's servers")
 
+    @property
+    def run_trackers(self) -> list[Tracker]:
+        """The trackers that take the report as a run of its own (TensorBoard only draws curves)."""
+        return [tracker for tracker in self.report_to if tracker != "tensorboard"]
+
     def mlflow_store(self, run_dir: Path) -> str:
         """The recipe's MLflow server, else a file store in <run>/tracking/mlruns (`mlflow ui --backend-store-uri`)."""
         return self.mlflow_uri or (run_dir / "tracking" / "mlruns").resolve().as_uri()

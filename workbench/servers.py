@@ -11,7 +11,6 @@ import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench import chat, launcher
-from workbench.common import tail
+from workbench.common import free_port, tail
 from workbench.data.files import read_jsonl
 from workbench.errors import InputError, RunError
 from workbench.records import Server
@@ -29,13 +28,6 @@ from workbench.store import Store, is_alive, process_started
 
 READY_TIMEOUT_S = 300  # loading the model included
 STOP_GRACE_S = 10
-
-
-def free_port(host: str) -> int:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
 
 
 def choose(store: Store, home: Path, run_id: str, variant: str | None, recommended: str | None) -> dict[str, Any]:

@@ -173,7 +173,7 @@ def process_group(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
 
     import yaml
 
-    from workbench.common import PYTHON
+    from workbench.common import PYTHON, free_port, last_line
 
     if job["device"] == "cuda":
         import torch
@@ -199,25 +199,17 @@ def process_group(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
             )
         )
         command = [*PYTHON, "-m", "accelerate.commands.launch", "--config_file", str(config),
-                   "--num_cpu_threads_per_process", "1", "--main_process_port", str(_free_port()),
+                   "--num_cpu_threads_per_process", "1", "--main_process_port", str(free_port()),
                    "--module", "workbench.doctor.allreduce", job["device"]]  # fmt: skip
         done = subprocess.run(command, capture_output=True, text=True, timeout=240, check=False)
     sys.stdout.write(done.stdout + done.stderr)  # into the probe's log
     ranks = [json.loads(seen) for seen in re.findall(r'\{"rank"[^{}]*\}', done.stdout)]  # lines may interleave
     if done.returncode != 0 or sorted(r["rank"] for r in ranks) != [0, 1]:
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        last = last_line(done.stderr, "no output")
         raise RuntimeError(f"two processes did not form a group (exit status {done.returncode}): {last}")
     if any(r["world"] != 2 or r["sum"] != 3.0 for r in ranks):
         raise RuntimeError(f"the all-reduce went wrong: {ranks}")
     return {"detail": f"2 processes, {ranks[0]['backend']}: all-reduce 1 + 2 = 3 on both"}
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 PROBES: dict[str, Callable[[dict[str, Any], Channel], dict[str, Any]]] = {

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from workbench.common import flat
 from workbench.recipe import TrackingSection
 
 NUMBERS = ("score", "delta", "keep_pct", "size_mb", "bits", "kld", "top1")
@@ -22,7 +23,7 @@ def comparison_metrics(comparison: dict[str, Any]) -> dict[str, float]:
     for row in comparison["rows"]:
         label = row.get("label") or row["name"]
         values = {key: row.get(key) for key in NUMBERS}
-        values.update({f"speed.{k}": v for k, v in _flat(row.get("speed") or {}).items()})
+        values.update({f"speed.{k}": v for k, v in flat(row.get("speed") or {}).items()})
         values.update({f"probe.{k}": v for k, v in (row.get("probes") or {}).items()})
         for key, value in values.items():
             if isinstance(value, int | float) and not isinstance(value, bool):
@@ -35,16 +36,6 @@ def recommendation_tags(comparison: dict[str, Any]) -> dict[str, str]:
         _key(f"recommended.{item['target']}"): f"{item['variant']}: {item['reason']}"[:5000]
         for item in comparison.get("recommendations", [])
     }
-
-
-def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def _key(name: str) -> str:

@@ -89,11 +89,12 @@ def measurements(ctx: StageContext, jobs: list[dict[str, Any]]) -> Iterator[tupl
             try:
                 if isinstance(ended, Exception):
                     raise ended
-                yield job, BenchResult.from_dict({**keep, **ended.value(), "peak_rss_mb": ended.peak_rss_mb})
+                record = BenchResult.from_dict({**keep, **ended.value(), "peak_rss_mb": ended.peak_rss_mb})
             except Exception as exc:  # noqa: BLE001 - one failed measurement is recorded, the rest go on
                 error = failure_line(job["variant"], exc)
                 ctx.failures.append(f"{error.splitlines()[0]} (on {job['device']}, {job['backend']})")
-                yield job, BenchResult.from_dict({**keep, "status": "failed", "error": error})
+                record = BenchResult.from_dict({**keep, "status": "failed", "error": error})
+            yield job, record
 
 
 def speed_line(record: BenchResult) -> str:

@@ -166,13 +166,14 @@ def evaluations(
             yield model, kept
     slots: list[str | None] = list(gpu_slots()) or [None]
     for model, ended in workers.spread(todo, lambda m, device: start_evaluation(ctx, m, common, device), slots):
-        if isinstance(ended, Exception):
-            yield model, ended
-            continue
+        summary: dict[str, Any] | Exception
         try:
-            yield model, finish_evaluation(ctx, model, ended)
+            if isinstance(ended, Exception):
+                raise ended
+            summary = finish_evaluation(ctx, model, ended)
         except Exception as exc:  # noqa: BLE001 - reported with the model's name by the caller
-            yield model, exc
+            summary = exc
+        yield model, summary
 
 
 def files_fingerprint(path: Path) -> str | None:

@@ -1,5 +1,5 @@
 """One rank of a stage run on several processes: started by `accelerate launch` (see
-`stages.base.run_on_ranks`) as `python -m workbench.stages.ranks JOB`. It rebuilds the stage's context from
+`stages.train.run_on_ranks`) as `python -m workbench.stages.ranks JOB`. It rebuilds the stage's context from
 the job file, sends its output to <run>/logs/<stage>/rank<K>.log and runs the stage here with `ctx.rank`
 set: rank 0 records to the run store and saves, every rank trains. Each machine's first process leaves the
 outcome (artifacts, or that the stage stopped on request) in the job's folder for the stage's process."""

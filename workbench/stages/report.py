@@ -13,7 +13,7 @@ from workbench.stages.base import Stage, StageContext
 
 def key_inputs(recipe: Recipe) -> dict[str, Any]:
     inputs = {"report": recipe.report.model_dump(mode="json"), "eval_tasks": recipe.eval.tasks}
-    if {"mlflow", "wandb"} & set(recipe.tracking.report_to):  # logged there too
+    if recipe.tracking.run_trackers:  # logged there too
         inputs["tracking"] = recipe.tracking.model_dump(mode="json")
     return inputs
 
@@ -25,7 +25,7 @@ def run(ctx: StageContext) -> list[Artifact]:
     for line in write.recommendation_lines(report.comparison):
         ctx.say(line)
     ctx.say(f"report: {ctx.run_dir / 'report' / 'report.html'}")
-    if {"mlflow", "wandb"} & set(ctx.recipe.tracking.report_to):
+    if ctx.recipe.tracking.run_trackers:
         try:
             for where in tracking.log_report(ctx.recipe.tracking, ctx.run_id, ctx.run_dir, ctx.out, ctx.recipe.name):
                 ctx.say(f"logged to {where}")

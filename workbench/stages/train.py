@@ -6,20 +6,25 @@ checkpoints) resumes from the last one when the recipe is run again.
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 from workbench import safe
+from workbench.common import tail
 from workbench.data.dataset import to_trl
 from workbench.data.files import read_jsonl
 from workbench.devices import pick_device
 from workbench.errors import RunError, StageFailed
+from workbench.fsutil import atomic_write_text
 from workbench.models import resolve_model
 from workbench.recipe import Recipe, RecipeError
 from workbench.records import Artifact
-from workbench.stages.base import Stage, StageContext, run_on_ranks, trackers, train_resumably
+from workbench.stages.base import Stage, StageContext, StageInterrupted, trackers, train_resumably
 from workbench.train import distributed, loop, sft
 
 
@@ -150,6 +155,110 @@ def train(ctx: StageContext, device: str) -> list[Artifact]:
     kind = "model" if section.method == "full" else "adapter"
     size = sum(p.stat().st_size for p in ctx.out.iterdir() if p.is_file())
     return [Artifact(kind, kind, ".", size, summary)]
+
+
+def run_on_ranks(ctx: StageContext, where: distributed.Layout, device: str) -> list[Artifact]:
+    """Run the stage on every process of this machine through `accelerate launch` (workbench.stages.ranks
+    runs the same stage in each, `ctx.rank` set) and wait for them. The launcher's configuration, its output
+    and every rank's log stay in <run>/logs/<stage>/; rank 0 records to the run store and saves. Ctrl-C or
+    `workbench cancel` has every rank checkpoint at the same step and stop; a rank that dies fails the stage
+    with its log."""
+    import torch
+    import yaml
+
+    section = ctx.recipe.train.distributed
+    logs = ctx.run_dir / "logs" / ctx.stage
+    logs.mkdir(parents=True, exist_ok=True)
+    bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
+    speed_file = None
+    config_file = logs / "accelerate.yaml"
+    try:  # refused here, by the launchers' own loaders, rather than by every rank
+        if section.strategy == "deepspeed":
+            speed = distributed.deepspeed_config(ctx.recipe.train, where.world, bf16)
+            distributed.check_deepspeed_config(speed, where.world)
+            speed_file = logs / "deepspeed.json"
+            atomic_write_text(speed_file, json.dumps(speed, indent=2))
+        config = distributed.accelerate_config(section, where, bf16, speed_file)
+        atomic_write_text(config_file, yaml.safe_dump(config, sort_keys=False))
+        distributed.check_accelerate_config(config_file)
+    except ValueError as exc:
+        raise StageFailed(f"{ctx.stage}: train.distributed: {exc}") from None
+
+    ranks = ctx.work / "ranks"
+    ranks.mkdir(parents=True, exist_ok=True)
+    for stale in ("stop", "result.json"):
+        (ranks / stale).unlink(missing_ok=True)
+    job = {
+        "run_id": ctx.run_id,
+        "run_dir": str(ctx.run_dir),
+        "store": str(ctx.store.path),
+        "stage": ctx.stage,
+        "out": str(ctx.out),
+        "work": str(ctx.work),
+        "inputs": {name: str(path) for name, path in ctx.inputs.items()},
+        "recipe": ctx.recipe.model_dump(mode="json"),
+        "source": str(ctx.recipe.source) if ctx.recipe.source else None,
+        "logs": str(logs),
+    }
+    atomic_write_text(ranks / "job.json", json.dumps(job))
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")}
+    env["PYTHONUNBUFFERED"] = "1"
+    first = where.first_rank
+    ctx.say(
+        f"{section.strategy} over {where.world} processes ({where.processes} per machine on {where.nodes}"
+        f" machine{'s' if where.nodes > 1 else ''}; this is machine {where.node_rank}, ranks {first}-"
+        f"{first + where.processes - 1}); logs in {logs}"
+    )
+    end = distributed.run_group(
+        distributed.launch_command(config_file, where, device, ranks / "job.json"),
+        env=env,
+        log=logs / "launcher.log",
+        stop_file=ranks / "stop",
+        follow=logs / f"rank{first}.log",
+        echo=lambda text: print(text, end="", flush=True),
+        grace_s=float(section.timeout_s),
+        pid_files=lambda: sorted(logs.glob("rank*.json")),
+    )
+    try:
+        result = json.loads((ranks / "result.json").read_text())
+    except (OSError, ValueError):
+        result = None
+    judge_group(ctx, end, result, logs, where.world, section.timeout_s)
+    for name in ("accelerate.yaml", "deepspeed.json"):  # how it was trained, kept with what it made
+        if (logs / name).exists():
+            (ctx.out / name).write_bytes((logs / name).read_bytes())
+    artifacts = [Artifact(**item) for item in result["artifacts"]]
+    if not artifacts:  # another machine's ranks: rank 0 saves on the first machine
+        ranks_meta = {"node_rank": where.node_rank, "ranks": [first, first + where.processes - 1], "world": where.world}
+        artifacts = [Artifact("ranks", "ranks", ".", 0, ranks_meta)]
+    return artifacts
+
+
+def judge_group(
+    ctx: StageContext, end: distributed.GroupEnd, result: dict | None, logs: Path, world: int, timeout_s: int
+) -> None:
+    """Raise what the process group's end means unless it finished: stopped on request (StageInterrupted) or
+    failed (StageFailed naming the first rank that failed, with the end of its log)."""
+    if end.killed:
+        raise StageInterrupted(f"the ranks did not stop within {timeout_s} s and were killed; re-run to resume")
+    if result and "interrupted" in result:
+        raise StageInterrupted(result["interrupted"])
+    if end.returncode != 0 or result is None:
+        launcher_log = logs / "launcher.log"
+        failure = distributed.first_failure(launcher_log.read_text(encoding="utf-8", errors="replace"))
+        if failure is None:
+            raise StageFailed(
+                f"{ctx.stage}: the launcher exited with {end.returncode}; its log {launcher_log}:\n"
+                + "\n".join(tail(launcher_log, 20))
+            )
+        rank, how = failure
+        rank_log = logs / f"rank{rank}.log"
+        raise StageFailed(
+            f"{ctx.stage}: rank {rank} of {world} {how}; the others were stopped. Its log {rank_log} ends:\n"
+            + "\n".join(tail(rank_log, 20))
+        )
+    if end.stop_requested:  # asked to stop as the training ended: stopped, as one process would be
+        raise StageInterrupted("stopped on request; run again to resume")
 
 
 # a longer (or shorter) training, or other checkpoint spacing, continues from the checkpoints it has

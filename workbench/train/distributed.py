@@ -10,7 +10,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workbench.common import PYTHON
+from workbench.common import PYTHON, free_port
 from workbench.devices import usable_cores
 from workbench.recipe import DistributedSection, TrainSection
 
@@ -59,15 +58,9 @@ def layout(section: DistributedSection, device: str, env: dict[str, str] | None 
         nodes=section.nodes,
         node_rank=node_rank,
         master_addr=env.get("MASTER_ADDR") or "127.0.0.1",
+        # one machine: a free port, so two runs side by side do not meet
         port=int(env.get("MASTER_PORT") or section.port or (29500 if section.nodes > 1 else free_port())),
     )
-
-
-def free_port() -> int:
-    """A port nobody listens on now (one machine: two runs side by side must not meet)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _visible_gpus() -> int:
@@ -347,13 +340,6 @@ def first_failure(launcher_log: str) -> tuple[int, str] | None:
     rank = root_rank if root_rank in own or not own else min(own)
     code = ended[rank]
     return rank, f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
-
-
-def tail_text(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 # ---- inside the ranks -------------------------------------------------------------------------------------

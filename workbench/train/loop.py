@@ -92,11 +92,7 @@ def tracking_env(tracking: TrackingSection, run_dir: Path, stage: str, name: str
     <run>/tracking/ unless the recipe names a server. Refuses a tracker that is not installed."""
     import importlib.util
 
-    missing = [
-        tracker
-        for tracker, module in (("tensorboard", "tensorboard"), ("mlflow", "mlflow"), ("wandb", "wandb"))
-        if tracker in tracking.report_to and importlib.util.find_spec(module) is None
-    ]
+    missing = [tracker for tracker in tracking.report_to if importlib.util.find_spec(tracker) is None]
     if missing:
         raise ResourceError(
             f"tracking.report_to: {', '.join(missing)} is not installed (pip install {' '.join(missing)})"

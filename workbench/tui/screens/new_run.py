@@ -13,6 +13,7 @@ from textual.containers import VerticalScroll
 from textual.widgets import Footer, Header, Input, Label, Static, TextArea
 
 from workbench import launcher
+from workbench.common import flat
 from workbench.errors import RunError
 from workbench.paths import BadName, check_name
 from workbench.tui.screens import AppScreen
@@ -25,12 +26,6 @@ def recipe_files(folder: Path = Path("recipes")) -> list[Path]:
     """The recipes folder's YAML files, the quickstart first (it runs anywhere)."""
     found = sorted(folder.glob("*.yaml")) if folder.is_dir() else []
     return sorted(found, key=lambda path: path.name != "quickstart.yaml")
-
-
-def flat(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict):
-        return {k: v for key, item in value.items() for k, v in flat(item, f"{prefix}{key}.").items()}
-    return {prefix.rstrip("."): value}
 
 
 def changes(before: Recipe, after: Recipe) -> list[tuple[str, Any, Any]]:
