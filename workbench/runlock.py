@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
@@ -39,6 +40,10 @@ class RunLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            deadline = time.monotonic() + 1.0  # the holder writes its pid just after taking the lock
+            while not holder.isdigit() and time.monotonic() < deadline:
+                time.sleep(0.02)
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
             os.close(fd)
             by = f" (pid {holder})" if holder.isdigit() else ""
             raise RunError(f"run {run_id} is already running{by}; `workbench cancel {run_id}` stops it") from None
