@@ -92,7 +92,7 @@ def test_an_old_store_is_migrated_and_a_newer_one_refused(tmp_path: Path, capsys
     old.commit()
     old.close()
     store = Store(path)
-    assert store.version() == SCHEMA_VERSION == 4
+    assert store.version() == SCHEMA_VERSION == 5
     assert store.run("a")["status"] == "done" and store.run("a")["pid_started"] is None
     assert store.servers() == []  # version 3's table is there
     # version 4: lm-eval's direction of each metric and per-item values
@@ -107,7 +107,7 @@ def test_an_old_store_is_migrated_and_a_newer_one_refused(tmp_path: Path, capsys
     newer = sqlite3.connect(path)
     newer.execute("PRAGMA user_version=99")
     newer.close()
-    with pytest.raises(StoreError, match=r"written by a newer workbench \(store version 99; this one reads up to 4\)"):
+    with pytest.raises(StoreError, match=r"written by a newer workbench \(store version 99; this one reads up to 5\)"):
         Store(path)
     assert main(["--home", str(tmp_path), "runs"]) == 3
     err = capsys.readouterr().err

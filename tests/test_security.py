@@ -135,7 +135,7 @@ PLAIN = "task: {name}\ndataset_path: json\ndataset_kwargs: {{data_files: {{test:
             {"t.yaml": "include: _template\ntask: a\n", "_template": "process_docs: !function u.p\n"},
             "_template: .*!func",
         ),
-        ({"t.yaml": "include: ../outside.yaml\ntask: a\n"}, "outside.yaml: .*'!function'"),
+        ({"t.yaml": "include: ../outside.yaml\ntask: a\n"}, "include ../outside.yaml is .*, outside the task folder"),
         ({"t.yaml": PLAIN.format(name="a") + "metadata: {? !function /x/evil.fn : 1}\n"}, "'!function'"),  # a key
         ({"t.yaml": PLAIN.format(name="a") + "x: !!set {? !function /x/evil.fn}\n"}, "'!function'"),  # in a set
         ({"t.yaml": "group: g\ntask:\n  - task: m\n    metric_list: [{metric: bleu, hf_evaluate: true}]\n"}, "hf_ev"),
@@ -274,12 +274,15 @@ def test_web_server_wants_the_token_a_known_host_and_its_own_origin(tmp_path: Pa
         while "token=" not in line:
             line = server.stdout.readline()  # type: ignore[union-attr]
         token = line.split("token=")[1].split()[0]
-        cookie = {f"workbench-token-{port}": token}
+        async with aiohttp.ClientSession() as first, first.get(f"{url}?token={token}", allow_redirects=False) as page:
+            cookie = {name: morsel.value for name, morsel in page.cookies.items()}  # the session's, not the token
+        seen["cookie names"] = list(cookie)
         async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
             async with browser.get(url, headers={"Authorization": "token wrong-token-wrong-token"}) as page:
                 seen["wrong token"] = page.status
-            async with browser.get(url, cookies={f"workbench-token-{port}": "x" * 43}) as page:
-                seen["wrong cookie"] = page.status
+            for what, value in (("wrong cookie", "x" * 43), ("token as cookie", token)):  # neither is the session
+                async with browser.get(url, cookies={f"workbench-session-{port}": value}) as page:
+                    seen[what] = page.status
             forged = {"Host": f"evil.example:{port}", "Origin": f"http://evil.example:{port}"}
             async with browser.get(url, headers=forged, cookies=cookie) as page:
                 seen["forged host"] = page.status  # DNS rebinding, even with the token
@@ -320,6 +323,7 @@ def test_web_server_wants_the_token_a_known_host_and_its_own_origin(tmp_path: Pa
             server.kill()
             raise
     assert seen["no token"] == 401 and seen["wrong token"] == 401 and seen["wrong cookie"] == 401
+    assert seen["cookie names"] == [f"workbench-session-{port}"] and seen["token as cookie"] == 401
     assert seen["forged host"] == 403 and seen["other origin"] == 403
     assert all(seen[h] == 200 for h in (f"127.0.0.2:{port}", f"[::1]:{port}", f"localhost:{port}"))
     assert seen[f"LOCALHOST.:{port}"] == 200

@@ -10,7 +10,6 @@ light workbench.errors / workbench.store / workbench.workers.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
@@ -60,7 +59,7 @@ def for_run(store: Store, run_id: str) -> tuple[list[dict[str, Any]], str | None
     run = store.run(run_id)
     if run is None:
         raise RunError(f"no run {run_id!r}; `workbench runs` lists them")
-    recipe = json.loads(run["recipe"])
+    recipe = store.recipe(run)
     system_prompt = (recipe.get("data") or {}).get("system_prompt")
     return askable(store.variants(run_id), recipe.get("base_model")), system_prompt
 

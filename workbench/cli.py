@@ -8,6 +8,7 @@ import faulthandler
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from workbench import launcher, paths, safe
 from workbench.common import default_home
@@ -51,13 +52,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.detach:
             raise RunError("--node-rank: run the other machines in the foreground (their launcher, e.g. srun, waits)")
         args.stages = ["train"]
-        print(f"machine {node_rank} of {recipe.train.distributed.nodes}: the data and train stages only")
+        _out(f"machine {node_rank} of {recipe.train.distributed.nodes}: the data and train stages only")
     if args.detach:
         if args.stages or args.force:
             raise RunError("--detach runs the whole recipe; leave out --stages and --force")
         started = launcher.launch(Path(args.recipe), args.home, run_id, args.set)
-        print(f"run {run_id} started in the background (pid {started.pid}); output: {started.log}")
-        print(f"follow it: `workbench tui` or `workbench show {run_id}`; stop it: `workbench cancel {run_id}`")
+        _out(f"run {run_id} started in the background (pid {started.pid}); output: {started.log}")
+        _out(f"follow it: `workbench tui` or `workbench show {run_id}`; stop it: `workbench cancel {run_id}`")
         return 0
     launcher.stop_on_sigterm()
     with RunLock.held(args.home, run_id):  # refused here, before anything is written, if the run is live
@@ -67,7 +68,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         else:
             with launcher.logged_to(args.home / run_id / "worker.log"):
                 run_recipe(recipe, args.home, stages=args.stages, force=args.force, run_id=run_id)
-    print(f"run {run_id} done; `workbench show {run_id}` lists its stages and artifacts")
+    _out(f"run {run_id} done; `workbench show {run_id}` lists its stages and artifacts")
     return 0
 
 
@@ -106,8 +107,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
     out.write_text(script)
     out.chmod(0o755)
     spread = recipe.train.distributed
-    print(f"wrote {out}: {spread.nodes} machine(s) x {spread.processes} process(es), strategy {spread.strategy}")
-    print(f"submit it: sbatch {out}")
+    _out(f"wrote {out}: {spread.nodes} machine(s) x {spread.processes} process(es), strategy {spread.strategy}")
+    _out(f"submit it: sbatch {out}")
     return 0
 
 
@@ -119,13 +120,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.set)
     combos = sweep.combinations(recipe.name, sweep.parse_vary(args.vary), args.set)
     recipes = sweep.load_all(Path(args.recipe), combos)  # every combination refused now, not hours in
-    print(f"sweep of {len(combos)} runs:")
+    _out(f"sweep of {len(combos)} runs:")
     for combo in combos:
-        print(f"  {combo.run_id}  ({combo.describe()})")
+        _out(f"  {combo.run_id}  ({combo.describe()})")
     if args.detach:
         started = launcher.launch_sweep(Path(args.recipe), args.home, recipe.name, args.vary, args.set)
-        print(f"started in the background (pid {started.pid}); output: {started.log}")
-        print("each run appears in `workbench runs` / the TUI as it starts; the comparison ends the log")
+        _out(f"started in the background (pid {started.pid}); output: {started.log}")
+        _out("each run appears in `workbench runs` / the TUI as it starts; the comparison ends the log")
         return 0
     launcher.stop_on_sigterm()
 
@@ -135,7 +136,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     outcome = sweep.run_sweep(combos, recipes, args.home, run_one)
     finished = [run_id for run_id, error in outcome.items() if error is None]
-    print(f"\nsweep done: {len(finished)} of {len(combos)} runs finished")
+    _out(f"\nsweep done: {len(finished)} of {len(combos)} runs finished")
     for run_id, error in outcome.items():
         if error is not None:
             _out(f"  {run_id} FAILED: {error}")
@@ -147,12 +148,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from workbench.eval.tasks import check_metric
+    import tempfile
+
+    from workbench.eval import tasks
     from workbench.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, args.set)
-    check_metric(recipe.eval.metric)
-    print(f"{args.recipe}: ok (recipe {recipe.name!r}, base model {recipe.base_model})")
+    tasks.check_metric(recipe.eval.metric)
+    folders = [tasks.BUILTIN_EVALS, *(recipe.resolve_path(folder) for folder in recipe.eval.include)]
+    with tempfile.TemporaryDirectory(prefix="workbench-tasks-") as scratch:  # the eval stage's task checks, now
+        tasks.copy_task_folders(folders, Path(scratch), recipe.eval.trust_task_code)
+    _out(f"{args.recipe}: ok (recipe {recipe.name!r}, base model {recipe.base_model})")
     return 0
 
 
@@ -161,13 +167,13 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
     from workbench.stages.data import length_stats
 
     data = load_data(Path(args.file), args.format, args.system_prompt, args.encoding)
-    print(f"file:    {data.path}")
-    print(f"format:  {data.format}")
-    print(f"rows:    {data.total} ({len(data.rows)} good, {len(data.bad)} bad)")
+    _out(f"file:    {data.path}")
+    _out(f"format:  {data.format}")
+    _out(f"rows:    {data.total} ({len(data.rows)} good, {len(data.bad)} bad)")
     for info in data.bad[:20]:
         _out(f"  bad {info}")
     if len(data.bad) > 20:
-        print(f"  ... and {len(data.bad) - 20} more")
+        _out(f"  ... and {len(data.bad) - 20} more")
     if not data.rows:
         return 1
     from transformers import AutoTokenizer
@@ -177,14 +183,14 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
     try:
         tokenizer = AutoTokenizer.from_pretrained(resolve_model(args.model))
     except (ModelError, OSError) as exc:
-        print(f"(no tokenizer: {exc}; showing the first row as data)")
+        _out(f"(no tokenizer: {exc}; showing the first row as data)")
         _out(safe.json_text(data.rows[0][1], indent=2, ensure_ascii=False))
         return 0 if not data.bad else 1
     number, first = data.rows[0]
-    print(f"\nexample ({data.unit} {number}) through the chat template of {args.model}:\n")
+    _out(f"\nexample ({data.unit} {number}) through the chat template of {args.model}:\n")
     _out(render(first, tokenizer))
     stats = length_stats(token_lengths([row for _, row in data.rows], tokenizer))
-    print("tokens:  " + ", ".join(f"{k} {v}" for k, v in stats.items()))
+    _out("tokens:  " + ", ".join(f"{k} {v}" for k, v in stats.items()))
     return 0 if not data.bad else 1
 
 
@@ -192,11 +198,11 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     from workbench.models import load_registry
 
     default, entries = load_registry()
-    print(f"{'name':28} {'params':7} {'local':6} source")
+    _out(f"{'name':28} {'params':7} {'local':6} source")
     for entry in entries.values():
         mark = " (default)" if entry.name == default else ""
         where = "yes" if entry.is_local else "no"
-        print(f"{entry.name:28} {entry.params or '':7} {where:6} {entry.source}: {entry.package or entry.hub_id}{mark}")
+        _out(f"{entry.name:28} {entry.params or '':7} {where:6} {entry.source}: {entry.package or entry.hub_id}{mark}")
     return 0
 
 
@@ -204,7 +210,7 @@ def cmd_models_pull(args: argparse.Namespace) -> int:
     from workbench.models import pull
 
     path = pull(args.name)
-    print(f"{args.name}: {path}")
+    _out(f"{args.name}: {path}")
     return 0
 
 
@@ -215,7 +221,7 @@ def _when(ts: float | None) -> str:
 def cmd_setup(args: argparse.Namespace) -> int:
     from workbench.export import llamacpp_tools
 
-    print(f"llama.cpp converter: {llamacpp_tools.fetch()}")
+    _out(f"llama.cpp converter: {llamacpp_tools.fetch()}")
     return 0
 
 
@@ -229,25 +235,25 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         recipe = load_recipe(args.recipe)
     report = doctor.examine(args.home, recipe)
     if not args.json:
-        doctor.print_header(report)
+        _out("\n".join(doctor.header_lines(report)))
         needed = ", ".join(report.needed)
-        print(f"\nbackends needed ({needed}), each in its own process (logs in {args.home / 'doctor'}):", flush=True)
+        _out(f"\nbackends needed ({needed}), each in its own process (logs in {args.home / 'doctor'}):", flush=True)
 
     def show(probe: doctor.Probe) -> None:
-        print(doctor.probe_line(probe), flush=True)
+        _out(doctor.probe_line(probe), flush=True)
 
     doctor.run_probes(report, args.home, doctor.gguf_types_of(recipe), on_probe=None if args.json else show)
     if args.json:
-        print(safe.json_text(report.to_dict(), indent=2))
+        _out(safe.json_text(report.to_dict(), indent=2))
     else:
-        doctor.print_verdict(report)
+        _out("\n".join(doctor.verdict_lines(report)))
     return 3 if report.failing else 0
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     if not launcher.cancel(Store(args.home / "workbench.db"), args.run):
         raise RunError(f"run {args.run!r} has no live worker to stop")
-    print(f"asked run {args.run} to stop; it saves what it can resume from")
+    _out(f"asked run {args.run} to stop; it saves what it can resume from")
     return 0
 
 
@@ -264,12 +270,12 @@ def cmd_chat(args: argparse.Namespace) -> int:
     failed = 0
     for candidate in chosen:  # one at a time: each gets the machine to itself, so tok/s compare
         label, name = candidate["label"], candidate["name"]
-        print(f"── {name if label == name else f'{label}: {name}'} ({candidate['format']})", flush=True)
+        _out(f"── {name if label == name else f'{label}: {name}'} ({candidate['format']})", flush=True)
         for event in chat.ask(chat.job(candidate, conversation, args.max_tokens)):
             if "text" in event:
                 _out(event["text"], end="", flush=True)
             elif "done" in event:
-                print(f"\n   {chat.stats_line(event['done'])}\n", flush=True)
+                _out(f"\n   {chat.stats_line(event['done'])}\n", flush=True)
             elif "error" in event:
                 _out(f"   FAILED: {event['error']}\n", flush=True)
                 failed += 1
@@ -283,27 +289,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.stop:
         for server in servers.find(store, args.stop):
             servers.stop(store, server)
-            print(f"stopped {server.id} ({server.url})")
+            _out(f"stopped {server.id} ({server.url})")
         return 0
     if args.run is None:
         listed = store.servers()
         if not listed:
-            print("no servers yet; `workbench serve RUN` starts one")
+            _out("no servers yet; `workbench serve RUN` starts one")
         for server in listed:
             since = _when(server.started if server.status == "running" else server.stopped)
             _out(f"{server.id:28} {server.status:8} {server.url:32} {server.backend:12} {since:20} {server.variant}")
         return 0
     candidate = servers.choose(store, args.home, args.run, args.variant, args.recommended)
-    print(f"starting a server for {candidate['name']} ({candidate['format']}) ...", flush=True)
+    _out(f"starting a server for {candidate['name']} ({candidate['format']}) ...", flush=True)
     server = servers.start(
         store, args.home, args.run, candidate, args.host, args.port, args.api_key or os.environ.get("WORKBENCH_API_KEY")
     )
-    print(f"serving {server.variant} with {server.backend} at {server.url} (model {server.model!r})")
+    _out(f"serving {server.variant} with {server.backend} at {server.url} (model {server.model!r})")
     if server.api_key:
-        print(f"API key: {server.api_key}  (send it as `Authorization: Bearer <key>`)")
-    print(f"log: {server.log}; stop it: `workbench serve --stop {server.id}`")
+        _out(f"API key: {server.api_key}  (send it as `Authorization: Bearer <key>`)")
+    _out(f"log: {server.log}; stop it: `workbench serve --stop {server.id}`")
     if args.check:
-        print("checking it against `workbench chat` (held-out conversations, stream and non-stream) ...", flush=True)
+        _out("checking it against `workbench chat` (held-out conversations, stream and non-stream) ...", flush=True)
         result = servers.check(store, args.home, server)
         _out(f"served parity: {describe_served(result)}")
         return 0 if result["status"] != "failed" else 1
@@ -316,19 +322,27 @@ def cmd_publish(args: argparse.Namespace) -> int:
     store = Store(args.home / "workbench.db")
     folder = publish.lay_out(store, args.home, args.run, args.variant, args.repo)
     files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
-    print(f"{folder}: {', '.join(files)}")
+    _out(f"{folder}: {', '.join(files)}")
     if args.dry_run:
-        print("dry run: nothing uploaded; the model card is README.md there")
+        _out("dry run: nothing uploaded; the model card is README.md there")
         return 0
-    print(f"uploaded: {publish.upload(folder, args.repo, args.private)}")
+    _out(f"uploaded: {publish.upload(folder, args.repo, args.private)}")
     return 0
+
+
+TOKEN_IN_PS = (
+    "--token is in this process's command line, which every local user can read (`ps`);"
+    " put it in ${} or a --token-file (mode 0600) instead"
+)
 
 
 def cmd_tui(args: argparse.Namespace) -> int:
     if getattr(args, "web", False):
         from workbench.tui import web
 
-        web.serve(args.home, args.host, args.port, args.token, args.allow_host, args.max_sessions)
+        if args.token is not None:
+            _out(f"warning: {TOKEN_IN_PS.format(web.TOKEN_ENV)}", file=sys.stderr)
+        web.serve(args.home, args.host, args.port, args.token, args.allow_host, args.max_sessions, args.token_file)
         return 0
     from workbench.tui.app import WorkbenchApp
 
@@ -340,13 +354,13 @@ def cmd_runs(args: argparse.Namespace) -> int:
     store = Store(args.home / "workbench.db")
     runs = store.runs()
     if not runs:
-        print("no runs yet")
+        _out("no runs yet")
         return 0
-    print(f"{'run':24} {'status':12} {'updated':20} stages")
+    _out(f"{'run':24} {'status':12} {'updated':20} stages")
     for run in runs:
         stages = " ".join(f"{s.name}:{s.status}" for s in store.stages(run["id"]))
         status = store.live_status(run)
-        print(f"{run['id']:24} {status:12} {_when(run['updated']):20} {stages}")
+        _out(f"{run['id']:24} {status:12} {_when(run['updated']):20} {stages}")
         if status == "crashed":
             last = store.log_tail(run["id"], 1)
             _out(f"{'':24} last words: {last[0] if last else '(no log)'}")
@@ -357,26 +371,26 @@ def cmd_show(args: argparse.Namespace) -> int:
     store = Store(args.home / "workbench.db")
     run = store.run(args.run)
     if run is None:
-        print(f"no run {args.run!r}; `workbench runs` lists them", file=sys.stderr)
+        _out(f"no run {args.run!r}; `workbench runs` lists them", file=sys.stderr)
         return 1
     status = store.live_status(run)
-    print(f"run {run['id']}  recipe {run['recipe_path'] or run['name']}  status {status}")
-    print(f"\n{'stage':10} {'status':12} {'time':>9}  error")
+    _out(f"run {run['id']}  recipe {run['recipe_path'] or run['name']}  status {status}")
+    _out(f"\n{'stage':10} {'status':12} {'time':>9}  error")
     for stage in store.stages(args.run):
         took = f"{stage.seconds:.1f}s" if stage.seconds else "-"
         _out(f"{stage.name:10} {stage.status:12} {took:>9}  {stage.error or ''}")
     if status == "crashed":
-        print(f"\nits worker (pid {run['pid']}) is gone; the last lines of {store.worker_log(args.run)}:")
+        _out(f"\nits worker (pid {run['pid']}) is gone; the last lines of {store.worker_log(args.run)}:")
         _out("\n".join(f"  {line}" for line in store.log_tail(args.run)) or "  (empty)")
-        print(f"`workbench run {run['recipe_path'] or '<recipe>'} --run-id {args.run}` resumes it")
+        _out(f"`workbench run {run['recipe_path'] or '<recipe>'} --run-id {args.run}` resumes it")
     artifacts = store.artifacts(args.run)
     if artifacts:
-        print(f"\n{'artifact':16} {'kind':8} {'size':>10}  path")
+        _out(f"\n{'artifact':16} {'kind':8} {'size':>10}  path")
         for item in artifacts:
-            print(f"{item.name:16} {item.kind:8} {item.size / 1e6:>8.1f}MB  {item.path}")
+            _out(f"{item.name:16} {item.kind:8} {item.size / 1e6:>8.1f}MB  {item.path}")
     variants = store.variants(args.run)
     if variants:
-        print(
+        _out(
             f"\n{'variant':44} {'format':6} {'bits':>5} {'size':>10} {'time':>7} {'peak':>8} {'parity':6}  smoke/error"
         )
         for v in variants:
@@ -402,21 +416,21 @@ def cmd_show(args: argparse.Namespace) -> int:
                 _out(f"ollama: {v.name}: no Modelfile: {serving['untranslatable']}")
             if v.meta.get("served"):
                 _out(f"served: {v.name}: {describe_served(v.meta['served'])}")
-        print(f"serve one: `workbench serve {args.run} --variant NAME` (llama-server commands: the report)")
+        _out(f"serve one: `workbench serve {args.run} --variant NAME` (llama-server commands: the report)")
     metrics = store.metrics(args.run)
     if metrics:
         from workbench.report.scores import format_table
 
-        print("\nevaluation (lm-eval; fidelity vs the merged model: next-token KLD, top-1 agreement, perplexity ratio)")
+        _out("\nevaluation (lm-eval; fidelity vs the merged model: next-token KLD, top-1 agreement, perplexity ratio)")
         _out("\n".join(format_table(metrics)))
-        print(f"per-sample outputs: {args.home / args.run / 'eval' / 'models'}/<model>/samples/")
+        _out(f"per-sample outputs: {args.home / args.run / 'eval' / 'models'}/<model>/samples/")
     from workbench.tui import progress  # plain functions over the store (no terminal)
 
     logs = store.events(args.run, kind="train_log")
     by_stage = {name: [log for log in logs if log["stage"] == name] for name in progress.TRAINING}
     recipe = progress.run_recipe(run["recipe"])
     if any(by_stage.values()):
-        print()
+        _out()
     spread = {a.stage: a.meta["distributed"] for a in store.artifacts(args.run) if a.meta.get("distributed")}
     for name, staged in by_stage.items():  # one line per training stage that logged: train, reward, tune
         if not staged:
@@ -432,7 +446,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             line += f" on {spread[name]['world_size']} processes ({spread[name]['strategy']})"
         _out(line)
     if metrics or store.bench(args.run):
-        print(f"\nspeed, comparison and recommendation: `workbench report {args.run}`")
+        _out(f"\nspeed, comparison and recommendation: `workbench report {args.run}`")
     return 0
 
 
@@ -455,11 +469,11 @@ def cmd_report(args: argparse.Namespace) -> int:
         dest = dest.with_name(f"report-keep{args.keep_percent:g}")
     dest = write.write(report, dest, own=args.out is None)
     _out(table.plain(report.comparison))
-    print()
+    _out()
     for line in write.recommendation_lines(report.comparison) + write.adapter_lines(report.comparison):
         _out(line)
     _out("\nstages: " + "; ".join(write.stage_lines(report)))
-    print(f"\nreport: {dest / 'report.html'} (also report.md, results.json, comparison.csv)")
+    _out(f"\nreport: {dest / 'report.html'} (also report.md, results.json, comparison.csv)")
     return 0
 
 
@@ -470,9 +484,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _out(text: str, **options: object) -> None:
-    """Print text that may come from models, datasets or logs: nothing in it reaches the terminal as a control."""
+def _out(text: str = "", **options: object) -> None:
+    """Everything the command line prints goes through here (tests/test_security_secrets.py holds it to that):
+    file names, store rows, model answers and logs may hold terminal controls, and none reaches the terminal."""
     print(safe.terminal_text(text), **options)  # type: ignore[call-overload]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's usage and error messages, which echo what was typed, through `_out` too."""
+
+    def _print_message(self, message: str, file: Any = None) -> None:
+        if message:
+            _out(message, end="", file=file or sys.stderr)
 
 
 def _run_name(value: str) -> str:
@@ -483,7 +506,7 @@ def _run_name(value: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="workbench", description=__doc__)
+    parser = _Parser(prog="workbench", description=__doc__)
     parser.add_argument(
         "--home",
         type=Path,
@@ -599,9 +622,14 @@ def build_parser() -> argparse.ArgumentParser:
     tui.add_argument("--web", action="store_true", help="serve it to a browser (textual-serve) instead")
     tui.add_argument("--host", default="127.0.0.1", help="--web: address to listen on (default: this machine only)")
     tui.add_argument("--port", type=int, default=8000, help="--web: port (default 8000)")
-    tui.add_argument(
-        "--token", help="--web: the access token (default: $WORKBENCH_WEB_TOKEN, else a random one, printed)"
+    secret = tui.add_mutually_exclusive_group()
+    secret.add_argument(
+        "--token-file", type=Path, metavar="FILE", help="--web: read the access token from FILE (mode 0600)"
     )
+    secret.add_argument(
+        "--token", help="--web: the access token (other local users see it in `ps`: prefer $WORKBENCH_WEB_TOKEN,"
+        " else a random one, printed, or --token-file)"
+    )  # fmt: skip
     tui.add_argument(
         "--allow-host", action="append", default=[], metavar="NAME", help="--web: another name browsers use for it"
     )
@@ -630,15 +658,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         args.func = cmd_tui
     try:
+        for run_id in _named_runs(args):  # a run folder that is (or holds) a link is refused before any use
+            paths.run_folder(args.home, run_id)
         return args.func(args)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        _out("interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `workbench show RUN | head`: the reader has gone; exit as a piped tool does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except Exception as exc:  # noqa: BLE001 - problems the user can fix get a message; anything else raises
         return _explain(exc)
+
+
+def _named_runs(args: argparse.Namespace) -> list[str]:
+    named = [getattr(args, "run", None), getattr(args, "run_id", None), *(getattr(args, "runs", None) or [])]
+    return [run_id for run_id in named if isinstance(run_id, str)]
 
 
 def _explain(exc: Exception) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,14 @@ from workbench.safe import terminal_text
 # torch.py lying where the user runs a command is never imported
 PYTHON = [sys.executable, "-P"]
 
+
+def child_env(base: Mapping[str, str] | None = None, **extra: str) -> dict[str, str]:
+    """The environment of a child process: `base` (this process's by default) and `extra`, with
+    PYTHONSAFEPATH=1, which does for every Python below the child what -P does for the child itself
+    (torchrun starts training ranks as `python -u -m ...`, without -P)."""
+    return {**(os.environ if base is None else base), **extra, "PYTHONSAFEPATH": "1"}
+
+
 # stage names in the order they run (the stages themselves live in workbench.stages, which loads torch)
 STAGE_ORDER = ["data", "train", "reward", "tune", "merge", "export", "eval", "bench", "report"]
 # stages only recipes with the matching section have (reward_model, tune)
@@ -22,6 +31,13 @@ OPTIONAL_STAGES = frozenset({"reward", "tune"})
 
 def default_home() -> Path:
     return Path(os.environ.get("WORKBENCH_HOME", "runs"))
+
+
+def make_home(home: Path) -> Path:
+    """The runs home, created for its owner only (0700): runs, logs and server keys are nobody else's.
+    An existing folder keeps its mode (a home shared on purpose stays shared)."""
+    Path(home).mkdir(mode=0o700, parents=True, exist_ok=True)
+    return Path(home)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

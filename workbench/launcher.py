@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from workbench.common import PYTHON
+from workbench.common import PYTHON, child_env, make_home
+from workbench.paths import no_follow
 from workbench.runlock import INHERITED_FD, RunLock
 from workbench.store import Store, is_alive
 
@@ -40,7 +41,7 @@ def launch(recipe: Path, home: Path, run_id: str, overrides: list[str] | None = 
         for override in overrides or []:
             command += ["--set", override]
         assert lock.fd is not None
-        with open(log, "ab") as out:
+        with open(log, "ab", opener=no_follow) as out:
             process = subprocess.Popen(
                 command,
                 stdin=subprocess.DEVNULL,
@@ -48,7 +49,7 @@ def launch(recipe: Path, home: Path, run_id: str, overrides: list[str] | None = 
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 pass_fds=(lock.fd,),
-                env={**os.environ, INHERITED_FD: str(lock.fd)},
+                env=child_env({**os.environ, INHERITED_FD: str(lock.fd)}),
             )
     return Launched(run_id, process.pid, log)
 
@@ -56,7 +57,7 @@ def launch(recipe: Path, home: Path, run_id: str, overrides: list[str] | None = 
 def launch_sweep(recipe: Path, home: Path, name: str, varied: list[str], overrides: list[str]) -> Launched:
     """Start `workbench sweep` in a new session: its runs one after another, each taking its own run's lock
     as it starts; the output goes to `<home>/sweeps/<recipe name>.log`."""
-    log = home / "sweeps" / f"{name}.log"
+    log = make_home(home) / "sweeps" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     command = [*CLI, "--home", str(home), "sweep", str(recipe)]
     for item in varied:
@@ -65,7 +66,12 @@ def launch_sweep(recipe: Path, home: Path, name: str, varied: list[str], overrid
         command += ["--set", override]
     with open(log, "ab") as out:
         process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=child_env(),
         )
     return Launched(name, process.pid, log)
 
@@ -139,7 +145,7 @@ def logged_to(log: Path) -> Iterator[None]:
     """In a foreground worker: what it prints also goes to its worker.log (a detached worker's output
     already does), and a native crash's Python traceback goes there."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "a", encoding="utf-8", buffering=1) as handle:
+    with open(log, "a", encoding="utf-8", buffering=1, opener=no_follow) as handle:
         handle.write(f"=== {dt.datetime.now():%Y-%m-%d %H:%M:%S} worker pid {os.getpid()} (foreground)\n")
         stdout, stderr = sys.stdout, sys.stderr
         own_faulthandler = not faulthandler.is_enabled()

@@ -3,6 +3,7 @@ lies inside its own folders (the runs home, the models folder, its caches)."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
@@ -12,6 +13,11 @@ from workbench.errors import InputError, RunError
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 NAME_RULE = "letters, digits, '.', '_' and '-', starting with a letter or digit, at most 100 characters"
 _NAME = re.compile(NAME_PATTERN)
+# what the workbench keeps beside the run folders in the runs home: the store and SQLite's side files
+# (-wal, -shm, -journal), job scripts, logs, the other machines' homes of a multi-machine run. Compared
+# without case: on a file system that folds case, `Slurm` is `slurm`.
+RESERVED = ("workbench.db*", "slurm", "sweeps", "pulls", "doctor", "node<K>")
+_RESERVED = re.compile(r"workbench\.db.*|slurm|sweeps|pulls|doctor|node[0-9]+", re.IGNORECASE)
 
 
 class BadName(InputError, ValueError):
@@ -26,7 +32,55 @@ def check_name(value: str, what: str = "run name") -> str:
     """`value` when it is a plain name (it becomes one folder under the runs home); else a clear error."""
     if not isinstance(value, str) or not _NAME.fullmatch(value):
         raise BadName(f"{what} {value!r}: use {NAME_RULE} (no '/', not '.' or '..')")
+    if _RESERVED.fullmatch(value):
+        raise BadName(
+            f"{what} {value!r}: the workbench keeps its own files under that name in the runs home"
+            f" (reserved, in any case: {', '.join(RESERVED)}); choose another"
+        )
     return value
+
+
+def run_folder(home: Path, run_id: str) -> Path:
+    """`<home>/<run_id>`, the way from a run's name to its folder. The runs home may be a link (to a bigger
+    disk); the run folder may not be one, nor hold one (outside the trackers' own `tracking/` folder, which
+    the workbench neither writes nor deletes in), nor resolve anywhere but directly inside the resolved runs
+    home — what the workbench writes, deletes or replaces in it must stay there."""
+    folder = Path(home) / check_name(run_id)
+    if folder.is_symlink() or (folder.exists() and folder.resolve() != Path(home).resolve() / run_id):
+        raise OutsideError(
+            f"run folder {folder} is a symbolic link or lies outside the runs home; a run's folder must be a"
+            " folder of its own in the runs home — remove the link"
+        )
+    link = _first_link(folder)
+    if link is not None:
+        raise OutsideError(
+            f"{link} is a symbolic link; nothing in a run folder may be one (the run would write or delete"
+            " where it points) — remove it"
+        )
+    return folder
+
+
+def no_follow(path: str, flags: int) -> int:
+    """An `opener` for open(): a symbolic link in the file's place fails (ELOOP) instead of being followed."""
+    return os.open(path, flags | os.O_NOFOLLOW, 0o666)
+
+
+TRACKERS = "tracking"  # a run's tracker files (W&B links its own logs and latest run there), never ours
+
+
+def _first_link(folder: Path, top: bool = True) -> Path | None:
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:  # missing (a new run), or vanished while a worker tidies up
+        return None
+    for entry in entries:
+        if top and entry.name == TRACKERS and entry.is_dir(follow_symlinks=False):
+            continue
+        if entry.is_symlink():
+            return Path(entry.path)
+        if entry.is_dir(follow_symlinks=False) and (found := _first_link(Path(entry.path), top=False)):
+            return found
+    return None
 
 
 def inside(path: Path, root: Path) -> Path:

@@ -12,6 +12,7 @@ from pathlib import Path
 from workbench import chat
 from workbench.errors import InputError, ResourceError, RunError
 from workbench.fsutil import atomic_dir
+from workbench.paths import run_folder
 from workbench.report import card, write
 from workbench.store import Store
 
@@ -40,9 +41,10 @@ def lay_out(store: Store, home: Path, run_id: str, wanted: str, repo: str) -> Pa
     variant = next((v for v in store.variants(run_id) if v.name == candidate["name"]), None)
     if variant is None:
         raise RunError(f"{candidate['label']}: the base model is not this run's to publish; pick a variant")
-    report = write.load(store, run_id, home / run_id)
+    run_dir = run_folder(home, run_id)
+    report = write.load(store, run_id, run_dir)
     source = Path(variant.path)
-    with atomic_dir(home / run_id / "publish" / variant.name, root=home / run_id) as folder:
+    with atomic_dir(run_dir / "publish" / variant.name, root=run_dir) as folder:
         if source.is_dir():
             for item in sorted(source.rglob("*")):
                 if item.is_file() and item.name != "README.md":
@@ -56,7 +58,7 @@ def lay_out(store: Store, home: Path, run_id: str, wanted: str, repo: str) -> Pa
             if modelfile and (source.parent / modelfile).is_file():
                 link_or_copy(source.parent / modelfile, folder / modelfile)
         (folder / "README.md").write_text(card.model_card(report, variant, repo), encoding="utf-8")
-    return home / run_id / "publish" / variant.name
+    return run_dir / "publish" / variant.name
 
 
 def upload(folder: Path, repo: str, private: bool) -> str:

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from workbench import yamlfile
 from workbench.errors import InputError
-from workbench.paths import NAME_PATTERN, NAME_RULE
+from workbench.paths import NAME_PATTERN, NAME_RULE, check_name
 
 DataFormat = Literal[
     "auto", "messages", "sharegpt", "alpaca", "qa", "prompt_completion", "preference", "unpaired", "text"
@@ -19,7 +19,11 @@ DataFormat = Literal[
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # inf and nan (YAML's .inf, .nan, 1e309) are no setting's value; they overflowed where counts are made
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
+
+
+READ_LIMITS = {"max_file_mb", "max_rows"}  # they refuse a file, never change the rows read: not in cache keys
 
 
 class RowsSection(Section):
@@ -37,6 +41,8 @@ class RowsSection(Section):
     split_seed: int = 0
     max_bad_rows: int = Field(default=0, ge=0, description="bad rows tolerated before refusing")
     max_length: int = Field(default=1024, gt=0, description="longest row in tokens; longer rows are bad")
+    max_file_mb: int = Field(default=1024, gt=0, description="largest data file read, in MiB (Parquet: as decoded)")
+    max_rows: int = Field(default=3_000_000, gt=0, description="most rows read from the file")
 
 
 class DataSection(RowsSection):
@@ -75,6 +81,9 @@ class QATSection(Section):
         return None if isinstance(value, str) and value.lower() == "none" else value
 
 
+MAX_EPOCHS = 10_000
+
+
 class OptimizeSection(Section):
     """How long and how a training stage optimizes (supervised, preference and reward training alike)."""
 
@@ -91,6 +100,13 @@ class OptimizeSection(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     gradient_checkpointing: bool = False
     lora: LoraSection = LoraSection()
+
+    @field_validator("epochs")
+    @classmethod
+    def _epochs(cls, value: Any) -> Any:
+        if isinstance(value, float) and not 0 < value <= MAX_EPOCHS:  # 1e308 epochs overflowed counting steps
+            raise ValueError(f"must be above 0 and at most {MAX_EPOCHS} (or auto)")
+        return value
 
 
 class FSDPSection(Section):
@@ -505,6 +521,11 @@ class Recipe(Section):
         if not value.strip():
             raise ValueError("must name a model")
         return value
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        return check_name(value, "the run name")  # it names the run's folder in the runs home
 
     def resolve_path(self, relative: str) -> Path:
         """Paths in a recipe are relative to the recipe file (or the current folder)."""

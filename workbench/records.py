@@ -75,7 +75,7 @@ class BenchResult:
     ttft_ms: Stat | None = None  # time to first token
     peak_rss_mb: float | None = None
     peak_vram_mb: float | None = None
-    concurrency: dict[str, dict[str, float]] | None = None  # vLLM: level -> output tokens/s, requests, seconds
+    concurrency: dict[str, dict[str, Any]] | None = None  # level -> output tokens/s, requests, seconds, first error
     seconds: float | None = None
     error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # anything else a backend reports (e.g. dtype)

@@ -13,8 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
+from workbench.common import make_home
 from workbench.errors import RunError
-from workbench.paths import check_name
+from workbench.paths import OutsideError, run_folder
 
 INHERITED_FD = "WORKBENCH_RUN_LOCK_FD"  # set by the launcher for the worker it starts
 
@@ -28,14 +29,20 @@ class RunLock:
 
     @staticmethod
     def path_for(home: Path, run_id: str) -> Path:
-        return Path(home) / check_name(run_id) / ".lock"  # every way into a run passes here
+        return run_folder(home, run_id) / ".lock"  # every way into a run passes here
 
     @classmethod
     def acquire(cls, home: Path, run_id: str) -> RunLock:
         """Take the run's lock, or refuse with RunError naming the process that holds it."""
         path = cls.path_for(home, run_id)
+        make_home(home)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError:
+            if path.is_symlink():  # made after run_folder looked: never write where it points
+                raise OutsideError(f"{path} is a symbolic link; remove it") from None
+            raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -21,6 +21,7 @@ from workbench import chat, launcher
 from workbench.common import free_port, tail
 from workbench.data.files import read_jsonl
 from workbench.errors import InputError, RunError
+from workbench.paths import run_folder
 from workbench.records import Server
 from workbench.serve import backends, served
 from workbench.serve.client import Endpoint, wait_ready
@@ -94,7 +95,7 @@ def start(
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            env={**os.environ, **plan.env},
+            env=plan.env,
         )
     server = Server(
         server_id, run_id, candidate["name"], plan.backend, host, port, plan.model, process.pid,
@@ -116,7 +117,7 @@ def start(
 def reserve(home: Path, run_id: str, number: int) -> tuple[str, Path]:
     """The next free server id of the run and its log file, created exclusively: two `serve` commands
     started at once get different ids."""
-    folder = home / run_id / "serve"
+    folder = run_folder(home, run_id) / "serve"
     folder.mkdir(parents=True, exist_ok=True)
     while True:
         server_id = f"{run_id}-{number}"

@@ -11,18 +11,22 @@ is the stage it was in.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
+import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from workbench.common import STAGE_ORDER, tail
+from workbench import paths
+from workbench.common import STAGE_ORDER, make_home, tail
 from workbench.errors import ResourceError
 from workbench.records import Artifact, BenchResult, ItemScores, Metric, Server
 from workbench.variants import Variant
@@ -96,8 +100,9 @@ CREATE TABLE IF NOT EXISTS bench (
     PRIMARY KEY (run_id, variant, device, backend)
 );
 """
-# version -> statements that bring a store of the version before it up to it
-MIGRATIONS: dict[int, list[str]] = {
+# version -> steps (SQL, or a function of the store and its connection) that bring a store of the version
+# before it up to it
+MIGRATIONS: dict[int, list[str | Callable[[Store, sqlite3.Connection], None]]] = {
     2: ["ALTER TABLE runs ADD COLUMN pid_started REAL"],  # the worker's start time: a reused pid is not it
     3: [
         """CREATE TABLE IF NOT EXISTS servers (
@@ -120,12 +125,82 @@ MIGRATIONS: dict[int, list[str]] = {
             PRIMARY KEY (run_id, model, task, metric, item)
         )""",
     ],
+    5: [lambda store, db: store.keys_out(db)],  # server API keys leave the store for files of their own
 }
 SCHEMA_VERSION = max(MIGRATIONS)
+KEYS_OUT = 5  # the first version without API keys in it
 
 
 class StoreError(ResourceError):
     pass
+
+
+@functools.cache
+def _adapter(kind: Any) -> Any:
+    from pydantic import TypeAdapter  # not at import: the TUI reads the store and starts in under a second
+
+    return TypeAdapter(kind)
+
+
+def _record_error(path: Path, table: str, where: str, column: str, problem: str) -> StoreError:
+    return StoreError(
+        f"{path}: table {table}, {where}, column {column}: {problem}; the store was changed outside the"
+        " workbench (delete that row, or the run)"
+    )
+
+
+def decode(path: Path, table: str, where: str, column: str, text: Any, kind: type | None = None) -> Any:
+    """A JSON column's value: a JSON object, or a `kind` record made from one (its fields' types checked,
+    unknown keys left out). The one way the store reads JSON: a value that does not parse or has the wrong
+    shape is a StoreError naming the table, the row (`where`) and the column."""
+    try:
+        data = json.loads(text)
+    except (TypeError, ValueError, RecursionError) as exc:
+        reason = f" ({exc})" if isinstance(exc, ValueError) else ""
+        raise _record_error(path, table, where, column, f"not valid JSON{reason}") from None
+    if not isinstance(data, dict):
+        raise _record_error(path, table, where, column, f"expected a JSON object, got {type(data).__name__}")
+    if kind is None:
+        return data
+    from pydantic import ValidationError
+
+    try:
+        return _adapter(kind).validate_python(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "(value)"
+        raise _record_error(path, table, where, column, f"{field}: {first['msg'].lower()}") from None
+    except RecursionError:
+        raise _record_error(path, table, where, column, "nested too deep") from None
+
+
+class _Connection(sqlite3.Connection):
+    """A store connection that names a full disk: SQLite says "database or disk is full" (SQLITE_FULL) and
+    nothing more, which reached the user as a traceback."""
+
+    def __init__(self, database: str | Path, *args: Any, **kwargs: Any):
+        super().__init__(database, *args, **kwargs)
+        self.store_path = Path(database)
+
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        with self._disk_full_named():
+            return super().execute(sql, parameters)
+
+    def executemany(self, sql: str, parameters: Any, /) -> sqlite3.Cursor:
+        with self._disk_full_named():
+            return super().executemany(sql, parameters)
+
+    @contextmanager
+    def _disk_full_named(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_FULL:
+                raise
+            raise StoreError(
+                f"cannot write the run store {self.store_path}: no space left on device (SQLite: {exc}); free "
+                "space on that disk, then run again: finished stages are kept, the stage that stopped is redone"
+            ) from exc
 
 
 def process_started(pid: int) -> float | None:
@@ -169,11 +244,22 @@ class StageRecord:
         return self.finished - self.started if self.started and self.finished else None
 
 
+def write_key(path: Path, key: str) -> None:
+    """`key` alone in `path`, readable and writable by its owner only (a link in its place is refused)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with open(fd, "w", encoding="utf-8") as out:
+        os.fchmod(fd, 0o600)  # a file that was there before keeps its mode through O_CREAT
+        out.write(key)
+
+
 class Store:
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        make_home(self.path.parent)
+        # created for its owner only; SQLite gives its -wal and -shm files the database's mode
+        os.close(os.open(self.path, os.O_RDONLY | os.O_CREAT, 0o600))
+        self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None, factory=_Connection)
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA busy_timeout=30000")
@@ -192,9 +278,41 @@ class Store:
             for statement in [part for part in BASELINE.split(";") if part.strip()] if version == 0 else []:
                 db.execute(statement)
             for target in range(max(version, 1) + 1, SCHEMA_VERSION + 1):
-                for statement in MIGRATIONS[target]:
-                    db.execute(statement)
+                for step in MIGRATIONS[target]:
+                    if isinstance(step, str):
+                        db.execute(step)
+                    else:
+                        step(self, db)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        if 0 < version < KEYS_OUT:
+            self.seal()
+
+    def keys_out(self, db: sqlite3.Connection) -> None:
+        """Version 5: each running server's API key moves from its row to its key file; a stopped server's
+        key is dropped (it opens nothing any more)."""
+        db.execute("PRAGMA secure_delete=ON")  # the old rows' bytes are overwritten, not left as free space
+        for row in db.execute("SELECT id, data FROM servers").fetchall():
+            try:
+                data = json.loads(row["data"])
+                key, run_id = data.get("api_key"), data["run_id"]
+            except (ValueError, KeyError, TypeError, AttributeError):
+                continue
+            if not key:
+                continue
+            if data.get("status") == "running":
+                with contextlib.suppress(paths.BadName, paths.OutsideError, OSError):
+                    write_key(paths.inside(self.key_path(run_id, row["id"]), self.path.parent), key)
+            db.execute("UPDATE servers SET data=? WHERE id=?", (json.dumps({**data, "api_key": None}), row["id"]))
+
+    def seal(self) -> None:
+        """After the keys left an older store: the write-ahead log that still held them emptied, and the store
+        and its side files, when this user owns them, made readable by this user only (they were created
+        with the umask's mode, usually world-readable)."""
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        for file in (self.path, *(self.path.with_name(self.path.name + end) for end in ("-wal", "-shm"))):
+            with contextlib.suppress(OSError):
+                if file.stat().st_uid == os.geteuid():
+                    file.chmod(0o600)
 
     def version(self) -> int:
         return self.db.execute("PRAGMA user_version").fetchone()[0]
@@ -298,13 +416,13 @@ class Store:
         if kind:
             query += " AND kind=?"
             params.append(kind)
-        return [_event(row) for row in self.db.execute(query + " ORDER BY id", params).fetchall()]
+        return [self._event(row) for row in self.db.execute(query + " ORDER BY id", params).fetchall()]
 
     def last_event(self, run_id: str, stage: str, kind: str) -> dict[str, Any] | None:
         """The newest event of a kind (e.g. the last training log), without reading the others."""
         query = "SELECT * FROM events WHERE run_id=? AND stage=? AND kind=? ORDER BY id DESC LIMIT 1"
         row = self.db.execute(query, (run_id, stage, kind)).fetchone()
-        return _event(row) if row else None
+        return self._event(row) if row else None
 
     # artifacts ------------------------------------------------------------------------------
     def replace_artifacts(self, run_id: str, stage: str, artifacts: list[Artifact]) -> None:
@@ -319,7 +437,11 @@ class Store:
 
     def artifacts(self, run_id: str) -> list[Artifact]:
         rows = self.db.execute("SELECT * FROM artifacts WHERE run_id=? ORDER BY rowid", (run_id,)).fetchall()
-        return [Artifact(r["name"], r["kind"], r["path"], r["size"], json.loads(r["meta"]), r["stage"]) for r in rows]
+        return [self._artifact(r) for r in rows]
+
+    def _artifact(self, row: sqlite3.Row) -> Artifact:
+        meta = self._decode(row, "artifacts", f"artifact {row['name']!r}", "meta")
+        return Artifact(row["name"], row["kind"], row["path"], row["size"], meta, row["stage"])
 
     # variants -------------------------------------------------------------------------------
     def replace_variants(self, run_id: str, formats: list[str], variants: list[Variant]) -> None:
@@ -334,8 +456,8 @@ class Store:
                 )
 
     def variants(self, run_id: str) -> list[Variant]:
-        rows = self.db.execute("SELECT data FROM variants WHERE run_id=? ORDER BY rowid", (run_id,)).fetchall()
-        return [Variant.from_dict(json.loads(r["data"])) for r in rows]
+        rows = self.db.execute("SELECT * FROM variants WHERE run_id=? ORDER BY rowid", (run_id,)).fetchall()
+        return [self._decode(r, "variants", f"variant {r['name']!r}", "data", Variant) for r in rows]
 
     # metrics --------------------------------------------------------------------------------
     def replace_metrics(self, run_id: str, rows: list[Metric], items: list[ItemScores] | None = None) -> None:
@@ -391,21 +513,49 @@ class Store:
             )
 
     def bench(self, run_id: str) -> list[BenchResult]:
-        rows = self.db.execute("SELECT data FROM bench WHERE run_id=? ORDER BY rowid", (run_id,)).fetchall()
-        return [BenchResult.from_dict(json.loads(r["data"])) for r in rows]
+        rows = self.db.execute("SELECT * FROM bench WHERE run_id=? ORDER BY rowid", (run_id,)).fetchall()
+        return [self._bench_result(r) for r in rows]
+
+    def _bench_result(self, row: sqlite3.Row) -> BenchResult:
+        where = f"variant {row['variant']!r} on {row['device']} ({row['backend']})"
+        result: BenchResult = self._decode(row, "bench", where, "data", BenchResult)
+        known = {f.name for f in fields(BenchResult)}
+        result.extra = {k: v for k, v in json.loads(row["data"]).items() if k not in known}
+        return result
 
     # servers --------------------------------------------------------------------------------
+    def key_path(self, run_id: str, server_id: str) -> Path:
+        """Where a server's API key is kept: `<home>/<run>/serve/<server>.key`, mode 0600."""
+        home = self.path.parent
+        return home / paths.check_name(run_id) / "serve" / f"{paths.check_name(server_id, 'server id')}.key"
+
     def add_server(self, server: Server) -> None:
+        """Record a server. Its API key goes to its key file, never into the store (which the workbench
+        shares with whoever may read the runs home); a server recorded stopped keeps no key."""
+        key_file = paths.inside(self.key_path(server.run_id, server.id), self.path.parent)
+        if server.api_key and server.status == "running":
+            write_key(key_file, server.api_key)
+        else:
+            key_file.unlink(missing_ok=True)
+        data = json.dumps({**asdict(server), "api_key": None})
         self.db.execute(
             "INSERT OR REPLACE INTO servers (id, run_id, variant, status, data) VALUES (?, ?, ?, ?, ?)",
-            (server.id, server.run_id, server.variant, server.status, json.dumps(asdict(server))),
+            (server.id, server.run_id, server.variant, server.status, data),
         )
+
+    def _with_key(self, server: Server) -> Server:
+        try:
+            key = self.key_path(server.run_id, server.id).read_text(encoding="utf-8").strip()
+        except (paths.BadName, OSError, UnicodeDecodeError):
+            return server
+        return replace(server, api_key=key or None)
 
     def servers(self, run_id: str | None = None) -> list[Server]:
         """Servers (of one run, or all), newest first; one whose process is gone reads `stopped`."""
         where, params = ("WHERE run_id=?", [run_id]) if run_id is not None else ("", [])
-        rows = self.db.execute(f"SELECT data FROM servers {where} ORDER BY rowid DESC", params)
-        found = [Server(**json.loads(r["data"])) for r in rows]
+        rows = self.db.execute(f"SELECT id, data FROM servers {where} ORDER BY rowid DESC", params)
+        found = [decode(self.path, "servers", f"server {r['id']!r}", "data", r["data"], Server) for r in rows]
+        found = [self._with_key(server) for server in found]
         return [
             s if s.status != "running" or is_alive(s.pid, s.pid_started) else replace(s, status="stopped")
             for s in found
@@ -420,10 +570,20 @@ class Store:
             row = db.execute("SELECT data FROM variants WHERE run_id=? AND name=?", (run_id, name)).fetchone()
             if row is None:
                 raise KeyError(f"{run_id}: no variant {name!r}")
-            data = json.loads(row["data"])
+            data = decode(self.path, "variants", f"run {run_id!r}, variant {name!r}", "data", row["data"])
             data.setdefault("meta", {})[key] = value
             db.execute("UPDATE variants SET data=? WHERE run_id=? AND name=?", (json.dumps(data), run_id, name))
 
+    # JSON columns ---------------------------------------------------------------------------
+    def _decode(self, row: sqlite3.Row, table: str, where: str, column: str, kind: type | None = None) -> Any:
+        """A JSON column of one of a run's rows (`decode`)."""
+        return decode(self.path, table, f"run {row['run_id']!r}, {where}", column, row[column], kind)
 
-def _event(row: sqlite3.Row) -> dict[str, Any]:
-    return {"id": row["id"], "stage": row["stage"], "ts": row["ts"], "kind": row["kind"], **json.loads(row["data"])}
+    def _event(self, row: sqlite3.Row) -> dict[str, Any]:
+        where = f"run {row['run_id']!r}, stage {row['stage']!r}, event {row['id']}"
+        data = decode(self.path, "events", where, "data", row["data"])
+        return {"id": row["id"], "stage": row["stage"], "ts": row["ts"], "kind": row["kind"], **data}
+
+    def recipe(self, run: sqlite3.Row) -> dict[str, Any]:
+        """The recipe a run was started with, as it was stored."""
+        return decode(self.path, "runs", f"run {run['id']!r}", "recipe", run["recipe"])

@@ -32,7 +32,28 @@ class Tagged:
     value: Any
 
 
-class TagKeepingLoader(yaml.SafeLoader):
+class _TooDeep(Exception):
+    def __init__(self, mark: yaml.Mark | None):
+        self.mark = mark
+
+
+class BoundedLoader(yaml.SafeLoader):
+    """The safe loader, refusing nesting past MAX_DEPTH as it composes: PyYAML composes and constructs by
+    recursion, so 5000 levels would end in a RecursionError before the value could be checked."""
+
+    depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH + 1:  # the document's root is level 0
+                raise _TooDeep(self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+class TagKeepingLoader(BoundedLoader):
     pass
 
 
@@ -71,7 +92,10 @@ def load(text: str, source: str, *, keep_tags: bool = False, max_bytes: int = MA
     if len(text.encode("utf-8", errors="replace")) > max_bytes:
         raise YamlError(f"{source}: larger than {max_bytes // 1024} KiB; is this the right file?")
     try:
-        data = yaml.load(text, Loader=TagKeepingLoader if keep_tags else yaml.SafeLoader)  # noqa: S506 - safe loaders
+        data = yaml.load(text, Loader=TagKeepingLoader if keep_tags else BoundedLoader)  # noqa: S506 - safe loaders
+    except _TooDeep as exc:
+        where = f"line {exc.mark.line + 1}: " if exc.mark else ""
+        raise YamlError(f"{source}: {where}nested more than {MAX_DEPTH} levels deep") from None
     except yaml.constructor.ConstructorError as exc:
         mark = exc.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

@@ -3,10 +3,16 @@ llama.cpp fail inside a child process the way it fails on other machines, e.g. t
 kernels on virtualised Xeons (llama.cpp #20824), which the machines running the tests may not have.
 
 WORKBENCH_FAULT is a comma-separated list of WHERE:MATCH:HOW[:JOB] —
-  WHERE  decode (llama_decode on a model whose file name contains MATCH) or quantize (a quantization whose
-         output file name contains MATCH)
-  HOW    segv (a real segmentation fault), hang (sleeps an hour) or raise (MemoryError)
+  WHERE  decode (llama_decode on a model whose file name contains MATCH), quantize (a quantization whose
+         output file name contains MATCH), write (Python writing a file whose name contains MATCH) or store
+         (this process's MATCH-th write to a run store, counting from 1)
+  HOW    segv (a real segmentation fault), hang (sleeps an hour), raise (MemoryError), kill (SIGKILL to
+         this process, before the write) or enospc (the disk is full: quantize and write go to /dev/full,
+         whose every write fails with ENOSPC; a store write and every later one fail as SQLite fails then)
   JOB    only in processes whose command line contains it (a worker's job file: "-check.job", "/eval/")
+
+WORKBENCH_STORE_WRITES=FILE: every process appends one line per run-store write to FILE (its pid, the
+write's number and its statement's first words), so a test can count the writes of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -21,14 +27,20 @@ FAULTS = [
 ]
 
 
+DISK_FULL = "/dev/full"  # a real file whose every write fails with ENOSPC, as on a full disk
+
+
 def fail(how: str) -> None:
     import ctypes
+    import signal
     import time
 
     if how == "segv":
         ctypes.string_at(0)
     if how == "hang":
         time.sleep(3600)
+    if how == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
     raise MemoryError("simulated out of memory")
 
 
@@ -68,6 +80,8 @@ def install() -> None:
     def quantize_file(source, destination, params):  # noqa: ANN001, ANN202
         for where, match, how, _ in FAULTS:
             if where == "quantize" and match.lower() in os.path.basename(destination.decode()).lower():
+                if how == "enospc":
+                    return quantize(source, DISK_FULL.encode(), params)
                 fail(how)
         return quantize(source, destination, params)
 
@@ -78,5 +92,80 @@ def install() -> None:
         module.llama_model_quantize = quantize_file
 
 
-if FAULTS:
+STORE_WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "ALTER", "DROP", "COMMIT")
+
+
+def is_store_write(sql: str) -> bool:
+    words = sql.split()
+    first = words[0].upper() if words else ""
+    return first in STORE_WRITES or (first == "PRAGMA" and "user_version=" in sql.replace(" ", ""))
+
+
+def install_store_faults() -> None:
+    """Count this process's writes to run stores (files named workbench.db) and act at the chosen one."""
+    import sqlite3
+
+    connect, tally = sqlite3.connect, os.environ.get("WORKBENCH_STORE_WRITES")
+    writes = 0
+
+    def before(sql: str) -> None:
+        nonlocal writes
+        if not is_store_write(sql):
+            return
+        writes += 1
+        if tally:
+            with open(tally, "a", encoding="utf-8") as out:
+                out.write(f"{os.getpid()} {writes} {' '.join(sql.split()[:3])}\n")
+        for where, match, how, _ in FAULTS:
+            if where == "store" and how == "kill" and writes == int(match):
+                fail(how)
+            if where == "store" and how == "enospc" and writes >= int(match):
+                full = sqlite3.OperationalError("database or disk is full")
+                full.sqlite_errorcode, full.sqlite_errorname = sqlite3.SQLITE_FULL, "SQLITE_FULL"
+                raise full
+
+    class Counted(sqlite3.Connection):
+        def execute(self, sql, *args):  # noqa: ANN001, ANN002, ANN202
+            before(sql)
+            return super().execute(sql, *args)
+
+        def executemany(self, sql, *args):  # noqa: ANN001, ANN002, ANN202
+            before(sql)
+            return super().executemany(sql, *args)
+
+    def counted(base: type[sqlite3.Connection]) -> type[sqlite3.Connection]:
+        """`base` (the store's own connection class) over Counted: the check runs where SQLite would fail,
+        under whatever `base` does with SQLite's errors."""
+        return Counted if base is sqlite3.Connection else type("CountedStore", (base, Counted), {})
+
+    def connect_store(database, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if os.path.basename(str(database)) == "workbench.db":
+            kwargs["factory"] = counted(kwargs.get("factory", sqlite3.Connection))
+        return connect(database, *args, **kwargs)
+
+    sqlite3.connect = connect_store
+
+
+def install_write_faults() -> None:
+    """Files whose name contains MATCH, opened by Python for writing, go to /dev/full instead."""
+    import builtins
+    import io
+
+    python_open = builtins.open
+
+    def open_file(file, mode="r", *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if isinstance(file, (str, bytes, os.PathLike)) and any(c in mode for c in "wax+"):
+            name = os.path.basename(os.fsdecode(file)).lower()
+            if any(w == "write" and h == "enospc" and m.lower() in name for w, m, h, _ in FAULTS):
+                file, mode = DISK_FULL, mode.replace("x", "w")
+        return python_open(file, mode, *args, **kwargs)
+
+    builtins.open = io.open = open_file
+
+
+if any(where in ("decode", "quantize") for where, *_ in FAULTS):
     install()
+if any(where == "store" for where, *_ in FAULTS) or os.environ.get("WORKBENCH_STORE_WRITES"):
+    install_store_faults()
+if any(where == "write" for where, *_ in FAULTS):
+    install_write_faults()

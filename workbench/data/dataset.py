@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from workbench.data.files import _Unparsable, read_rows
-from workbench.data.formats import NORMALISERS, BadRow, Row, detect_format
+from workbench.data.files import Limits, _Unparsable, read_rows
+from workbench.data.formats import DETECT_ROWS, NORMALISERS, BadRow, Row, detect_format
 from workbench.errors import InputError
 from workbench.recipe import RowsSection
 
@@ -49,18 +51,27 @@ class DataError(InputError, ValueError):
     """Data that cannot be used as it is; the message lists what is wrong and where."""
 
 
-def load_data(path: Path, fmt: str = "auto", system_prompt: str | None = None, encoding: str = "utf-8") -> LoadedData:
-    raw, unit = read_rows(path, encoding)
-    if not raw:
+def load_data(
+    path: Path,
+    fmt: str = "auto",
+    system_prompt: str | None = None,
+    encoding: str = "utf-8",
+    limits: Limits | None = None,
+) -> LoadedData:
+    """A data file's rows normalised to `fmt` (detected from the first rows when auto), the ones that cannot
+    be used kept as bad rows; the file is read as the rows are normalised, within `limits`."""
+    stream, unit = read_rows(path, encoding, limits)
+    head = _head(stream)
+    if not head:
         raise DataError(f"{path}: no rows")
     if fmt == "auto":
         try:
-            fmt = detect_format([r for r in raw if not isinstance(r, _Unparsable)], str(path))
+            fmt = detect_format([r for r in head if not isinstance(r, _Unparsable)], str(path))
         except ValueError as exc:
             raise DataError(str(exc)) from None
     normalise = NORMALISERS[fmt]
     loaded = LoadedData(path=path, format=fmt, rows=[], unit=unit)
-    for number, row in enumerate(raw, 1):
+    for number, row in enumerate(itertools.chain(head, stream), 1):
         try:
             if isinstance(row, _Unparsable):
                 raise BadRow(row.reason)
@@ -70,6 +81,22 @@ def load_data(path: Path, fmt: str = "auto", system_prompt: str | None = None, e
         except BadRow as exc:
             loaded.bad.append(BadRowInfo(number, f"{unit} {number}", str(exc)))
     return loaded
+
+
+def _head(stream: Iterator[Any]) -> list[Any]:
+    """The first rows, up to the DETECT_ROWS parsed ones the format is told from (the rest stay unread)."""
+    head: list[Any] = []
+    parsed = 0
+    while parsed < DETECT_ROWS:
+        row = next(stream, _END)
+        if row is _END:
+            break
+        head.append(row)
+        parsed += not isinstance(row, _Unparsable)
+    return head
+
+
+_END = object()
 
 
 def _with_system(row: Row, system_prompt: str | None) -> Row:
@@ -87,7 +114,8 @@ def load_checked(
     """A recipe's data file (`field`) read and normalised, rows longer than its `max_length` in tokens
     marked bad, refused when more rows are bad than its `max_bad_rows` (each named with its number); the
     token lengths of the rest."""
-    data = load_data(path, section.format, system_prompt or section.system_prompt, section.encoding)
+    limits = Limits(section.max_file_mb, section.max_rows, max_length=section.max_length, field=field)
+    data = load_data(path, section.format, system_prompt or section.system_prompt, section.encoding, limits)
     lengths = token_lengths([row for _, row in data.rows], tokenizer)
     too_long = {
         number: f"{length} tokens, longer than {field}.max_length {section.max_length}"

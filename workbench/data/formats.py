@@ -278,10 +278,13 @@ SIGNATURES: list[tuple[str, set[str]]] = [
 ]
 
 
+DETECT_ROWS = 50  # the first rows a format is told from
+
+
 def detect_format(rows: list[Any], source: str) -> str:
     """The format most of the first rows match; a clear error when none does."""
     votes: dict[str, int] = {}
-    for row in rows[:50]:
+    for row in rows[:DETECT_ROWS]:
         if isinstance(row, dict):
             for name, keys in SIGNATURES:
                 if keys <= row.keys():

@@ -221,26 +221,24 @@ def advice(report: Report) -> list[str]:
     return lines
 
 
-def print_header(report: Report) -> None:
+def header_lines(report: Report) -> list[str]:
     m = report.machine
-    print(f"machine   {m['cpu']} · {m['arch']} · {m['usable_cores']} usable cores · {m['system']}")
-    print(f"cpu       {' '.join(m['features']) or '(none of the features the kernels look for)'}")
-    print(f"memory    {m['memory_available_gb']} GiB available · disk {m['disk_free_gb']} GiB free in {m['disk_path']}")
-    print(f"python    {m['python']} · " + " · ".join(f"{k} {v or '-'}" for k, v in report.versions.items()))
     build = report.llama_build
-    if build:
-        print(f"llama.cpp built by `make install` with CMAKE_ARGS: {build.get('cmake_args') or '(defaults)'}")
-    else:
-        print("llama.cpp build flags: not recorded (installed outside `make install`)")
+    return [
+        f"machine   {m['cpu']} · {m['arch']} · {m['usable_cores']} usable cores · {m['system']}",
+        f"cpu       {' '.join(m['features']) or '(none of the features the kernels look for)'}",
+        f"memory    {m['memory_available_gb']} GiB available · disk {m['disk_free_gb']} GiB free in {m['disk_path']}",
+        f"python    {m['python']} · " + " · ".join(f"{k} {v or '-'}" for k, v in report.versions.items()),
+        f"llama.cpp built by `make install` with CMAKE_ARGS: {build.get('cmake_args') or '(defaults)'}"
+        if build
+        else "llama.cpp build flags: not recorded (installed outside `make install`)",
+    ]
 
 
-def print_verdict(report: Report) -> None:
+def verdict_lines(report: Report) -> list[str]:
     info = system_info(report)
-    if info:
-        print(f"\nllama.cpp system info: {info}")
+    lines = [f"\nllama.cpp system info: {info}"] if info else []
     if not report.failing:
-        print(f"\nok: every backend this needs works here ({', '.join(report.needed)})")
-        return
-    print(f"\nNOT OK: {', '.join(report.failing)} cannot work here")
-    for line in advice(report):
-        print(f"  - {line}")
+        return [*lines, f"\nok: every backend this needs works here ({', '.join(report.needed)})"]
+    lines.append(f"\nNOT OK: {', '.join(report.failing)} cannot work here")
+    return lines + [f"  - {line}" for line in advice(report)]

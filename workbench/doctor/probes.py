@@ -173,7 +173,7 @@ def process_group(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
 
     import yaml
 
-    from workbench.common import PYTHON, free_port, last_line
+    from workbench.common import PYTHON, child_env, free_port, last_line
 
     if job["device"] == "cuda":
         import torch
@@ -201,7 +201,7 @@ def process_group(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
         command = [*PYTHON, "-m", "accelerate.commands.launch", "--config_file", str(config),
                    "--num_cpu_threads_per_process", "1", "--main_process_port", str(free_port()),
                    "--module", "workbench.doctor.allreduce", job["device"]]  # fmt: skip
-        done = subprocess.run(command, capture_output=True, text=True, timeout=240, check=False)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=240, check=False, env=child_env())
     sys.stdout.write(done.stdout + done.stderr)  # into the probe's log
     ranks = [json.loads(seen) for seen in re.findall(r'\{"rank"[^{}]*\}', done.stdout)]  # lines may interleave
     if done.returncode != 0 or sorted(r["rank"] for r in ranks) != [0, 1]:

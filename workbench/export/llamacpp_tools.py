@@ -12,7 +12,7 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
-from workbench.common import PYTHON
+from workbench.common import PYTHON, child_env
 from workbench.errors import ResourceError
 from workbench.fsutil import atomic_dir
 
@@ -45,7 +45,7 @@ def converter_env() -> dict[str, str]:
     """The vendored gguf-py first on the path: the converter is written against it."""
     folder = tools_dir()
     path = os.pathsep.join([str(folder / "gguf-py"), str(folder), os.environ.get("PYTHONPATH", "")])
-    return {**os.environ, "PYTHONPATH": path.rstrip(os.pathsep), "NO_LOCAL_GGUF": ""}
+    return child_env(PYTHONPATH=path.rstrip(os.pathsep), NO_LOCAL_GGUF="")
 
 
 def download_sdist(folder: Path) -> Path:
@@ -66,6 +66,7 @@ def download_sdist(folder: Path) -> Path:
             str(folder),
         ],
         check=True,
+        env=child_env(),
     )
     return next(Path(folder).glob("llama_cpp_python-*.tar.gz"))
 

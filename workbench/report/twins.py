@@ -97,7 +97,7 @@ def in_store(store: Store, home: Path, report: RunReport) -> list[dict[str, Any]
     key, mine = twin_key(report.recipe), qat_target(report.recipe)
     others = []
     for run in store.runs():
-        recipe = json.loads(run["recipe"])
+        recipe = store.recipe(run)
         twin = run["id"] != report.comparison.run_id and twin_key(recipe) == key
         if twin and (qat_target(recipe) is None) != (mine is None):
             others.append(load(store, run["id"], home / run["id"]))

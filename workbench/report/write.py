@@ -63,7 +63,7 @@ def load(store: Store, run_id: str, run_dir: Path, keep_percent: float | None = 
     run = store.run(run_id)
     if run is None:
         raise KeyError(run_id)
-    recipe = json.loads(run["recipe"])
+    recipe = store.recipe(run)
     section = recipe.get("report") or {}
     wanted = section.get("task") or next(iter((recipe.get("eval") or {}).get("tasks") or []), None)
     bench = store.bench(run_id)
@@ -142,7 +142,7 @@ def bench_settings(bench: list[BenchResult]) -> list[str]:
     return list(lines.values())
 
 
-MARK = ".workbench-report"  # in a folder that holds a report this code wrote
+MARK = ".workbench-report"  # in a folder that holds a report this code wrote: the names of its files
 
 
 def figures(report: RunReport) -> dict[str, bytes]:
@@ -375,30 +375,37 @@ def files(report: RunReport) -> dict[str, bytes]:
 
 def write_files(report: RunReport, folder: Path) -> None:
     """The report's files into `folder`, each replaced atomically, and the mark that says this folder holds
-    a workbench report. Nothing else there is touched: a figure of an earlier report that this one lacks
-    is removed only because this code wrote it."""
+    a workbench report and lists what it wrote. Nothing else there is touched: a figure of an earlier
+    report that this one lacks is removed only when that report's mark lists it."""
     made = files(report)
-    for name in FIGURES:
-        if name not in made:
+    for name in written_before(folder):
+        if name in FIGURES and name not in made:
             (folder / name).unlink(missing_ok=True)
     for name, data in made.items():
         atomic_write_bytes(folder / name, data)
-    (folder / MARK).touch()
+    atomic_write_bytes(folder / MARK, json.dumps(sorted(made)).encode())
 
 
-def is_report(folder: Path) -> bool:
-    """Empty, or holding nothing but report files (an earlier report, from before the mark was written)."""
-    ours = {MARK, "report.md", "report.html", "results.json", "comparison.csv", *FIGURES}
-    return all(path.name in ours for path in folder.iterdir())
+def written_before(folder: Path) -> list[str]:
+    """The files an earlier report listed in its mark (none for a mark from before marks held a list)."""
+    try:
+        with open(folder / MARK, "rb") as handle:
+            listed = json.loads(handle.read(64 * 1024))
+    except (OSError, ValueError):
+        return []
+    return [name for name in listed if isinstance(name, str)] if isinstance(listed, list) else []
 
 
 def write(report: RunReport, dest: Path, *, own: bool = False) -> Path:
     """The report into `dest`, made when missing. A folder of the user's (`--out`) must be empty or hold an
-    earlier workbench report; `own` is the run's own report folder."""
+    earlier workbench report (its mark); `own` is the run's own report folder."""
     if dest.exists() and not dest.is_dir():
         raise RunError(f"--out {dest}: is a file; the report needs a folder")
-    if not own and dest.is_dir() and not (dest / MARK).is_file() and not is_report(dest):
-        raise RunError(f"--out {dest}: holds files the workbench did not write; give a new or empty folder")
+    if not own and dest.is_dir() and not (dest / MARK).is_file() and any(dest.iterdir()):
+        raise RunError(
+            f"--out {dest}: holds files and no {MARK} mark, so not an earlier workbench report; give a new or"
+            " empty folder"
+        )
     dest.mkdir(parents=True, exist_ok=True)
     write_files(report, dest)
     return dest

@@ -6,13 +6,22 @@ from __future__ import annotations
 
 import importlib.util
 import ipaddress
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from workbench.common import PYTHON
+from workbench.common import PYTHON, child_env
 from workbench.devices import compute_dtype
 from workbench.errors import InputError
 
 BACKENDS = ("llama.cpp", "vllm", "transformers")
+# Variables a server would take its address, port, key or configuration from, over or beside its command
+# line (compared lower-cased): llama-cpp-python's server reads HOST, PORT and CONFIG_FILE over its
+# arguments (and every field of its settings, `llama_cpp_settings`); uvicorn, under every server,
+# WEB_CONCURRENCY and FORWARDED_ALLOW_IPS; vLLM its VLLM_* variables; llama.cpp's llama-server LLAMA_ARG_*
+# and LLAMA_API_KEY. None of them reaches a server from the environment the workbench runs in.
+SERVER_VARIABLES = frozenset({"host", "port", "config_file", "web_concurrency", "forwarded_allow_ips", "llama_api_key"})
+SERVER_PREFIXES = ("vllm_", "llama_arg_")
 
 
 @dataclass
@@ -20,7 +29,7 @@ class Plan:
     backend: str
     argv: list[str]
     model: str  # the name the server's API answers to
-    env: dict[str, str] = field(default_factory=dict)  # the API key travels here, not on the command line
+    env: dict[str, str] = field(default_factory=dict)  # all of it (`server_env`); the API key travels here
 
 
 def is_loopback(host: str) -> bool:
@@ -30,6 +39,29 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def llama_cpp_settings() -> frozenset[str]:
+    """The fields llama-cpp-python's server fills from environment variables of the same name (any case)
+    where its command line leaves them out (pydantic-settings)."""
+    from llama_cpp.server.settings import ConfigFileSettings, Settings
+
+    return frozenset(Settings.model_fields) | frozenset(ConfigFileSettings.model_fields)
+
+
+def server_env(
+    backend: str, key: tuple[str, str] | None = None, base: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The environment a server starts with: this process's (or `base`) without any variable the server
+    would read its address, port, key or configuration from, plus `key` (name, value): the API key under
+    the name its server reads it from, set by the workbench only."""
+    read = SERVER_VARIABLES | (llama_cpp_settings() if backend == "llama.cpp" else frozenset())
+    kept = {
+        name: value
+        for name, value in (os.environ if base is None else base).items()
+        if name.lower() not in read and not name.lower().startswith(SERVER_PREFIXES)
+    }
+    return child_env(kept, **dict([key] if key else []))
 
 
 def pick_backend(variant_format: str, cuda: bool, vllm: bool | None = None) -> str:
@@ -64,11 +96,11 @@ def plan(
         argv += ["--n_gpu_layers", "-1" if cuda else "0", "--verbose", "true"]  # per-request timings in its log
         argv += ["--interrupt_requests", "false"]  # its default cuts a streaming answer off at the next request
         argv += ["--lora_path", lora] if lora else []  # a GGUF adapter on the (quantized) base
-        return Plan(backend, argv, model, {"API_KEY": api_key} if api_key else {})
+        return Plan(backend, argv, model, server_env(backend, ("API_KEY", api_key) if api_key else None))
     if backend == "vllm":
         argv = [*PYTHON, "-m", "vllm.entrypoints.openai.api_server", "--model", path, "--served-model-name", model]
         argv += ["--host", host, "--port", str(port), "--max-model-len", str(context)]
-        return Plan(backend, argv, model, {"VLLM_API_KEY": api_key} if api_key else {})
+        return Plan(backend, argv, model, server_env(backend, ("VLLM_API_KEY", api_key) if api_key else None))
     if backend == "transformers":
         if api_key:
             raise InputError(
@@ -85,5 +117,5 @@ def plan(
             "--dtype",
             compute_dtype(variant_format, "cuda" if cuda else "cpu"),
         ]
-        return Plan(backend, argv, path)
+        return Plan(backend, argv, path, server_env(backend))
     raise InputError(f"unknown server backend {backend!r}; one of {', '.join(BACKENDS)}")

@@ -11,7 +11,7 @@ from workbench.data.dataset import DataError, load_checked, split_rows
 from workbench.data.files import write_jsonl
 from workbench.fsutil import hash_path
 from workbench.models import resolve_model
-from workbench.recipe import Recipe
+from workbench.recipe import READ_LIMITS, Recipe
 from workbench.records import Artifact
 from workbench.stages.base import Stage, StageContext
 
@@ -22,7 +22,8 @@ def base_model_key(base_model: str) -> str:
 
 
 def key_inputs(recipe: Recipe) -> dict[str, Any]:
-    section = recipe.data.model_dump(mode="json", exclude={"encoding"} if recipe.data.encoding == "utf-8" else None)
+    unkeyed = READ_LIMITS | ({"encoding"} if recipe.data.encoding == "utf-8" else set())
+    section = recipe.data.model_dump(mode="json", exclude=unkeyed)
     return {
         "data": section,
         "data_file": hash_path(recipe.resolve_path(recipe.data.path)),

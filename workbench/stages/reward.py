@@ -12,7 +12,7 @@ from workbench.devices import pick_device
 from workbench.eval.preference import sequence_scores
 from workbench.fsutil import dir_size, hash_path
 from workbench.models import resolve_model
-from workbench.recipe import Recipe, RecipeError
+from workbench.recipe import READ_LIMITS, Recipe, RecipeError
 from workbench.records import Artifact
 from workbench.stages.base import Stage, StageContext, checked_split, trackers, train_resumably
 from workbench.train import loop, preference, sft
@@ -23,8 +23,8 @@ def key_inputs(recipe: Recipe) -> dict[str, Any]:
     if recipe.reward_model is None or rows is None:
         return {}
     return {
-        "reward_model": recipe.reward_model.model_dump(mode="json"),
-        "rows": rows.model_dump(mode="json"),
+        "reward_model": recipe.reward_model.model_dump(mode="json", exclude={"data": READ_LIMITS}),
+        "rows": rows.model_dump(mode="json", exclude=READ_LIMITS),
         "data_file": hash_path(recipe.resolve_path(rows.path)),
         "system_prompt": recipe.data.system_prompt,
         "merge": recipe.merge.dtype,

@@ -15,7 +15,7 @@ from workbench.data.files import read_jsonl, write_jsonl
 from workbench.devices import pick_device
 from workbench.fsutil import dir_size, hash_path
 from workbench.models import resolve_model
-from workbench.recipe import Recipe, RecipeError
+from workbench.recipe import READ_LIMITS, Recipe, RecipeError
 from workbench.records import Artifact
 from workbench.stages.base import Stage, StageContext, checked_split, trackers, train_resumably
 from workbench.train import loop, preference, sft
@@ -26,7 +26,7 @@ def key_inputs(recipe: Recipe) -> dict[str, Any]:
         return {}
     rows = recipe.tune.data
     return {
-        "tune": recipe.tune.model_dump(mode="json"),
+        "tune": recipe.tune.model_dump(mode="json", exclude={"data": READ_LIMITS}),
         "data_file": hash_path(recipe.resolve_path(rows.path)) if rows else None,
         "system_prompt": recipe.data.system_prompt,
         "merge": recipe.merge.dtype,

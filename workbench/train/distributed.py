@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workbench.common import PYTHON, free_port
+from workbench.common import PYTHON, child_env, free_port
 from workbench.devices import usable_cores
 from workbench.recipe import DistributedSection, TrainSection
 
@@ -261,7 +261,12 @@ def run_group(
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=child_env(env),
+            start_new_session=True,
         )
     tail = _Tail(follow, echo)
     stop_requested = killed = False

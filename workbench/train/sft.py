@@ -72,7 +72,9 @@ def load_model(base: str, section: TrainSection, device: str) -> Any:
 
 def wrap_peft(model: Any, base: str, section: TrainSection) -> Any:
     from peft import get_peft_model, prepare_model_for_kbit_training
+    from transformers import set_seed
 
+    set_seed(section.seed)  # the adapter's random start comes from the recipe too: a run made again is the same
     if section.method == "qlora":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=section.gradient_checkpointing)
     model = get_peft_model(model, lora_config(section))

@@ -2,8 +2,10 @@
 open page. The app starts and cancels runs, so it is guarded as Jupyter guards a notebook server, since
 textual-serve itself checks nothing about who connects:
 
-- a token: random unless given (`--token` or WORKBENCH_WEB_TOKEN); the printed address carries it, the
-  first visit trades it for a cookie; every request without it is refused (401);
+- a token: random unless given (WORKBENCH_WEB_TOKEN, `--token-file` or `--token`); the printed address
+  carries it, the first visit trades it for a session cookie; every request without one is refused (401).
+  The cookie holds a random value of this server's own, never the token: a browser sends a 127.0.0.1
+  cookie to every port there, so another local server would otherwise receive the token;
 - the Host header must name this machine (every loopback form, the listening address, this machine's
   names and addresses, `--allow-host`): a page on another site cannot rebind its name to this server;
 - the Origin a browser sends must be the page's own (scheme://Host), so no other site's page can open
@@ -20,6 +22,7 @@ import os
 import secrets
 import shlex
 import socket
+import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +37,7 @@ from workbench.errors import InputError
 
 TOKEN_ENV = "WORKBENCH_WEB_TOKEN"
 MIN_TOKEN_LENGTH = 16
+MAX_TOKEN_FILE_BYTES = 4096
 LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
 
 
@@ -69,6 +73,7 @@ class Guard:
     token: str
     cookie: str
     hosts: set[str] = field(default_factory=set)  # allowed besides loopback
+    session: str = field(default_factory=lambda: secrets.token_urlsafe(32))  # the cookie's value
 
     def host_ok(self, host_header: str) -> bool:
         name = host_name(host_header)
@@ -82,11 +87,13 @@ class Guard:
     def token_ok(self, given: str | None) -> bool:
         return given is not None and hmac.compare_digest(given.encode(), self.token.encode())
 
-    def given_token(self, request: web.Request) -> str | None:
+    def admits(self, request: web.Request) -> bool:
+        """The token in an `Authorization: token ...` header, or this server's session cookie."""
         header = request.headers.get("Authorization", "")
         if header.lower().startswith("token "):
-            return header[6:].strip()
-        return request.cookies.get(self.cookie)
+            return self.token_ok(header[6:].strip())
+        cookie = request.cookies.get(self.cookie)
+        return cookie is not None and hmac.compare_digest(cookie.encode(), self.session.encode())
 
 
 class GuardedServer(Server):
@@ -112,9 +119,9 @@ class GuardedServer(Server):
             if offered is not None and guard.token_ok(offered):  # first visit: trade the token for a cookie
                 rest = {key: value for key, value in request.query.items() if key != "token"}
                 found = web.HTTPFound(request.rel_url.with_query(rest))
-                found.set_cookie(guard.cookie, guard.token, httponly=True, samesite="Strict", path="/")
+                found.set_cookie(guard.cookie, guard.session, httponly=True, samesite="Strict", path="/")
                 return found
-            if not guard.token_ok(guard.given_token(request)):
+            if not guard.admits(request):
                 raise web.HTTPUnauthorized(
                     text="workbench: open the address `workbench tui --web` printed (it carries ?token=...)"
                 )
@@ -142,15 +149,38 @@ class GuardedServer(Server):
             self.sessions -= 1
 
 
-def resolve_token(given: str | None) -> tuple[str, bool]:
-    """The token to require and whether it was generated here."""
-    token = given if given is not None else os.environ.get(TOKEN_ENV)
+def read_token_file(path: Path) -> str:
+    """The token in `path` (surrounding whitespace dropped), refused unless only its owner may read it."""
+    try:
+        with open(path, "rb") as handle:
+            mode = stat.S_IMODE(os.fstat(handle.fileno()).st_mode)
+            if mode & 0o077:
+                raise InputError(
+                    f"--token-file {path}: mode {mode:04o} lets other users read the token; `chmod 600 {path}`"
+                )
+            data = handle.read(MAX_TOKEN_FILE_BYTES + 1)
+    except OSError as exc:
+        raise InputError(f"--token-file {path}: {exc.strerror}") from None
+    if len(data) > MAX_TOKEN_FILE_BYTES:
+        raise InputError(f"--token-file {path}: over {MAX_TOKEN_FILE_BYTES} bytes; expected one token")
+    try:
+        return data.decode().strip()
+    except UnicodeDecodeError:
+        raise InputError(f"--token-file {path}: not UTF-8 text") from None
+
+
+def resolve_token(given: str | None, token_file: Path | None = None) -> tuple[str, bool]:
+    """The token to require (from `token_file`, `given` or WORKBENCH_WEB_TOKEN) and whether it was
+    generated here."""
+    token = read_token_file(token_file) if token_file is not None else given
+    token = token if token is not None else os.environ.get(TOKEN_ENV)
     if token is None:
         return secrets.token_urlsafe(32), True
     if len(token) < MIN_TOKEN_LENGTH or len(set(token)) < MIN_TOKEN_LENGTH // 2:
         raise InputError(
-            f"--token / {TOKEN_ENV}: at least {MIN_TOKEN_LENGTH} characters, {MIN_TOKEN_LENGTH // 2} of them"
-            " different (anyone who guesses it gets the app); leave it unset for a random one"
+            f"--token / --token-file / {TOKEN_ENV}: at least {MIN_TOKEN_LENGTH} characters,"
+            f" {MIN_TOKEN_LENGTH // 2} of them different (anyone who guesses it gets the app); leave it unset for"
+            " a random one"
         )
     return token, False
 
@@ -162,8 +192,9 @@ def serve(
     token: str | None = None,
     allow_hosts: list[str] | None = None,
     max_sessions: int = 4,
+    token_file: Path | None = None,
 ) -> None:
-    token, generated = resolve_token(token)
+    token, generated = resolve_token(token, token_file)
     hosts = {name.lower() for name in allow_hosts or []}
     if not is_loopback(host):
         hosts |= this_machine(host)
@@ -172,11 +203,11 @@ def serve(
             "shows it to the network; prefer an SSH tunnel (ssh -L 8000:127.0.0.1:8000) or a TLS proxy",
             file=sys.stderr,
         )
-    guard = Guard(token=token, cookie=f"workbench-token-{port}", hosts=hosts)
+    guard = Guard(token=token, cookie=f"workbench-session-{port}", hosts=hosts)  # per port: one per server
     command = shlex.join([*launcher.CLI, "--home", str(home.resolve()), "tui"])
     shown = f"[{host}]" if ":" in host else host
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else shown
-    query = f"?token={token}" if generated else f"?token=<the token from --token or {TOKEN_ENV}>"
+    query = f"?token={token}" if generated else f"?token=<the token from {TOKEN_ENV}, --token-file or --token>"
     print(f"workbench TUI at http://{shown}:{port}/{query}", flush=True)
     print("(Ctrl-C stops the server; runs keep going)", flush=True)
     GuardedServer(command, guard, max_sessions, host=host, port=port, title="workbench").serve()

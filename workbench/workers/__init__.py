@@ -36,8 +36,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from workbench import safe
-from workbench.common import PYTHON
+from workbench.common import PYTHON, child_env
 from workbench.errors import StageFailed
+from workbench.workers.child import MEMORY_LIMIT
 from workbench.workers.tasks import TASKS
 
 Status = Literal["done", "failed", "crashed", "timed_out", "stopped"]
@@ -122,12 +123,10 @@ class Running:
         job_file.write_text(json.dumps({"task": task, "job": job}), encoding="utf-8")
 
         read_end, write_end = os.pipe()
-        child_env = {
-            **(os.environ if env is None else env),
-            "WORKBENCH_EVENTS_FD": str(write_end),
-            "WORKBENCH_PARENT_PID": str(os.getpid()),
-            "PYTHONUNBUFFERED": "1",
-        }
+        environment = child_env(
+            env, WORKBENCH_EVENTS_FD=str(write_end), WORKBENCH_PARENT_PID=str(os.getpid()), PYTHONUNBUFFERED="1"
+        )
+        self.memory_limit = environment.get(MEMORY_LIMIT, "")  # applied by the child itself (RLIMIT_AS)
         self.started = time.perf_counter()
         try:
             self.process = subprocess.Popen(
@@ -135,7 +134,7 @@ class Running:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
-                env=child_env,
+                env=environment,
                 pass_fds=(write_end,),
                 process_group=0,  # its own group: a timeout or a stop kills everything it started
             )
@@ -306,7 +305,10 @@ class Running:
             return "failed", f"{self.name}: {what} failed: {self._error}{see}"
         crash = signal_name(returncode)
         if crash:
-            return "crashed", f"{self.name}: {what} crashed ({crash}){see}"
+            limit = self.memory_limit
+            limited = crash in ("SIGABRT", "SIGSEGV", "SIGBUS") and limit.isdigit() and int(limit) > 0
+            over = f", likely out of memory (limit {limit} MiB, {MEMORY_LIMIT})" if limited else ""
+            return "crashed", f"{self.name}: {what} crashed ({crash}){over}{see}"
         last = self._tail[-1].strip() if self._tail else "no output"
         return "failed", f"{self.name}: {what} exited with status {returncode} without a result ({last}){see}"
 

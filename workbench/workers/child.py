@@ -7,6 +7,7 @@ process that started it goes away.
 
 from __future__ import annotations
 
+import errno
 import faulthandler
 import importlib
 import json
@@ -71,12 +72,49 @@ def watch_parent(parent: int) -> None:
     threading.Thread(target=watch, daemon=True, name="watch-parent").start()
 
 
+MEMORY_LIMIT = "WORKBENCH_WORKER_MEMORY_MB"  # a worker's address-space limit (RLIMIT_AS), in MiB; unset: none
+# what an allocation refused under that limit says, from Python, torch's allocator and the dynamic loader
+ALLOCATION_FAILED = ("Cannot allocate memory", "can't allocate memory", "failed to map segment")
+
+
+def limit_memory() -> int | None:
+    """Apply the memory limit this worker was started with (before its task loads anything); its MiB."""
+    value = os.environ.get(MEMORY_LIMIT, "").strip()
+    if not value.isdigit() or not int(value):
+        return None
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    wanted = int(value) * 2**20
+    resource.setrlimit(resource.RLIMIT_AS, (wanted if hard == resource.RLIM_INFINITY else min(wanted, hard), hard))
+    return int(value)
+
+
+def out_of_memory(exc: BaseException | None) -> bool:
+    """Whether an allocation failed on the way to this exception."""
+    while exc is not None:
+        if isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno == errno.ENOMEM):
+            return True
+        if any(words in str(exc) for words in ALLOCATION_FAILED):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def error_line(exc: BaseException, limit_mb: int | None) -> str:
+    line = f"{type(exc).__name__}: {exc}".strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if limit_mb and out_of_memory(exc):
+        return f"out of memory (limit {limit_mb} MiB, {MEMORY_LIMIT}): {line}"
+    return line
+
+
 def resolve(task: str) -> Any:
     module, _, function = TASKS[task].target.partition(":")
     return getattr(importlib.import_module(module), function)
 
 
 def main() -> None:
+    limit_mb = limit_memory()
     faulthandler.enable()  # a native crash leaves the Python stack in the log
     channel = Channel(os.fdopen(int(os.environ.pop("WORKBENCH_EVENTS_FD")), "w", encoding="utf-8"))
     watch_parent(int(os.environ.pop("WORKBENCH_PARENT_PID")))
@@ -87,7 +125,7 @@ def main() -> None:
         channel.send("result", result if result is not None else {})
     except BaseException as exc:  # noqa: BLE001 - every failure is reported, then the process exits non-zero
         traceback.print_exc()
-        channel.send("error", f"{type(exc).__name__}: {exc}".strip().splitlines()[0])
+        channel.send("error", error_line(exc, limit_mb))
         code = 130 if isinstance(exc, KeyboardInterrupt) else 1
     channel.send("peak", peak_rss_kb())
     # Leave without the interpreter's shutdown: native libraries' static destructors (torch.compile's thread

@@ -12,7 +12,7 @@ from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Header, Static
 
 from workbench import launcher, models
-from workbench.common import last_line
+from workbench.common import child_env, last_line
 from workbench.tui.screens import AppScreen
 from workbench.tui.tables import cell, selected_row
 
@@ -121,7 +121,15 @@ class ModelsScreen(AppScreen):
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "wb") as out:
             process = await asyncio.create_subprocess_exec(
-                *launcher.CLI, "models", "pull", name, stdin=DEVNULL, stdout=out, stderr=STDOUT, start_new_session=True
+                *launcher.CLI,
+                "models",
+                "pull",
+                name,
+                stdin=DEVNULL,
+                stdout=out,
+                stderr=STDOUT,
+                start_new_session=True,
+                env=child_env(),
             )
         await process.wait()
         self.pulling.discard(name)
