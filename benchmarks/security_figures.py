@@ -10,8 +10,10 @@ planted code run (each 0 when the defenses hold), with the time it took.
 from __future__ import annotations
 
 import argparse
+import datetime
 import importlib.util
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -45,7 +47,11 @@ def main() -> int:
         took = time.monotonic() - started
     print(harness.markdown(outcomes, corpus.ITEMS))
     failed = sum(not o.ok for o in outcomes)
-    print(f"\n{len(outcomes)} attacks in {took:.0f} s on {os.cpu_count()} cores; {failed} not refused or contained")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
+    print(
+        f"\n{len(outcomes)} attacks in {took:.0f} s on {os.cpu_count()} cores; {failed} not refused or contained"
+        f" (commit {commit.stdout.strip() or 'unknown'}, {datetime.date.today()})"
+    )
     return 1 if failed else 0
 
 

@@ -104,6 +104,8 @@ def test_a_llama_cpp_server_binds_and_authenticates_as_told_in_a_hostile_environ
         assert listening(server.pid) == {("127.0.0.1", ours)}  # not 0.0.0.0
         models = f"{server.local_url}/models"
         assert [status_of(models, key) for key in (None, HOSTILE_KEY, OURS)] == [401, 401, 200]
+        said = Path(server.log).read_text().splitlines()[0]  # what was left out is said, in the server's log
+        assert said.startswith("workbench: not passed to the server") and "HOST, " in said and "API_KEY" in said
     finally:
         servers.stop(store, server)
 
@@ -131,6 +133,21 @@ def test_transformers_serve_binds_as_told_in_a_hostile_environment(
         assert status_of(f"{server.local_url}/models", None) == 200
     finally:
         servers.stop(store, server)
+
+
+def test_llama_cpp_settings_are_read_from_its_source_without_loading_it() -> None:
+    """The names equal what the installed server's settings classes fill from the environment, and finding
+    them loads neither llama.cpp nor numpy (the TUI starts servers and never loads numpy)."""
+    code = (
+        "import sys; from workbench.serve import backends; names = backends.llama_cpp_settings();"
+        " print(sorted(names)); print(sorted(m for m in ('numpy', 'llama_cpp') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, check=True)
+    names, loaded = done.stdout.splitlines()
+    from llama_cpp.server.settings import ConfigFileSettings, Settings
+
+    fields = {*Settings.model_fields, *ConfigFileSettings.model_fields}
+    assert names == str(sorted(name.lower() for name in fields)) and loaded == "[]"
 
 
 def test_every_servers_environment_drops_what_the_server_would_read(

@@ -121,6 +121,14 @@ def test_a_parquet_file_that_expands_past_max_file_mb_stops_at_the_limit(tmp_pat
     assert grown < 100, f"refusing a Parquet file at 16 MB grew the peak by {grown} MiB"
 
 
+def test_a_parquet_file_within_max_file_mb_is_read_whole(tmp_path: Path) -> None:
+    """Its size is counted once: ~0.6 MB of text rows pass a 1 MB limit (pages and rows were both counted)."""
+    rows = [{"question": f"q{i}" * 200, "answer": "a"} for i in range(1000)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "text.parquet")
+    data = load_data(tmp_path / "text.parquet", limits=Limits(max_file_mb=1))
+    assert len(data.rows) == 1000 and not data.bad
+
+
 # nesting
 
 

@@ -298,14 +298,14 @@ def test_an_older_store_gives_its_plain_text_keys_up_when_opened(tmp_path: Path)
         db.execute("PRAGMA user_version=4")
     db.close()
     for path in [home, *home.glob("workbench.db*")]:
-        path.chmod(0o755 if path.is_dir() else 0o644)
+        path.chmod(0o755 if path.is_dir() else 0o664)  # shared with a group, and open to everybody
     assert KEY.encode() in store_bytes(home)
 
     store = Store(home / "workbench.db")
     assert store.version() == 5 and KEY.encode() not in store_bytes(home)
     assert {p.name: mode(p) for p in home.glob("workbench.db*")} == dict.fromkeys(
-        [p.name for p in home.glob("workbench.db*")], 0o600
-    )
+        [p.name for p in home.glob("workbench.db*")], 0o660
+    )  # closed to others, the group keeps its access
     assert store.server("old-1").api_key == KEY and mode(home / "old" / "serve" / "old-1.key") == 0o600
     assert store.server("gone-1").api_key is None and not (home / "gone").exists()  # a stopped one's key dropped
     assert mode(home) == 0o755  # an existing home keeps its mode

@@ -240,6 +240,20 @@ def test_data_files_inside_the_folder_pass_as_resolved_paths(tmp_path: Path) -> 
     assert files == [str(folder / "data" / "a.jsonl"), str(folder / "data" / "b.jsonl"), str(folder / "one.jsonl")]
 
 
+def test_a_pattern_passes_on_only_the_files_datasets_reads(tmp_path: Path) -> None:
+    files = {
+        "t.yaml": task(data="'data/**/*.jsonl'"),
+        "data/a.jsonl": "",
+        "data/.ipynb_checkpoints/a-checkpoint.jsonl": "",
+    }
+    files |= {"data/__MACOSX/data/._a.jsonl": "", "h.yaml": task("h", data="'data/.ipynb_checkpoints/*.jsonl'")}
+    folder = task_folder(tmp_path, files)
+    assert sorted(tasks.copy_task_folders([folder], tmp_path / "out")) == ["h", "t"]
+    assert copied(tmp_path / "out")["dataset_kwargs"]["data_files"]["test"] == str(folder / "data" / "a.jsonl")
+    named = copied(tmp_path / "out", "h.yaml")["dataset_kwargs"]["data_files"]["test"]  # a pattern naming it reads it
+    assert named == str(folder / "data" / ".ipynb_checkpoints" / "a-checkpoint.jsonl")
+
+
 def test_includes_outside_the_task_folder_are_refused(tmp_path: Path, secret: Path) -> None:
     (tmp_path / "elsewhere.yaml").write_text(DATA.format(data="d.jsonl"))
     for name, files in {

@@ -404,7 +404,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             note = repr(smoke[0]["reply"])[:40] if smoke else "-"
             if v.status == "failed":
                 note = f"FAILED: {(v.error or '').splitlines()[0] if v.error else '?'}"
-            _out(f"{v.name:44} {v.format:6} {v.bits:>5} {size:>10} {took:>7} {peak:>8} {parity:6}  {note}")
+            _out(f"{v.name:44} {v.format:6} {v.bits:>5g} {size:>10} {took:>7} {peak:>8} {parity:6}  {note}")
         for v in variants:
             if v.meta.get("grid"):
                 _out(f"grid check: {v.name}: {describe_grid(v.meta['grid'])}")

@@ -89,6 +89,10 @@ def start(
         cuda_for(candidate["format"]), backend=backend, lora=candidate.get("lora"),
     )  # fmt: skip
     with open(log, "wb") as out:
+        if dropped := sorted(set(os.environ) - set(plan.env)):  # said, not silent: a user may have set them
+            out.write(f"workbench: not passed to the server (it reads its address, port, key or settings from"
+                      f" them): {', '.join(dropped)}\n".encode())  # fmt: skip
+            out.flush()
         process = subprocess.Popen(
             plan.argv,
             stdin=subprocess.DEVNULL,
@@ -101,7 +105,12 @@ def start(
         server_id, run_id, candidate["name"], plan.backend, host, port, plan.model, process.pid,
         process_started(process.pid), time.time(), str(log), api_key,
     )  # fmt: skip
-    store.add_server(server)
+    try:
+        store.add_server(server)
+    except BaseException:  # never a server running that no record names
+        process.kill()
+        process.wait()
+        raise
 
     def why() -> str:
         return " | ".join(line for line in tail(log, 5) if line.strip()) or f"see {log}"

@@ -306,13 +306,14 @@ class Store:
 
     def seal(self) -> None:
         """After the keys left an older store: the write-ahead log that still held them emptied, and the store
-        and its side files, when this user owns them, made readable by this user only (they were created
-        with the umask's mode, usually world-readable)."""
+        and its side files, when this user owns them, closed to other users (they were created with the
+        umask's mode, usually world-readable); a group that shares them keeps its access."""
         self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         for file in (self.path, *(self.path.with_name(self.path.name + end) for end in ("-wal", "-shm"))):
             with contextlib.suppress(OSError):
-                if file.stat().st_uid == os.geteuid():
-                    file.chmod(0o600)
+                status = file.stat()
+                if status.st_uid == os.geteuid():
+                    file.chmod(status.st_mode & 0o770)
 
     def version(self) -> int:
         return self.db.execute("PRAGMA user_version").fetchone()[0]
@@ -526,8 +527,10 @@ class Store:
     # servers --------------------------------------------------------------------------------
     def key_path(self, run_id: str, server_id: str) -> Path:
         """Where a server's API key is kept: `<home>/<run>/serve/<server>.key`, mode 0600."""
-        home = self.path.parent
-        return home / paths.check_name(run_id) / "serve" / f"{paths.check_name(server_id, 'server id')}.key"
+        number = server_id.removeprefix(f"{paths.check_name(run_id)}-")
+        if not (number.isascii() and number.isdigit()):  # a server's id is `<run>-<n>` (servers.reserve)
+            raise paths.BadName(f"server id {server_id!r}: expected {run_id}-<number>")
+        return self.path.parent / run_id / "serve" / f"{server_id}.key"
 
     def add_server(self, server: Server) -> None:
         """Record a server. Its API key goes to its key file, never into the store (which the workbench

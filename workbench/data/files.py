@@ -291,7 +291,10 @@ def _parquet(path: Path, limits: Limits) -> Iterator[Any]:
         raise DataFileError(f"{path}: {meta.num_rows} rows, more than {limits.field}.max_rows ({limits.max_rows})")
     if depth > limits.max_depth:
         raise DataFileError(f"{path}: columns nested more than {limits.max_depth} levels deep")
-    budget = limits.max_file_mb * MB - pages
+    too_big = f"{path}: expands to more than {limits.field}.max_file_mb ({limits.max_file_mb}) MB when read"
+    if pages > limits.max_file_mb * MB:  # its pages alone, decompressed
+        raise DataFileError(too_big)
+    budget = limits.max_file_mb * MB  # for the rows as they are decoded
     batches = source.iter_batches(batch_size=256)
     while budget >= 0:
         try:
@@ -303,7 +306,7 @@ def _parquet(path: Path, limits: Limits) -> Iterator[Any]:
         budget -= sum(_decoded_bytes(column) for column in batch.columns)
         if budget >= 0:
             yield from (_clean_nan(row) for row in batch.to_pylist())
-    raise DataFileError(f"{path}: expands to more than {limits.field}.max_file_mb ({limits.max_file_mb}) MB when read")
+    raise DataFileError(too_big)
 
 
 def _decoded_bytes(column: Any) -> int:

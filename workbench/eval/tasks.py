@@ -319,7 +319,23 @@ def _local_files(name: Any, source: Path, root: Path) -> list[str]:
     matches = sorted(glob.glob(str(pattern), recursive=True, include_hidden=True))
     if not matches:
         raise TaskError(f"{source}: data file {name} matches no file in {pattern.parent}")
-    return [str(_inside(Path(match), root, f"data file {name} ({match})", source)) for match in matches]
+    checked = [_inside(Path(match), root, f"data file {name} ({match})", source) for match in matches]
+    read = [str(path) for match, path in zip(matches, checked, strict=True) if _read_by_datasets(match, name, source)]
+    if not read:
+        raise TaskError(f"{source}: data file {name} matches only hidden files in {pattern.parent}")
+    return read
+
+
+def _read_by_datasets(match: str, name: str, source: Path) -> bool:
+    """Whether `datasets` reads this match of the pattern `name`: it skips hidden (`.x`) and `__x` files and
+    folders the pattern does not name (`.ipynb_checkpoints/`, `__MACOSX/`), which are checked all the same."""
+    named = [part for part in Path(name).parts if part.startswith((".", "__")) and part not in (".", "..")]
+    for part in Path(match).relative_to(source.parent).parts:
+        if part in (".", "..") or not part.startswith((".", "__")):
+            continue
+        if not any(part == given or (given[:1] == part[:1] and glob.has_magic(given)) for given in named):
+            return False
+    return True
 
 
 def _check_data_files(config: dict[str, Any], source: Path, root: Path) -> None:

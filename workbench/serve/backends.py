@@ -4,11 +4,14 @@ when CUDA and vLLM are present, otherwise `transformers serve`. Nothing here sta
 
 from __future__ import annotations
 
+import ast
+import functools
 import importlib.util
 import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from workbench.common import PYTHON, child_env
 from workbench.devices import compute_dtype
@@ -41,12 +44,24 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+@functools.cache
 def llama_cpp_settings() -> frozenset[str]:
     """The fields llama-cpp-python's server fills from environment variables of the same name (any case)
-    where its command line leaves them out (pydantic-settings)."""
-    from llama_cpp.server.settings import ConfigFileSettings, Settings
-
-    return frozenset(Settings.model_fields) | frozenset(ConfigFileSettings.model_fields)
+    where its command line leaves them out (pydantic-settings): every annotated name of the classes in its
+    settings module, read from the source, not imported (importing it loads numpy and libllama, and the TUI
+    starts servers)."""
+    spec = importlib.util.find_spec("llama_cpp")  # a top-level package: found, not imported
+    if spec is None or spec.origin is None:
+        return frozenset()
+    source = Path(spec.origin).parent / "server" / "settings.py"
+    tree = ast.parse(source.read_text(encoding="utf-8"))
+    return frozenset(
+        statement.target.id.lower()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ClassDef)
+        for statement in node.body
+        if isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name)
+    )
 
 
 def server_env(
