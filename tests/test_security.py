@@ -5,6 +5,7 @@ reports and terminals, YAML alias bombs. Each must be refused or harmless."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import dataclasses
 import json
@@ -15,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -250,6 +252,21 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+@contextlib.contextmanager
+def web_server(command: list[str], env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[str]]:
+    """`workbench tui --web` as its own process, stopped as Ctrl-C stops it."""
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        yield server
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            raise
+
+
 def test_web_server_wants_the_token_a_known_host_and_its_own_origin(tmp_path: Path) -> None:
     import aiohttp
     from test_tui import finished_run
@@ -257,7 +274,6 @@ def test_web_server_wants_the_token_a_known_host_and_its_own_origin(tmp_path: Pa
     finished_run(tmp_path)
     port = free_port()
     command = [*CLI, "--home", str(tmp_path), "tui", "--web", "--port", str(port), "--max-sessions", "1"]
-    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/"
 
     async def probe() -> dict[str, object]:
@@ -313,15 +329,8 @@ def test_web_server_wants_the_token_a_known_host_and_its_own_origin(tmp_path: Pa
             seen["screen"] = "done-run" in screen
         return seen
 
-    try:
+    with web_server(command) as server:
         seen = asyncio.run(probe())
-    finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            raise
     assert seen["no token"] == 401 and seen["wrong token"] == 401 and seen["wrong cookie"] == 401
     assert seen["cookie names"] == [f"workbench-session-{port}"] and seen["token as cookie"] == 401
     assert seen["forged host"] == 403 and seen["other origin"] == 403

@@ -8,11 +8,9 @@ import asyncio
 import json
 import os
 import re
-import signal
 import socket
 import sqlite3
 import stat
-import subprocess
 import sys
 import threading
 from dataclasses import asdict, replace
@@ -20,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from test_report import SCORES, fill_store
-from test_security import free_port
+from test_security import free_port, web_server
 
 import workbench.cli
 from workbench.cli import main
@@ -200,7 +198,6 @@ def test_the_web_token_stays_out_of_ps_and_out_of_the_cookie_other_ports_receive
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "WORKBENCH_WEB_TOKEN"}
     command = [*CLI, "--home", str(tmp_path), "tui", "--web", "--port", str(port), "--token-file", str(secret)]
-    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     url = f"http://127.0.0.1:{port}/"
     other = CookieCatcher()
 
@@ -223,16 +220,9 @@ def test_the_web_token_stays_out_of_ps_and_out_of_the_cookie_other_ports_receive
                 pass
         return seen
 
-    try:
+    with web_server(command, env) as server:
         seen = asyncio.run(browse())
         command_line = psutil.Process(server.pid).cmdline()
-    finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            raise
     assert not any(token in part for part in command_line) and str(secret) in command_line
     assert seen["first visit"] == 302 and seen["with the cookie"] == 200 and seen["with the token"] == 200
     cookies = seen["cookies"]

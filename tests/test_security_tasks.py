@@ -9,20 +9,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_security import task_folder
 
 from workbench import workers
 from workbench.eval import tasks
 
 DATA = "dataset_path: json\ndataset_kwargs: {{data_files: {{test: {data}}}}}\ntest_split: test\n"
 GENERATE = "output_type: generate_until\ndoc_to_text: q\ndoc_to_target: a\nmetric_list: [{metric: exact_match}]\n"
-
-
-def task_folder(root: Path, files: dict[str, str], name: str = "tasks") -> Path:
-    folder = root / name
-    for relative, text in files.items():
-        (folder / relative).parent.mkdir(parents=True, exist_ok=True)
-        (folder / relative).write_text(text)
-    return folder
 
 
 def task(name: str = "t", data: str = "d.jsonl", extra: str = "") -> str:
