@@ -26,8 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from workbench.recipe import load_recipe  # noqa: E402
-from workbench.runner import run_recipe  # noqa: E402
+from workbench.core.recipe import load_recipe  # noqa: E402
+from workbench.pipeline.runner import run_recipe  # noqa: E402
 
 
 def main() -> None:

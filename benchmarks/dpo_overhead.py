@@ -32,8 +32,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from workbench.recipe import Recipe, load_recipe, parse_recipe  # noqa: E402
-from workbench.runner import run_recipe  # noqa: E402
+from workbench.core.recipe import Recipe, load_recipe, parse_recipe  # noqa: E402
+from workbench.pipeline.runner import run_recipe  # noqa: E402
 
 RUN_ID = "dpo-overhead"
 
@@ -108,7 +108,7 @@ def bare_trl(recipe: Recipe, adapter: Path, train_jsonl: Path, workdir: Path) ->
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    from workbench.models import resolve_model
+    from workbench.core.models import resolve_model
 
     t = recipe.tune
     assert t is not None

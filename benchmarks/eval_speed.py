@@ -23,9 +23,9 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from workbench.core.store import Store  # noqa: E402
 from workbench.eval.tasks import BUILTIN_EVALS, copy_task_folders  # noqa: E402
-from workbench.runner import default_home  # noqa: E402
-from workbench.store import Store  # noqa: E402
+from workbench.pipeline.runner import default_home  # noqa: E402
 
 
 def scoring_seconds(lm: object, task: str, task_dir: Path) -> tuple[float, int]:
@@ -66,7 +66,7 @@ def main() -> None:
 
     from lm_eval.models.huggingface import HFLM
 
-    from workbench.devices import compute_dtype
+    from workbench.core.devices import compute_dtype
     from workbench.eval.llamacpp_lm import LlamaCppLM
 
     variants = {v.name: v for v in Store(args.home / "workbench.db").variants(args.run)}

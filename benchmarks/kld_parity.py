@@ -28,13 +28,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from workbench.bench import llama_bench  # noqa: E402
+from workbench.core.devices import usable_cores  # noqa: E402
+from workbench.core.store import Store  # noqa: E402
 from workbench.data.dataset import render  # noqa: E402
 from workbench.data.files import read_jsonl  # noqa: E402
-from workbench.devices import usable_cores  # noqa: E402
 from workbench.eval import fidelity  # noqa: E402
-from workbench.runner import default_home  # noqa: E402
-from workbench.stages.eval import answer_starts, fidelity_sequences  # noqa: E402
-from workbench.store import Store  # noqa: E402
+from workbench.pipeline.runner import default_home  # noqa: E402
+from workbench.pipeline.stages.eval import answer_starts, fidelity_sequences  # noqa: E402
 
 PATTERNS = {
     "kld_mean": r"Mean\s+KLD:\s+([0-9.]+)",

@@ -20,9 +20,9 @@ sys.path.insert(0, str(ROOT))
 
 from workbench import workers  # noqa: E402
 from workbench.bench import llama_bench  # noqa: E402
-from workbench.devices import usable_cores  # noqa: E402
-from workbench.runner import default_home  # noqa: E402
-from workbench.store import Store  # noqa: E402
+from workbench.core.devices import usable_cores  # noqa: E402
+from workbench.core.store import Store  # noqa: E402
+from workbench.pipeline.runner import default_home  # noqa: E402
 
 
 def default_model(run: str) -> str:

@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT))
 
 from train_overhead import workbench_run  # noqa: E402
 
-from workbench.recipe import load_recipe  # noqa: E402
+from workbench.core.recipe import load_recipe  # noqa: E402
 
 
 def tokens_per_second(recipe_path: Path, home: Path, steps: int, target: str) -> float:

@@ -28,9 +28,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from workbench import workers  # noqa: E402
-from workbench.devices import usable_cores  # noqa: E402
-from workbench.runner import default_home  # noqa: E402
-from workbench.store import Store  # noqa: E402
+from workbench.core.devices import usable_cores  # noqa: E402
+from workbench.core.store import Store  # noqa: E402
+from workbench.pipeline.runner import default_home  # noqa: E402
 
 GIB = 2**30
 

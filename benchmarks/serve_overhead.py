@@ -21,10 +21,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from workbench import servers  # noqa: E402
-from workbench.devices import usable_cores  # noqa: E402
-from workbench.records import Server  # noqa: E402
-from workbench.store import Store  # noqa: E402
+from workbench.core.devices import usable_cores  # noqa: E402
+from workbench.core.records import Server  # noqa: E402
+from workbench.core.store import Store  # noqa: E402
+from workbench.pipeline import servers  # noqa: E402
 
 MESSAGES = [
     {"role": "system", "content": "You are a helpful assistant."},

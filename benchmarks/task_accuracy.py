@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from workbench.runner import default_home  # noqa: E402
+from workbench.pipeline.runner import default_home  # noqa: E402
 
 
 def exact_match(model_dir: str, rows: list[dict], batch: int = 16) -> tuple[float, list[str]]:

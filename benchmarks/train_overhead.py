@@ -22,8 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from workbench.recipe import load_recipe  # noqa: E402
-from workbench.runner import run_recipe  # noqa: E402
+from workbench.core.recipe import load_recipe  # noqa: E402
+from workbench.pipeline.runner import run_recipe  # noqa: E402
 
 
 def bare_trl(recipe_path: Path, train_jsonl: Path, steps: int, workdir: Path) -> float:
@@ -34,7 +34,7 @@ def bare_trl(recipe_path: Path, train_jsonl: Path, steps: int, workdir: Path) ->
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from workbench.models import resolve_model
+    from workbench.core.models import resolve_model
 
     recipe = load_recipe(recipe_path)
     t = recipe.train

@@ -185,7 +185,7 @@ def write_recipe(folder: Path, base_model: Path, data_path: Path, **sections: di
 
 def train_steps(home: Path, run_id: str = "tiny") -> list[int]:
     """The training steps a run has logged to its store, in order."""
-    from workbench.store import Store
+    from workbench.core.store import Store
 
     store = Store(home / "workbench.db")
     try:

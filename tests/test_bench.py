@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from workbench.bench.timing import Settings, measure
-from workbench.recipe import Recipe
-from workbench.stages.bench import plan_jobs
-from workbench.variants import Variant
+from workbench.core.recipe import Recipe
+from workbench.core.records import Variant
+from workbench.pipeline.stages.bench import bench_jobs
 
 VARIANTS = [
     Variant("m", "hf", "/m", 16),
@@ -24,21 +24,21 @@ def recipe(**bench: object) -> Recipe:
 
 
 def test_jobs_follow_the_formats_per_target_and_skip_failed_variants() -> None:
-    jobs = plan_jobs(VARIANTS, recipe(cpu=["gguf", "hf"], threads=3), cuda=False, vllm=True)
+    jobs = bench_jobs(VARIANTS, recipe(cpu=["gguf", "hf"], threads=3), cuda=False, vllm=True)
     assert [(j["variant"], j["backend"], j["device"]) for j in jobs] == [
         ("m", "torch", "cpu"),
         ("m-Q8_0.gguf", "llama.cpp", "cpu"),
     ]
     assert all(j["threads"] == 3 and j["prompt_tokens"] == 512 and j["gen_tokens"] == 128 for j in jobs)
 
-    on_gpu = plan_jobs(VARIANTS, recipe(cpu=[], gpu=["gguf", "gptq"]), cuda=True, vllm=True)
+    on_gpu = bench_jobs(VARIANTS, recipe(cpu=[], gpu=["gguf", "gptq"]), cuda=True, vllm=True)
     assert [(j["variant"], j["backend"], j["device"]) for j in on_gpu] == [
         ("m-Q8_0.gguf", "llama.cpp", "cuda"),
         ("m-GPTQ", "torch", "cuda"),
         ("m-GPTQ", "vllm", "cuda"),  # vLLM serves GPTQ, not GGUF
     ]
     assert on_gpu[2]["vllm_concurrency"] == [1, 8, 32]
-    assert plan_jobs(VARIANTS, recipe(), cuda=False, vllm=False)[-1]["variant"] == "m-GPTQ"  # nf4 failed
+    assert bench_jobs(VARIANTS, recipe(), cuda=False, vllm=False)[-1]["variant"] == "m-GPTQ"  # nf4 failed
 
 
 def test_measure_follows_the_warmup_and_repetition_protocol() -> None:

@@ -8,11 +8,12 @@ from typing import Any
 
 import pytest
 
-from workbench import chat, workers
+from workbench import workers
 from workbench.cli import main as cli
-from workbench.errors import RunError
-from workbench.store import Store
-from workbench.variants import Variant
+from workbench.core.errors import RunError
+from workbench.core.records import Variant
+from workbench.core.store import Store
+from workbench.pipeline import candidates as chat
 
 CHAT = chat.messages("What is 12 + 30?", "You are a calculator.")
 MAX_TOKENS = 12

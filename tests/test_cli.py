@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from workbench import models
 from workbench.cli import main
+from workbench.core import models
 
 
 def test_data_inspect_renders_through_the_chat_template(

@@ -26,9 +26,9 @@ from conftest import addition_rows, write_recipe
 
 from workbench import workers
 from workbench.cli import main
-from workbench.recipe import load_recipe
-from workbench.runner import run_recipe
-from workbench.store import Store
+from workbench.core.recipe import load_recipe
+from workbench.core.store import Store
+from workbench.pipeline.runner import run_recipe
 
 STAGES = "data,train,merge"
 FAULTS = Path(__file__).with_name("faults")

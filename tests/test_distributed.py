@@ -16,9 +16,9 @@ import pytest
 import yaml
 from conftest import train_steps, write_recipe
 
-from workbench.common import free_port
-from workbench.recipe import RecipeError, load_recipe
-from workbench.store import Store, is_alive
+from workbench.core.common import free_port
+from workbench.core.recipe import RecipeError, load_recipe
+from workbench.core.store import Store, is_alive
 from workbench.train import distributed
 
 CLI = [sys.executable, "-m", "workbench.cli"]
@@ -61,7 +61,7 @@ def test_two_processes_train_one_adapter_the_same_steps_as_one(
     tmp_path: Path, tiny_model: Path, qa_file: Path, capsys: pytest.CaptureFixture[str]
 ):
     from workbench.cli import main
-    from workbench.runner import run_recipe
+    from workbench.pipeline.runner import run_recipe
 
     recipe = load_recipe(recipe_for(tmp_path, tiny_model, qa_file))
     home = tmp_path / "runs"
@@ -196,7 +196,10 @@ def test_the_rank_that_took_the_group_down_is_named(codes: tuple[int, int], expe
     failures = {rank: ProcessFailure(rank, 100 + rank, code, "<N/A>") for rank, code in enumerate(codes)}
     for failure in failures.values():
         failure.timestamp = 1000  # one clock second: the first listed reads as the root cause
-    log = "W1130 agent: worker group failed\n" + ChildFailedError("workbench.stages.ranks", failures).format_msg()
+    log = (
+        "W1130 agent: worker group failed\n"
+        + ChildFailedError("workbench.pipeline.stages.ranks", failures).format_msg()
+    )
     assert distributed.first_failure(log) == expected
     assert distributed.first_failure("no summary here") is None
 
@@ -260,7 +263,7 @@ def test_distributed_recipes_that_cannot_work_are_refused(tmp_path: Path, tiny_m
 
 
 def test_single_process_recipes_keep_their_cache_key(tmp_path: Path, tiny_model: Path, qa_file: Path):
-    from workbench.stages import train
+    from workbench.pipeline.stages import train
 
     plain = load_recipe(write_recipe(tmp_path, tiny_model, qa_file))
     assert "distributed" not in train.key_inputs(plain) and "distributed" not in train.key_inputs(plain)["train"]
@@ -279,7 +282,7 @@ def _gpus() -> int:
 def test_two_gpus_train_with_each_strategy(tmp_path: Path, tiny_model: Path, qa_file: Path, strategy: str):
     if _gpus() < 2:
         pytest.skip("needs two CUDA GPUs")
-    from workbench.runner import run_recipe
+    from workbench.pipeline.runner import run_recipe
 
     recipe = load_recipe(recipe_for(tmp_path, tiny_model, qa_file, distributed={"strategy": strategy}))
     home = tmp_path / "runs"
@@ -293,8 +296,8 @@ def test_two_gpus_train_with_each_strategy(tmp_path: Path, tiny_model: Path, qa_
 def test_a_tracker_that_is_not_installed_is_refused_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     import importlib.util
 
-    from workbench.errors import ResourceError
-    from workbench.recipe import TrackingSection
+    from workbench.core.errors import ResourceError
+    from workbench.core.recipe import TrackingSection
     from workbench.train.loop import tracking_env
 
     find = importlib.util.find_spec

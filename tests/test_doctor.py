@@ -73,14 +73,14 @@ def test_an_install_that_contradicts_its_flags_is_caught() -> None:
 
 def test_a_distributed_recipe_has_two_processes_form_a_group(tmp_path: Path, tiny_model: Path) -> None:
     from workbench import workers
-    from workbench.recipe import load_recipe
+    from workbench.core.recipe import load_recipe
 
     data = tmp_path / "qa.json"
     data.write_text(json.dumps([{"question": "q", "answer": "a"}] * 4))
     spread = load_recipe(write_recipe(tmp_path, tiny_model, data, train={"distributed": {"processes": 2}}))
     assert "distributed" in doctor.needed_backends(spread)
     assert "distributed" not in doctor.needed_backends(load_recipe(write_recipe(tmp_path, tiny_model, data)))
-    (probe,) = [p for p in doctor.plan(cuda=False, gguf_types=[]) if p.backend == "distributed"]
+    (probe,) = [p for p in doctor.probes_for(cuda=False, gguf_types=[]) if p.backend == "distributed"]
     outcome = workers.run("doctor.probe", probe.job, name=probe.name, log=tmp_path / "probe.log", timeout=300)
     assert outcome.status == "done", outcome.error
     assert outcome.value()["detail"] == "2 processes, gloo: all-reduce 1 + 2 = 3 on both"  # each rank saw the sum

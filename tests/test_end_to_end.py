@@ -14,12 +14,12 @@ import pytest
 import yaml
 from conftest import addition_rows, write_recipe
 
+from workbench.core.recipe import load_recipe
+from workbench.core.store import Store
 from workbench.eval import tasks
-from workbench.recipe import load_recipe
+from workbench.pipeline.runner import run_recipe
+from workbench.pipeline.stages import stages_of
 from workbench.report import scores
-from workbench.runner import run_recipe
-from workbench.stages import stages_of
-from workbench.store import Store
 
 pytestmark = pytest.mark.slow  # whole pipelines: `make test-fast` leaves them out
 

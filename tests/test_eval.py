@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from workbench.core.records import Metric
 from workbench.eval import fidelity, tasks
-from workbench.records import Metric
 from workbench.report import scores
 
 # A GGUF f16 holds the fp32 checkpoint's weights rounded to f16, and llama.cpp multiplies in f16 where
@@ -190,7 +190,7 @@ def test_fidelity_of_a_model_to_itself_is_exact_and_q4_differs(tiny_llama_256: P
 def test_answer_starts_are_where_the_assistant_turn_begins(tiny_llama_256: Path) -> None:
     from transformers import AutoTokenizer
 
-    from workbench.stages.eval import answer_starts, fidelity_sequences
+    from workbench.pipeline.stages.eval import answer_starts, fidelity_sequences
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_256)
     rows = [{"messages": [{"role": "system", "content": "You are a calculator."},
@@ -256,7 +256,7 @@ def test_summary_rows_gain_and_primary_metrics() -> None:
 
 
 def test_unknown_task_names_are_refused_with_a_suggestion(tmp_path: Path) -> None:
-    from workbench.stages.eval import check_task_names
+    from workbench.pipeline.stages.eval import check_task_names
 
     with pytest.raises(tasks.TaskError, match=r"unknown task\(s\): arc_eazy \(did you mean .*arc_easy"):
         check_task_names(["heldout", "arc_eazy"], ["heldout"], tmp_path)

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from conftest import addition_rows, write_recipe
 
+from workbench.core.recipe import load_recipe
+from workbench.core.store import Store
 from workbench.export import gguf
-from workbench.recipe import load_recipe
-from workbench.runner import run_recipe
-from workbench.store import Store
+from workbench.pipeline.runner import run_recipe
 
 
 def recorded(store: Store) -> list[dict]:
@@ -136,7 +136,7 @@ def test_missing_converter_fails_every_gguf_variant_with_the_fix(
 def test_serving_parity_passes_for_the_real_template_and_fails_for_a_wrong_one(tmp_path: Path, recipe: Path) -> None:
     from transformers import AutoTokenizer
 
-    from workbench import parity
+    from workbench.core import parity
 
     home = tmp_path / "runs"
     run_recipe(load_recipe(recipe, ["export.gguf=[q8_0]"]), home, stages=["export"])
@@ -206,7 +206,7 @@ def test_preflight_refuses_with_numbers_before_writing_anything(
 ) -> None:
     from transformers import AutoModelForCausalLM
 
-    from workbench import preflight
+    from workbench.core import preflight
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_256)
     assert preflight.parameter_count(tiny_llama_256) == model.num_parameters()

@@ -17,15 +17,14 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from workbench import yamlfile
+from workbench.core import yamlfile
+from workbench.core.errors import WorkbenchError
+from workbench.core.recipe import Recipe, RecipeError, apply_overrides, load_recipe, parse_recipe
+from workbench.core.records import Artifact, BenchResult, Server, Variant
+from workbench.core.store import Store, StoreError
 from workbench.data.dataset import load_data
 from workbench.data.files import Limits
 from workbench.data.formats import NORMALISERS
-from workbench.errors import WorkbenchError
-from workbench.recipe import Recipe, RecipeError, apply_overrides, load_recipe, parse_recipe
-from workbench.records import Artifact, BenchResult, Server
-from workbench.store import Store, StoreError
-from workbench.variants import Variant
 
 FIELDS = ["messages", "conversations", "role", "content", "from", "value", "instruction", "input", "output",
           "question", "answer", "prompt", "completion", "chosen", "rejected", "text", "system"]  # fmt: skip

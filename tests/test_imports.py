@@ -9,15 +9,27 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "workbench"
 
-# the layers, bottom up; a module may import its own package and anything in a lower layer
+# the layers, bottom up, by top-level package; a module may import its own package and anything lower
 LAYERS = [
-    {"errors", "common", "paths", "safe", "yamlfile", "fsutil", "devices", "recipe", "records", "store", "models",
-     "variants", "parity", "preflight", "data", "workers", "runlock"},  # foundation: records, files, children
-    {"train", "merge", "export", "eval", "bench", "report", "chat", "doctor", "qat", "serve"},  # engines: the work
-    {"stages", "runner", "launcher", "sweep", "servers", "publish", "slurm"},  # the pipeline: recipe -> engine -> store
+    {"core", "data", "workers"},  # foundation: records, the store, recipes, files, child processes
+    {"train", "export", "eval", "bench", "report", "chat", "doctor", "qat", "serve"},  # engines: the work
+    {"pipeline"},  # recipe -> engine -> store: stages, runner, launcher, sweeps, servers, publish, slurm
     {"cli", "tui"},  # surfaces
 ]  # fmt: skip
 LAYER = {name: rank for rank, names in enumerate(LAYERS) for name in names}
+ENGINES = LAYERS[1]
+
+# The engine -> engine imports there are, each with its reason; anything else between engines is a finding.
+ENGINE_IMPORTS = {
+    ("bench", "workbench.export.llamacpp_tools"): "llama-bench sits beside the converter's llama.cpp tools",
+    ("bench", "workbench.doctor.llama_build"): "a bench result records how llama.cpp was built",
+    ("doctor", "workbench.export.gguf"): "the GGUF probe quantizes to the types the exporter knows",
+    ("export", "workbench.chat.stream"): "the smoke check answers with the chat's own streamer",
+    ("train", "workbench.qat.modules"): "quantization-aware training swaps in QAT's fake-quantized modules",
+    ("bench", "workbench.export.nf4"): "nf4 on CPU computes in float32",
+    ("chat", "workbench.export.nf4"): "nf4 on CPU computes in float32",
+    ("eval", "workbench.export.nf4"): "fidelity dequantizes nf4 on CPU",
+}
 
 
 def imports() -> list[tuple[str, str]]:
@@ -41,17 +53,26 @@ def top(module: str) -> str:
     return module.split(".")[1] if "." in module else ""
 
 
+def stage_of(module: str) -> str:
+    """The stage a `workbench.pipeline.stages.<stage>…` module belongs to ("" for the package itself)."""
+    parts = module.split(".")
+    return parts[3] if parts[1:3] == ["pipeline", "stages"] and len(parts) > 3 else ""
+
+
+def allowed_between_engines(source: str, target: str) -> bool:
+    return any(top(source) == here and (target + ".").startswith(there + ".") for here, there in ENGINE_IMPORTS)
+
+
 def violations() -> list[str]:
     problems = []
     for source, target in imports():
         here, there = top(source), top(target)
         if here == there or there == "":
-            if here == "stages" and there == "stages":  # stages never import each other
-                stage = target.split(".")[2] if target.count(".") >= 2 else ""
-                # the package and a rank's entry (stages.ranks) run stages by name
-                dispatchers = ("workbench.stages", "workbench.stages.base", "workbench.stages.ranks")
-                if source not in dispatchers and stage not in ("base", ""):
-                    problems.append(f"{source} imports another stage: {target}")
+            stage = stage_of(target)  # stages never import each other
+            # the package and a rank's entry (stages.ranks) run stages by name
+            dispatchers = ("", "base", "ranks")
+            if stage and stage_of(source) not in (*dispatchers, stage) and stage != "base":
+                problems.append(f"{source} imports another stage: {target}")
             continue
         if here not in LAYER or there not in LAYER:
             problems.append(f"{source} -> {target}: add the package to a layer in tests/test_imports.py")
@@ -59,6 +80,8 @@ def violations() -> list[str]:
             problems.append(f"{source} imports upwards: {target}")
         elif here == "report" and LAYER[there] != 0:
             problems.append(f"{source}: the report reads records only, not {target}")
+        elif here in ENGINES and there in ENGINES and not allowed_between_engines(source, target):
+            problems.append(f"{source} imports another engine: {target} (not in ENGINE_IMPORTS)")
     return problems
 
 
@@ -69,15 +92,31 @@ def test_every_import_goes_down_the_layers() -> None:
 
 def test_the_rule_catches_what_it_forbids(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
     package = tmp_path / "workbench"
-    (package / "stages").mkdir(parents=True)
-    (package / "train").mkdir()
-    (package / "report").mkdir()
-    (package / "train" / "loop.py").write_text("from workbench.stages.base import StageContext\n")
-    (package / "stages" / "eval.py").write_text("def f():\n    from workbench.stages.data import read\n")
+    (package / "pipeline" / "stages").mkdir(parents=True)
+    for engine in ("train", "report", "eval", "bench"):
+        (package / engine).mkdir()
+    (package / "train" / "loop.py").write_text("from workbench.pipeline.stages.base import StageContext\n")
+    stage = "def f():\n    from workbench.pipeline.stages.data import read\n"
+    (package / "pipeline" / "stages" / "eval.py").write_text(stage)
     (package / "report" / "x.py").write_text("import workbench.eval.summary\n")
+    (package / "eval" / "y.py").write_text("from workbench.bench.timing import Stat\n")
+    (package / "bench" / "z.py").write_text("from workbench.export.llamacpp_tools import tool\n")  # allowed
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE", package)
     assert sorted(violations()) == [
+        "workbench.eval.y imports another engine: workbench.bench.timing.Stat (not in ENGINE_IMPORTS)",
+        "workbench.pipeline.stages.eval imports another stage: workbench.pipeline.stages.data.read",
         "workbench.report.x: the report reads records only, not workbench.eval.summary",
-        "workbench.stages.eval imports another stage: workbench.stages.data.read",
-        "workbench.train.loop imports upwards: workbench.stages.base.StageContext",
+        "workbench.train.loop imports upwards: workbench.pipeline.stages.base.StageContext",
     ]
+
+
+def test_the_surfaces_share_no_modules_but_lower_ones() -> None:
+    """The CLI and the TUI are surfaces side by side: neither imports the other (the run view model both
+    show is `workbench.core.progress`), except the CLI starting the TUI app or its web server."""
+    starters = {"workbench.tui.app", "workbench.tui.web"}
+    crossing = [
+        (source, target)
+        for source, target in imports()
+        if {top(source), top(target)} == {"cli", "tui"} and not any(target.startswith(s) for s in starters)
+    ]
+    assert crossing == []

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import addition_rows, write_recipe
 
-from workbench.recipe import load_recipe
-from workbench.runner import run_recipe
+from workbench.core.recipe import load_recipe
+from workbench.pipeline.runner import run_recipe
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])

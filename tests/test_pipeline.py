@@ -12,11 +12,11 @@ from conftest import addition_rows, train_steps, write_recipe
 from transformers import TrainerCallback
 
 from workbench.cli import main
-from workbench.common import tail
-from workbench.recipe import RecipeError, load_recipe
-from workbench.runner import run_recipe
-from workbench.stages.base import StageInterrupted
-from workbench.store import Store
+from workbench.core.common import tail
+from workbench.core.recipe import RecipeError, load_recipe
+from workbench.core.store import Store
+from workbench.pipeline.runner import run_recipe
+from workbench.pipeline.stages.base import StageInterrupted
 
 pytestmark = pytest.mark.slow  # whole pipelines: `make test-fast` leaves them out
 
@@ -205,7 +205,7 @@ def test_training_variants_merge_to_what_they_trained(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from workbench.merge import load_base
+    from workbench.train.merge import load_base
 
     path = write_recipe(tmp_path, tiny_model, data_file, train={"max_steps": 3, "learning_rate": 2e-2, **train})
     home = tmp_path / "runs"

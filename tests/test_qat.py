@@ -199,9 +199,9 @@ def relative(a, b):
 def test_a_qat_run_exports_a_file_on_its_grid(tmp_path, tiny_llama_256, tiny_ggufs, capsys):
     from transformers import AutoModelForCausalLM
 
-    from workbench.recipe import load_recipe
-    from workbench.runner import run_recipe
-    from workbench.store import Store
+    from workbench.core.recipe import load_recipe
+    from workbench.core.store import Store
+    from workbench.pipeline.runner import run_recipe
 
     recipe = addition_recipe(
         tmp_path,
@@ -271,8 +271,8 @@ def test_qlora_trains_on_what_the_dequantized_nf4_merge_ships(tiny_model, tmp_pa
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    from workbench.merge import merge_adapter
     from workbench.qat import modules
+    from workbench.train.merge import merge_adapter
 
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                bnb_4bit_compute_dtype=torch.float32)  # fmt: skip
@@ -306,7 +306,7 @@ def test_qlora_trains_on_what_the_dequantized_nf4_merge_ships(tiny_model, tmp_pa
 @pytest.mark.slow
 def test_sweep_runs_a_2x2_grid_and_compares_the_qat_runs_with_their_twins(tmp_path, tiny_llama_256, capsys):
     from workbench.cli import main
-    from workbench.store import Store
+    from workbench.core.store import Store
 
     recipe = addition_recipe(
         tmp_path,
@@ -356,8 +356,8 @@ def test_lora_qat_on_cuda_in_bf16_rounds_like_the_cpu_grid(tiny_model):
 
 
 def test_a_start_past_the_last_step_is_refused_before_training(tmp_path, tiny_model):
-    from workbench.recipe import RecipeError, load_recipe
-    from workbench.runner import run_recipe
+    from workbench.core.recipe import RecipeError, load_recipe
+    from workbench.pipeline.runner import run_recipe
 
     recipe = addition_recipe(
         tmp_path, tiny_model, train={"max_steps": 2, "qat": {"target": "q8_0", "start_after_steps": 2}},

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from workbench.cli import main
-from workbench.recipe import RecipeError, load_recipe
+from workbench.core.recipe import RecipeError, load_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -99,8 +99,8 @@ def test_cli_validate_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[s
 def test_the_recipe_offers_exactly_the_gguf_types_the_exporter_knows() -> None:
     from typing import get_args
 
+    from workbench.core.recipe import DEFAULT_GGUF, GGUFType
     from workbench.export.gguf import GGUF_TYPES
-    from workbench.recipe import DEFAULT_GGUF, GGUFType
 
     assert set(get_args(GGUFType)) == set(GGUF_TYPES) and set(DEFAULT_GGUF) <= set(GGUF_TYPES)
 

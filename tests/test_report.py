@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from workbench.records import BenchResult, ItemScores, Metric, Stat
+from workbench.core.records import BenchResult, ItemScores, Metric, Stat, Variant
+from workbench.core.store import Store
 from workbench.report import runs, table, twins, write
 from workbench.report.compare import Judging, compare, direction, keep_percent, pareto_front
 from workbench.report.paired import compare_items, sample_size_text
-from workbench.store import Store
-from workbench.variants import Variant
 
 MERGED = "m"
 TASK, METRIC = "heldout", "exact_match,strip"

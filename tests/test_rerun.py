@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import addition_rows, write_recipe
 
-from workbench import devices
+from workbench.core import devices
 
 HEAVY = ("torch", "transformers", "peft", "trl", "lm_eval", "llama_cpp", "gptqmodel", "datasets")
 
@@ -23,9 +23,9 @@ def test_every_stage_key_is_computed_without_the_model_libraries(tmp_path: Path,
     recipe = write_recipe(tmp_path, tiny_model, data)
     script = f"""
 import sys
-from workbench.recipe import load_recipe
-from workbench.stages import STAGE_ORDER, STAGES
-from workbench.stages.base import key_payload
+from workbench.core.recipe import load_recipe
+from workbench.pipeline.stages import STAGE_ORDER, STAGES
+from workbench.pipeline.stages.base import key_payload
 recipe = load_recipe({str(recipe)!r})
 keys = {{}}
 for name in STAGE_ORDER:

@@ -16,13 +16,13 @@ import pytest
 from conftest import addition_rows, train_steps, write_recipe
 from transformers import TrainerCallback
 
-from workbench import launcher
 from workbench.cli import main
-from workbench.recipe import load_recipe
-from workbench.records import ItemScores, Metric
-from workbench.runner import run_recipe
-from workbench.stages.base import StageInterrupted
-from workbench.store import BASELINE, SCHEMA_VERSION, Store, StoreError
+from workbench.core.recipe import load_recipe
+from workbench.core.records import ItemScores, Metric
+from workbench.core.store import BASELINE, SCHEMA_VERSION, Store, StoreError
+from workbench.pipeline import launcher
+from workbench.pipeline.runner import run_recipe
+from workbench.pipeline.stages.base import StageInterrupted
 
 CLI = [sys.executable, "-m", "workbench.cli"]
 
@@ -196,7 +196,7 @@ def test_a_preflight_refusal_is_one_message_not_a_traceback(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from workbench import preflight
+    from workbench.core import preflight
 
     path = write_recipe(tmp_path, tiny_llama_256, data_file, data={"max_length": 128}, train={"max_steps": 1})
     home = tmp_path / "runs"

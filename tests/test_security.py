@@ -23,11 +23,12 @@ import pytest
 import yaml
 from conftest import write_recipe
 
-from workbench import fsutil, paths, safe, workers
+from workbench import workers
 from workbench.cli import main
+from workbench.core import fsutil, paths, safe
+from workbench.core.store import Store
 from workbench.eval import tasks
 from workbench.report import write
-from workbench.store import Store
 
 CLI = [sys.executable, "-m", "workbench.cli"]
 
@@ -51,10 +52,10 @@ def test_a_run_name_that_is_a_path_is_refused_and_the_users_folder_survives(
 
 
 def test_every_way_into_a_run_checks_its_name(tmp_path: Path, qa_file: Path, tiny_model: Path) -> None:
-    from workbench import launcher
-    from workbench.recipe import RecipeError, load_recipe
-    from workbench.runlock import RunLock
-    from workbench.runner import run_recipe
+    from workbench.core.recipe import RecipeError, load_recipe
+    from workbench.pipeline import launcher
+    from workbench.pipeline.runlock import RunLock
+    from workbench.pipeline.runner import run_recipe
 
     recipe = load_recipe(write_recipe(tmp_path, tiny_model, qa_file))
     with pytest.raises(paths.BadName):
@@ -377,7 +378,7 @@ def test_a_module_planted_in_the_working_folder_is_not_imported_by_children(
     assert unguarded.returncode == 7 and marker.exists()  # the attack works on a plain `python -m`
     marker.unlink()
 
-    from workbench import launcher
+    from workbench.pipeline import launcher
 
     cli = subprocess.run([*launcher.CLI, "--home", str(tmp_path / "h"), "runs"], capture_output=True, text=True)
     outcome = workers.run("workers.selftest", {"do": "ok"}, name="t", log=tmp_path / "w.log", timeout=60)
@@ -420,7 +421,7 @@ def test_terminal_output_drops_control_sequences(tmp_path: Path, capsys: pytest.
     out = capsys.readouterr().out
     assert "model said gone" in out and not any(ch in out for ch in "\x1b\x07\x9b")
     assert safe.terminal_text("a\tb\nc\x00\x08d") == "a\tb\ncd"
-    from workbench.common import tail
+    from workbench.core.common import tail
     from workbench.tui.tables import cell
     from workbench.tui.text import plain
 

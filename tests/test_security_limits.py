@@ -17,15 +17,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from workbench import yamlfile
 from workbench.cli import main
+from workbench.core import yamlfile
+from workbench.core.errors import WorkbenchError
+from workbench.core.recipe import RecipeError, RowsSection, apply_overrides, load_recipe, parse_recipe
+from workbench.core.records import Artifact, BenchResult, Server, Variant
+from workbench.core.store import Store, StoreError
 from workbench.data.dataset import DataError, check_bad_rows, load_data
 from workbench.data.files import DataFileError, Limits
-from workbench.errors import WorkbenchError
-from workbench.recipe import RecipeError, RowsSection, apply_overrides, load_recipe, parse_recipe
-from workbench.records import Artifact, BenchResult, Server
-from workbench.store import Store, StoreError
-from workbench.variants import Variant
 
 QA = {"question": "What is 2 + 2?" + " pad" * 500, "answer": "4"}  # ~2 KB: the strings dominate the memory
 

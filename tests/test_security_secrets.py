@@ -22,9 +22,8 @@ from test_security import free_port, web_server
 
 import workbench.cli
 from workbench.cli import main
-from workbench.records import Artifact, Server
-from workbench.store import Store
-from workbench.variants import Variant
+from workbench.core.records import Artifact, Server, Variant
+from workbench.core.store import Store
 
 CLI = [sys.executable, "-m", "workbench.cli"]
 CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # everything a terminal acts on, but newline and tab
@@ -302,7 +301,7 @@ def test_an_older_store_gives_its_plain_text_keys_up_when_opened(tmp_path: Path)
 
 
 def test_a_store_row_cannot_place_a_key_file_outside_the_home(tmp_path: Path) -> None:
-    from workbench.paths import BadName
+    from workbench.core.paths import BadName
 
     store = Store(tmp_path / "home" / "workbench.db")
     with pytest.raises(BadName):

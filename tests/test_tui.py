@@ -13,10 +13,10 @@ import pytest
 from conftest import addition_rows, train_steps, write_recipe
 from rich.text import Text
 
-from workbench.common import tail
-from workbench.records import Artifact
-from workbench.store import Store
-from workbench.tui import progress
+from workbench.core import progress
+from workbench.core.common import tail
+from workbench.core.records import Artifact
+from workbench.core.store import Store
 from workbench.tui.app import WorkbenchApp
 from workbench.tui.screens.run import RunScreen
 
@@ -365,7 +365,7 @@ def test_chat_arena_answers_side_by_side_and_a_broken_variant_fails_alone(
 ) -> None:
     from test_chat import CHAT, arena_run, llama_cpp_reference
 
-    from workbench import chat
+    from workbench.pipeline import candidates as chat
     from workbench.tui.screens.chat import Answer, ChatScreen
 
     arena_run(
@@ -471,7 +471,7 @@ def test_the_app_never_imports_torch_transformers_or_numpy() -> None:
 
     screens = ", ".join(["runs", "run", "compare", "compare_runs", "chat", "models", "new_run"])
     code = (
-        "import sys, workbench.cli, workbench.chat, workbench.tui.app, workbench.tui.web\n"
+        "import sys, workbench.cli, workbench.pipeline.candidates, workbench.tui.app, workbench.tui.web\n"
         f"from workbench.tui.screens import {screens}\n"
         "print(sorted(m for m in ('torch', 'transformers', 'numpy') if m in sys.modules))"
     )

@@ -10,7 +10,7 @@ import pytest
 from test_report import SCORES, fill_store
 from test_tui import finished_run
 
-from workbench.store import Store
+from workbench.core.store import Store
 from workbench.tui.app import WorkbenchApp
 
 MOMENT = 1_790_000_000.0  # every stored time: the snapshots do not depend on when they were taken

@@ -13,11 +13,11 @@ import pytest
 from conftest import addition_rows, write_recipe
 from test_pipeline import InterruptAt
 
+from workbench.core.recipe import RecipeError, load_recipe, parse_recipe
+from workbench.core.store import Store
 from workbench.data.dataset import DataError
-from workbench.recipe import RecipeError, load_recipe, parse_recipe
-from workbench.runner import run_recipe
-from workbench.stages.base import StageInterrupted
-from workbench.store import Store
+from workbench.pipeline.runner import run_recipe
+from workbench.pipeline.stages.base import StageInterrupted
 
 
 def preference_file(folder: Path, count: int = 40, seed: int = 1, verbose_every: int = 1) -> Path:

@@ -10,15 +10,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from workbench import launcher, paths, safe
-from workbench.common import default_home
-from workbench.errors import RunError, WorkbenchError
-from workbench.parity import describe_served
+from workbench.core import paths, safe
+from workbench.core.common import default_home
+from workbench.core.errors import RunError, WorkbenchError
+from workbench.core.parity import describe_served
+from workbench.core.store import Store
+from workbench.pipeline import launcher
+from workbench.pipeline.runlock import RunLock
 from workbench.qat.check import describe_grid
 from workbench.report import runs, table, twins, write
 from workbench.report.compare import parity_status
-from workbench.runlock import RunLock
-from workbench.store import Store
 
 # Heavier modules (pydantic recipes, data, the runner's stages) load inside the commands that need them,
 # so `workbench` / `workbench tui` start fast.
@@ -42,8 +43,8 @@ def _percent(value: str) -> float:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from workbench.recipe import load_recipe
-    from workbench.runner import run_recipe
+    from workbench.core.recipe import load_recipe
+    from workbench.pipeline.runner import run_recipe
 
     recipe = load_recipe(args.recipe, args.set)
     run_id = args.run_id or recipe.name
@@ -87,8 +88,8 @@ def _join_nodes(args: argparse.Namespace) -> int:
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    from workbench import slurm
-    from workbench.recipe import load_recipe
+    from workbench.core.recipe import load_recipe
+    from workbench.pipeline import slurm
 
     recipe = load_recipe(args.recipe, args.set)
     out = args.out or args.home / "slurm" / f"{recipe.name}.sbatch"
@@ -113,9 +114,9 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from workbench import sweep
-    from workbench.recipe import Recipe, load_recipe
-    from workbench.runner import run_recipe
+    from workbench.core.recipe import Recipe, load_recipe
+    from workbench.pipeline import sweep
+    from workbench.pipeline.runner import run_recipe
 
     recipe = load_recipe(args.recipe, args.set)
     combos = sweep.combinations(recipe.name, sweep.parse_vary(args.vary), args.set)
@@ -150,8 +151,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     import tempfile
 
+    from workbench.core.recipe import load_recipe
     from workbench.eval import tasks
-    from workbench.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, args.set)
     tasks.check_metric(recipe.eval.metric)
@@ -164,7 +165,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_data_inspect(args: argparse.Namespace) -> int:
     from workbench.data.dataset import load_data, render, token_lengths
-    from workbench.stages.data import length_stats
+    from workbench.pipeline.stages.data import length_stats
 
     data = load_data(Path(args.file), args.format, args.system_prompt, args.encoding)
     _out(f"file:    {data.path}")
@@ -178,7 +179,7 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
         return 1
     from transformers import AutoTokenizer
 
-    from workbench.models import ModelError, resolve_model
+    from workbench.core.models import ModelError, resolve_model
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(resolve_model(args.model))
@@ -195,7 +196,7 @@ def cmd_data_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
-    from workbench.models import load_registry
+    from workbench.core.models import load_registry
 
     default, entries = load_registry()
     _out(f"{'name':28} {'params':7} {'local':6} source")
@@ -207,7 +208,7 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 
 def cmd_models_pull(args: argparse.Namespace) -> int:
-    from workbench.models import pull
+    from workbench.core.models import pull
 
     path = pull(args.name)
     _out(f"{args.name}: {path}")
@@ -230,7 +231,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
     recipe = None
     if args.recipe:
-        from workbench.recipe import load_recipe
+        from workbench.core.recipe import load_recipe
 
         recipe = load_recipe(args.recipe)
     report = doctor.examine(args.home, recipe)
@@ -258,7 +259,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from workbench import chat
+    from workbench.pipeline import candidates as chat
 
     store = Store(args.home / "workbench.db")
     found, system_prompt = chat.for_run(store, args.run)
@@ -283,7 +284,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from workbench import servers
+    from workbench.pipeline import servers
 
     store = Store(args.home / "workbench.db")
     if args.stop:
@@ -310,14 +311,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _out(f"log: {server.log}; stop it: `workbench serve --stop {server.id}`")
     if args.check:
         _out("checking it against `workbench chat` (held-out conversations, stream and non-stream) ...", flush=True)
-        result = servers.check(store, args.home, server)
+        result = servers.compare_to_chat(store, args.home, server)
         _out(f"served parity: {describe_served(result)}")
         return 0 if result["status"] != "failed" else 1
     return 0
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from workbench import publish
+    from workbench.pipeline import publish
 
     store = Store(args.home / "workbench.db")
     folder = publish.lay_out(store, args.home, args.run, args.variant, args.repo)
@@ -424,7 +425,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         _out("\nevaluation (lm-eval; fidelity vs the merged model: next-token KLD, top-1 agreement, perplexity ratio)")
         _out("\n".join(format_table(metrics)))
         _out(f"per-sample outputs: {args.home / args.run / 'eval' / 'models'}/<model>/samples/")
-    from workbench.tui import progress  # plain functions over the store (no terminal)
+    from workbench.core import progress  # plain functions over the store (no terminal)
 
     logs = store.events(args.run, kind="train_log")
     by_stage = {name: [log for log in logs if log["stage"] == name] for name in progress.TRAINING}

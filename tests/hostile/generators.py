@@ -81,8 +81,8 @@ def stage_folder_link(sandbox: Sandbox) -> None:
 
 def finished_run(sandbox: Sandbox, run_id: str = "served", recipe_path: str | None = None) -> None:
     """A finished run with a merged model and a GGUF variant (a real GGUF: servers and chat load it)."""
-    from workbench.store import Store
-    from workbench.variants import Variant
+    from workbench.core.records import Variant
+    from workbench.core.store import Store
 
     store = Store(sandbox.runs / "workbench.db")
     try:

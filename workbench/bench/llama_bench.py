@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from workbench.devices import usable_cores
+from workbench.core.devices import usable_cores
 from workbench.export import llamacpp_tools
 
 CMAKE_FLAGS = [

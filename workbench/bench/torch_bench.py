@@ -12,7 +12,7 @@ def bench(path: str, model_format: str, device: str, settings: Settings, threads
     import torch
     from transformers import AutoModelForCausalLM, DynamicCache
 
-    from workbench.devices import compute_dtype
+    from workbench.core.devices import compute_dtype
 
     torch.set_num_threads(threads)
     dtype = compute_dtype(model_format, device)

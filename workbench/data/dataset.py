@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from workbench.core.errors import InputError
+from workbench.core.recipe import RowsSection
 from workbench.data.files import Limits, _Unparsable, read_rows
 from workbench.data.formats import DETECT_ROWS, NORMALISERS, BadRow, Row, detect_format
-from workbench.errors import InputError
-from workbench.recipe import RowsSection
 
 
 @dataclass

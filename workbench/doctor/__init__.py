@@ -19,8 +19,8 @@ from typing import Any
 import psutil
 
 from workbench import workers
-from workbench.devices import usable_cores
-from workbench.preflight import free_disk
+from workbench.core.devices import usable_cores
+from workbench.core.preflight import free_disk
 
 CPU_FEATURES = (
     "sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",
@@ -127,7 +127,7 @@ def needed_backends(recipe: Any | None) -> list[str]:
     return needed
 
 
-def plan(cuda: bool, gguf_types: list[str]) -> list[Probe]:
+def probes_for(cuda: bool, gguf_types: list[str]) -> list[Probe]:
     devices = ["cpu", "cuda"] if cuda else ["cpu"]
     probes = [Probe("llama.cpp build info", "llama.cpp", {"probe": "llama.cpp info"})]
     probes += [
@@ -157,7 +157,7 @@ def examine(home: Path, recipe: Any | None = None) -> Report:
 
 def run_probes(report: Report, home: Path, gguf_types: list[str], on_probe: Any = None) -> None:
     """Each probe of a needed backend in its own worker (logs in <home>/doctor/)."""
-    for probe in plan(cuda_present(), gguf_types):
+    for probe in probes_for(cuda_present(), gguf_types):
         if probe.backend not in report.needed:
             continue
         slug = "".join(c if c.isalnum() or c in "._-" else "-" for c in probe.name)

@@ -11,8 +11,8 @@ import sys
 from importlib import metadata
 
 from workbench import workers
+from workbench.core.fsutil import atomic_write_text
 from workbench.doctor import BUILD_RECORD
-from workbench.fsutil import atomic_write_text
 
 AMX_OFF = "-mno-amx-int8"
 

@@ -173,7 +173,7 @@ def process_group(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
 
     import yaml
 
-    from workbench.common import PYTHON, child_env, free_port, last_line
+    from workbench.core.common import PYTHON, child_env, free_port, last_line
 
     if job["device"] == "cuda":
         import torch

@@ -20,7 +20,7 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
-from workbench.devices import usable_cores
+from workbench.core.devices import usable_cores
 from workbench.eval.fidelity import log_softmax
 
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import yaml
 
-from workbench import parity, yamlfile
+from workbench.core import parity, yamlfile
+from workbench.core.errors import InputError
 from workbench.data.files import write_jsonl
-from workbench.errors import InputError
 
 BUILTIN_EVALS = Path(__file__).resolve().parents[2] / "evals"
 HELDOUT = "heldout"

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from workbench import safe
-from workbench.devices import compute_dtype
+from workbench.core import safe
+from workbench.core.devices import compute_dtype
 from workbench.workers.child import Channel
 
 

@@ -18,7 +18,8 @@ SMOKE_TOKENS = 48
 
 def check_job(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
     """`job["expected"]` is `parity.Expected` as a dict (training's side, rendered by the caller)."""
-    from workbench import chat, parity
+    from workbench.chat.stream import reply
+    from workbench.core import parity
 
     channel.phase("parity check")
     check = parity.check_gguf if job["format"] == "gguf" else parity.check_hf
@@ -28,7 +29,7 @@ def check_job(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
         channel.phase("smoke check")
         request = {"path": job["path"], "format": job["format"], "max_tokens": SMOKE_TOKENS, "lora": job.get("lora")}
         result["smoke"] = [
-            {"prompt": messages[-1]["content"], "reply": chat.reply({**request, "messages": messages})}
+            {"prompt": messages[-1]["content"], "reply": reply({**request, "messages": messages})}
             for messages in job["smoke_prompts"]
         ]
     return result

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from workbench.fsutil import atomic_write_text
+from workbench.core.fsutil import atomic_write_text
 from workbench.workers.child import Channel
 
 

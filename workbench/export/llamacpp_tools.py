@@ -12,9 +12,9 @@ import tempfile
 from importlib import metadata
 from pathlib import Path
 
-from workbench.common import PYTHON, child_env
-from workbench.errors import ResourceError
-from workbench.fsutil import atomic_dir
+from workbench.core.common import PYTHON, child_env
+from workbench.core.errors import ResourceError
+from workbench.core.fsutil import atomic_dir
 
 MEMBERS = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "conversion/", "gguf-py/")
 

@@ -9,10 +9,10 @@ from typing import Any
 
 import yaml
 
-from workbench.models import ModelError, load_registry
+from workbench.core.models import ModelError, load_registry
+from workbench.core.records import Variant
 from workbench.report import table
 from workbench.report.write import RunReport
-from workbench.variants import Variant
 
 LIBRARY = {"gguf": "gguf", "hf": "transformers", "gptq": "transformers", "awq": "transformers", "nf4": "transformers"}
 QUANTIZED = {"gguf": "gguf", "gptq": "gptq", "awq": "awq", "nf4": "bitsandbytes"}

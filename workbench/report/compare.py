@@ -8,10 +8,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from workbench.records import BenchResult, ItemScores, Metric
+from workbench.core.records import BenchResult, ItemScores, Metric, Variant
 from workbench.report.paired import Paired, compare_items, sample_size_text
 from workbench.report.scores import primary_metrics
-from workbench.variants import Variant
 
 # only for results stored before lm-eval's own `higher_is_better` was kept with them
 LOWER_IS_BETTER = ("perplexity", "ppl", "bits_per_byte", "kld", "loss")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from workbench import safe
+from workbench.core import safe
 from workbench.report.twins import RECOVERED_HEADINGS, RECOVERED_LEGEND, qat_target, recovered, recovered_cells
 from workbench.report.write import RunReport
 

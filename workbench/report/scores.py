@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from workbench.records import Metric
+from workbench.core.records import Metric
 
 FIDELITY = ("kld_mean", "top1_agreement", "ppl_ratio", "answer_ppl_ratio")
 ROLE_ORDER = {"base": 0, "sft": 1, "reference": 2, "variant": 3, "reward": 4}

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from workbench import safe
+from workbench.core import safe
 from workbench.report.compare import Comparison, ComparisonRow
 
 

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from workbench.common import flat
-from workbench.recipe import TrackingSection
+from workbench.core.common import flat
+from workbench.core.recipe import TrackingSection
 
 NUMBERS = ("score", "delta", "keep_pct", "size_mb", "bits", "kld", "top1")
 

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 from workbench.report.compare import ComparisonRow, oriented
 
 if TYPE_CHECKING:
+    from workbench.core.store import Store
     from workbench.report.write import RunReport
-    from workbench.store import Store
 
 
 def qat_target(recipe: dict[str, Any]) -> str | None:

@@ -12,15 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workbench import safe
-from workbench.errors import RunError
-from workbench.fsutil import atomic_write_bytes
-from workbench.parity import describe_served
-from workbench.records import BenchResult, Metric
+from workbench.core import safe
+from workbench.core.errors import RunError
+from workbench.core.fsutil import atomic_write_bytes
+from workbench.core.parity import describe_served
+from workbench.core.records import BenchResult, Metric
+from workbench.core.store import Store
 from workbench.report import plots, table, twins
 from workbench.report.compare import Comparison, Judging, compare
 from workbench.report.scores import ROLE_ORDER
-from workbench.store import Store
 
 FIGURES = {
     "quality_vs_size.png": "Quality vs size",

@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from workbench.common import PYTHON, child_env
-from workbench.devices import compute_dtype
-from workbench.errors import InputError
+from workbench.core.common import PYTHON, child_env
+from workbench.core.devices import compute_dtype
+from workbench.core.errors import InputError
 
 BACKENDS = ("llama.cpp", "vllm", "transformers")
 # Variables a server would take its address, port, key or configuration from, over or beside its command

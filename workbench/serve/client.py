@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from workbench.errors import ResourceError
+from workbench.core.errors import ResourceError
 
 # llama-cpp-python's server samples with top_k 40 and a repeat penalty of 1.1 unless told otherwise
 GREEDY_EXTRA = {"llama.cpp": {"top_k": 1, "repeat_penalty": 1.0}}

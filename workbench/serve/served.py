@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from workbench.parity import SERVED_UNSTABLE as UNSTABLE
+from workbench.core.parity import SERVED_UNSTABLE as UNSTABLE
 from workbench.serve.client import Endpoint, Reply, chat
 
 
@@ -47,7 +47,7 @@ def judge(number: int, case: Case, reply: Reply, mode: str, answer: bool = True)
     return found
 
 
-def check(endpoint: Endpoint, cases: list[Case], max_tokens: int) -> dict[str, Any]:
+def compare_to_chat(endpoint: Endpoint, cases: list[Case], max_tokens: int) -> dict[str, Any]:
     """Every case non-stream and stream; passed when nothing differs. The prompt is compared by its length
     in tokens (what the OpenAI API reports back as usage), the answer by its text.
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workbench.common import PYTHON, child_env, free_port
-from workbench.devices import usable_cores
-from workbench.recipe import DistributedSection, TrainSection
+from workbench.core.common import PYTHON, child_env, free_port
+from workbench.core.devices import usable_cores
+from workbench.core.recipe import DistributedSection, TrainSection
 
 
 @dataclass(frozen=True)
@@ -168,7 +168,9 @@ def check_accelerate_config(path: Path) -> dict[str, str]:
     from accelerate.utils import launch as accelerate_launch
 
     try:
-        args = launch_command_parser().parse_args(["--config_file", str(path), "--module", "workbench.stages.ranks"])
+        args = launch_command_parser().parse_args(
+            ["--config_file", str(path), "--module", "workbench.pipeline.stages.ranks"]
+        )
         args, defaults, from_config = _validate_launch_command(args)
         if args.use_deepspeed:  # as accelerate's launch_command prepares it
             fields = list(defaults.deepspeed_config) if defaults else []
@@ -216,7 +218,7 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
 
 
 def launch_command(config_file: Path, where: Layout, device: str, job: Path) -> list[str]:
-    """`accelerate launch` running every rank's entry (workbench.stages.ranks) on the job file."""
+    """`accelerate launch` running every rank's entry (workbench.pipeline.stages.ranks) on the job file."""
     threads = max(usable_cores() // where.processes, 1) if device == "cpu" else 1
     return [
         *PYTHON,
@@ -229,7 +231,7 @@ def launch_command(config_file: Path, where: Layout, device: str, job: Path) -> 
         "--monitor_interval",
         "1",
         "--module",
-        "workbench.stages.ranks",
+        "workbench.pipeline.stages.ranks",
         str(job),
     ]
 

@@ -8,9 +8,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from workbench.core.errors import ResourceError
+from workbench.core.recipe import DistributedSection, OptimizeSection, TrackingSection
 from workbench.data.dataset import auto_epochs
-from workbench.errors import ResourceError
-from workbench.recipe import DistributedSection, OptimizeSection, TrackingSection
 from workbench.train.distributed import per_process_batch
 
 

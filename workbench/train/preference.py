@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from workbench.recipe import ONLINE, PAIRED, RewardModelSection, TuneSection
+from workbench.core.recipe import ONLINE, PAIRED, RewardModelSection, TuneSection
 from workbench.train.rewards import exact_match
 
 

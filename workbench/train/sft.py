@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from workbench.recipe import DataSection, OptimizeSection, Recipe, RecipeError, TrainSection
+from workbench.core.recipe import DataSection, OptimizeSection, Recipe, RecipeError, TrainSection
 
 
 def check_supported(recipe: Recipe, device: str) -> None:

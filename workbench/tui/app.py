@@ -1,5 +1,5 @@
 """`workbench tui` (or `workbench` alone): the app. Screens read the run store; runs are started and
-stopped through detached workers (workbench.launcher), so closing the app never stops a run."""
+stopped through detached workers (workbench.pipeline.launcher), so closing the app never stops a run."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 from textual.app import App
 
-from workbench import launcher
-from workbench.store import Store
+from workbench.core.store import Store
+from workbench.pipeline import launcher
 from workbench.tui.screens import CancelRun
 from workbench.tui.screens.runs import RunsScreen
 

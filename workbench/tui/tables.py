@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.markup import escape
 from textual.widgets import DataTable
 
-from workbench.safe import terminal_text
+from workbench.core.safe import terminal_text
 
 
 def cell(value: object) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from textual.content import Content
 
-from workbench.safe import terminal_text
+from workbench.core.safe import terminal_text
 
 
 def plain(value: str) -> Content:

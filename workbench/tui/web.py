@@ -32,8 +32,8 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from textual_serve.server import Server
 
-from workbench import launcher
-from workbench.errors import InputError
+from workbench.core.errors import InputError
+from workbench.pipeline import launcher
 
 TOKEN_ENV = "WORKBENCH_WEB_TOKEN"
 MIN_TOKEN_LENGTH = 16

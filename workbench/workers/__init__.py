@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from workbench import safe
-from workbench.common import PYTHON, child_env
-from workbench.errors import StageFailed
+from workbench.core import safe
+from workbench.core.common import PYTHON, child_env
+from workbench.core.errors import StageFailed
 from workbench.workers.child import MEMORY_LIMIT
 from workbench.workers.tasks import TASKS
 

@@ -25,7 +25,7 @@ TASKS: dict[str, Task] = {
     "variant.check": Task("workbench.export.checks:check_job", "check"),
     "eval.model": Task("workbench.eval.worker:evaluate_job", "evaluation"),
     "bench.measure": Task("workbench.bench.worker:measure_job", "benchmark"),
-    "chat.answer": Task("workbench.chat:answer_job", "answer"),
+    "chat.answer": Task("workbench.chat.stream:answer_job", "answer"),
     "doctor.probe": Task("workbench.doctor.probes:probe_job", "probe"),
     "workers.selftest": Task("workbench.workers.selftest:selftest_job", "self-test"),
 }

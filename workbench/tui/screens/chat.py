@@ -1,5 +1,5 @@
 """Chat arena: one prompt answered by the chosen variants of a run, side by side, each with its speed.
-Answers come from `workbench.chat` model processes, one variant at a time (so each gets the machine to
+Answers come from `workbench.pipeline.candidates` model processes, one variant at a time (so each gets the machine to
 itself and the tok/s compare); the app itself never loads a model."""
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from textual.containers import HorizontalScroll, Vertical, VerticalScroll
 from textual.widgets import Footer, Header, Input, SelectionList, Static
 from textual.worker import get_current_worker
 
-from workbench import chat, workers
-from workbench.errors import RunError
+from workbench import workers
+from workbench.core.errors import RunError
+from workbench.pipeline import candidates as chat
 from workbench.tui.screens import AppScreen
 from workbench.tui.text import plain
 

@@ -11,8 +11,9 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Header, Static
 
-from workbench import launcher, models
-from workbench.common import child_env, last_line
+from workbench.core import models
+from workbench.core.common import child_env, last_line
+from workbench.pipeline import launcher
 from workbench.tui.screens import AppScreen
 from workbench.tui.tables import cell, selected_row
 

@@ -12,14 +12,14 @@ from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.widgets import Footer, Header, Input, Label, Static, TextArea
 
-from workbench import launcher
-from workbench.common import flat
-from workbench.errors import RunError
-from workbench.paths import BadName, check_name
+from workbench.core.common import flat
+from workbench.core.errors import RunError
+from workbench.core.paths import BadName, check_name
+from workbench.pipeline import launcher
 from workbench.tui.screens import AppScreen
 
 if TYPE_CHECKING:
-    from workbench.recipe import Recipe  # pydantic: loaded when a recipe is checked, not at start-up
+    from workbench.core.recipe import Recipe  # pydantic: loaded when a recipe is checked, not at start-up
 
 
 def recipe_files(folder: Path = Path("recipes")) -> list[Path]:
@@ -64,7 +64,7 @@ class NewRunScreen(AppScreen):
 
     def check(self) -> tuple[Path, str] | None:
         """The recipe and run id when the recipe validates; else its problems are shown."""
-        from workbench.recipe import RecipeError, load_recipe
+        from workbench.core.recipe import RecipeError, load_recipe
 
         path = Path(self.query_one("#recipe", Input).value.strip())
         problems = self.query_one("#problems", Static)

@@ -14,9 +14,9 @@ from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Header, Log, Static, TabbedContent, TabPane
 from textual_plotext import PlotextPlot
 
-from workbench.common import tail
-from workbench.records import Artifact
-from workbench.tui import progress
+from workbench.core import progress
+from workbench.core.common import tail
+from workbench.core.records import Artifact
 from workbench.tui.screens import CancelRun
 from workbench.tui.tables import cell, selected_row
 from workbench.tui.tabs import NumberedTabs, tab_keys
@@ -163,7 +163,7 @@ class RunScreen(NumberedTabs):
             table.add_row(*map(cell, row), key=row[1])
 
     def show_servers(self) -> None:
-        from workbench import servers
+        from workbench.pipeline import servers
 
         table = self.query_one("#servers", DataTable)
         table.clear()
@@ -187,9 +187,9 @@ class RunScreen(NumberedTabs):
         self.run_worker(lambda: self.serve(wanted), thread=True, exclusive=True, group="serve")
 
     def serve(self, wanted: str | None) -> None:
-        from workbench import servers
-        from workbench.errors import WorkbenchError
-        from workbench.store import Store
+        from workbench.core.errors import WorkbenchError
+        from workbench.core.store import Store
+        from workbench.pipeline import servers
 
         store = Store(self.workbench.store.path)  # this thread's own connection
         home = self.workbench.home
@@ -205,7 +205,7 @@ class RunScreen(NumberedTabs):
         self.app.call_from_thread(self.say_serving, text)
 
     def action_stop_serving(self) -> None:
-        from workbench import servers
+        from workbench.pipeline import servers
 
         running = [s for s in self.workbench.store.servers(self.run_id) if s.status == "running"]
         for server in running:

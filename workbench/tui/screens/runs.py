@@ -8,7 +8,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Header
 
-from workbench.tui import progress
+from workbench.core import progress
 from workbench.tui.screens import AppScreen, CancelRun
 from workbench.tui.tables import cell, selected_row
 

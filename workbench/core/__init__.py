@@ -1,0 +1,1 @@
+"""The foundation: records, the run store, recipes, files, names, devices."""

@@ -1,0 +1,652 @@
+"""Recipe schema (pydantic v2), loading, `--set` overrides and readable validation errors."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from workbench.core import yamlfile
+from workbench.core.errors import InputError
+from workbench.core.paths import NAME_PATTERN, NAME_RULE, check_name
+
+DataFormat = Literal[
+    "auto", "messages", "sharegpt", "alpaca", "qa", "prompt_completion", "preference", "unpaired", "text"
+]
+
+
+class Section(BaseModel):
+    # inf and nan (YAML's .inf, .nan, 1e309) are no setting's value; they overflowed where counts are made
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
+
+
+READ_LIMITS = {"max_file_mb", "max_rows"}  # they refuse a file, never change the rows read: not in cache keys
+
+
+class RowsSection(Section):
+    """A data file and how its rows are read, checked and split."""
+
+    path: str = Field(description="JSON, JSONL, CSV or Parquet file, relative to the recipe")
+    format: DataFormat = "auto"
+    encoding: str = Field(
+        default="utf-8", description="text encoding of JSON / JSONL / CSV files (a byte-order mark is always read)"
+    )
+    system_prompt: str | None = Field(
+        default=None, description="added to rows that have no system message of their own"
+    )
+    held_out: float = Field(default=0.1, ge=0, description="fraction (< 1) or count (>= 1) of rows kept for evaluation")
+    split_seed: int = 0
+    max_bad_rows: int = Field(default=0, ge=0, description="bad rows tolerated before refusing")
+    max_length: int = Field(default=1024, gt=0, description="longest row in tokens; longer rows are bad")
+    max_file_mb: int = Field(default=1024, gt=0, description="largest data file read, in MiB (Parquet: as decoded)")
+    max_rows: int = Field(default=3_000_000, gt=0, description="most rows read from the file")
+
+
+class DataSection(RowsSection):
+    loss_on: Literal["responses", "all"] = "responses"
+    packing: bool = False
+
+
+class LoraSection(Section):
+    r: int = Field(default=16, gt=0)
+    alpha: int = Field(default=32, gt=0)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    targets: str | list[str] = "all-linear"
+    dora: bool = False
+    rslora: bool = False
+    init: Literal["default", "pissa", "loftq"] = "default"
+
+
+QATTarget = Literal["q4_0", "q8_0"]
+
+
+class QATSection(Section):
+    """Quantization-aware fine-tuning: train on the rounding of the GGUF type the model will be served as."""
+
+    target: QATTarget | None = Field(
+        default=None, description="GGUF type to train for (q4_0, q8_0); none: a plain fine-tune"
+    )
+    start_after_steps: int = Field(default=0, ge=0, description="optimizer steps before the rounding is switched on")
+    embeddings: bool = Field(default=True, description="token embeddings on the grid too (off: kept f16 in the file)")
+    output: bool = Field(
+        default=True, description="a separate output layer on the grid too (off: kept f16); tied ones follow embeddings"
+    )
+
+    @field_validator("target", mode="before")
+    @classmethod
+    def _none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and value.lower() == "none" else value
+
+
+MAX_EPOCHS = 10_000
+
+
+class OptimizeSection(Section):
+    """How long and how a training stage optimizes (supervised, preference and reward training alike)."""
+
+    epochs: float | Literal["auto"] = "auto"
+    max_steps: int | None = Field(default=None, gt=0, description="overrides epochs when set")
+    batch_size: int = Field(default=8, gt=0)
+    grad_accum: int = Field(default=1, gt=0)
+    learning_rate: float = Field(default=2e-4, gt=0)
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    checkpoint_every: int = Field(default=50, gt=0, description="steps between checkpoints")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    gradient_checkpointing: bool = False
+    lora: LoraSection = LoraSection()
+
+    @field_validator("epochs")
+    @classmethod
+    def _epochs(cls, value: Any) -> Any:
+        if isinstance(value, float) and not 0 < value <= MAX_EPOCHS:  # 1e308 epochs overflowed counting steps
+            raise ValueError(f"must be above 0 and at most {MAX_EPOCHS} (or auto)")
+        return value
+
+
+class FSDPSection(Section):
+    """FSDP2 (torch's fully_shard) through accelerate: what accelerate's own config asks."""
+
+    reshard_after_forward: bool = Field(
+        default=True, description="free gathered weights after each forward (ZeRO-3-like); off: keep them (ZeRO-2-like)"
+    )
+    offload: bool = Field(default=False, description="keep parameters and optimizer state in CPU memory")
+    auto_wrap: Literal["transformer", "size"] = Field(
+        default="transformer", description="one shard unit per decoder layer, or per min_params parameters"
+    )
+    min_params: int = Field(default=100_000_000, gt=0, description="auto_wrap size: parameters per unit")
+    layer_class: str | None = Field(
+        default=None, description="auto_wrap transformer: the decoder layer class (default: the model's own)"
+    )
+
+
+class DeepSpeedSection(Section):
+    """DeepSpeed ZeRO through accelerate and the Trainer's DeepSpeed integration."""
+
+    stage: Literal[0, 1, 2, 3] = 2
+    offload_optimizer: Literal["none", "cpu", "nvme"] = "none"
+    offload_params: Literal["none", "cpu", "nvme"] = Field(default="none", description="ZeRO stage 3 only")
+    nvme_path: str | None = Field(default=None, description="folder for nvme offload")
+
+
+class DistributedSection(Section):
+    """Data-parallel training over several processes and machines, started by `accelerate launch` (torchrun
+    underneath). `train.batch_size` stays the batch of one optimizer step over all processes, split evenly,
+    so a recipe trains the same steps on one process or many."""
+
+    processes: int | Literal["auto"] = Field(
+        default=1, description="processes per machine; auto: one per visible GPU (one on a CPU)"
+    )
+    nodes: int = Field(default=1, gt=0, description="machines; each runs `workbench run … --node-rank K`")
+    strategy: Literal["ddp", "fsdp", "deepspeed"] = Field(
+        default="ddp", description="ddp (a full copy per process), fsdp (FSDP2 sharding), deepspeed (ZeRO)"
+    )
+    fsdp: FSDPSection = FSDPSection()
+    deepspeed: DeepSpeedSection = DeepSpeedSection()
+    port: int | None = Field(
+        default=None,
+        gt=0,
+        lt=65536,
+        description="rendezvous port of the first machine (default 29500; one machine: a free one)",
+    )
+    timeout_s: int = Field(
+        default=600, gt=0, description="a collective (or the start) waiting longer than this fails the stage"
+    )
+
+    @field_validator("processes")
+    @classmethod
+    def _positive(cls, value: Any) -> Any:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be at least 1 (or auto)")
+        return value
+
+    @property
+    def many(self) -> bool:
+        """Whether the recipe asks for more than one process (auto decides on the machine)."""
+        return self.processes != 1 or self.nodes > 1
+
+
+class TrainSection(OptimizeSection):
+    method: Literal["lora", "qlora", "full"] = "lora"
+    qat: QATSection = QATSection()
+    distributed: DistributedSection = DistributedSection()
+
+
+Objective = Literal["dpo", "orpo", "kto", "grpo", "rloo"]
+PAIRED: tuple[Objective, ...] = ("dpo", "orpo")  # trained on chosen / rejected pairs
+ONLINE: tuple[Objective, ...] = ("grpo", "rloo")  # generate, score with rewards, learn
+RewardName = Literal["exact_match", "reward_model"]
+
+
+class TuneSection(OptimizeSection):
+    """Preference tuning or online RL after the supervised fine-tune, starting from its result."""
+
+    objective: Objective = Field(description="dpo, orpo, kto (preference rows); grpo, rloo (online RL)")
+    data: RowsSection | None = Field(
+        default=None,
+        description="preference rows (dpo, orpo: prompt/chosen/rejected; kto: prompt/completion/label or pairs);"
+        " online RL: prompts with reference answers, default the supervised split's training rows",
+    )
+    start: Literal["adapter", "merged"] = Field(
+        default="adapter",
+        description="adapter: the supervised adapter trains on, the reference is a frozen copy of it; merged: the"
+        " supervised model is merged first and a new LoRA trains on it, the reference is the merged model",
+    )
+    beta: float = Field(
+        default=0.1,
+        ge=0,
+        description="KL coefficient to the reference model (DPO/KTO beta, GRPO/RLOO KL penalty; ORPO: the"
+        " odds-ratio weight)",
+    )
+    learning_rate: float = Field(default=5e-5, gt=0)
+    rewards: list[RewardName] = Field(
+        default_factory=lambda: list[RewardName](["exact_match"]),
+        description="online RL rewards: exact_match (answer equals the row's reference answer), reward_model"
+        " (the recipe's reward_model)",
+    )
+    generations: int = Field(default=4, ge=2, description="online RL: answers sampled per prompt")
+    max_completion_length: int = Field(default=32, gt=0, description="online RL: tokens per sampled answer")
+    temperature: float = Field(default=1.0, gt=0, description="online RL: sampling temperature")
+
+
+class RewardModelSection(OptimizeSection):
+    """A reward model: the base model with a LoRA sequence-classification head, trained on preference pairs."""
+
+    data: RowsSection | None = Field(default=None, description="preference pairs; default: tune.data")
+    learning_rate: float = Field(default=1e-4, gt=0)
+
+
+MergeBase = Literal["original", "dequantized-nf4"]
+
+
+class MergeSection(Section):
+    dtype: Literal["float16", "bfloat16", "float32"] = "float16"
+    base: Literal["auto", "original", "dequantized-nf4"] = Field(
+        default="auto",
+        description="what a QLoRA adapter is folded into: the original 16-bit weights or the nf4 weights it"
+        " trained against, dequantized; auto: dequantized-nf4 for LoftQ and quantization-aware QLoRA",
+    )
+
+
+GGUFType = Literal["f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q5_0", "q4_k_m", "q4_k_s", "q4_0", "q3_k_m", "q2_k"]
+
+
+DEFAULT_GGUF: tuple[GGUFType, ...] = ("f16", "q8_0", "q4_k_m")
+
+
+class ExportSection(Section):
+    gguf: list[GGUFType] = Field(
+        default_factory=lambda: list(DEFAULT_GGUF), description="llama.cpp types to export; [] for none"
+    )
+    adapter_gguf: list[GGUFType] = Field(
+        default_factory=list,
+        description="the LoRA adapter as a GGUF adapter (llama.cpp's convert_lora_to_gguf.py) served on the base"
+        " model quantized to each of these types, next to the merged-then-quantized files; [] for none",
+    )
+    nf4: bool = Field(default=True, description="bitsandbytes nf4 checkpoint (double quantization)")
+    gptq: bool = Field(default=True, description="GPTQ checkpoint with GPTQModel")
+    awq: bool = Field(default=True, description="AWQ (GEMM) checkpoint with GPTQModel")
+    awq_clip: bool = Field(
+        default=False,
+        description="AWQ's clipping search (AutoAWQ's apply_clip): ~4x AWQ's time on a CPU, and a higher KLD on"
+        " the default model (benchmarks/awq_settings.py)",
+    )
+    bits: Literal[4, 8] = Field(default=4, description="GPTQ / AWQ bits")
+    group_size: int = Field(default=128, gt=0, description="GPTQ / AWQ group size; must divide the layer widths")
+    desc_act: bool = Field(default=False, description="GPTQ act-order")
+    calibration_rows: int = Field(default=128, gt=0, description="training rows used to calibrate GPTQ / AWQ")
+    smoke_prompts: int = Field(default=1, ge=0, description="held-out prompts each variant answers after export")
+    parity_prompts: int = Field(default=8, ge=0, description="held-out conversations whose prompt tokens are compared")
+    timeout_s: float | None = Field(
+        default=7200, gt=0, description="seconds one exporter may run before it is stopped; null: no limit"
+    )
+    check_timeout_s: float | None = Field(
+        default=900, gt=0, description="seconds one variant's parity and smoke check may run; null: no limit"
+    )
+
+
+class EvalSection(Section):
+    tasks: list[str] = Field(
+        default_factory=lambda: ["heldout", "general"],
+        description="heldout (the held-out split), general (offline forgetting probe), tasks in evals/ or"
+        " eval.include, or any lm-eval task name (those need internet for their datasets)",
+    )
+    metric: str = Field(default="exact_match", description="lm-eval metric for held-out chat rows")
+    base: bool = Field(default=True, description="evaluate the base model too (gain and forgetting)")
+    limit: int | None = Field(default=None, gt=0, description="at most this many documents per task")
+    num_fewshot: int | None = Field(default=None, ge=0)
+    seed: int = 1234
+    batch_size: int = Field(default=8, gt=0, description="hf backend batch size")
+    max_length: int = Field(default=2048, gt=0, description="context for every backend (rolling windows too)")
+    max_gen_tokens: int | None = Field(default=None, gt=0, description="default: twice the longest answer + 8")
+    fidelity_rows: int = Field(default=64, ge=0, description="held-out rows for KLD / top-1 vs the merged model")
+    include: list[str] = Field(default_factory=list, description="more folders of lm-eval task YAMLs")
+    trust_task_code: bool = Field(
+        default=False,
+        description="let task folders run code (!function, unsafe_code, metric scripts); off: task files are data",
+    )
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    bootstrap_iters: int = Field(default=1000, ge=0, description="lm-eval bootstrap for non-mean metrics")
+    timeout_s: float | None = Field(
+        default=7200, gt=0, description="seconds one model's evaluation may run before it is stopped; null: no limit"
+    )
+
+
+Format = Literal["hf", "gguf", "gptq", "awq", "nf4"]
+FORMATS: tuple[Format, ...] = ("hf", "gguf", "gptq", "awq", "nf4")
+
+
+SERVED_FORMATS: tuple[Format, ...] = ("gguf", "hf")
+
+
+class ServeLoadSection(Section):
+    """Served load: each variant behind its real OpenAI-compatible server, held-out prompts from clients on
+    loopback at each concurrency level (closed loop). Off unless `concurrency` lists levels."""
+
+    concurrency: list[int] = Field(default_factory=list, description="client counts, e.g. [1, 4, 16]; [] for none")
+    requests: int = Field(default=16, gt=0, description="requests per level (at least the level's client count)")
+    max_tokens: int = Field(default=64, gt=0, description="answer length limit per request")
+    parity_prompts: int = Field(
+        default=4, ge=0, description="held-out conversations each server answers first, held to `workbench chat`"
+    )
+    formats: list[Format] = Field(
+        default_factory=lambda: list(SERVED_FORMATS),
+        description="formats served (GGUF: llama.cpp; others: transformers/vLLM)",
+    )
+    time_limit_s: float = Field(default=300, gt=0, description="seconds one level may take before it stops sending")
+
+    @field_validator("concurrency")
+    @classmethod
+    def _levels(cls, levels: list[int]) -> list[int]:
+        if any(level < 1 for level in levels):
+            raise ValueError("each level is a count of clients, 1 or more")
+        return levels
+
+
+class BenchSection(Section):
+    prompt_tokens: int = Field(default=512, gt=0, description="prompt processing length (llama-bench's pp512)")
+    gen_tokens: int = Field(default=128, gt=0, description="generation length (llama-bench's tg128)")
+    repetitions: int = Field(default=3, gt=0, description="timed repetitions; the median is reported")
+    warmup: int = Field(default=1, ge=0, description="untimed runs first")
+    max_gen_seconds: float | None = Field(
+        default=10,
+        gt=0,
+        description="a timed generation stops after this many seconds (2 tokens at least) and"
+        " tokens/s is taken over what it generated: bitsandbytes nf4 decodes ~0.5 tok/s on a CPU; null: no limit",
+    )
+    threads: int | None = Field(default=None, gt=0, description="CPU threads; default: every usable core")
+    cpu: list[Format] = Field(
+        default_factory=lambda: list(FORMATS), description="formats measured on CPU (GGUF: llama.cpp; others: torch)"
+    )
+    gpu: list[Format] = Field(
+        default_factory=lambda: list(FORMATS), description="formats measured on CUDA, when it is present"
+    )
+    vllm_concurrency: list[int] = Field(
+        default_factory=lambda: [1, 8, 32], description="vLLM throughput runs (only when vLLM and CUDA are present)"
+    )
+    timeout_s: float | None = Field(
+        default=1800, gt=0, description="seconds one measurement may run before it is stopped; null: no limit"
+    )
+    serve: ServeLoadSection = ServeLoadSection()
+
+
+class ReportSection(Section):
+    keep_percent: float = Field(
+        default=98.0, gt=0, le=100, description="a recommended variant keeps at least this % of the merged task score"
+    )
+    keep_on: Literal["lower", "point"] = Field(
+        default="lower",
+        description="keep_percent applies to the 95% paired interval's lower bound of kept % (lower) or to the "
+        "point estimate (point)",
+    )
+    max_kld: float | None = Field(
+        default=0.2,
+        gt=0,
+        description="a variant whose mean next-token KLD to the merged model exceeds this is "
+        "flagged and not recommended; null: no limit",
+    )
+    min_top1: float | None = Field(
+        default=0.8,
+        gt=0,
+        le=1,
+        description="... or whose top-1 agreement with the merged model is below this",
+    )
+    task: str | None = Field(default=None, description="the task score to judge by; default: the first eval task")
+    max_ttft_ms: float | None = Field(
+        default=None, gt=0, description="served load: the p95 time to first token a recommended level must keep"
+    )
+
+
+Tracker = Literal["tensorboard", "mlflow", "wandb"]
+
+
+class TrackingSection(Section):
+    """Experiment tracking teams already use: the trainers' curves and the report's comparison. Offline
+    unless a server is named: TensorBoard files, an MLflow file store, W&B offline, all in <run>/tracking/."""
+
+    report_to: list[Tracker] = Field(default_factory=list, description="tensorboard, mlflow, wandb (installed ones)")
+    mlflow_uri: str | None = Field(default=None, description="an MLflow server; default: <run>/tracking/mlruns")
+    experiment: str | None = Field(
+        default=None, description="MLflow experiment / W&B project; default: the recipe's name"
+    )
+    wandb_mode: Literal["offline", "online"] = Field(default="offline", description="online sends to W&B's servers")
+
+    @property
+    def run_trackers(self) -> list[Tracker]:
+        """The trackers that take the report as a run of its own (TensorBoard only draws curves)."""
+        return [tracker for tracker in self.report_to if tracker != "tensorboard"]
+
+    def mlflow_store(self, run_dir: Path) -> str:
+        """The recipe's MLflow server, else a file store in <run>/tracking/mlruns (`mlflow ui --backend-store-uri`)."""
+        return self.mlflow_uri or (run_dir / "tracking" / "mlruns").resolve().as_uri()
+
+
+class Recipe(Section):
+    name: str = Field(pattern=NAME_PATTERN, description=NAME_RULE)
+    base_model: str = Field(description="registry name, local folder or hub id")
+    data: DataSection
+    train: TrainSection = TrainSection()
+    reward_model: RewardModelSection | None = None
+    tune: TuneSection | None = None
+    merge: MergeSection = MergeSection()
+    export: ExportSection = ExportSection()
+    eval: EvalSection = EvalSection()
+    bench: BenchSection = BenchSection()
+    report: ReportSection = ReportSection()
+    tracking: TrackingSection = TrackingSection()
+
+    source: Path | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Recipe:
+        qat = self.train.qat
+        if self.export.adapter_gguf and self.train.method == "full":
+            raise ValueError("export.adapter_gguf: a full fine-tune has no adapter to convert")
+        if self.export.adapter_gguf and self.train.lora.dora:
+            raise ValueError("export.adapter_gguf: llama.cpp's adapter format has no DoRA; leave train.lora.dora off")
+        if self.export.adapter_gguf and self.merge_base != "original":
+            raise ValueError(
+                "export.adapter_gguf: this adapter belongs to the dequantized nf4 base (merge.base"
+                f" {self.merge_base}), not to the base model a GGUF adapter is applied to"
+            )
+        self._check_tuning()
+        self._check_distributed()
+        if qat.target and qat.target not in self.export.gguf:
+            raise ValueError(f"train.qat.target: {qat.target} is not exported; add it to export.gguf")
+        if qat.target and self.train.lora.dora and self.train.method != "full":
+            raise ValueError("train.qat: DoRA is not supported with quantization-aware training")
+        if qat.target and self.train.method == "qlora" and self.merge.base == "original":
+            raise ValueError(
+                "merge.base: original ships other weights than quantization-aware QLoRA trained on (the nf4"
+                " ones); use dequantized-nf4 or auto"
+            )
+        return self
+
+    def _check_distributed(self) -> None:
+        train = self.train
+        spread = train.distributed
+        if isinstance(spread.processes, int) and train.batch_size % (spread.processes * spread.nodes):
+            raise ValueError(
+                f"train.batch_size: {train.batch_size} does not split evenly over {spread.processes * spread.nodes}"
+                " processes (train.distributed.processes x nodes); it is the batch of one step over all of them"
+            )
+        if spread.strategy == "ddp":
+            return
+        if train.qat.target:
+            raise ValueError(f"train.qat: quantization-aware training runs alone or with ddp, not {spread.strategy}")
+        if train.lora.init != "default" and train.method != "full":
+            raise ValueError(f"train.lora.init: {train.lora.init} needs the whole model in one process; use ddp")
+        speed = spread.deepspeed
+        if spread.strategy == "deepspeed" and speed.offload_params != "none" and speed.stage != 3:
+            raise ValueError("train.distributed.deepspeed.offload_params: ZeRO offloads parameters at stage 3 only")
+        if "nvme" in (speed.offload_optimizer, speed.offload_params) and not speed.nvme_path:
+            raise ValueError("train.distributed.deepspeed.nvme_path: name the folder nvme offload writes to")
+
+    def _check_tuning(self) -> None:
+        tune, reward = self.tune, self.reward_model
+        if reward and not (reward.data or (tune and tune.data)):
+            raise ValueError("reward_model.data: needs preference pairs (or tune.data to share)")
+        if not tune:
+            return
+        if tune.objective not in ONLINE and tune.data is None:
+            raise ValueError(f"tune.data: {tune.objective} trains on preference rows; name their file")
+        if tune.objective in ONLINE and tune.batch_size * tune.grad_accum % tune.generations:
+            raise ValueError(
+                f"tune.batch_size x tune.grad_accum must be a multiple of tune.generations ({tune.generations}):"
+                " each prompt's sampled answers are scored together"
+            )
+        if tune.objective in ONLINE and "reward_model" in tune.rewards and not reward:
+            raise ValueError("tune.rewards: reward_model needs a reward_model section to train it")
+        if self.train.method == "full":
+            raise ValueError("tune: follows a LoRA fine-tune (train.method lora or qlora), not a full one")
+        if self.train.qat.target:
+            raise ValueError("tune: quantization-aware training applies to the supervised stage alone; drop train.qat")
+        if tune.start == "merged" and self.export.adapter_gguf:
+            raise ValueError(
+                "export.adapter_gguf: with tune.start merged the result is two adapters; use tune.start adapter"
+            )
+
+    @property
+    def merge_base(self) -> MergeBase:
+        """What the adapter is folded into, `merge.base: auto` decided."""
+        if self.merge.base != "auto":
+            return self.merge.base
+        nf4 = self.train.method == "qlora" and (self.train.lora.init == "loftq" or self.train.qat.target is not None)
+        return "dequantized-nf4" if nf4 else "original"
+
+    def data_files(self) -> dict[str, RowsSection]:
+        """Every data file the recipe reads, by the field that names it."""
+        files: dict[str, RowsSection] = {"data": self.data}
+        if self.tune and self.tune.data:
+            files["tune.data"] = self.tune.data
+        if self.reward_model and self.reward_model.data:
+            files["reward_model.data"] = self.reward_model.data
+        return files
+
+    @property
+    def reward_rows(self) -> RowsSection | None:
+        """The reward model's preference pairs (its own, else tune.data)."""
+        if not self.reward_model:
+            return None
+        return self.reward_model.data or (self.tune.data if self.tune else None)
+
+    @field_validator("base_model")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must name a model")
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        return check_name(value, "the run name")  # it names the run's folder in the runs home
+
+    def resolve_path(self, relative: str) -> Path:
+        """Paths in a recipe are relative to the recipe file (or the current folder)."""
+        path = Path(relative).expanduser()
+        if path.is_absolute() or self.source is None:
+            return path
+        beside = self.source.parent / path
+        return beside if beside.exists() or not path.exists() else path
+
+
+class RecipeError(InputError):
+    """A recipe that cannot be used; `problems` lists one line per problem."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+    def message(self) -> str:
+        return self.report()
+
+    def report(self) -> str:
+        count = len(self.problems)
+        lines = [f"{self.source}: {count} problem{'s' if count != 1 else ''}"]
+        lines += [f"  - {problem}" for problem in self.problems]
+        return "\n".join(lines)
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the section a validation error points into (for "did you mean")."""
+    current = model
+    for part in loc:
+        field = current.model_fields.get(part)
+        annotation = field.annotation if field else None
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            current = annotation
+        else:
+            break
+    return list(current.model_fields)
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    loc = tuple(error["loc"])
+    where = ".".join(str(part) for part in loc) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        known = _fields_at(Recipe, loc[:-1])
+        known = [name for name in known if name != "source"]
+        guess = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        hint = f"; did you mean '{guess[0]}'?" if guess else f"; known keys: {', '.join(known)}"
+        return f"{where}: unknown key{hint}"
+    if error["type"] == "missing":
+        return f"{where}: required field is missing"
+    if error["type"] == "value_error" and not loc:  # a rule across sections: its message names the fields
+        return str(error["ctx"]["error"])
+    got = error.get("input")
+    shown = "a mapping" if isinstance(got, dict) else f"a list of {len(got)}" if isinstance(got, list) else repr(got)
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."
+    return f"{where}: {error['msg'].lower()} (got {shown})"
+
+
+def parse_recipe(data: Any, source: str = "<recipe>", path: Path | None = None) -> Recipe:
+    if not isinstance(data, dict):
+        raise RecipeError(source, [f"(top level): expected a mapping of sections, got {type(data).__name__}"])
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(source, [_describe(error) for error in exc.errors()]) from None
+    recipe.source = path
+    return recipe
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str], source: str) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides; values are parsed as YAML scalars (1e-4, true, [a, b])."""
+    problems = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            problems.append(f"--set {item!r}: expected KEY=VALUE, e.g. train.learning_rate=1e-4")
+            continue
+        try:
+            value = yamlfile.load(raw, f"--set {key}") if raw else ""
+        except yamlfile.YamlError as exc:
+            problems.append(str(exc))
+            continue
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                problems.append(f"--set {key}: {part} is not a section")
+                break
+            node = child
+        else:
+            node[parts[-1]] = value
+    if problems:
+        raise RecipeError(source, problems)
+    return data
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(str(path), ["file not found"])
+    try:
+        data = yamlfile.load(path.read_text(encoding="utf-8"), str(path))
+    except UnicodeDecodeError as exc:
+        raise RecipeError(str(path), [f"not UTF-8 text (byte {exc.start})"]) from None
+    except yamlfile.YamlError as exc:
+        raise RecipeError(str(path), [str(exc).removeprefix(f"{path}: ")]) from None
+    if data is None:
+        raise RecipeError(str(path), ["file is empty"])
+    if overrides:
+        if not isinstance(data, dict):
+            raise RecipeError(str(path), ["(top level): must be a mapping to apply --set"])
+        data = apply_overrides(data, overrides, str(path))
+    recipe = parse_recipe(data, str(path), path.resolve())
+    missing = [
+        f"{field}.path: file not found: {section.path}"
+        for field, section in recipe.data_files().items()
+        if not recipe.resolve_path(section.path).is_file()
+    ]
+    if missing:
+        raise RecipeError(str(path), missing)
+    return recipe

@@ -1,0 +1,1 @@
+"""The pipeline: recipe section -> engine -> run store; runs, sweeps, servers, launches."""

@@ -1,0 +1,186 @@
+"""Bench stage: speed and memory of every variant where it would serve. GGUF through llama.cpp on CPU
+(and on GPU when llama.cpp was built with it); merged, GPTQ, AWQ and nf4 through torch on CPU and, with
+CUDA, on GPU; vLLM throughput when vLLM is installed. One child process per measurement."""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Iterator
+from importlib import metadata
+from typing import Any
+
+from workbench import workers
+from workbench.bench import vllm_bench
+from workbench.core import safe
+from workbench.core.devices import gpu_slots, pick_device, usable_cores
+from workbench.core.errors import StageFailed
+from workbench.core.fsutil import atomic_write_text
+from workbench.core.parity import describe_served
+from workbench.core.recipe import Recipe
+from workbench.core.records import Artifact, BenchResult, Variant
+from workbench.data.files import read_jsonl
+from workbench.pipeline.stages.base import Stage, StageContext, failure_line
+
+VLLM_FORMATS = ("hf", "gptq", "awq")
+
+
+def key_inputs(recipe: Recipe) -> dict[str, Any]:
+    """The section, the backends' versions and the machine: numbers from another machine are not reused."""
+    versions = {name: version_of(name) for name in ("llama_cpp_python", "gptqmodel", "vllm")}
+    return {
+        "bench": recipe.bench.model_dump(mode="json", exclude={"timeout_s"}),
+        "versions": versions,
+        "machine": {"cores": usable_cores(), "device": pick_device("auto"), "node": platform.node()},
+    }
+
+
+def version_of(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def bench_jobs(variants: list[Variant], recipe: Recipe, cuda: bool, vllm: bool) -> list[dict[str, Any]]:
+    section = recipe.bench
+    common = section.model_dump(
+        include={"prompt_tokens", "gen_tokens", "repetitions", "warmup", "max_gen_seconds", "vllm_concurrency"}
+    )
+    jobs = []
+    for variant in variants:
+        if variant.status != "done":
+            continue
+        backend = "llama.cpp" if variant.format == "gguf" else "torch"
+        base = {**common, "variant": variant.name, "format": variant.format, "path": variant.path,
+                "lora": variant.meta.get("lora")}  # fmt: skip
+        threads = section.threads or usable_cores()
+        if variant.format in section.cpu:
+            jobs.append({**base, "backend": backend, "device": "cpu", "threads": threads})
+        if cuda and variant.format in section.gpu:
+            jobs.append({**base, "backend": backend, "device": "cuda", "threads": threads})
+            if vllm and variant.format in VLLM_FORMATS:
+                jobs.append({**base, "backend": "vllm", "device": "cuda", "threads": None})
+    return jobs
+
+
+def start_measurement(ctx: StageContext, job: dict[str, Any], gpu: str | None = None) -> workers.Running:
+    """One measurement in a worker (pinned to one GPU when `gpu` names it)."""
+    where = f"{job['device']}-{job['backend']}"
+    ctx.say(f"{job['variant']} on {job['device']} ({job['backend']})" + (f", GPU {gpu}" if gpu else ""))
+    return ctx.start_worker(
+        "bench.measure",
+        job,
+        name=job["variant"],
+        log_name=f"{job['variant']}-{where}",
+        timeout=ctx.recipe.bench.timeout_s,
+        env=workers.device_env(gpu),
+    )
+
+
+def measurements(ctx: StageContext, jobs: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], BenchResult]]:
+    """Every job's record: CPU measurements one after another (they would share cores), then GPU ones, one
+    per GPU at a time on a machine with several. A failed measurement is recorded; the rest go on."""
+    cpu = [job for job in jobs if job["device"] == "cpu"]
+    gpu = [job for job in jobs if job["device"] != "cpu"]
+    runs: list[tuple[list[dict[str, Any]], list[str | None]]] = [(cpu, [None]), (gpu, [*gpu_slots()] or [None])]
+    for batch, slots in runs:
+        for job, ended in workers.spread(batch, lambda j, slot: start_measurement(ctx, j, slot), slots):
+            keep = {k: v for k, v in job.items() if k not in ("path", "vllm_concurrency", "lora")}
+            try:
+                if isinstance(ended, Exception):
+                    raise ended
+                record = BenchResult.from_dict({**keep, **ended.value(), "peak_rss_mb": ended.peak_rss_mb})
+            except Exception as exc:  # noqa: BLE001 - one failed measurement is recorded, the rest go on
+                error = failure_line(job["variant"], exc)
+                ctx.failures.append(f"{error.splitlines()[0]} (on {job['device']}, {job['backend']})")
+                record = BenchResult.from_dict({**keep, "status": "failed", "error": error})
+            yield job, record
+
+
+def speed_line(record: BenchResult) -> str:
+    if record.pp_tps and record.tg_tps:
+        return (
+            f"pp{record.prompt_tokens} {record.pp_tps.median:.1f} tok/s, "
+            f"tg{record.gen_tokens} {record.tg_tps.median:.1f} tok/s, "
+            f"peak RSS {record.peak_rss_mb or 0:.0f} MiB"
+        )
+    if record.concurrency:
+        return ", ".join(served_level(level, v) for level, v in record.concurrency.items())
+    return record.status
+
+
+def serve_load(ctx: StageContext, variants: list[Variant]) -> list[BenchResult]:
+    """Each variant of `bench.serve.formats` behind its real server, under the closed-loop load of every
+    level; the server is stopped after. A variant that fails is recorded failed and the others go on."""
+    from workbench.pipeline import servers
+    from workbench.serve import backends, load
+
+    section = ctx.recipe.bench.serve
+    conversations = [row["messages"][:-1] for row in read_jsonl(ctx.inputs["data"] / "held_out.jsonl")]
+    records = []
+    for variant in [v for v in variants if v.status == "done" and v.format in section.formats]:
+        device = "cuda" if servers.cuda_for(variant.format) else "cpu"
+        backend = f"{backends.pick_backend(variant.format, device == 'cuda')} server"
+        ctx.say(f"{variant.name}: serving it under load ({backend}, clients {section.concurrency})")
+        base = {"variant": variant.name, "device": device, "backend": backend, "format": variant.format}
+        candidate = {"name": variant.name, "label": variant.name, "format": variant.format, "path": variant.path,
+                     "lora": variant.meta.get("lora")}  # fmt: skip
+        server = None
+        try:
+            home = ctx.run_dir.parent
+            server = servers.start(ctx.store, home, ctx.run_id, candidate, threads=ctx.recipe.bench.threads)
+            checked = servers.compare_to_chat(ctx.store, home, server, section.parity_prompts, section.max_tokens)
+            ctx.say(f"{variant.name}: served parity {describe_served(checked)}")
+            if checked["status"] == "failed":
+                ctx.failures.append(f"{variant.name}: served parity {describe_served(checked)}")
+            levels = load.run(servers.endpoint(server), conversations, section.concurrency, section.requests,
+                              section.max_tokens, section.time_limit_s)  # fmt: skip
+            if servers.gone(server, within=0):
+                raise StageFailed("under load")
+            if all(level.errors == level.requests for level in levels):
+                raise StageFailed(f"{variant.name}: every request failed ({levels[0].first_error}) — see {server.log}")
+            record = BenchResult.from_dict(
+                {**base, "threads": ctx.recipe.bench.threads or usable_cores(), "gen_tokens": section.max_tokens,
+                 "concurrency": {str(level.concurrency): level.to_dict() for level in levels}}
+            )  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - one failed server is recorded, the rest go on
+            error = failure_line(variant.name, exc)
+            if server is not None and servers.gone(server):
+                error = f"{variant.name}: its server died ({error.split(': ', 1)[-1]}) — see {server.log}"
+            ctx.failures.append(f"{error.splitlines()[0]} (served, {backend})")
+            record = BenchResult.from_dict({**base, "status": "failed", "error": error})
+        finally:
+            if server is not None:
+                servers.stop(ctx.store, server)
+        ctx.say(f"{variant.name} served ({backend}): {speed_line(record)}")
+        ctx.event("benchmarked", **record.to_dict())
+        records.append(record)
+    return records
+
+
+def served_level(level: str, numbers: dict[str, Any]) -> str:
+    line = f"x{level}: {numbers['output_tps']:.0f} tok/s"
+    if numbers.get("ttft_p95_ms") is not None:
+        line += f", TTFT p95 {numbers['ttft_p95_ms']:.0f} ms"
+    return line + (f", {numbers['errors']} errors" if numbers.get("errors") else "")
+
+
+def run(ctx: StageContext) -> list[Artifact]:
+    cuda = pick_device("auto") == "cuda"
+    if ctx.recipe.bench.gpu and not cuda:
+        ctx.say("no CUDA device: GPU benchmarks skipped")
+    jobs = bench_jobs(ctx.store.variants(ctx.run_id), ctx.recipe, cuda, cuda and vllm_bench.available())
+    records = []
+    for job, record in measurements(ctx, jobs):
+        ctx.say(f"{job['variant']} on {job['device']} ({job['backend']}): {speed_line(record)}")
+        ctx.event("benchmarked", **record.to_dict())
+        records.append(record)
+    if ctx.recipe.bench.serve.concurrency:
+        records += serve_load(ctx, ctx.store.variants(ctx.run_id))
+    ctx.store.replace_bench(ctx.run_id, records)
+    results = ctx.out / "results.json"
+    atomic_write_text(results, safe.json_text({"cuda": cuda, "results": [r.to_dict() for r in records]}, indent=2))
+    return [Artifact("bench-results", "bench", results.name, results.stat().st_size)]
+
+
+STAGE = Stage(name="bench", needs=("data", "export"), key_inputs=key_inputs, run=run)
