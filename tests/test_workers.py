@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from workbench import workers
+from workbench.workers.selftest import SelfTestResult
 
 
 def selftest(tmp_path: Path, timeout: float | None = None, **job: object) -> workers.Outcome:
@@ -43,7 +44,7 @@ def test_result_events_output_and_memory(tmp_path: Path) -> None:
     assert list(running.events()) == [{"number": 0}, {"number": 1}, {"number": 2}]
     outcome = running.outcome
     assert outcome is not None and outcome.ok and outcome.status == "done" and outcome.error is None
-    assert outcome.value() == {"echo": [1, "two"]}
+    assert outcome.value_as(SelfTestResult) == SelfTestResult(echo=[1, "two"])
     assert "hello from the child" in (tmp_path / "x.log").read_text() and outcome.tail[-1] == "hello from the child"
     assert outcome.seconds > 0 and outcome.returncode == 0
 
@@ -146,7 +147,7 @@ def test_a_crash_after_the_result_is_reported_does_not_undo_it(tmp_path: Path) -
     """Native libraries can abort in their static destructors at exit (seen with torch.compile's pools under
     GPTQModel): the worker leaves without running them, and a result that arrived whole stands."""
     outcome = selftest(tmp_path, do="crash-at-exit", echo="kept")
-    assert outcome.status == "done" and outcome.value() == {"echo": "kept"}
+    assert outcome.status == "done" and outcome.value_as(SelfTestResult).echo == "kept"
 
 
 def test_spread_runs_one_worker_per_device_at_a_time(tmp_path: Path) -> None:
@@ -158,16 +159,57 @@ def test_spread_runs_one_worker_per_device_at_a_time(tmp_path: Path) -> None:
 
     ended = dict(workers.spread([0, 1, 2, 3, 4], begin, ["3", "5"]))
     assert isinstance(ended.pop(4), ValueError)
-    results = {n: outcome.value() for n, outcome in ended.items()}
-    assert {r["echo"] for r in results.values()} == {0, 1, 2, 3}
-    assert sorted(r["gpu"] for r in results.values()) == ["3", "3", "5", "5"]  # each pinned to its GPU
-    spans = sorted(r["span"] for r in results.values())
+    results = {n: outcome.value_as(SelfTestResult) for n, outcome in ended.items()}
+    assert {r.echo for r in results.values()} == {0, 1, 2, 3}
+    assert sorted(r.gpu or "" for r in results.values()) == ["3", "3", "5", "5"]  # each pinned to its GPU
+    spans = sorted(r.span or (0.0, 0.0) for r in results.values())
     assert spans[1][0] < spans[0][1]  # the first two ran side by side
     for device in ("3", "5"):  # never two at once on one GPU
-        mine = sorted(r["span"] for r in results.values() if r["gpu"] == device)
+        mine = sorted(r.span or (0.0, 0.0) for r in results.values() if r.gpu == device)
         assert mine[0][1] <= mine[1][0]
 
     alone = dict(workers.spread([0, 1], begin, [None]))  # one slot: one after another, not pinned
-    first, second = sorted(outcome.value()["span"] for outcome in alone.values())
+    first, second = sorted(outcome.value_as(SelfTestResult).span or (0.0, 0.0) for outcome in alone.values())
     assert first[1] <= second[0]
-    assert {o.value()["gpu"] for o in alone.values()} == {os.environ.get("CUDA_VISIBLE_DEVICES")}
+    assert {o.value_as(SelfTestResult).gpu for o in alone.values()} == {os.environ.get("CUDA_VISIBLE_DEVICES")}
+
+
+def test_a_job_is_checked_against_its_type_on_arrival(tmp_path: Path) -> None:
+    """The wire decodes the job into the task's declared dataclass: a field it does not know, or a value of
+    the wrong type, fails the job with a message naming the task and the field (not a KeyError later)."""
+    unknown = selftest(tmp_path, do="answer", echoo=1)
+    assert unknown.status == "failed"
+    assert "self-test failed: WireError: workers.selftest job is not a SelfTestJob: unknown field(s) echoo" in (
+        unknown.error or ""
+    )
+    wrong = selftest(tmp_path, events="many")
+    assert wrong.status == "failed" and "events: Input should be a valid integer" in (wrong.error or "")
+
+
+def test_a_result_reads_back_as_its_type(tmp_path: Path) -> None:
+    from workbench.workers.wire import WireError
+
+    outcome = selftest(tmp_path, echo={"nested": [1, 2]})
+    assert outcome.result == {"echo": {"nested": [1, 2]}, "gpu": None, "span": None}  # JSON on the wire
+    assert outcome.value_as(SelfTestResult) == SelfTestResult(echo={"nested": [1, 2]})
+    with pytest.raises(WireError, match="workers.selftest result is not a SelfTestJob"):
+        from workbench.workers.selftest import SelfTestJob
+
+        outcome.value_as(SelfTestJob)  # fields it does not have: refused, not silently dropped
+
+
+def test_every_task_declares_dataclasses_for_its_job_and_result() -> None:
+    """What crosses a process is typed: each registered task's function takes a job dataclass and returns a
+    result dataclass (mypy then checks both sides), resolved from its annotations."""
+    import dataclasses
+
+    from workbench.workers.child import resolve
+    from workbench.workers.tasks import TASKS
+    from workbench.workers.wire import signature
+
+    untyped = []
+    for name in TASKS:
+        job, result = signature(resolve(name))
+        if not (dataclasses.is_dataclass(job) and dataclasses.is_dataclass(result)):
+            untyped.append(name)
+    assert untyped == [], f"tasks whose job or result is not a dataclass: {untyped}"

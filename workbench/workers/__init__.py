@@ -4,8 +4,10 @@ Everything that loads a model through native code (llama.cpp, bitsandbytes, GPTQ
 runs in a child: a crash there (a segfault in a CPU kernel, an out-of-memory kill) fails that one job,
 never the process that orchestrates a run or draws the TUI. The contract:
 
-- **job in**: a task named in `workbench.workers.tasks.TASKS` and a JSON-able dict, written beside the log;
-- **result out**: the task function's return value (a dict), or its exception as one line;
+- **job in**: a task named in `workbench.workers.tasks.TASKS` and its job, a dataclass the task function
+  declares (`wire`: JSON on the way, checked against the type on arrival), written beside the log;
+- **result out**: the task function's return value (its declared result dataclass; `Outcome.value_as`
+  reads it back), or its exception as one line;
 - **events**: what the task `emit`s while it runs (streamed answers, check phases), on a private pipe, so
   nothing a native library prints can corrupt them;
 - **output**: the child's stdout and stderr go to the log file (and are echoed when asked);
@@ -33,14 +35,16 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from workbench.core import safe
 from workbench.core.common import PYTHON, child_env
 from workbench.core.errors import StageFailed
+from workbench.workers import wire
 from workbench.workers.child import MEMORY_LIMIT
 from workbench.workers.tasks import TASKS
 
+T = TypeVar("T")
 Status = Literal["done", "failed", "crashed", "timed_out", "stopped"]
 KILL_GRACE_S = 5.0  # between SIGTERM and SIGKILL when a child is stopped
 TAIL_LINES = 20  # output lines kept for error messages
@@ -67,10 +71,14 @@ class Outcome:
         return self.status == "done"
 
     def value(self) -> dict[str, Any]:
-        """The result, or WorkerFailed with the one-line error."""
+        """The result as it came over the wire, or WorkerFailed with the one-line error."""
         if not self.ok:
             raise WorkerFailed(self)
         return self.result or {}
+
+    def value_as(self, kind: type[T]) -> T:
+        """The result as the task's result type, or WorkerFailed with the one-line error."""
+        return wire.decode(kind, self.value(), f"{self.task} result")
 
 
 class WorkerFailed(StageFailed):
@@ -95,7 +103,7 @@ class Running:
     def __init__(
         self,
         task: str,
-        job: dict[str, Any],
+        job: Any,
         *,
         name: str,
         log: Path | None = None,
@@ -120,7 +128,7 @@ class Running:
         self.log = Path(log)
         self.log.parent.mkdir(parents=True, exist_ok=True)
         job_file = self.log.with_name(self.log.stem + ".job.json")
-        job_file.write_text(json.dumps({"task": task, "job": job}), encoding="utf-8")
+        job_file.write_text(json.dumps({"task": task, "job": wire.encode(job)}), encoding="utf-8")
 
         read_end, write_end = os.pipe()
         environment = child_env(
@@ -316,7 +324,7 @@ class Running:
 start = Running  # start(task, job, name=..., log=..., timeout=..., echo=..., env=...) -> a running worker
 
 
-def run(task: str, job: dict[str, Any], **options: Any) -> Outcome:
+def run(task: str, job: Any, **options: Any) -> Outcome:
     """`start` the task (same options) and wait for its outcome; its events are dropped. An interrupt of
     this process (Ctrl-C, SIGTERM) stops the child before it propagates."""
     return start(task, job, **options).wait()

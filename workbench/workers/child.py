@@ -20,6 +20,7 @@ import traceback
 from pathlib import Path
 from typing import IO, Any
 
+from workbench.workers import wire
 from workbench.workers.tasks import TASKS
 
 
@@ -113,6 +114,13 @@ def resolve(task: str) -> Any:
     return getattr(importlib.import_module(module), function)
 
 
+def run_task(task: str, data: Any, channel: Channel) -> Any:
+    """The task's function on its job decoded from the wire; its result encoded for the wire."""
+    function = resolve(task)
+    job_type, _ = wire.signature(function)
+    return wire.encode(function(wire.decode(job_type, data, f"{task} job"), channel))
+
+
 def main() -> None:
     limit_mb = limit_memory()
     faulthandler.enable()  # a native crash leaves the Python stack in the log
@@ -121,8 +129,7 @@ def main() -> None:
     spec = json.loads(Path(sys.argv[1]).read_text(encoding="utf-8"))
     code = 0
     try:
-        result = resolve(spec["task"])(spec["job"], channel)
-        channel.send("result", result if result is not None else {})
+        channel.send("result", run_task(spec["task"], spec["job"], channel))
     except BaseException as exc:  # noqa: BLE001 - every failure is reported, then the process exits non-zero
         traceback.print_exc()
         channel.send("error", error_line(exc, limit_mb))

@@ -1,0 +1,62 @@
+"""What crosses a worker's boundary. A task's job and result are dataclasses, declared by its function's
+annotations (`def evaluate_job(job: EvalJob, channel: Channel) -> EvalResult`); between the processes they
+travel as JSON. `encode` and `decode` are the only two ways across, so a field a side does not know, or a
+value of the wrong type, is an error naming the task and the field, not a KeyError deep in a model load."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class WireError(ValueError):
+    """A job or a result that does not match its declared type."""
+
+
+_ADAPTERS: dict[Any, Any] = {}
+
+
+def _adapter(kind: Any) -> Any:
+    if kind not in _ADAPTERS:
+        from pydantic import TypeAdapter  # not at import: the TUI starts workers and stays light
+
+        _ADAPTERS[kind] = TypeAdapter(kind)
+    return _ADAPTERS[kind]
+
+
+def encode(value: Any) -> Any:
+    """A job or a result as JSON-able data (a dataclass's fields, paths as strings, tuples as lists)."""
+    if value is None or isinstance(value, dict):
+        return value if value is not None else {}
+    return _adapter(type(value)).dump_python(value, mode="json")
+
+
+def decode(kind: type[T], data: Any, what: str) -> T:
+    """`data` (from the wire) as a `kind`, or WireError naming `what` ("eval.model job") and the field."""
+    if kind in (dict, Any) or typing.get_origin(kind) is dict:
+        return typing.cast(T, data)
+    from pydantic import ValidationError
+
+    if dataclasses.is_dataclass(kind) and isinstance(data, dict):
+        unknown = sorted(set(data) - {field.name for field in dataclasses.fields(kind)})
+        if unknown:  # pydantic would drop them silently
+            raise WireError(f"{what} is not a {kind.__name__}: unknown field(s) {', '.join(unknown)}")
+    try:
+        return typing.cast(T, _adapter(kind).validate_python(data))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or '(top)'}: {error['msg']}" for error in exc.errors()
+        )
+        raise WireError(f"{what} is not a {kind.__name__}: {problems}") from None
+
+
+def signature(function: Callable[..., Any]) -> tuple[Any, Any]:
+    """(job type, result type) of a task function, from its annotations."""
+    hints = typing.get_type_hints(function)
+    parameters = list(hints)
+    job = hints[parameters[0]] if parameters and parameters[0] != "return" else dict
+    return job, hints.get("return", dict)
