@@ -22,7 +22,8 @@ sys.path.insert(0, str(ROOT))
 from workbench import workers  # noqa: E402
 from workbench.core.store import Store  # noqa: E402
 from workbench.data.files import read_jsonl  # noqa: E402
-from workbench.export.gptq import calibration_texts  # noqa: E402
+from workbench.eval.worker import EvalJob, EvalResult, FidelityJob  # noqa: E402
+from workbench.export.gptq import GPTQJob, calibration_texts  # noqa: E402
 from workbench.pipeline.runner import default_home  # noqa: E402
 from workbench.pipeline.stages.eval import fidelity_sequences  # noqa: E402
 
@@ -54,20 +55,22 @@ def main() -> None:
         for setting in args.settings.split(","):
             method, clip, count, dtype = setting.split(":")
             out = Path(tmp) / setting.replace(":", "-")
-            job = {"method": method, "merged": merged.path, "out": str(out), "bits": 4, "group_size": 64,
-                   "desc_act": False, "awq_clip": clip != "noclip", "dtype": dtype,
-                   "calibration": calibration_texts(train[: int(count)], tokenizer)}  # fmt: skip
-            made = workers.run("gptq.export", job, name=setting, log=Path(tmp) / f"{out.name}.log")
+            export = GPTQJob(method=method, merged=Path(merged.path), out=out, bits=4, group_size=64, desc_act=False,
+                             awq_clip=clip != "noclip", dtype=dtype,
+                             calibration=calibration_texts(train[: int(count)], tokenizer))  # fmt: skip
+            made = workers.run("gptq.export", export, name=setting, log=Path(tmp) / f"{out.name}.log")
             if not made.ok:
                 print(f"{setting}: FAILED {made.error}", flush=True)
                 continue
-            job = {"name": setting, "format": method, "path": str(out), "tasks": [], "max_length": 2048,
-                   "seed": 1234, "batch_size": 8, "device": "cpu", "out": str(out / "eval"),
-                   "fidelity": {"reference": merged.path, "sequences": sequences}}  # fmt: skip
-            fidelity = workers.run("eval.model", job, name=setting).value()["fidelity"]
-            rows.append((setting, made.seconds, fidelity["kld_mean"], fidelity["top1_agreement"]))
-            print(f"{setting}: {made.seconds:.0f} s, KLD {fidelity['kld_mean']:.4f}, top-1 "
-                  f"{fidelity['top1_agreement']:.3f}", flush=True)  # fmt: skip
+            job = EvalJob(name=setting, format=method, path=str(out), out=out / "eval", device="cpu", tasks=[],
+                          include=out, include_defaults=False, limit=None, num_fewshot=None, seed=1234,
+                          batch_size=8, max_length=2048, bootstrap_iters=0,
+                          fidelity=FidelityJob(merged.path, sequences, answers=[]))  # fmt: skip
+            fidelity = workers.run("eval.model", job, name=setting).value_as(EvalResult).fidelity
+            assert fidelity is not None
+            rows.append((setting, made.seconds, fidelity.kld_mean, fidelity.top1_agreement))
+            print(f"{setting}: {made.seconds:.0f} s, KLD {fidelity.kld_mean:.4f}, top-1 "
+                  f"{fidelity.top1_agreement:.3f}", flush=True)  # fmt: skip
     print(f"\n{'setting':26} {'export s':>9} {'KLD':>8} {'top-1':>6}")
     for setting, seconds, kld, top1 in rows:
         print(f"{setting:26} {seconds:>9.0f} {kld:>8.4f} {top1:>6.3f}")

@@ -66,7 +66,7 @@ def main() -> None:
 
     from lm_eval.models.huggingface import HFLM
 
-    from workbench.core.devices import compute_dtype
+    from workbench.core.formats import compute_dtype
     from workbench.eval.llamacpp_lm import LlamaCppLM
 
     variants = {v.name: v for v in Store(args.home / "workbench.db").variants(args.run)}

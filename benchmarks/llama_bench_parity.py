@@ -20,6 +20,7 @@ sys.path.insert(0, str(ROOT))
 
 from workbench import workers  # noqa: E402
 from workbench.bench import llama_bench  # noqa: E402
+from workbench.bench.worker import MeasureJob, MeasureResult  # noqa: E402
 from workbench.core.devices import usable_cores  # noqa: E402
 from workbench.core.store import Store  # noqa: E402
 from workbench.pipeline.runner import default_home  # noqa: E402
@@ -36,15 +37,16 @@ def default_model(run: str) -> str:
 def workbench_numbers(model: str, args: argparse.Namespace) -> dict[str, float]:
     """The bench stage's own worker, in its own process as in a run; means over the repetitions, the
     statistic llama-bench reports."""
-    job = {
-        "variant": Path(model).name, "format": "gguf", "path": model, "backend": "llama.cpp", "device": "cpu",
-        "threads": args.threads, "prompt_tokens": args.p, "gen_tokens": args.n, "repetitions": args.r, "warmup": 1,
-    }  # fmt: skip
+    job = MeasureJob(
+        variant=Path(model).name, format="gguf", path=model, backend="llama.cpp", device="cpu", threads=args.threads,
+        prompt_tokens=args.p, gen_tokens=args.n, repetitions=args.r, warmup=1,
+    )  # fmt: skip
     outcome = workers.run("bench.measure", job, name=Path(model).name)
     if not outcome.ok:
         sys.exit(outcome.error)
-    measured = outcome.value()
-    return {key: statistics.mean(measured[key]["samples"]) for key in ("pp_tps", "tg_tps")}
+    measured = outcome.value_as(MeasureResult)
+    assert measured.pp_tps and measured.tg_tps
+    return {"pp_tps": statistics.mean(measured.pp_tps.samples), "tg_tps": statistics.mean(measured.tg_tps.samples)}
 
 
 def main() -> None:

@@ -21,15 +21,20 @@ sys.path.insert(0, str(ROOT))
 from workbench import workers  # noqa: E402
 from workbench.core.store import Store  # noqa: E402
 from workbench.data.files import read_jsonl  # noqa: E402
+from workbench.eval.fidelity import Fidelity  # noqa: E402
+from workbench.eval.worker import EvalJob, EvalResult, FidelityJob  # noqa: E402
 from workbench.pipeline.runner import default_home  # noqa: E402
 from workbench.pipeline.stages.eval import fidelity_sequences  # noqa: E402
 
 
-def kld(variant_path: str, reference: str, sequences: list[list[int]], out: Path) -> dict:
-    job = {"name": Path(variant_path).name, "format": "gguf", "path": variant_path, "tasks": [], "max_length": 2048,
-           "seed": 1234, "batch_size": 8, "device": "cpu", "out": str(out),
-           "fidelity": {"reference": reference, "sequences": sequences}}  # fmt: skip
-    return workers.run("eval.model", job, name=job["name"]).value()["fidelity"]
+def kld(variant_path: str, reference: str, sequences: list[list[int]], out: Path) -> Fidelity:
+    job = EvalJob(name=Path(variant_path).name, format="gguf", path=variant_path, out=out, device="cpu", tasks=[],
+                  include=out, include_defaults=False, limit=None, num_fewshot=None, seed=1234, batch_size=8,
+                  max_length=2048, bootstrap_iters=0,
+                  fidelity=FidelityJob(reference, sequences, answers=[]))  # fmt: skip
+    fidelity = workers.run("eval.model", job, name=job.name).value_as(EvalResult).fidelity
+    assert fidelity is not None
+    return fidelity
 
 
 def main() -> None:
@@ -53,11 +58,11 @@ def main() -> None:
         for run, reference in [(args.plain, args.plain), (args.qat, args.plain), (args.qat, args.qat)]:
             found = kld(files[run].path, merged[reference].path, sequences, Path(tmp) / f"{run}-{reference}")
             results[(run, reference)] = found
-            print(f"{files[run].name} vs {reference}'s 16-bit model: KLD {found['kld_mean']:.4f}, "
-                  f"top-1 {found['top1_agreement']:.3f}, ppl ratio {found['ppl_ratio']:.3f}", flush=True)  # fmt: skip
-    plain = results[(args.plain, args.plain)]["kld_mean"]
-    qat = results[(args.qat, args.plain)]["kld_mean"]
-    own = results[(args.qat, args.qat)]["kld_mean"]
+            print(f"{files[run].name} vs {reference}'s 16-bit model: KLD {found.kld_mean:.4f}, "
+                  f"top-1 {found.top1_agreement:.3f}, ppl ratio {found.ppl_ratio:.3f}", flush=True)  # fmt: skip
+    plain = results[(args.plain, args.plain)].kld_mean
+    qat = results[(args.qat, args.plain)].kld_mean
+    own = results[(args.qat, args.qat)].kld_mean
     print(f"\nKLD vs the plain 16-bit model: plain {args.variant} {plain:.4f}, QAT {args.variant} {qat:.4f}: "
           f"recovered {100 * (plain - qat) / plain:.0f}% (goal >= 50%)")  # fmt: skip
     print(f"each vs its own 16-bit model: plain {plain:.4f}, QAT {own:.4f}: "

@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from workbench import workers  # noqa: E402
+from workbench.bench.worker import MeasureJob, MeasureResult  # noqa: E402
 from workbench.core.devices import usable_cores  # noqa: E402
 from workbench.core.store import Store  # noqa: E402
 from workbench.pipeline.runner import default_home  # noqa: E402
@@ -75,18 +76,20 @@ def bytes_per_token(path: Path) -> int:
 
 def generation(path: Path, threads: int, gen_tokens: int, reps: int) -> float:
     """Median tg tok/s from the bench stage's worker (no time limit)."""
-    job = {"variant": path.name, "format": "gguf", "path": str(path), "backend": "llama.cpp", "device": "cpu",
-           "threads": threads, "prompt_tokens": 16, "gen_tokens": gen_tokens, "repetitions": reps,
-           "warmup": 1}  # fmt: skip
+    job = MeasureJob(variant=path.name, format="gguf", path=str(path), backend="llama.cpp", device="cpu",
+                     threads=threads, prompt_tokens=16, gen_tokens=gen_tokens, repetitions=reps, warmup=1)  # fmt: skip
     outcome = workers.run("bench.measure", job, name=path.name)
     if not outcome.ok:
         sys.exit(outcome.error)
-    return statistics.median(outcome.value()["tg_tps"]["samples"])
+    measured = outcome.value_as(MeasureResult).tg_tps
+    assert measured is not None
+    return statistics.median(measured.samples)
 
 
 def one_billion(folder: Path, types: list[str]) -> list[Path]:
     """The ~1.1B random Llama as GGUFs of `types` (made once, kept in `folder`)."""
     from workbench.export import gguf
+    from workbench.export.making import Written
 
     files = [folder / f"llama-1.1b-random-{t.upper()}.gguf" for t in types]
     if all(f.is_file() for f in files):
@@ -97,11 +100,11 @@ def one_billion(folder: Path, types: list[str]) -> list[Path]:
             print("building a ~1.1B random Llama (once) ...", flush=True)
             save_random_llama(hf)
         print("converting it to GGUF f16 ...", flush=True)
-        gguf.convert(hf, f16, "f16").value()
+        gguf.convert(hf, f16, "f16").value_as(Written)
     for gguf_type, file in zip(types, files, strict=True):
         if not file.is_file() and gguf_type != "f16":
             print(f"quantizing it to {gguf_type} ...", flush=True)
-            gguf.quantize(f16, file, gguf_type).value()
+            gguf.quantize(f16, file, gguf_type).value_as(Written)
     return files
 
 

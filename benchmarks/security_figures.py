@@ -1,4 +1,4 @@
-"""The hostile corpus (tests/hostile/) run once, as the figures of the README's Security section: per item of
+"""The hostile corpus (tests/hostile/) run once, as the figures of docs/security.md: per item of
 the security review, the attacks tried, how many were refused with a WorkbenchError or contained, and the
 tracebacks, files written outside the run's folder, connections beyond loopback, processes left behind and
 planted code run (each 0 when the defenses hold), with the time it took.

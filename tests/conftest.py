@@ -113,12 +113,13 @@ def tiny_llama_256(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_ggufs(tiny_llama_256: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """tiny_llama_256 through llama.cpp's converter (f16) and quantizer (q4_0)."""
     from workbench.export import gguf
+    from workbench.export.making import Written
 
     out = tmp_path_factory.mktemp("gguf")
     f16 = out / "tiny-F16.gguf"
-    gguf.convert(tiny_llama_256, f16, "f16").value()
+    gguf.convert(tiny_llama_256, f16, "f16").value_as(Written)
     q4 = out / "tiny-Q4_0.gguf"
-    gguf.quantize(f16, q4, "q4_0").value()
+    gguf.quantize(f16, q4, "q4_0").value_as(Written)
     return {"f16": f16, "q4_0": q4}
 
 

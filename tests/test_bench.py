@@ -25,20 +25,46 @@ def recipe(**bench: object) -> Recipe:
 
 def test_jobs_follow_the_formats_per_target_and_skip_failed_variants() -> None:
     jobs = bench_jobs(VARIANTS, recipe(cpu=["gguf", "hf"], threads=3), cuda=False, vllm=True)
-    assert [(j["variant"], j["backend"], j["device"]) for j in jobs] == [
+    assert [(j.variant, j.backend, j.device) for j in jobs] == [
         ("m", "torch", "cpu"),
         ("m-Q8_0.gguf", "llama.cpp", "cpu"),
     ]
-    assert all(j["threads"] == 3 and j["prompt_tokens"] == 512 and j["gen_tokens"] == 128 for j in jobs)
+    assert all(j.threads == 3 and j.prompt_tokens == 512 and j.gen_tokens == 128 for j in jobs)
 
-    on_gpu = bench_jobs(VARIANTS, recipe(cpu=[], gpu=["gguf", "gptq"]), cuda=True, vllm=True)
-    assert [(j["variant"], j["backend"], j["device"]) for j in on_gpu] == [
-        ("m-Q8_0.gguf", "llama.cpp", "cuda"),
-        ("m-GPTQ", "torch", "cuda"),
-        ("m-GPTQ", "vllm", "cuda"),  # vLLM serves GPTQ, not GGUF
+    on_gpu = bench_jobs(VARIANTS, recipe(cpu=[], gpu=["gguf", "gptq"], threads=2), cuda=True, vllm=True)
+    assert [(j.variant, j.backend, j.device, j.threads) for j in on_gpu] == [
+        ("m-Q8_0.gguf", "llama.cpp", "cuda", 2),
+        ("m-GPTQ", "torch", "cuda", 2),
+        ("m-GPTQ", "vllm", "cuda", None),  # vLLM serves GPTQ, not GGUF; it sets its own threads
     ]
-    assert on_gpu[2]["vllm_concurrency"] == [1, 8, 32]
-    assert bench_jobs(VARIANTS, recipe(), cuda=False, vllm=False)[-1]["variant"] == "m-GPTQ"  # nf4 failed
+    assert on_gpu[2].vllm_concurrency == [1, 8, 32]
+    assert bench_jobs(VARIANTS, recipe(), cuda=False, vllm=False)[-1].variant == "m-GPTQ"  # nf4 failed
+
+
+def test_a_measurement_is_stored_as_it_always_was() -> None:
+    """The worker's typed result becomes the store's BenchResult with the same JSON, key for key and in the
+    same order, as the dicts it replaced (stored runs read and compare the same)."""
+    from workbench.bench.worker import MeasureResult, measured
+    from workbench.pipeline.stages.bench import bench_record
+
+    job = bench_jobs([Variant("m", "hf", "/m", 16)], recipe(cpu=["hf"], threads=2, max_gen_seconds=5), False, False)[0]
+    stat = {"median": 2.0, "min": 1.0, "max": 3.0, "samples": [1.0, 2.0, 3.0]}
+    numbers = {"pp_tps": stat, "tg_tps": stat, "ttft_ms": stat, "tg_tokens": [3, 4, 5], "dtype": "float32"}
+    record = bench_record(job, measured(numbers, 1.5), peak_rss_mb=300.0).to_dict()
+    assert list(record.items()) == [
+        ("variant", "m"), ("device", "cpu"), ("backend", "torch"), ("status", "done"), ("format", "hf"),
+        ("threads", 2), ("prompt_tokens", 512), ("gen_tokens", 128), ("repetitions", 3), ("warmup", 1),
+        ("pp_tps", stat), ("tg_tps", stat), ("ttft_ms", stat), ("peak_rss_mb", 300.0), ("peak_vram_mb", None),
+        ("concurrency", None), ("seconds", 1.5), ("error", None),
+        ("max_gen_seconds", 5.0), ("tg_tokens", [3, 4, 5]), ("dtype", "float32"),
+    ]  # fmt: skip
+    failed = bench_record(job, status="failed", error="m: benchmark crashed").to_dict()
+    assert (failed["status"], failed["error"], failed["pp_tps"], failed["seconds"]) == (
+        "failed", "m: benchmark crashed", None, None
+    )  # fmt: skip
+    assert list(failed)[-1] == "max_gen_seconds" and "dtype" not in failed
+    skipped = bench_record(job, MeasureResult("skipped", "built without GPU offload")).to_dict()
+    assert (skipped["status"], skipped["error"], skipped["seconds"]) == ("skipped", "built without GPU offload", None)
 
 
 def test_measure_follows_the_warmup_and_repetition_protocol() -> None:

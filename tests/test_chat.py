@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -9,18 +10,24 @@ from typing import Any
 import pytest
 
 from workbench import workers
+from workbench.chat.stream import AnswerJob, AnswerResult
 from workbench.cli import main as cli
 from workbench.core.errors import RunError
-from workbench.core.records import Variant
+from workbench.core.records import Server, Variant
 from workbench.core.store import Store
 from workbench.pipeline import candidates as chat
+from workbench.serve.client import Endpoint
+from workbench.workers import wire
 
 CHAT = chat.messages("What is 12 + 30?", "You are a calculator.")
 MAX_TOKENS = 12
 
 
-def events(candidate: dict, max_tokens: int = MAX_TOKENS) -> list[dict]:
-    return list(chat.ask(chat.job(candidate, CHAT, max_tokens)))
+def events(model: dict[str, str], max_tokens: int = MAX_TOKENS) -> list[dict]:
+    """The events of asking the model at `path` (of `format`) the calculator question."""
+    name = Path(model["path"]).name
+    candidate = chat.Candidate(name=name, label=name, format=model["format"], path=model["path"])
+    return list(chat.ask(candidate, CHAT, max_tokens))
 
 
 def answer_text(found: list[dict]) -> str:
@@ -43,10 +50,11 @@ def test_gguf_answer_streams_what_llama_cpp_says(tiny_ggufs: dict[str, Path]) ->
     found = events({"path": str(tiny_ggufs["f16"]), "format": "gguf"})
     assert "loaded" in found[0] and "done" in found[-1]
     result = found[-1]["done"]
-    assert 0 < result["tokens"] <= MAX_TOKENS
+    assert isinstance(result, AnswerResult) and 0 < result.tokens <= MAX_TOKENS
     reference = llama_cpp_reference(tiny_ggufs["f16"])
     assert reference and answer_text(found) == reference
-    assert result["ttft_s"] > 0 and (result["tok_s"] is None or result["tok_s"] > 0)
+    assert result.ttft_s and result.ttft_s > 0 and (result.tok_s is None or result.tok_s > 0)
+    assert result.end_of_turn or result.tokens == MAX_TOKENS  # it ended its turn, or was cut at max_tokens
 
 
 def test_hf_answer_streams_what_transformers_generates(tiny_llama_256: Path) -> None:
@@ -59,7 +67,7 @@ def test_hf_answer_streams_what_transformers_generates(tiny_llama_256: Path) -> 
     inputs = tokenizer.apply_chat_template(CHAT, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     output = model.generate(**inputs, max_new_tokens=MAX_TOKENS, do_sample=False)[0, inputs["input_ids"].shape[1] :]
     assert answer_text(found) == tokenizer.decode(output, skip_special_tokens=True)
-    assert found[-1]["done"]["tokens"] == len(output)
+    assert found[-1]["done"].tokens == len(output)
 
 
 def test_a_broken_variant_reports_why(
@@ -84,14 +92,33 @@ def test_candidates_labels_and_picking(tiny_llama_256: Path) -> None:
         Variant("M-run-GPTQ-Int4", "gptq", "/g", 4, status="failed"),
     ]
     found = chat.askable(variants, str(tiny_llama_256))
-    assert [c["label"] for c in found] == ["merged", "Q8_0.gguf", "Q4_K_M.gguf", "base"]
-    assert found[-1]["path"] == str(tiny_llama_256.resolve())
-    assert [c["path"] for c in chat.pick(found, ["q4_k_m", "merged", "M-run-Q8_0.gguf"])] == ["/q4", "/m", "/q8"]
+    assert [c.label for c in found] == ["merged", "Q8_0.gguf", "Q4_K_M.gguf", "base"]
+    assert found[-1].path == str(tiny_llama_256.resolve()) and found[-1].format == "hf"
+    assert [c.path for c in chat.pick(found, ["q4_k_m", "merged", "M-run-Q8_0.gguf"])] == ["/q4", "/m", "/q8"]
     with pytest.raises(RunError, match="'gguf' matches several"):
         chat.pick(found, ["gguf"])
     with pytest.raises(RunError, match="'GPTQ' matches nothing; this run has: merged, Q8_0.gguf"):
         chat.pick(found, ["GPTQ"])  # failed variants cannot answer
     assert chat.messages("hi", None) == [{"role": "user", "content": "hi"}]
+
+
+def test_a_candidate_is_asked_with_a_typed_job(tmp_path: Path) -> None:
+    """A variant's adapter reaches the worker's job, which crosses as JSON; a plain variant's job has none; a
+    server is asked at its endpoint."""
+    adapter = Variant("M-Q4_0.gguf", "gguf", "/q4", 4.5, meta={"lora": "/q4-lora.gguf"})
+    job = chat.job(chat.Candidate.of(adapter), CHAT, 7)
+    assert job == AnswerJob(path="/q4", format="gguf", messages=CHAT, max_tokens=7, lora="/q4-lora.gguf")
+    assert wire.encode(job) == {"path": "/q4", "format": "gguf", "messages": CHAT, "max_tokens": 7,
+                                "lora": "/q4-lora.gguf"}  # fmt: skip
+    assert wire.decode(AnswerJob, json.loads(json.dumps(wire.encode(job))), "chat.answer job") == job
+    assert chat.job(chat.Candidate.of(Variant("M", "hf", "/m", 16)), CHAT).lora is None
+    store = Store(tmp_path / "workbench.db")
+    store.upsert_run("r", "r", {"name": "r"}, None, os.getpid())
+    store.add_server(Server("r-1", "r", "M", "llama.cpp", "::", 8081, "m", os.getpid(), None, 0.0, "log", "k"))
+    [served] = chat.served(store, "r")
+    assert (served.name, served.label, served.format) == ("r-1", "served:r-1", "served")
+    assert served.endpoint == Endpoint("http://[::1]:8081/v1", "m", "llama.cpp", "k")
+    assert chat.job(served, CHAT).path == "http://[::1]:8081/v1"
 
 
 def arena_run(home: Path, variants: list[dict]) -> None:

@@ -29,6 +29,7 @@ from workbench.cli import main
 from workbench.core.recipe import load_recipe
 from workbench.core.store import Store
 from workbench.pipeline.runner import run_recipe
+from workbench.workers.selftest import SelfTestJob
 
 STAGES = "data,train,merge"
 FAULTS = Path(__file__).with_name("faults")
@@ -224,7 +225,7 @@ def test_a_full_disk_or_a_memory_limit_in_export_names_the_cause_and_the_rerun_f
         run_recipe(load_recipe(path), home, stages=["export"])
         (f16,) = [v for v in store.variants("tiny") if v.format == "gguf"]
         assert f16.status == "failed" and not Path(f16.path).exists()
-        assert store.stage("tiny", "export").status == "partial" and store.run("tiny")["status"] == "done"
+        assert store.stage("tiny", "export").status == "partial" and store.run("tiny").status == "done"
         assert store.stage("tiny", "merge").status == "done" and merged.read_bytes() == before  # kept
         return f16.error or ""
 
@@ -246,10 +247,10 @@ def test_a_full_disk_or_a_memory_limit_in_export_names_the_cause_and_the_rerun_f
 
 def test_a_worker_over_its_memory_limit_fails_with_the_limit_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WORKBENCH_WORKER_MEMORY_MB", "200")
-    over = workers.run("workers.selftest", {"do": "memory", "megabytes": 400}, name="big")
+    over = workers.run("workers.selftest", SelfTestJob(do="memory", megabytes=400), name="big")
     assert over.status == "failed"
     assert over.error == "big: self-test failed: out of memory (limit 200 MiB, WORKBENCH_WORKER_MEMORY_MB): MemoryError"
-    within = workers.run("workers.selftest", {"do": "memory", "megabytes": 50}, name="small")
+    within = workers.run("workers.selftest", SelfTestJob(do="memory", megabytes=50), name="small")
     assert within.ok  # the same worker under the limit
     monkeypatch.setenv("WORKBENCH_WORKER_MEMORY_MB", "0")  # 0: no limit
-    assert workers.run("workers.selftest", {"do": "memory", "megabytes": 400}, name="big").ok
+    assert workers.run("workers.selftest", SelfTestJob(do="memory", megabytes=400), name="big").ok

@@ -298,7 +298,7 @@ def test_a_tracker_that_is_not_installed_is_refused_by_name(tmp_path: Path, monk
 
     from workbench.core.errors import ResourceError
     from workbench.core.recipe import TrackingSection
-    from workbench.train.loop import tracking_env
+    from workbench.train.tracking import tracking_env
 
     find = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *rest: None if name == "wandb" else find(name, *rest))

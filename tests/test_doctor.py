@@ -13,6 +13,7 @@ from conftest import write_recipe
 from workbench import doctor
 from workbench.cli import main
 from workbench.doctor.build import contradiction
+from workbench.doctor.probes import ProbeJob, ProbeResult
 
 
 def recipe_needing_llama_cpp_and_torch(tmp_path: Path, tiny_model: Path) -> Path:
@@ -45,6 +46,10 @@ def test_a_working_machine_passes_and_reports_as_json(
     assert (
         probes["llama.cpp decode q8_0"]["status"] == "done" and probes["llama.cpp decode q8_0"]["result"]["tokens"] == 4
     )
+    # a probe's job and result show what they say, as the dicts they were before they were typed
+    assert probes["llama.cpp decode q8_0"]["job"] == {"probe": "llama.cpp decode", "type": "q8_0"}
+    assert probes["llama.cpp decode q8_0"]["result"] == {"detail": "4 tokens", "tokens": 4}
+    assert list(probes["llama.cpp build info"]["result"]) == ["detail", "system_info", "gpu_offload"]
     assert "CPU :" in probes["llama.cpp build info"]["result"]["system_info"]
     assert report["machine"]["usable_cores"] >= 1 and report["versions"]["torch"]
 
@@ -54,7 +59,7 @@ def test_advice_for_an_amx_build_on_an_amx_cpu() -> None:
         machine={"features": ["avx512f", "amx_tile", "amx_int8"]},
         versions={},
         llama_build={"system_info": "CPU : AVX512 = 1 | AMX_INT8 = 1 |"},
-        probes=[doctor.Probe("llama.cpp decode q8_0", "llama.cpp", {"probe": "llama.cpp decode"}, status="crashed")],
+        probes=[doctor.Probe("llama.cpp decode q8_0", "llama.cpp", ProbeJob("llama.cpp decode"), status="crashed")],
         needed=["torch", "llama.cpp"],
     )
     assert report.failing == ["llama.cpp"]
@@ -83,5 +88,6 @@ def test_a_distributed_recipe_has_two_processes_form_a_group(tmp_path: Path, tin
     (probe,) = [p for p in doctor.probes_for(cuda=False, gguf_types=[]) if p.backend == "distributed"]
     outcome = workers.run("doctor.probe", probe.job, name=probe.name, log=tmp_path / "probe.log", timeout=300)
     assert outcome.status == "done", outcome.error
-    assert outcome.value()["detail"] == "2 processes, gloo: all-reduce 1 + 2 = 3 on both"  # each rank saw the sum
+    result = outcome.value_as(ProbeResult)
+    assert result.detail == "2 processes, gloo: all-reduce 1 + 2 = 3 on both"  # each rank saw the sum
     assert (tmp_path / "probe.log").read_text().count('"world": 2') == 2

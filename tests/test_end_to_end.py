@@ -54,7 +54,7 @@ def test_every_stage_runs_and_crashing_variants_take_nothing_else_down(
     statuses = {stage.name: stage.status for stage in store.stages("tiny")}
     ran = stages_of(load_recipe(recipe))
     assert ran == ["data", "train", "merge", "export", "eval", "bench", "report"]  # no reward or tune sections
-    assert list(statuses) == ran and store.run("tiny")["status"] == "done"
+    assert list(statuses) == ran and store.run("tiny").status == "done"
     assert statuses == {
         **{name: "done" for name in ran},
         "export": "partial",

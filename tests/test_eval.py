@@ -261,3 +261,43 @@ def test_unknown_task_names_are_refused_with_a_suggestion(tmp_path: Path) -> Non
     with pytest.raises(tasks.TaskError, match=r"unknown task\(s\): arc_eazy \(did you mean .*arc_easy"):
         check_task_names(["heldout", "arc_eazy"], ["heldout"], tmp_path)
     assert check_task_names(["heldout", "general"], ["heldout", "general"], tmp_path) is False
+
+
+def test_a_worker_result_is_kept_and_recorded_as_it_always_was() -> None:
+    """The typed `eval.model` result is kept (results.json) as the dict it replaced, key for key and in the
+    same order, fidelity without the numbers it has not; a kept summary reads back as the same result and
+    gives the store the same records."""
+    from workbench.eval.fidelity import Fidelity
+    from workbench.eval.worker import EvalResult, ItemRow, MetricRow
+    from workbench.pipeline.stages.eval import result_of, store_items, store_rows, summary_of
+
+    close = Fidelity(tokens=175, kld_mean=1e-8, kld_p99=2e-8, kld_max=3e-8, top1_agreement=1.0, ppl_reference=9.0,
+                     ppl_variant=9.0, ppl_ratio=1.0, vocab_compared=49152)  # fmt: skip
+    result = EvalResult(
+        name="m-Q4_0.gguf",
+        format="gguf",
+        seconds={"load": 0.1, "lm_eval": 2.6, "fidelity": 2.4},
+        metrics=[MetricRow("heldout", "exact_match,strip", 0.5, 0.1, True)],
+        items=[ItemRow("heldout", "exact_match,strip", {0: 1.0, 1: 0.0})],
+        samples={"heldout": 2},
+        n_shot={"heldout": 0},
+        versions={"heldout": 1.0},
+        fidelity=close,
+    )
+    kept = json.loads(json.dumps(summary_of(result)))  # as results.json holds it
+    assert list(kept) == ["name", "format", "seconds", "metrics", "items", "samples", "n_shot", "versions", "fidelity"]
+    assert kept["metrics"] == [
+        {"task": "heldout", "metric": "exact_match,strip", "value": 0.5, "stderr": 0.1, "higher_is_better": True}
+    ]
+    assert kept["items"] == [{"task": "heldout", "metric": "exact_match,strip", "values": {"0": 1.0, "1": 0.0}}]
+    assert kept["fidelity"] == close.to_dict() and "answer_tokens" not in kept["fidelity"]
+    assert result_of({**kept, "peak_mem_mb": 900.0, "fingerprint": "f"}) == result
+
+    model = {"name": "m-Q4_0.gguf", "format": "gguf", "path": "/q4", "role": "variant"}
+    rows = store_rows(model, result)
+    assert rows[0] == Metric("m-Q4_0.gguf", "variant", "heldout", "exact_match,strip", 0.5, 0.1, True)
+    assert [(r.task, r.metric) for r in rows[1:]] == [("fidelity", key) for key in close.to_dict()]
+    assert store_items(model, result_of(kept))[0].values == {0: 1.0, 1: 0.0}
+
+    bare = summary_of(EvalResult("base", "hf", {"load": 1.0}))  # no tasks, no fidelity: only what ran
+    assert bare == {"name": "base", "format": "hf", "seconds": {"load": 1.0}}

@@ -26,9 +26,8 @@ ENGINE_IMPORTS = {
     ("doctor", "workbench.export.gguf"): "the GGUF probe quantizes to the types the exporter knows",
     ("export", "workbench.chat.stream"): "the smoke check answers with the chat's own streamer",
     ("train", "workbench.qat.modules"): "quantization-aware training swaps in QAT's fake-quantized modules",
-    ("bench", "workbench.export.nf4"): "nf4 on CPU computes in float32",
-    ("chat", "workbench.export.nf4"): "nf4 on CPU computes in float32",
-    ("eval", "workbench.export.nf4"): "fidelity dequantizes nf4 on CPU",
+    ("export", "workbench.serve.ollama"): "a GGUF ships with its Ollama Modelfile and llama-server command",
+    ("export", "workbench.qat.check"): "a quantization-aware run's GGUF gets the grid check",
 }
 
 
@@ -120,3 +119,46 @@ def test_the_surfaces_share_no_modules_but_lower_ones() -> None:
         if {top(source), top(target)} == {"cli", "tui"} and not any(target.startswith(s) for s in starters)
     ]
     assert crossing == []
+
+
+def defined_names(module: str) -> set[str] | None:
+    """The names a workbench module defines or imports at its top level, and its submodules (None: no such
+    module)."""
+    base = PACKAGE.parent / module.replace(".", "/")
+    path = base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+    if not path.exists():
+        return None
+    names = {p.stem for p in base.iterdir() if p.suffix == ".py" or p.is_dir()} if base.is_dir() else set()
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            names |= {(alias.asname or alias.name).split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.If | ast.Try):  # names defined under a version check or an import guard
+            names |= {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+    return names
+
+
+def test_every_workbench_import_names_something_that_exists() -> None:
+    """After modules move between folders, an import inside a function (or in a benchmark script, which no
+    test runs) would only fail when it runs: every `from workbench… import name` in the package, the tests
+    and the benchmarks names a module that exists and a name it defines."""
+    broken = []
+    for folder in ("workbench", "tests", "benchmarks"):
+        for path in sorted((PACKAGE.parent / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("workbench"):
+                    names = defined_names(node.module)
+                    missing = [a.name for a in node.names if names is None or a.name not in names]
+                    if missing:
+                        broken.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {node.module} {missing}")
+                elif isinstance(node, ast.Import):
+                    broken += [
+                        f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: {a.name}"
+                        for a in node.names
+                        if a.name.startswith("workbench.") and defined_names(a.name) is None
+                    ]
+    assert broken == []

@@ -89,7 +89,7 @@ def test_interrupted_training_resumes_from_its_checkpoint(
         run_recipe(load_recipe(path), home, stages=["train"])
     store = Store(home / "workbench.db")
     assert store.stage("tiny", "train").status == "interrupted"
-    assert store.run("tiny")["status"] == "interrupted"
+    assert store.run("tiny").status == "interrupted"
     assert not (home / "tiny" / "train").exists()  # nothing half-written in place
     monkeypatch.setattr(trl.SFTTrainer, "__init__", original_init)
 
@@ -263,7 +263,7 @@ def test_killed_worker_reads_crashed_and_resumes_from_the_last_complete_checkpoi
         worker.wait()
     killed_at = max(train_steps(home))
     store = Store(home / "workbench.db")
-    assert store.run("tiny")["status"] == "running"  # what the dead worker last wrote...
+    assert store.run("tiny").status == "running"  # what the dead worker last wrote...
     assert store.live_status(store.run("tiny")) == "crashed"  # ...and what everyone reads
     train = next(s for s in store.stages("tiny") if s.name == "train")
     assert train.status == "crashed" and "ended without finishing it" in train.error

@@ -246,14 +246,16 @@ def test_a_qat_run_exports_a_file_on_its_grid(tmp_path, tiny_llama_256, tiny_ggu
 
 def test_grid_check_finds_a_file_that_is_not_on_the_grid(tmp_path, tiny_llama_256, tiny_ggufs):
     """llama.cpp's default Q4_0 mixture of an untrained model: the grid check says which tensors differ."""
-    from workbench import workers
+    from dataclasses import replace
 
-    job = {"gguf": str(tiny_ggufs["q4_0"]), "merged": str(tiny_llama_256), "target": "q4_0",
-           "embeddings": True, "output": True}  # fmt: skip
-    result = workers.run("qat.grid", job, name="q4").value()
-    assert result["status"] == "passed" or result["retyped"]
+    from workbench import workers
+    from workbench.qat.check import GridJob, GridResult
+
+    job = GridJob(tiny_ggufs["q4_0"], tiny_llama_256, "q4_0", embeddings=True, output=True)
+    result = workers.run("qat.grid", job, name="q4").value_as(GridResult)
+    assert result.status == "passed" or result.retyped
     # the merged weights rounded are exactly the file's, wherever the file kept Q4_0
-    assert result["mismatched"] == [] and result["tensors"] > 0
+    assert result.mismatched == [] and result.tensors > 0
     bumped = tmp_path / "bumped"
     bumped.mkdir()
     from safetensors.torch import load_file, save_file
@@ -261,8 +263,8 @@ def test_grid_check_finds_a_file_that_is_not_on_the_grid(tmp_path, tiny_llama_25
     tensors = load_file(tiny_llama_256 / "model.safetensors")
     tensors["model.layers.0.mlp.up_proj.weight"] = tensors["model.layers.0.mlp.up_proj.weight"] * 1.5
     save_file(tensors, bumped / "model.safetensors")
-    result = workers.run("qat.grid", {**job, "merged": str(bumped)}, name="q4").value()
-    assert result["status"] == "failed" and result["mismatched"] == ["blk.0.ffn_up.weight"]
+    result = workers.run("qat.grid", replace(job, merged=bumped), name="q4").value_as(GridResult)
+    assert result.status == "failed" and result.mismatched == ["blk.0.ffn_up.weight"]
 
 
 def test_qlora_trains_on_what_the_dequantized_nf4_merge_ships(tiny_model, tmp_path):

@@ -13,6 +13,7 @@ import pytest
 from conftest import addition_rows, write_recipe
 
 from workbench.core import devices
+from workbench.pipeline.stages import STAGE_ORDER, STAGES
 
 HEAVY = ("torch", "transformers", "peft", "trl", "lm_eval", "llama_cpp", "gptqmodel", "datasets")
 
@@ -63,3 +64,28 @@ def test_without_a_driver_file_no_gpu_is_possible(monkeypatch: pytest.MonkeyPatc
     assert devices.no_gpu_possible()
     (tmp_path / "nvidiactl").touch()
     assert not devices.no_gpu_possible()
+
+
+GOLDEN_KEYS = Path(__file__).parent / "golden" / "stage_key_inputs.json"
+# what differs between machines or library installs, not between versions of this code; file hashes (data,
+# task files) change with the files
+VOLATILE = {"machine", "versions", "llama_cpp", "lm_eval", "task_files", "data_file"}
+
+
+def test_the_shipped_recipes_keep_the_stage_keys_stored_runs_hold(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store made by an earlier version re-runs cached: what each stage's cache key is made of, for every
+    recipe in recipes/, equals tests/golden/stage_key_inputs.json — written by the code of commit a28216c,
+    before the modules moved into layer folders. A deliberate key change rewrites the golden file, and
+    means every stored run of that stage runs again."""
+    from workbench.core.recipe import load_recipe
+    from workbench.pipeline.stages import data as data_stage
+
+    monkeypatch.setattr(data_stage, "base_model_key", lambda name: f"<{name}>")  # not materialised in CI
+    found = {}
+    for path in sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml")):
+        recipe = load_recipe(path)
+        for name in STAGE_ORDER:
+            if STAGES[name].wanted(recipe):
+                inputs = {k: v for k, v in STAGES[name].key_inputs(recipe).items() if k not in VOLATILE}
+                found[f"{path.name}:{name}"] = json.loads(json.dumps(inputs, sort_keys=True, default=str))
+    assert found == json.loads(GOLDEN_KEYS.read_text(encoding="utf-8"))

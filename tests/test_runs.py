@@ -18,7 +18,7 @@ from transformers import TrainerCallback
 
 from workbench.cli import main
 from workbench.core.recipe import load_recipe
-from workbench.core.records import ItemScores, Metric
+from workbench.core.records import ItemScores, Metric, RunRecord, TrainLog
 from workbench.core.store import BASELINE, SCHEMA_VERSION, Store, StoreError
 from workbench.pipeline import launcher
 from workbench.pipeline.runner import run_recipe
@@ -93,7 +93,7 @@ def test_an_old_store_is_migrated_and_a_newer_one_refused(tmp_path: Path, capsys
     old.close()
     store = Store(path)
     assert store.version() == SCHEMA_VERSION == 5
-    assert store.run("a")["status"] == "done" and store.run("a")["pid_started"] is None
+    assert store.run("a").status == "done" and store.run("a").pid_started is None
     assert store.servers() == []  # version 3's table is there
     # version 4: lm-eval's direction of each metric and per-item values
     store.replace_metrics("a", [Metric("m", "reference", "t", "acc", 0.5, None, True)],
@@ -229,3 +229,61 @@ def test_a_stage_left_running_by_a_gone_worker_never_reads_running(tmp_path: Pat
     store.set_run_status("r", "done")
     (train,) = store.stages("r")
     assert train.status == "crashed" and "the next run redoes it" in train.error
+
+
+def test_a_run_reads_as_a_record_and_a_broken_recipe_hides_no_run(tmp_path: Path) -> None:
+    store = Store(tmp_path / "workbench.db")
+    store.upsert_run("old", "old", {"name": "old", "train": {"epochs": 2}}, "recipes/old.yaml", os.getpid())
+    store.upsert_run("new", "new", {"name": "new"}, None, os.getpid())
+    store.db.execute("UPDATE runs SET created = created + 1 WHERE id='new'")
+    run = store.run("old")
+    assert isinstance(run, RunRecord) and (run.id, run.name, run.recipe_path, run.status) == (
+        "old", "old", "recipes/old.yaml", "running"
+    )  # fmt: skip
+    assert run.pid == os.getpid() and run.pid_started is not None and run.created <= run.updated
+    assert store.recipe(run) == {"name": "old", "train": {"epochs": 2}} and store.run("nope") is None
+    assert [r.id for r in store.runs()] == ["new", "old"]  # newest first
+    store.db.execute("UPDATE runs SET recipe='{broken' WHERE id='old'")
+    assert [r.id for r in store.runs()] == ["new", "old"]  # still listed; its recipe fails where it is read
+    with pytest.raises(StoreError, match="table runs, run 'old', column recipe: not valid JSON"):
+        store.recipe(store.run("old"))
+
+
+def test_training_logs_of_old_and_new_stores_read_as_records(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from workbench.train.callbacks import StoreCallback
+
+    store = Store(tmp_path / "workbench.db")
+    store.upsert_run("r", "r", {"name": "r"}, None, os.getpid())
+
+    class Recorder:
+        def event(self, kind: str, **data: object) -> None:
+            store.add_event("r", "tune", kind, data)
+
+        def say(self, message: str) -> None: ...
+
+    store.add_event("r", "train", "train_log", {"step": 1, "total_steps": 2, "loss": 2.5, "eta_s": 4})  # no metrics
+    store.add_event("r", "train", "train_log", {"step": 2, "total_steps": 2, "loss": 1.5, "note": "kept"})
+    callback = StoreCallback(Recorder(), total_steps=8)
+    state = SimpleNamespace(global_step=0, epoch=0.0, num_input_tokens_seen=0, is_world_process_zero=True)
+    callback.on_train_begin(None, state, None)
+    state.global_step = 3
+    logs = {"loss": 0.7, "learning_rate": 1e-4, "grad_norm": 0.5, "epoch": 0.4, "rewards/margins": 0.25, "flag": True}
+    callback.on_log(None, state, None, logs)
+
+    [written] = [event for event in store.events("r", stage="tune") if event["kind"] == "train_log"]
+    assert set(written) - {"id", "stage", "ts", "kind"} == set(TrainLog.STORED)  # the keys stores always held
+    first, second, tuned = store.train_logs("r")
+    assert (first.step, first.loss, first.eta_s, first.metrics, first.extra) == (1, 2.5, 4.0, {}, {})
+    assert second.extra == {"note": "kept"} and second.learning_rate is None and second.id > first.id
+    assert (tuned.stage, tuned.step, tuned.total_steps, tuned.epoch) == ("tune", 3, 8, 0.4)
+    assert tuned.metrics == {"rewards/margins": 0.25} and tuned.grad_norm == 0.5
+    assert tuned.to_dict() == {k: v for k, v in written.items() if k not in {"id", "stage", "ts", "kind"}}
+    assert second.to_dict()["note"] == "kept"  # written back as it came
+    assert [log.step for log in store.train_logs("r", stage="train", after=first.id)] == [2]
+    assert store.last_train_log("r", "tune") == tuned and store.last_train_log("r", "reward") is None
+
+    store.add_event("r", "train", "train_log", {"step": "many", "total_steps": 2, "loss": 1.0})
+    with pytest.raises(StoreError, match=r"table events, run 'r', stage 'train', event \d+, column data: step"):
+        store.train_logs("r", stage="train")

@@ -28,7 +28,9 @@ from workbench.cli import main
 from workbench.core import fsutil, paths, safe
 from workbench.core.store import Store
 from workbench.eval import tasks
+from workbench.eval.worker import EvalJob
 from workbench.report import write
+from workbench.workers.selftest import SelfTestJob
 
 CLI = [sys.executable, "-m", "workbench.cli"]
 
@@ -222,23 +224,22 @@ def test_a_template_that_reaches_for_python_internals_fails_in_the_sandbox(
     )
     task_dir = tmp_path / "copied"
     assert tasks.copy_task_folders([folder], task_dir) == ["evil"]  # plain data: passes the file checks
-    job = {
-        "name": "q4",
-        "format": "gguf",
-        "path": str(tiny_ggufs["q4_0"]),
-        "out": str(tmp_path / "eval"),
-        "tasks": ["evil"],
-        "include": str(task_dir),
-        "include_defaults": False,
-        "limit": 2,
-        "num_fewshot": None,
-        "seed": 1,
-        "batch_size": 1,
-        "max_length": 128,
-        "bootstrap_iters": 0,
-        "device": "cpu",
-        "fidelity": None,
-    }
+    job = EvalJob(
+        name="q4",
+        format="gguf",
+        path=str(tiny_ggufs["q4_0"]),
+        out=tmp_path / "eval",
+        tasks=["evil"],
+        include=task_dir,
+        include_defaults=False,
+        limit=2,
+        num_fewshot=None,
+        seed=1,
+        batch_size=1,
+        max_length=128,
+        bootstrap_iters=0,
+        device="cpu",
+    )
     outcome = workers.run("eval.model", job, name="q4", log=tmp_path / "eval.log", timeout=300)
     assert not outcome.ok and "SecurityError" in (tmp_path / "eval.log").read_text()
     assert not marker.exists()
@@ -381,7 +382,7 @@ def test_a_module_planted_in_the_working_folder_is_not_imported_by_children(
     from workbench.pipeline import launcher
 
     cli = subprocess.run([*launcher.CLI, "--home", str(tmp_path / "h"), "runs"], capture_output=True, text=True)
-    outcome = workers.run("workers.selftest", {"do": "ok"}, name="t", log=tmp_path / "w.log", timeout=60)
+    outcome = workers.run("workers.selftest", SelfTestJob(), name="t", log=tmp_path / "w.log", timeout=60)
     assert cli.returncode == 0 and "no runs yet" in cli.stdout and outcome.ok
     assert not marker.exists()
 

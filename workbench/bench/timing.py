@@ -26,11 +26,6 @@ class Settings:
     warmup: int
     max_gen_seconds: float | None = None  # a generation stops here (after 2 tokens at least): slow backends
 
-    @classmethod
-    def from_job(cls, job: dict[str, Any]) -> Settings:
-        return cls(job["prompt_tokens"], job["gen_tokens"], job["repetitions"], job["warmup"],
-                   job.get("max_gen_seconds"))  # fmt: skip
-
 
 MIN_GEN_TOKENS = 2
 

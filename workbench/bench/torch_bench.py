@@ -1,5 +1,6 @@
-"""HF-format variants through torch with each format's real kernels: transformers for the merged model,
-GPTQModel's kernels for GPTQ/AWQ, bitsandbytes for nf4 (the loader the evaluation uses)."""
+"""Variants of the transformers formats through torch with each format's real kernels: transformers for
+the merged model, GPTQModel's kernels for GPTQ/AWQ, bitsandbytes for nf4 (`formats.load_for_inference`,
+the loader the evaluation and the chat use)."""
 
 from __future__ import annotations
 
@@ -10,20 +11,12 @@ from workbench.bench.timing import Settings, measure, past
 
 def bench(path: str, model_format: str, device: str, settings: Settings, threads: int) -> dict[str, Any]:
     import torch
-    from transformers import AutoModelForCausalLM, DynamicCache
+    from transformers import DynamicCache
 
-    from workbench.core.devices import compute_dtype
+    from workbench.core.formats import load_for_inference
 
     torch.set_num_threads(threads)
-    dtype = compute_dtype(model_format, device)
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=dtype if dtype == "auto" else getattr(torch, dtype), device_map={"": device}
-    )
-    if model_format == "nf4" and device == "cpu":
-        from workbench.export.nf4 import compute_in
-
-        compute_in(model, torch.float32)
-    model.eval()
+    model = load_for_inference(path, model_format, device)
     cuda = device.startswith("cuda")
 
     def sync() -> None:

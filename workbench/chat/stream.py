@@ -1,29 +1,50 @@
 """One prompt answered by one variant, in a worker (task `chat.answer`), token by token.
 
-GGUF through llama.cpp with the chat template stored in the file, everything else through transformers
-with the format's kernels (the loaders the evaluation uses). Greedy, so variants differ only by what
-quantization did. The export checks' smoke test answers with `reply`. The top level imports only the
-standard library: the TUI reaches `stats` through the pipeline's chat candidates.
+Each format's streamer (its spec's `streamer`, `workbench.core.formats`): GGUF through llama.cpp with the
+chat template stored in the file, the transformers formats through `formats.load_for_inference` (the
+loader the evaluation and the benchmarks use). Greedy, so variants differ only by what quantization did.
+The export checks' smoke test answers with `reply`. The top level imports only the standard library: the
+TUI reaches `stats` through the pipeline's chat candidates.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, cast
 
 from workbench.workers.child import Channel
 
 
-def stats(started: float, loaded: float, token_times: list[float]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class AnswerJob:
+    """One greedy answer (task `chat.answer`; the export checks' smoke test)."""
+
+    path: str  # the model file or folder
+    format: str
+    messages: list[dict[str, str]]  # the conversation so far, ending with the user's turn
+    max_tokens: int
+    lora: str | None = None  # a GGUF adapter, loaded on the file
+
+
+@dataclass(frozen=True)
+class AnswerResult:
+    """How the answer went: its length and speeds."""
+
+    tokens: int
+    load_s: float  # from the request until the model was ready
+    ttft_s: float | None  # time to the first token after loading; None: no token
+    tok_s: float | None  # generation speed after the first token; None: fewer than two tokens
+    end_of_turn: bool = False  # the model ended its turn (not cut at max_tokens)
+
+
+def stats(started: float, loaded: float, token_times: list[float], end_of_turn: bool = False) -> AnswerResult:
     """Time to first token from the request (after loading), and generation speed after the first token."""
     count = len(token_times)
-    result: dict[str, Any] = {"tokens": count, "load_s": loaded - started, "ttft_s": None, "tok_s": None}
-    if count:
-        result["ttft_s"] = token_times[0] - loaded
-    if count > 1 and token_times[-1] > token_times[0]:
-        result["tok_s"] = (count - 1) / (token_times[-1] - token_times[0])
-    return result
+    ttft = token_times[0] - loaded if count else None
+    speed = (count - 1) / (token_times[-1] - token_times[0]) if count > 1 and token_times[-1] > token_times[0] else None
+    return AnswerResult(count, loaded - started, ttft, speed, end_of_turn)
 
 
 def plain_text(turns: list[dict[str, str]]) -> str:
@@ -33,7 +54,7 @@ def plain_text(turns: list[dict[str, str]]) -> str:
 END_OF_TURN = None  # what a stream yields for the token that ends the answer (not at max_tokens)
 
 
-def gguf_stream(request: dict[str, Any], loaded: Callable[[], None]) -> Iterator[str | None]:
+def gguf_stream(request: AnswerJob, loaded: Callable[[], None]) -> Iterator[str | None]:
     """Greedy tokens through llama.cpp; each yield is one generated token's text (end of turn: None)."""
     import codecs
 
@@ -44,8 +65,8 @@ def gguf_stream(request: dict[str, Any], loaded: Callable[[], None]) -> Iterator
 
     gpu = bool(llama_cpp.llama_supports_gpu_offload())
     llm = llama_cpp.Llama(
-        request["path"], n_ctx=2048, n_threads=usable_cores(), n_gpu_layers=-1 if gpu else 0, verbose=False,
-        lora_path=request.get("lora"),
+        request.path, n_ctx=2048, n_threads=usable_cores(), n_gpu_layers=-1 if gpu else 0, verbose=False,
+        lora_path=request.lora,
     )  # fmt: skip
     try:
         template = llm.metadata.get("tokenizer.chat_template")
@@ -55,9 +76,10 @@ def gguf_stream(request: dict[str, Any], loaded: Callable[[], None]) -> Iterator
                 return llm.detokenize([token], special=True).decode("utf-8", "replace") if token >= 0 else ""
 
             formatter = Jinja2ChatFormatter(template, eos_token=text(llm.token_eos()), bos_token=text(llm.token_bos()))
-            prompt = llm.tokenize(formatter(messages=request["messages"]).prompt.encode(), add_bos=False, special=True)
+            rendered = formatter(messages=cast(Any, request.messages)).prompt  # plain role/content dicts
+            prompt = llm.tokenize(rendered.encode(), add_bos=False, special=True)
         else:  # no template in the file: the turns as plain text
-            prompt = llm.tokenize(plain_text(request["messages"]).encode(), add_bos=True)
+            prompt = llm.tokenize(plain_text(request.messages).encode(), add_bos=True)
         loaded()
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
         generated: list[int] = []
@@ -69,7 +91,7 @@ def gguf_stream(request: dict[str, Any], loaded: Callable[[], None]) -> Iterator
                     return
                 yield decoder.decode(llm.detokenize([token], prev_tokens=prompt + generated))
                 generated.append(token)
-                if len(generated) >= request["max_tokens"]:
+                if len(generated) >= request.max_tokens:
                     return
         finally:
             tokens.close()  # before the model goes: a live generator holding freed state aborts at exit
@@ -77,33 +99,26 @@ def gguf_stream(request: dict[str, Any], loaded: Callable[[], None]) -> Iterator
         llm.close()
 
 
-def torch_stream(request: dict[str, Any], loaded: Callable[[], None]) -> Iterator[str | None]:
+def torch_stream(request: AnswerJob, loaded: Callable[[], None]) -> Iterator[str | None]:
     """Greedy tokens through transformers; each yield is one generated token's text (end of turn: None)."""
     from queue import Queue
     from threading import Thread
 
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BatchEncoding
+    from transformers import AutoTokenizer, BatchEncoding
 
-    from workbench.core.devices import compute_dtype, pick_device, usable_cores
+    from workbench.core.devices import pick_device, usable_cores
+    from workbench.core.formats import load_for_inference
 
     torch.set_num_threads(usable_cores())
-    device = pick_device("auto")
-    dtype = compute_dtype(request["format"], device)
-    tokenizer = AutoTokenizer.from_pretrained(request["path"])
-    model = AutoModelForCausalLM.from_pretrained(
-        request["path"], dtype=dtype if dtype == "auto" else getattr(torch, dtype), device_map={"": device}
-    )
-    if request["format"] == "nf4" and device == "cpu":
-        from workbench.export.nf4 import compute_in
-
-        compute_in(model, torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(request.path)
+    model = load_for_inference(request.path, request.format, pick_device("auto"))
     if tokenizer.chat_template:
         inputs = tokenizer.apply_chat_template(
-            request["messages"], add_generation_prompt=True, return_tensors="pt", return_dict=True
+            request.messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
         )
     else:  # no template: the turns as plain text, as for a GGUF without one
-        inputs = tokenizer(plain_text(request["messages"]), return_tensors="pt")
+        inputs = tokenizer(plain_text(request.messages), return_tensors="pt")
     inputs = cast(BatchEncoding, inputs).to(model.device)
     loaded()
     pieces: Queue[object] = Queue()
@@ -139,7 +154,7 @@ def torch_stream(request: dict[str, Any], loaded: Callable[[], None]) -> Iterato
     def generate() -> None:
         try:
             with torch.inference_mode():
-                model.generate(**inputs, max_new_tokens=request["max_tokens"], do_sample=False, streamer=Streamer())
+                model.generate(**inputs, max_new_tokens=request.max_tokens, do_sample=False, streamer=Streamer())
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread
             pieces.put(exc)
             pieces.put(done)
@@ -151,8 +166,9 @@ def torch_stream(request: dict[str, Any], loaded: Callable[[], None]) -> Iterato
         yield cast(str | None, piece)
 
 
-def answer_job(request: dict[str, Any], channel: Channel) -> dict[str, Any]:
-    """In a worker: stream one greedy answer as events; returns its stats."""
+def answer_job(job: AnswerJob, channel: Channel) -> AnswerResult:
+    """In a worker: stream one greedy answer as events (`{"loaded": s}`, then `{"text": piece}` per token);
+    returns its stats."""
     started = time.perf_counter()
     loaded_at: list[float] = []
 
@@ -160,21 +176,26 @@ def answer_job(request: dict[str, Any], channel: Channel) -> dict[str, Any]:
         loaded_at.append(time.perf_counter())
         channel.emit({"loaded": loaded_at[0] - started})
 
-    stream = stream_for(request)
     times: list[float] = []
     ended = False
-    for piece in stream(request, loaded):
+    for piece in stream_for(job)(job, loaded):
         times.append(time.perf_counter())
         ended = piece is END_OF_TURN
         if piece:
             channel.emit({"text": piece})
-    return {**stats(started, loaded_at[0] if loaded_at else started, times), "end_of_turn": ended}
+    return stats(started, loaded_at[0] if loaded_at else started, times, ended)
 
 
-def reply(request: dict[str, Any]) -> str:
+def reply(job: AnswerJob) -> str:
     """In a worker: one whole greedy answer (the export checks' smoke test)."""
-    return "".join(piece or "" for piece in stream_for(request)(request, lambda: None))
+    return "".join(piece or "" for piece in stream_for(job)(job, lambda: None))
 
 
-def stream_for(request: dict[str, Any]) -> Callable[[dict[str, Any], Callable[[], None]], Iterator[str | None]]:
-    return gguf_stream if request["format"] == "gguf" else torch_stream
+Streamer = Callable[[AnswerJob, Callable[[], None]], Iterator[str | None]]
+
+
+def stream_for(job: AnswerJob) -> Streamer:
+    from workbench.core import formats
+
+    streamer: Streamer = formats.resolve(formats.spec(job.format).streamer)
+    return streamer

@@ -41,12 +41,20 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def compute_dtype(model_format: str, device: str) -> str:
-    """fp32 on CPU (fp16/bf16 matmuls are emulated on most CPUs), except GPTQ: GPTQModel's CPU kernel
-    (TorchAtenLinear) measured 5x slower in fp32 than in bf16. On GPU the checkpoint's own dtype."""
-    if device != "cpu":
-        return "auto"
-    return "bfloat16" if model_format == "gptq" else "float32"
+def torch_cuda() -> bool:
+    """Whether torch runs on a GPU here (CUDA, or ROCm through the same API)."""
+    if no_gpu_possible():
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def llama_cpp_offload() -> bool:
+    """Whether the installed llama-cpp-python was built to offload layers to a GPU."""
+    import llama_cpp
+
+    return bool(llama_cpp.llama_supports_gpu_offload())
 
 
 def gpu_slots() -> list[str]:

@@ -96,8 +96,9 @@ class GGUFRenderer:
 @dataclass
 class Expected:
     """What training rendered for each held-out conversation: its prompt token ids, and the special token
-    that closes the assistant turn. Made where the training tokenizer is loaded; JSON-able, so a worker can
-    hold a variant against it without loading that tokenizer again."""
+    that closes the assistant turn. Made where the training tokenizer is loaded; without its `decode` it
+    crosses to a worker (the `variant.check` job), which holds a variant against it without loading that
+    tokenizer again."""
 
     conversations: list[Messages]
     prompt_ids: list[list[int]]
@@ -109,13 +110,6 @@ class Expected:
         ids = [render_hf(training_tokenizer, messages).prompt_ids for messages in conversations]
         end = training_end_of_turn(training_tokenizer, conversations[0]) if conversations else None
         return cls(conversations, ids, end, training_tokenizer.decode)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"conversations": self.conversations, "prompt_ids": self.prompt_ids, "end_of_turn": self.end_of_turn}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Expected:
-        return cls(data["conversations"], data["prompt_ids"], data["end_of_turn"])
 
 
 def compare(expected: Expected, render_variant: Any) -> ParityResult:

@@ -1,4 +1,5 @@
-"""What the TUI shows of a run, computed from the store (plain functions, testable without a terminal)."""
+"""What the TUI and `workbench show` show of a run, computed from the store (plain functions, testable without
+a terminal)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import json
 from typing import Any
 
 from workbench.core.common import OPTIONAL_STAGES, STAGE_ORDER
-from workbench.core.records import StageRecord
+from workbench.core.records import StageRecord, TrainLog
 
 MARKS = {"done": "✓", "partial": "~", "failed": "✗", "interrupted": "‖", "running": "…", "crashed": "!"}
 
@@ -31,7 +32,7 @@ def shown(by_name: dict[str, StageRecord]) -> list[str]:
     return [name for name in STAGE_ORDER if name not in OPTIONAL_STAGES or name in by_name]
 
 
-def pipeline(stages: list[StageRecord], train: dict[str, Any] | None = None) -> str:
+def pipeline(stages: list[StageRecord], train: TrainLog | None = None) -> str:
     """One line: each stage with its mark; a training stage with step/total while it runs."""
     by_name = {s.name: s for s in stages}
     parts = []
@@ -40,7 +41,7 @@ def pipeline(stages: list[StageRecord], train: dict[str, Any] | None = None) -> 
         if stage is None:
             parts.append(f"{name}·")
         elif name in TRAINING and stage.status == "running" and train:
-            parts.append(f"{name} {train['step']}/{train['total_steps']}")
+            parts.append(f"{name} {train.step}/{train.total_steps}")
         else:
             parts.append(f"{name}{MARKS.get(stage.status, '?')}")
     return " ".join(parts)
@@ -50,7 +51,7 @@ TRAINING = ("train", "reward", "tune")  # stages that log train_log events
 ATTENTION = ("running", "crashed", "failed", "interrupted", "partial")
 
 
-def marks(stages: list[StageRecord], train: dict[str, Any] | None = None) -> str:
+def marks(stages: list[StageRecord], train: TrainLog | None = None) -> str:
     """The Runs table's narrow form: one mark per stage in pipeline order (· not run yet), then the stage
     that wants attention: the one running (training with step/total), else the first that did not finish."""
     by_name = {s.name: s for s in stages}
@@ -62,7 +63,7 @@ def marks(stages: list[StageRecord], train: dict[str, Any] | None = None) -> str
     if notable is None:
         return line
     if notable.name in TRAINING and notable.status == "running" and train:
-        return f"{line} {notable.name} {train['step']}/{train['total_steps']}"
+        return f"{line} {notable.name} {train.step}/{train.total_steps}"
     return f"{line} {notable.name} {notable.status}"
 
 
@@ -76,9 +77,9 @@ HEADLINE = {
 SHORT = {"rewards/margins": "margin", "rewards/accuracies": "acc", "accuracy": "acc", "mean_reward": "reward"}
 
 
-def headline_keys(stage: str, logs: list[dict[str, Any]]) -> list[str]:
+def headline_keys(stage: str, logs: list[TrainLog]) -> list[str]:
     """The objective's headline metrics among a training stage's logs (none for supervised training)."""
-    have = {key for log in logs for key in log.get("metrics") or {}}
+    have = {key for log in logs for key in log.metrics}
     return [key for key in HEADLINE.get(stage, ()) if key in have][:2]
 
 
@@ -87,13 +88,13 @@ def figure(value: float) -> str:
     return f"{value:.2f}" if value == 0 or abs(value) >= 0.01 else f"{value:.2g}"
 
 
-def training_stage(stages: list[StageRecord], logs: dict[str, list[dict[str, Any]]]) -> str | None:
+def training_stage(stages: list[StageRecord], logs: dict[str, list[TrainLog]]) -> str | None:
     """The training stage to follow: the one running, else the last one that logged."""
     running = next((s.name for s in stages if s.name in TRAINING and s.status == "running"), None)
     if running:
         return running
     logged = [name for name in TRAINING if logs.get(name)]
-    return max(logged, key=lambda name: logs[name][-1].get("id", 0)) if logged else None
+    return max(logged, key=lambda name: logs[name][-1].id) if logged else None
 
 
 def run_recipe(text: str | None) -> dict[str, Any]:
@@ -112,20 +113,19 @@ def stage_label(stage: str, recipe: dict[str, Any] | None) -> str:
     return f"{stage} ({objective})" if objective else stage
 
 
-def training_line(log: dict[str, Any] | None, label: str | None = None) -> str:
+def training_line(log: TrainLog | None, label: str | None = None) -> str:
     """The last training log in one line: `training: step ...` for supervised training, `tune (dpo) step ...
     · margin 0.42 · acc 0.88` with the objective's headline metrics for the other training stages."""
-    stage = (log or {}).get("stage") or (label or "train").split()[0]
+    stage = (log.stage if log else "") or (label or "train").split()[0]
     label = label or stage
     if not log:
         return f"{'training' if stage == 'train' else label}: no steps logged yet"
-    parts = [f"step {log['step']}/{log['total_steps']}", f"loss {log['loss']:.4f}"]
-    metrics = log.get("metrics") or {}
-    parts += [f"{SHORT.get(key, key)} {figure(metrics[key])}" for key in headline_keys(stage, [log])]
-    if log.get("learning_rate") is not None:
-        parts.append(f"lr {log['learning_rate']:.2e}")
-    if log.get("tokens_per_s"):
-        parts.append(f"{log['tokens_per_s']:.0f} tok/s")
-    if log.get("eta_s") is not None:
-        parts.append(f"ETA {duration(log['eta_s'])}")
+    parts = [f"step {log.step}/{log.total_steps}", f"loss {log.loss:.4f}"]
+    parts += [f"{SHORT.get(key, key)} {figure(log.metrics[key])}" for key in headline_keys(stage, [log])]
+    if log.learning_rate is not None:
+        parts.append(f"lr {log.learning_rate:.2e}")
+    if log.tokens_per_s:
+        parts.append(f"{log.tokens_per_s:.0f} tok/s")
+    if log.eta_s is not None:
+        parts.append(f"ETA {duration(log.eta_s)}")
     return ("training: " if stage == "train" else f"{label} ") + " · ".join(parts)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import difflib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from workbench.core import yamlfile
+from workbench.core import formats, yamlfile
 from workbench.core.errors import InputError
 from workbench.core.paths import NAME_PATTERN, NAME_RULE, check_name
 
@@ -30,7 +30,9 @@ class RowsSection(Section):
     """A data file and how its rows are read, checked and split."""
 
     path: str = Field(description="JSON, JSONL, CSV or Parquet file, relative to the recipe")
-    format: DataFormat = "auto"
+    format: DataFormat = Field(
+        default="auto", description="how rows are read (docs: data formats); auto: detected from the columns"
+    )
     encoding: str = Field(
         default="utf-8", description="text encoding of JSON / JSONL / CSV files (a byte-order mark is always read)"
     )
@@ -38,7 +40,7 @@ class RowsSection(Section):
         default=None, description="added to rows that have no system message of their own"
     )
     held_out: float = Field(default=0.1, ge=0, description="fraction (< 1) or count (>= 1) of rows kept for evaluation")
-    split_seed: int = 0
+    split_seed: int = Field(default=0, description="seed of the train / held-out split (saved with the run)")
     max_bad_rows: int = Field(default=0, ge=0, description="bad rows tolerated before refusing")
     max_length: int = Field(default=1024, gt=0, description="longest row in tokens; longer rows are bad")
     max_file_mb: int = Field(default=1024, gt=0, description="largest data file read, in MiB (Parquet: as decoded)")
@@ -46,18 +48,32 @@ class RowsSection(Section):
 
 
 class DataSection(RowsSection):
-    loss_on: Literal["responses", "all"] = "responses"
-    packing: bool = False
+    """The supervised training data: a data file, how its rows are read, split and trained on."""
+
+    loss_on: Literal["responses", "all"] = Field(
+        default="responses", description="responses: the loss on the assistant turns only (prompts masked); all"
+    )
+    packing: bool = Field(
+        default=False, description="pack examples into shared rows (TRL best-fit, padding-free; pays on GPUs)"
+    )
 
 
 class LoraSection(Section):
-    r: int = Field(default=16, gt=0)
-    alpha: int = Field(default=32, gt=0)
-    dropout: float = Field(default=0.0, ge=0, lt=1)
-    targets: str | list[str] = "all-linear"
-    dora: bool = False
-    rslora: bool = False
-    init: Literal["default", "pissa", "loftq"] = "default"
+    """The LoRA adapter (peft): its rank, scale, which layers it adapts and how it starts."""
+
+    r: int = Field(default=16, gt=0, description="rank of the adapter matrices")
+    alpha: int = Field(default=32, gt=0, description="scale: the update is multiplied by alpha / r")
+    dropout: float = Field(default=0.0, ge=0, lt=1, description="dropout on the adapter's input")
+    targets: str | list[str] = Field(
+        default="all-linear", description="layers adapted: all-linear, or a list of module names (q_proj, ...)"
+    )
+    dora: bool = Field(default=False, description="DoRA: the update split into magnitude and direction")
+    rslora: bool = Field(default=False, description="rank-stabilised scale: alpha / sqrt(r) instead of alpha / r")
+    init: Literal["default", "pissa", "loftq"] = Field(
+        default="default",
+        description="default: B zero, A random; pissa: from the principal singular vectors (saved as plain LoRA);"
+        " loftq: against the nf4 weights, for QLoRA",
+    )
 
 
 QATTarget = Literal["q4_0", "q8_0"]
@@ -87,18 +103,23 @@ MAX_EPOCHS = 10_000
 class OptimizeSection(Section):
     """How long and how a training stage optimizes (supervised, preference and reward training alike)."""
 
-    epochs: float | Literal["auto"] = "auto"
+    epochs: float | Literal["auto"] = Field(
+        default="auto",
+        description="passes over the training rows; auto: ~15 at 100 rows, ~10 at 1 000, ~2 at 10 000 (log-linear)",
+    )
     max_steps: int | None = Field(default=None, gt=0, description="overrides epochs when set")
-    batch_size: int = Field(default=8, gt=0)
-    grad_accum: int = Field(default=1, gt=0)
-    learning_rate: float = Field(default=2e-4, gt=0)
-    lr_scheduler: str = "cosine"
-    warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
-    weight_decay: float = Field(default=0.0, ge=0)
+    batch_size: int = Field(default=8, gt=0, description="rows per optimizer step (over all processes)")
+    grad_accum: int = Field(default=1, gt=0, description="steps whose gradients are summed before an update")
+    learning_rate: float = Field(default=2e-4, gt=0, description="peak learning rate")
+    lr_scheduler: str = Field(default="cosine", description="a transformers scheduler name (cosine, linear, ...)")
+    warmup_ratio: float = Field(default=0.0, ge=0, lt=1, description="share of the steps spent warming up")
+    weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay")
     checkpoint_every: int = Field(default=50, gt=0, description="steps between checkpoints")
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    gradient_checkpointing: bool = False
+    seed: int = Field(default=0, description="seed of the adapter's start and the row order: a rerun trains the same")
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto: CUDA when present, else CPU")
+    gradient_checkpointing: bool = Field(
+        default=False, description="recompute activations in the backward pass: less memory, more time"
+    )
     lora: LoraSection = LoraSection()
 
     @field_validator("epochs")
@@ -128,8 +149,12 @@ class FSDPSection(Section):
 class DeepSpeedSection(Section):
     """DeepSpeed ZeRO through accelerate and the Trainer's DeepSpeed integration."""
 
-    stage: Literal[0, 1, 2, 3] = 2
-    offload_optimizer: Literal["none", "cpu", "nvme"] = "none"
+    stage: Literal[0, 1, 2, 3] = Field(
+        default=2, description="ZeRO stage: 0 off, 1 shards optimizer state, 2 also gradients, 3 also parameters"
+    )
+    offload_optimizer: Literal["none", "cpu", "nvme"] = Field(
+        default="none", description="where optimizer state lives between steps"
+    )
     offload_params: Literal["none", "cpu", "nvme"] = Field(default="none", description="ZeRO stage 3 only")
     nvme_path: str | None = Field(default=None, description="folder for nvme offload")
 
@@ -172,7 +197,11 @@ class DistributedSection(Section):
 
 
 class TrainSection(OptimizeSection):
-    method: Literal["lora", "qlora", "full"] = "lora"
+    """The supervised fine-tune: the method, how long and how it optimizes, QAT and the processes it runs on."""
+
+    method: Literal["lora", "qlora", "full"] = Field(
+        default="lora", description="lora: an adapter on the 16-bit model; qlora: on the nf4 model; full: all weights"
+    )
     qat: QATSection = QATSection()
     distributed: DistributedSection = DistributedSection()
 
@@ -203,7 +232,7 @@ class TuneSection(OptimizeSection):
         description="KL coefficient to the reference model (DPO/KTO beta, GRPO/RLOO KL penalty; ORPO: the"
         " odds-ratio weight)",
     )
-    learning_rate: float = Field(default=5e-5, gt=0)
+    learning_rate: float = Field(default=5e-5, gt=0, description="peak learning rate")
     rewards: list[RewardName] = Field(
         default_factory=lambda: list[RewardName](["exact_match"]),
         description="online RL rewards: exact_match (answer equals the row's reference answer), reward_model"
@@ -218,14 +247,18 @@ class RewardModelSection(OptimizeSection):
     """A reward model: the base model with a LoRA sequence-classification head, trained on preference pairs."""
 
     data: RowsSection | None = Field(default=None, description="preference pairs; default: tune.data")
-    learning_rate: float = Field(default=1e-4, gt=0)
+    learning_rate: float = Field(default=1e-4, gt=0, description="peak learning rate")
 
 
 MergeBase = Literal["original", "dequantized-nf4"]
 
 
 class MergeSection(Section):
-    dtype: Literal["float16", "bfloat16", "float32"] = "float16"
+    """Folding the adapter into the base: the 16-bit model every export starts from."""
+
+    dtype: Literal["float16", "bfloat16", "float32"] = Field(
+        default="float16", description="dtype the merged model is saved in"
+    )
     base: Literal["auto", "original", "dequantized-nf4"] = Field(
         default="auto",
         description="what a QLoRA adapter is folded into: the original 16-bit weights or the nf4 weights it"
@@ -240,6 +273,8 @@ DEFAULT_GGUF: tuple[GGUFType, ...] = ("f16", "q8_0", "q4_k_m")
 
 
 class ExportSection(Section):
+    """The exported variants (GGUF, nf4, GPTQ, AWQ, the adapter as a GGUF adapter) and their checks."""
+
     gguf: list[GGUFType] = Field(
         default_factory=lambda: list(DEFAULT_GGUF), description="llama.cpp types to export; [] for none"
     )
@@ -253,8 +288,8 @@ class ExportSection(Section):
     awq: bool = Field(default=True, description="AWQ (GEMM) checkpoint with GPTQModel")
     awq_clip: bool = Field(
         default=False,
-        description="AWQ's clipping search (AutoAWQ's apply_clip): ~4x AWQ's time on a CPU, and a higher KLD on"
-        " the default model (benchmarks/awq_settings.py)",
+        description="AWQ's clipping search (AutoAWQ's apply_clip): ~12x AWQ's export time on a CPU (717 s vs 58 s)"
+        " and a higher KLD (0.210 vs 0.139) on the default model (benchmarks/awq_settings.py)",
     )
     bits: Literal[4, 8] = Field(default=4, description="GPTQ / AWQ bits")
     group_size: int = Field(default=128, gt=0, description="GPTQ / AWQ group size; must divide the layer widths")
@@ -271,6 +306,8 @@ class ExportSection(Section):
 
 
 class EvalSection(Section):
+    """The same lm-evaluation-harness tasks for every model, and fidelity to the merged model."""
+
     tasks: list[str] = Field(
         default_factory=lambda: ["heldout", "general"],
         description="heldout (the held-out split), general (offline forgetting probe), tasks in evals/ or"
@@ -279,8 +316,8 @@ class EvalSection(Section):
     metric: str = Field(default="exact_match", description="lm-eval metric for held-out chat rows")
     base: bool = Field(default=True, description="evaluate the base model too (gain and forgetting)")
     limit: int | None = Field(default=None, gt=0, description="at most this many documents per task")
-    num_fewshot: int | None = Field(default=None, ge=0)
-    seed: int = 1234
+    num_fewshot: int | None = Field(default=None, ge=0, description="examples in each prompt; default: the task's")
+    seed: int = Field(default=1234, description="lm-eval's seeds (sampling, few-shot choice)")
     batch_size: int = Field(default=8, gt=0, description="hf backend batch size")
     max_length: int = Field(default=2048, gt=0, description="context for every backend (rolling windows too)")
     max_gen_tokens: int | None = Field(default=None, gt=0, description="default: twice the longest answer + 8")
@@ -290,18 +327,24 @@ class EvalSection(Section):
         default=False,
         description="let task folders run code (!function, unsafe_code, metric scripts); off: task files are data",
     )
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="where torch-loaded models are evaluated; auto: CUDA when present"
+    )
     bootstrap_iters: int = Field(default=1000, ge=0, description="lm-eval bootstrap for non-mean metrics")
     timeout_s: float | None = Field(
         default=7200, gt=0, description="seconds one model's evaluation may run before it is stopped; null: no limit"
     )
 
 
-Format = Literal["hf", "gguf", "gptq", "awq", "nf4"]
-FORMATS: tuple[Format, ...] = ("hf", "gguf", "gptq", "awq", "nf4")
+def _registered_format(name: str) -> str:
+    if formats.find(name) is None:
+        raise ValueError(f"unknown model format {name!r}; known: {', '.join(s.name for s in formats.specs())}")
+    return name
 
 
-SERVED_FORMATS: tuple[Format, ...] = ("gguf", "hf")
+Format = Annotated[str, AfterValidator(_registered_format)]  # a model format (workbench.core.formats)
+FORMATS: tuple[str, ...] = formats.RECIPE_FORMATS
+SERVED_FORMATS: tuple[str, ...] = formats.SERVED_FORMATS
 
 
 class ServeLoadSection(Section):
@@ -329,6 +372,8 @@ class ServeLoadSection(Section):
 
 
 class BenchSection(Section):
+    """Speed and memory of every variant where it would serve: CPU, GPU and behind its server."""
+
     prompt_tokens: int = Field(default=512, gt=0, description="prompt processing length (llama-bench's pp512)")
     gen_tokens: int = Field(default=128, gt=0, description="generation length (llama-bench's tg128)")
     repetitions: int = Field(default=3, gt=0, description="timed repetitions; the median is reported")
@@ -337,7 +382,7 @@ class BenchSection(Section):
         default=10,
         gt=0,
         description="a timed generation stops after this many seconds (2 tokens at least) and"
-        " tokens/s is taken over what it generated: bitsandbytes nf4 decodes ~0.5 tok/s on a CPU; null: no limit",
+        " tokens/s is taken over what it generated: AWQ decodes ~1 tok/s on a CPU without AVX-512; null: no limit",
     )
     threads: int | None = Field(default=None, gt=0, description="CPU threads; default: every usable core")
     cpu: list[Format] = Field(
@@ -356,6 +401,8 @@ class BenchSection(Section):
 
 
 class ReportSection(Section):
+    """The comparison and the recommendation per target: what a variant must keep to be recommended."""
+
     keep_percent: float = Field(
         default=98.0, gt=0, le=100, description="a recommended variant keeps at least this % of the merged task score"
     )
@@ -407,6 +454,8 @@ class TrackingSection(Section):
 
 
 class Recipe(Section):
+    """A recipe: the run's name, its base model and one section per stage."""
+
     name: str = Field(pattern=NAME_PATTERN, description=NAME_RULE)
     base_model: str = Field(description="registry name, local folder or hub id")
     data: DataSection

@@ -175,3 +175,48 @@ class StageRecord:
     @property
     def seconds(self) -> float | None:
         return self.finished - self.started if self.started and self.finished else None
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A run as the store keeps it. `status` is what its worker last wrote (`Store.live_status` reads a dead
+    worker's `running` as `crashed`)."""
+
+    id: str
+    name: str
+    recipe_path: str | None
+    # the recipe it was started with, as stored (JSON): `Store.recipe(run)` reads it, a broken one a StoreError
+    # naming the run; read where it is used, so that one broken run does not hide the others from a listing
+    recipe_json: str
+    status: str
+    created: float
+    updated: float
+    pid: int | None
+    pid_started: float | None = None  # the worker's start time (stores from version 2 on)
+
+
+@dataclass(frozen=True)
+class TrainLog:
+    """One training log (event `train_log`): what the training callbacks write at each Trainer log, what
+    `workbench show` and the TUI follow. Stored as the event's JSON (`to_dict`); keys this version does not
+    know are kept in `extra`."""
+
+    step: int
+    total_steps: int
+    loss: float
+    epoch: float | None = None
+    learning_rate: float | None = None
+    grad_norm: float | None = None
+    tokens_per_s: float | None = None
+    eta_s: float | None = None
+    # the objective's own numbers: DPO's rewards/margins, GRPO's reward and kl, a reward model's accuracy
+    metrics: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    stage: str = ""  # the event's, filled in by the store
+    id: int = 0  # the event's id: later logs have larger ones
+
+    STORED = ("step", "total_steps", "epoch", "loss", "learning_rate", "grad_norm", "tokens_per_s", "eta_s", "metrics")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The event's JSON, as the store keeps it."""
+        return {**{key: getattr(self, key) for key in self.STORED}, **self.extra}

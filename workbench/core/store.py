@@ -28,7 +28,17 @@ import psutil
 from workbench.core import paths
 from workbench.core.common import STAGE_ORDER, make_home, tail
 from workbench.core.errors import ResourceError
-from workbench.core.records import Artifact, BenchResult, ItemScores, Metric, Server, StageRecord, Variant
+from workbench.core.records import (
+    Artifact,
+    BenchResult,
+    ItemScores,
+    Metric,
+    RunRecord,
+    Server,
+    StageRecord,
+    TrainLog,
+    Variant,
+)
 
 # version 1: the tables below (stores made before versioning read as 0 and are version 1)
 BASELINE = """
@@ -159,8 +169,11 @@ def decode(path: Path, table: str, where: str, column: str, text: Any, kind: typ
         raise _record_error(path, table, where, column, f"not valid JSON{reason}") from None
     if not isinstance(data, dict):
         raise _record_error(path, table, where, column, f"expected a JSON object, got {type(data).__name__}")
-    if kind is None:
-        return data
+    return data if kind is None else _validated(path, table, where, column, data, kind)
+
+
+def _validated(path: Path, table: str, where: str, column: str, data: dict[str, Any], kind: type) -> Any:
+    """A `kind` record made from a JSON column's object; its fields' types checked (`decode`)."""
     from pydantic import ValidationError
 
     try:
@@ -332,12 +345,12 @@ class Store:
         self.db.execute("UPDATE runs SET status=?, updated=? WHERE id=?", (status, time.time(), run_id))
 
     @staticmethod
-    def live_status(run: sqlite3.Row) -> str:
+    def live_status(run: RunRecord) -> str:
         """A run's status, with 'running' corrected to 'crashed' when its worker process is gone (or its pid
         now belongs to another process)."""
-        if run["status"] != "running":
-            return run["status"]
-        return "running" if is_alive(run["pid"], run["pid_started"]) else "crashed"
+        if run.status != "running":
+            return run.status
+        return "running" if is_alive(run.pid, run.pid_started) else "crashed"
 
     def worker_log(self, run_id: str) -> Path:
         """The run worker's own output (stage messages, worker output, a native crash's traceback)."""
@@ -346,11 +359,12 @@ class Store:
     def log_tail(self, run_id: str, lines: int = 10) -> list[str]:
         return [line for line in tail(self.worker_log(run_id), 4 * lines) if line.strip()][-lines:]
 
-    def runs(self) -> list[sqlite3.Row]:
-        return self.db.execute("SELECT * FROM runs ORDER BY created DESC").fetchall()
+    def runs(self) -> list[RunRecord]:
+        return [_run(row) for row in self.db.execute("SELECT * FROM runs ORDER BY created DESC").fetchall()]
 
-    def run(self, run_id: str) -> sqlite3.Row | None:
-        return self.db.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
+    def run(self, run_id: str) -> RunRecord | None:
+        row = self.db.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
+        return _run(row) if row else None
 
     # stages ---------------------------------------------------------------------------------
     def stage(self, run_id: str, name: str) -> StageRecord | None:
@@ -364,7 +378,7 @@ class Store:
         records = [StageRecord(**{k: r[k] for k in StageRecord.__dataclass_fields__}) for r in rows]
         run = self.run(run_id)
         if run is not None and any(r.status == "running" for r in records) and self.live_status(run) != "running":
-            gone = f"its worker (pid {run['pid']}) ended without finishing it; the next run redoes it"
+            gone = f"its worker (pid {run.pid}) ended without finishing it; the next run redoes it"
             records = [replace(r, status="crashed", error=gone) if r.status == "running" else r for r in records]
         order = {name: index for index, name in enumerate(STAGE_ORDER)}
         return sorted(records, key=lambda record: order.get(record.name, len(order)))
@@ -409,6 +423,21 @@ class Store:
         query = "SELECT * FROM events WHERE run_id=? AND stage=? AND kind=? ORDER BY id DESC LIMIT 1"
         row = self.db.execute(query, (run_id, stage, kind)).fetchone()
         return self._event(row) if row else None
+
+    def train_logs(self, run_id: str, stage: str | None = None, after: int = 0) -> list[TrainLog]:
+        """The training logs (of one stage, or of every training stage) after event id `after`, oldest first."""
+        query = "SELECT * FROM events WHERE run_id=? AND id>? AND kind='train_log'"
+        params: list[Any] = [run_id, after]
+        if stage:
+            query += " AND stage=?"
+            params.append(stage)
+        return [self._train_log(row) for row in self.db.execute(query + " ORDER BY id", params).fetchall()]
+
+    def last_train_log(self, run_id: str, stage: str) -> TrainLog | None:
+        """A stage's newest training log, without reading the others."""
+        query = "SELECT * FROM events WHERE run_id=? AND stage=? AND kind='train_log' ORDER BY id DESC LIMIT 1"
+        row = self.db.execute(query, (run_id, stage)).fetchone()
+        return self._train_log(row) if row else None
 
     # artifacts ------------------------------------------------------------------------------
     def replace_artifacts(self, run_id: str, stage: str, artifacts: list[Artifact]) -> None:
@@ -572,6 +601,23 @@ class Store:
         data = decode(self.path, "events", where, "data", row["data"])
         return {"id": row["id"], "stage": row["stage"], "ts": row["ts"], "kind": row["kind"], **data}
 
-    def recipe(self, run: sqlite3.Row) -> dict[str, Any]:
+    def _train_log(self, row: sqlite3.Row) -> TrainLog:
+        """A train_log event as a TrainLog: its known keys checked, the others kept in `extra`."""
+        where = f"run {row['run_id']!r}, stage {row['stage']!r}, event {row['id']}"
+        data = decode(self.path, "events", where, "data", row["data"])
+        known = {key: value for key, value in data.items() if key in TrainLog.STORED}
+        known["metrics"] = known.get("metrics") or {}  # logs from before the objectives' metrics
+        extra = {key: value for key, value in data.items() if key not in TrainLog.STORED}
+        values = {**known, "extra": extra, "stage": row["stage"], "id": row["id"]}
+        return _validated(self.path, "events", where, "data", values, TrainLog)
+
+    def recipe(self, run: RunRecord) -> dict[str, Any]:
         """The recipe a run was started with, as it was stored."""
-        return decode(self.path, "runs", f"run {run['id']!r}", "recipe", run["recipe"])
+        return decode(self.path, "runs", f"run {run.id!r}", "recipe", run.recipe_json)
+
+
+def _run(row: sqlite3.Row) -> RunRecord:
+    return RunRecord(
+        row["id"], row["name"], row["recipe_path"], row["recipe"], row["status"], row["created"], row["updated"],
+        row["pid"], row["pid_started"],
+    )  # fmt: skip

@@ -14,13 +14,14 @@ import sys
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import psutil
 
 from workbench import workers
 from workbench.core.devices import usable_cores
 from workbench.core.preflight import free_disk
+from workbench.doctor.probes import ProbeJob, ProbeResult
 
 CPU_FEATURES = (
     "sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",
@@ -39,11 +40,19 @@ BUILD_RECORD = Path(sys.prefix) / "share" / "workbench" / "llama-cpp-build.json"
 class Probe:
     name: str  # "llama.cpp decode q8_0 (cpu)"
     backend: str
-    job: dict[str, Any]
+    job: ProbeJob
     status: str = "not run"  # done | skipped | failed | crashed | timed_out
     error: str | None = None
     seconds: float | None = None
-    result: dict[str, Any] = field(default_factory=dict)
+    result: ProbeResult = field(default_factory=ProbeResult)
+
+    def to_dict(self) -> dict[str, Any]:
+        """As the doctor's JSON shows it: of its job and result, what they say."""
+        return {**asdict(self), "job": said(self.job), "result": said(self.result)}
+
+
+def said(record: ProbeJob | ProbeResult) -> dict[str, Any]:
+    return {key: value for key, value in asdict(record).items() if value is not None}
 
 
 @dataclass
@@ -61,7 +70,8 @@ class Report:
         return sorted({p.backend for p in self.probes if p.status not in working and p.backend in self.needed})
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "failing": self.failing, "advice": advice(self)}
+        probes = [probe.to_dict() for probe in self.probes]
+        return {**asdict(self), "probes": probes, "failing": self.failing, "advice": advice(self)}
 
 
 def cpu_features() -> tuple[str, list[str]]:
@@ -128,20 +138,17 @@ def needed_backends(recipe: Any | None) -> list[str]:
 
 
 def probes_for(cuda: bool, gguf_types: list[str]) -> list[Probe]:
-    devices = ["cpu", "cuda"] if cuda else ["cpu"]
-    probes = [Probe("llama.cpp build info", "llama.cpp", {"probe": "llama.cpp info"})]
+    devices: list[Literal["cpu", "cuda"]] = ["cpu", "cuda"] if cuda else ["cpu"]
+    probes = [Probe("llama.cpp build info", "llama.cpp", ProbeJob("llama.cpp info"))]
     probes += [
-        Probe(f"llama.cpp decode {kind}", "llama.cpp", {"probe": "llama.cpp decode", "type": kind})
-        for kind in gguf_types
+        Probe(f"llama.cpp decode {kind}", "llama.cpp", ProbeJob("llama.cpp decode", type=kind)) for kind in gguf_types
     ]
     for device in devices:
-        probes.append(Probe(f"torch generate ({device})", "torch", {"probe": "torch", "device": device}))
-        probes.append(
-            Probe(f"bitsandbytes nf4 ({device})", "bitsandbytes", {"probe": "bitsandbytes", "device": device})
-        )
-    probes.append(Probe("gptqmodel 4-bit kernel (cpu)", "gptqmodel", {"probe": "gptqmodel"}))
-    group = "cuda" if cuda else "cpu"
-    probes.append(Probe(f"process group ({group})", "distributed", {"probe": "process group", "device": group}))
+        probes.append(Probe(f"torch generate ({device})", "torch", ProbeJob("torch", device=device)))
+        probes.append(Probe(f"bitsandbytes nf4 ({device})", "bitsandbytes", ProbeJob("bitsandbytes", device=device)))
+    probes.append(Probe("gptqmodel 4-bit kernel (cpu)", "gptqmodel", ProbeJob("gptqmodel")))
+    group: Literal["cpu", "cuda"] = "cuda" if cuda else "cpu"
+    probes.append(Probe(f"process group ({group})", "distributed", ProbeJob("process group", device=group)))
     return probes
 
 
@@ -164,8 +171,9 @@ def run_probes(report: Report, home: Path, gguf_types: list[str], on_probe: Any 
         log = home / "doctor" / f"{slug}.log"
         outcome = workers.run("doctor.probe", probe.job, name=probe.name, log=log, timeout=PROBE_TIMEOUT_S)
         probe.status, probe.error, probe.seconds = outcome.status, outcome.error, outcome.seconds
-        probe.result = outcome.result or {}
-        if "skipped" in probe.result:
+        if outcome.ok:
+            probe.result = outcome.value_as(ProbeResult)
+        if probe.result.skipped is not None:
             probe.status = "skipped"
         report.probes.append(probe)
         if on_probe:
@@ -182,12 +190,12 @@ def probe_line(probe: Probe) -> str:
     mark = "OK" if probe.status == "done" else probe.status.upper().replace("_", " ")
     text = f"  {probe.name:32} {mark:9} {probe.seconds or 0:5.1f} s"
     if probe.status in ("done", "skipped"):
-        return f"{text}  {probe.result.get('detail') or probe.result.get('skipped', '')}"
+        return f"{text}  {probe.result.detail or probe.result.skipped or ''}"
     return f"{text}\n      {probe.error}"
 
 
 def system_info(report: Report) -> str:
-    info = next((p.result.get("system_info") for p in report.probes if p.job["probe"] == "llama.cpp info"), None)
+    info = next((p.result.system_info for p in report.probes if p.job.probe == "llama.cpp info"), None)
     return info or (report.llama_build or {}).get("system_info") or ""
 
 

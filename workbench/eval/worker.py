@@ -1,51 +1,132 @@
 """Evaluate one model in a worker (task `eval.model`).
 
-Runs lm-eval on the job's tasks (GGUF through the in-process llama.cpp LM, everything else through
-lm-eval's `hf` backend, which loads GPTQ/AWQ through GPTQModel and nf4 through bitsandbytes), then the
-fidelity comparison against the reference model, then the log-likelihoods of held-out preference pairs.
-Writes per-sample `samples/*.jsonl` into the job's `out` folder and returns the summary. A crash here
-fails one model, not the stage.
+Runs lm-eval on the job's tasks with the model its format's spec names (`evaluator`,
+`workbench.core.formats`): GGUF through the in-process llama.cpp LM, everything else through lm-eval's
+`hf` backend on the model `formats.load_for_inference` gives (GPTQ/AWQ through GPTQModel's kernels, nf4
+through bitsandbytes'), then the fidelity comparison against the reference model, then the
+log-likelihoods of held-out preference pairs. Writes per-sample `samples/*.jsonl` into the job's `out`
+folder and returns the summary. A crash here fails one model, not the stage.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from workbench.core import safe
-from workbench.core.devices import compute_dtype
+from workbench.core import formats, safe
+from workbench.eval.fidelity import Fidelity
+from workbench.eval.preference import Pair
 from workbench.workers.child import Channel
 
+if TYPE_CHECKING:
+    from workbench.eval.fidelity import LogitsOf
 
-def load_lm(job: dict[str, Any]) -> Any:
-    if job["format"] == "gguf":
-        from workbench.eval.llamacpp_lm import LlamaCppLM
 
-        return LlamaCppLM(pretrained=job["path"], max_length=job["max_length"], seed=job["seed"], lora=job.get("lora"))
+@dataclass(frozen=True)
+class FidelityJob:
+    """The comparison with the reference: its folder and the token ids both models read."""
+
+    reference: str  # the merged model's folder
+    sequences: list[list[int]]
+    answers: list[int]  # where each sequence's answer starts
+
+
+@dataclass(frozen=True)
+class EvalJob:
+    """One model's evaluation (task `eval.model`): lm-eval's settings, then what else to measure."""
+
+    name: str
+    format: str
+    path: str  # the model's file or folder
+    out: Path  # per-sample files go here
+    device: str  # where torch-loaded models run
+    tasks: list[str]
+    include: Path  # the task folder lm-eval reads
+    include_defaults: bool  # lm-eval's own tasks too
+    limit: int | None
+    num_fewshot: int | None
+    seed: int
+    batch_size: int
+    max_length: int
+    bootstrap_iters: int
+    lora: str | None = None  # an adapter variant's GGUF adapter
+    fidelity: FidelityJob | None = None  # None: not compared (the reference itself, the base model)
+    preference: list[Pair] | None = None  # held-out preference pairs to score
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    """One number lm-eval reported."""
+
+    task: str
+    metric: str  # "exact_match", or "exact_match,strip" for a filter other than "none"
+    value: float
+    stderr: float | None
+    higher_is_better: bool | None  # lm-eval's own direction, when it says
+
+
+@dataclass(frozen=True)
+class ItemRow:
+    """A metric's value per document, for the metrics lm-eval scores item by item."""
+
+    task: str
+    metric: str
+    values: dict[int, float]  # document id -> value
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """What one evaluation found; a part that did not run is None."""
+
+    name: str
+    format: str
+    seconds: dict[str, float]  # per phase: load, lm_eval, fidelity, preference
+    metrics: list[MetricRow] | None = None
+    items: list[ItemRow] | None = None
+    samples: dict[str, int] | None = None  # task -> documents scored
+    n_shot: dict[str, int] | None = None
+    versions: dict[str, str | int | float | None] | None = None  # lm-eval's task versions
+    fidelity: Fidelity | None = None
+    preference: dict[str, list[float]] | None = None  # "chosen", "rejected": log-likelihood per pair
+
+
+@dataclass
+class EvalModel:
+    """A model as the evaluation asks it: an lm-eval LM, and its logits for the fidelity comparison."""
+
+    lm: Any  # an lm_eval.api.model.LM
+    logits: LogitsOf
+
+
+def llamacpp_model(job: EvalJob) -> EvalModel:
+    from workbench.eval.llamacpp_lm import LlamaCppLM
+
+    lm = LlamaCppLM(pretrained=job.path, max_length=job.max_length, seed=job.seed, lora=job.lora)
+    return EvalModel(lm, lm.logits_of)
+
+
+def transformers_model(job: EvalJob) -> EvalModel:
     from lm_eval.models.huggingface import HFLM
+    from transformers import AutoTokenizer
 
-    if job["format"] == "nf4" and job["device"] == "cpu":
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    from workbench.eval.fidelity import hf_logits
 
-        from workbench.export.nf4 import dequantized
+    model = formats.load_for_inference(job.path, job.format, job.device)
+    tokenizer = AutoTokenizer.from_pretrained(job.path)
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=job.batch_size, max_length=job.max_length)
+    return EvalModel(lm, hf_logits(model, job.batch_size))
 
-        model = dequantized(AutoModelForCausalLM.from_pretrained(job["path"], device_map={"": "cpu"}), torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(job["path"])
-        return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=job["batch_size"], max_length=job["max_length"])
-    return HFLM(
-        pretrained=job["path"],
-        device=job["device"],
-        dtype=compute_dtype(job["format"], job["device"]),
-        batch_size=job["batch_size"],
-        max_length=job["max_length"],
-    )
+
+def load_model(job: EvalJob) -> EvalModel:
+    evaluator: Any = formats.resolve(formats.spec(job.format).evaluator)
+    return evaluator(job)
 
 
 def lm_eval_rows(
     results: dict[str, dict[str, Any]], directions: dict[str, dict[str, bool]] | None = None
-) -> list[dict[str, Any]]:
+) -> list[MetricRow]:
     """lm-eval's `{task: {"metric,filter": value, "metric_stderr,filter": err}}` as flat rows, each with
     lm-eval's own `higher_is_better` for the metric when it says."""
     rows = []
@@ -57,18 +138,18 @@ def lm_eval_rows(
                 continue
             stderr = values.get(f"{metric}_stderr,{filter_name}")
             rows.append(
-                {
-                    "task": task,
-                    "metric": metric if filter_name == "none" else f"{metric},{filter_name}",
-                    "value": float(value),
-                    "stderr": float(stderr) if isinstance(stderr, int | float) else None,
-                    "higher_is_better": directions.get(task, {}).get(metric),
-                }
+                MetricRow(
+                    task=task,
+                    metric=metric if filter_name == "none" else f"{metric},{filter_name}",
+                    value=float(value),
+                    stderr=float(stderr) if isinstance(stderr, int | float) else None,
+                    higher_is_better=directions.get(task, {}).get(metric),
+                )
             )
     return rows
 
 
-def item_values(samples: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+def item_values(samples: dict[str, list[dict[str, Any]]]) -> list[ItemRow]:
     """Per-item values of every metric lm-eval scores item by item (a number per sample: accuracy, exact
     match; not corpus-level ones such as perplexity, whose samples are pairs), keyed like `lm_eval_rows`."""
     found: dict[tuple[str, str], dict[int, float]] = {}
@@ -80,7 +161,7 @@ def item_values(samples: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]
                 if isinstance(value, bool | int | float):
                     key = metric if filter_name == "none" else f"{metric},{filter_name}"
                     found.setdefault((task, key), {})[int(record["doc_id"])] = float(value)
-    return [{"task": task, "metric": metric, "values": values} for (task, metric), values in found.items()]
+    return [ItemRow(task, metric, values) for (task, metric), values in found.items()]
 
 
 def sandbox_templates() -> None:
@@ -96,83 +177,82 @@ def sandbox_templates() -> None:
     lm_eval.utils.env = sandbox
 
 
-def run_lm_eval(lm: Any, job: dict[str, Any], out: Path) -> dict[str, Any]:
+def run_lm_eval(lm: Any, job: EvalJob, result: EvalResult) -> EvalResult:
+    """`result` with lm-eval's numbers; per-sample files into the job's `out` folder."""
     import lm_eval
     from lm_eval.tasks import TaskManager
     from lm_eval.utils import handle_non_serializable
 
     sandbox_templates()
 
-    manager = TaskManager(include_path=job["include"], include_defaults=job["include_defaults"])
-    seed = job["seed"]
+    manager = TaskManager(include_path=str(job.include), include_defaults=job.include_defaults)
+    seed = job.seed
     output = lm_eval.simple_evaluate(
         model=lm,
-        tasks=job["tasks"],
+        tasks=job.tasks,
         task_manager=manager,
-        limit=job["limit"],
-        num_fewshot=job["num_fewshot"],
+        limit=job.limit,
+        num_fewshot=job.num_fewshot,
         log_samples=True,
-        bootstrap_iters=job["bootstrap_iters"],
+        bootstrap_iters=job.bootstrap_iters,
         random_seed=seed,
         numpy_random_seed=seed,
         torch_random_seed=seed,
         fewshot_random_seed=seed,
     )
-    samples_dir = out / "samples"
+    samples_dir = job.out / "samples"
     samples_dir.mkdir(parents=True, exist_ok=True)
     for task, samples in output.get("samples", {}).items():
         with open(samples_dir / f"{task}.jsonl", "w", encoding="utf-8") as f:
             for sample in samples:
                 f.write(safe.json_text(sample, default=handle_non_serializable, ensure_ascii=False) + "\n")
-    return {
-        "metrics": lm_eval_rows(output["results"], output.get("higher_is_better")),
-        "items": item_values(output.get("samples", {})),
-        "samples": {task: len(samples) for task, samples in output.get("samples", {}).items()},
-        "n_shot": output.get("n-shot", {}),
-        "versions": output.get("versions", {}),
-    }
+    return replace(
+        result,
+        metrics=lm_eval_rows(output["results"], output.get("higher_is_better")),
+        items=item_values(output.get("samples", {})),
+        samples={task: len(samples) for task, samples in output.get("samples", {}).items()},
+        n_shot=output.get("n-shot", {}),
+        versions=output.get("versions", {}),
+    )
 
 
-def run_fidelity(lm: Any, job: dict[str, Any]) -> dict[str, Any]:
+def run_fidelity(model: EvalModel, job: EvalJob, spec: FidelityJob) -> Fidelity:
     import torch
     from transformers import AutoModelForCausalLM
 
     from workbench.eval import fidelity
 
-    spec = job["fidelity"]
-    reference = AutoModelForCausalLM.from_pretrained(spec["reference"], dtype=torch.float32).to(job["device"])
-    batch = job["batch_size"]
-    variant = lm.logits_of if job["format"] == "gguf" else fidelity.hf_logits(lm.model, batch)
-    reference_logits = fidelity.hf_logits(reference.eval(), batch)
-    result = fidelity.compare(spec["sequences"], reference_logits, variant, spec.get("answers"))
-    return result.to_dict()
+    # the reference in float32 on any device: the yardstick every variant is measured against
+    reference: Any = AutoModelForCausalLM.from_pretrained(spec.reference, dtype=torch.float32)
+    reference_logits = fidelity.hf_logits(reference.to(job.device).eval(), job.batch_size)
+    return fidelity.compare(spec.sequences, reference_logits, model.logits, spec.answers)
 
 
-def evaluate_job(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
-    out = Path(job["out"])
-    out.mkdir(parents=True, exist_ok=True)
+def evaluate_job(job: EvalJob, channel: Channel) -> EvalResult:
+    job.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     channel.phase("loading")
-    lm = load_lm(job)
-    result: dict[str, Any] = {"name": job["name"], "format": job["format"], "seconds": {}}
-    result["seconds"]["load"] = round(time.perf_counter() - started, 2)
-    if job["tasks"]:
+    model = load_model(job)
+    lm = model.lm
+    seconds = {"load": round(time.perf_counter() - started, 2)}
+    result = EvalResult(job.name, job.format, seconds)
+    if job.tasks:
         channel.phase("lm-eval")
         started = time.perf_counter()
-        result.update(run_lm_eval(lm, job, out))
-        result["seconds"]["lm_eval"] = round(time.perf_counter() - started, 2)
-    if job.get("fidelity"):
+        result = run_lm_eval(lm, job, result)
+        seconds["lm_eval"] = round(time.perf_counter() - started, 2)
+    if job.fidelity:
         channel.phase("fidelity")
         started = time.perf_counter()
-        result["fidelity"] = run_fidelity(lm, job)
-        result["seconds"]["fidelity"] = round(time.perf_counter() - started, 2)
-    if job.get("preference"):
+        result = replace(result, fidelity=run_fidelity(model, job, job.fidelity))
+        seconds["fidelity"] = round(time.perf_counter() - started, 2)
+    if job.preference:
         from workbench.eval.preference import log_likelihoods
 
         channel.phase("preference")
         started = time.perf_counter()
-        result["preference"] = log_likelihoods(lm, job["preference"]["pairs"])
-        result["seconds"]["preference"] = round(time.perf_counter() - started, 2)
+        result = replace(result, preference=log_likelihoods(lm, [asdict(pair) for pair in job.preference]))
+        seconds["preference"] = round(time.perf_counter() - started, 2)
     if hasattr(lm, "close"):
         lm.close()
     return result

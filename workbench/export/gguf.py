@@ -8,11 +8,13 @@ import runpy
 import struct
 import sys
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from workbench import workers
 from workbench.export import llamacpp_tools
+from workbench.export.making import Written
 from workbench.workers.child import Channel
 
 # recipe name -> (llama.cpp LLAMA_FTYPE_MOSTLY_* suffix, nominal bits per weight)
@@ -35,12 +37,41 @@ FALLBACK = re.compile(
 )
 
 
+@dataclass(frozen=True)
+class ConvertJob:
+    """HF folder -> GGUF file (task `gguf.convert`)."""
+
+    hf_dir: Path
+    out: Path
+    outtype: str = "f16"  # the converter's --outtype: f16, bf16
+
+
+@dataclass(frozen=True)
+class ConvertLoraJob:
+    """PEFT LoRA adapter -> f16 GGUF adapter (task `gguf.convert_lora`)."""
+
+    adapter_dir: Path
+    base_dir: Path  # the base model's config, read only
+    out: Path
+
+
+@dataclass(frozen=True)
+class QuantizeJob:
+    """f16 GGUF -> a quantized one (task `gguf.quantize`)."""
+
+    src: Path
+    dst: Path
+    ftype: str  # a LLAMA_FTYPE_MOSTLY_* suffix: "Q8_0", "Q4_K_M"
+    pure: bool = False  # every tensor in that type, no mixture
+    keep_f16: tuple[str, ...] = ()  # "embeddings", "output": those stay f16
+
+
 def convert(
     hf_dir: Path, out: Path, outtype: str = "f16", *, log: Path | None = None, timeout: float | None = None
 ) -> workers.Outcome:
     """HF folder -> GGUF with llama.cpp's converter, in a worker named after the file."""
     llamacpp_tools.converter()  # missing tools are refused here, before a worker starts
-    job = {"hf_dir": str(hf_dir), "out": str(out), "outtype": outtype}
+    job = ConvertJob(hf_dir, out, outtype)
     env = llamacpp_tools.converter_env()
     return workers.run("gguf.convert", job, name=out.name, log=log, timeout=timeout, echo=True, env=env)
 
@@ -51,7 +82,7 @@ def convert_lora(
     """A PEFT LoRA adapter -> GGUF adapter (f16) with llama.cpp's convert_lora_to_gguf.py; `base_dir` gives
     the base model's config (read only, never downloaded)."""
     llamacpp_tools.converter()
-    job = {"adapter_dir": str(adapter_dir), "base_dir": str(base_dir), "out": str(out)}
+    job = ConvertLoraJob(adapter_dir, base_dir, out)
     env = llamacpp_tools.converter_env()
     return workers.run("gguf.convert_lora", job, name=out.name, log=log, timeout=timeout, echo=True, env=env)
 
@@ -69,11 +100,11 @@ def quantize(
     """f16 GGUF -> `gguf_type` with llama.cpp's quantizer, in a worker named after the file. `pure`: every
     tensor in that type (no mixture: what quantization-aware training trained for), except those named in
     `keep_f16` ("embeddings", "output"), which stay f16."""
-    job = {"src": str(src), "dst": str(dst), "ftype": GGUF_TYPES[gguf_type][0], "pure": pure, "keep_f16": keep_f16}
+    job = QuantizeJob(src, dst, GGUF_TYPES[gguf_type][0], pure, keep_f16)
     return workers.run("gguf.quantize", job, name=dst.name, log=log, timeout=timeout)
 
 
-def run_converter(script: Path, args: list[str], out: str) -> dict[str, Any]:
+def run_converter(script: Path, args: list[str], out: Path) -> Written:
     """One of llama.cpp's converter scripts as its own `__main__` in this worker (started with
     `llamacpp_tools.converter_env()`, so its vendored gguf-py is the one imported); `out` must appear."""
     sys.argv = [str(script), *args]
@@ -82,40 +113,39 @@ def run_converter(script: Path, args: list[str], out: str) -> dict[str, Any]:
     except SystemExit as exc:
         if exc.code not in (0, None):
             raise RuntimeError(f"{script.name} exited with {exc.code}") from None
-    if not Path(out).is_file():
+    if not out.is_file():
         raise RuntimeError(f"{script.name} wrote no file")
-    return {}
+    return Written()
 
 
-def convert_job(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
+def convert_job(job: ConvertJob, channel: Channel) -> Written:
     """In a worker: llama.cpp's own converter script, HF folder -> f16/bf16 GGUF."""
-    args = [job["hf_dir"], "--outfile", job["out"], "--outtype", job["outtype"]]
-    return run_converter(llamacpp_tools.converter(), args, job["out"])
+    args = [str(job.hf_dir), "--outfile", str(job.out), "--outtype", job.outtype]
+    return run_converter(llamacpp_tools.converter(), args, job.out)
 
 
-def convert_lora_job(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
+def convert_lora_job(job: ConvertLoraJob, channel: Channel) -> Written:
     """In a worker: llama.cpp's own adapter converter, PEFT folder -> f16 GGUF adapter."""
     script = llamacpp_tools.converter().with_name("convert_lora_to_gguf.py")
-    args = [job["adapter_dir"], "--base", job["base_dir"], "--outfile", job["out"], "--outtype", "f16"]
-    return run_converter(script, args, job["out"])
+    args = [str(job.adapter_dir), "--base", str(job.base_dir), "--outfile", str(job.out), "--outtype", "f16"]
+    return run_converter(script, args, job.out)
 
 
-def quantize_job(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
-    """In a worker: llama.cpp's quantizer, f16 GGUF -> `job["ftype"]` (a LLAMA_FTYPE_MOSTLY_* suffix)."""
+def quantize_job(job: QuantizeJob, channel: Channel) -> Written:
+    """In a worker: llama.cpp's quantizer, f16 GGUF -> `job.ftype`."""
     import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{job['ftype']}")
-    params.pure = bool(job.get("pure"))
-    keep = job.get("keep_f16", ())
-    if "embeddings" in keep:
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{job.ftype}")
+    params.pure = job.pure
+    if "embeddings" in job.keep_f16:
         params.token_embedding_type = llama_cpp.GGML_TYPE_F16
-    if "output" in keep:
+    if "output" in job.keep_f16:
         params.output_tensor_type = llama_cpp.GGML_TYPE_F16
-    status = llama_cpp.llama_model_quantize(job["src"].encode(), job["dst"].encode(), ctypes.byref(params))
-    if status != 0 or not Path(job["dst"]).is_file():
+    status = llama_cpp.llama_model_quantize(str(job.src).encode(), str(job.dst).encode(), ctypes.byref(params))
+    if status != 0 or not job.dst.is_file():
         raise RuntimeError(f"llama_model_quantize returned {status}")
-    return {}
+    return Written()
 
 
 def fallbacks(log: str) -> list[dict[str, Any]]:

@@ -1,5 +1,6 @@
-"""GPTQ and AWQ variants with GPTQModel (the maintained successor of auto-gptq and AutoAWQ), written in
-the on-disk formats those wrote (`quantize_config.json`), which transformers and vLLM load.
+"""The gptq and awq formats' exporters (`workbench.core.formats.GPTQ`, `AWQ`): GPTQModel (the maintained
+successor of auto-gptq and AutoAWQ), writing the on-disk formats those wrote (`quantize_config.json`),
+which transformers and vLLM load.
 
 Calibration uses the fine-tune's own training rows, rendered through its chat template: the
 activations that matter are the ones the model will see when serving.
@@ -12,11 +13,21 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from workbench.core.devices import pick_device
+from workbench.core.formats import Estimate
 from workbench.core.fsutil import atomic_write_text
+from workbench.core.recipe import ExportSection
+from workbench.core.records import Variant
+from workbench.data.files import read_jsonl
+from workbench.export.making import ExportContext, ExportFailed, Written, record_measurement
 from workbench.workers.child import Channel
+
+PEAK_BYTES = 4.5  # a parameter, in memory
 
 
 def calibration_texts(rows: list[dict[str, Any]], tokenizer: Any) -> list[str]:
@@ -52,7 +63,22 @@ def allow_fp32_awq_packing() -> None:
         AwqTorchLinear.SUPPORTS_DTYPES = [*AwqTorchLinear.SUPPORTS_DTYPES, torch.float32]
 
 
-def export_job(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
+@dataclass(frozen=True)
+class GPTQJob:
+    """The merged model -> a GPTQ or AWQ checkpoint through GPTQModel (task `gptq.export`)."""
+
+    method: Literal["gptq", "awq"]
+    merged: Path
+    out: Path
+    calibration: list[str]  # the training rows rendered through the chat template
+    bits: int
+    group_size: int
+    desc_act: bool  # GPTQ's activation order
+    awq_clip: bool = True  # AWQ's clip search
+    dtype: Literal["float32", "auto"] = "auto"  # of the calibration forwards
+
+
+def export_job(job: GPTQJob, channel: Channel) -> Written:
     # GPTQModel sizes its CPU worker pool from the machine; on two cores its default asks for more than it has
     os.environ.setdefault("GPTQMODEL_CPU_WORKERS", str(max(1, min(os.cpu_count() or 1, 8))))
     import torch
@@ -60,25 +86,25 @@ def export_job(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
     from gptqmodel.quantization.config import AWQConfig, GPTQConfig
     from transformers import AutoTokenizer
 
-    if job["method"] == "gptq":
-        config = GPTQConfig(bits=job["bits"], group_size=job["group_size"], desc_act=job["desc_act"])
+    if job.method == "gptq":
+        config = GPTQConfig(bits=job.bits, group_size=job.group_size, desc_act=job.desc_act)
     else:
-        config = AWQConfig(bits=job["bits"], group_size=job["group_size"])
-        if not job.get("awq_clip", True):
+        config = AWQConfig(bits=job.bits, group_size=job.group_size)
+        if not job.awq_clip:
             skip_awq_clip()
-    tokenizer = AutoTokenizer.from_pretrained(job["merged"])
+    tokenizer = AutoTokenizer.from_pretrained(job.merged)
     # GPTQModel picks bf16 on CPU, where torch's bf16 matmul ran 8.6x slower than fp32 on a CPU without
     # bf16 matrix units: the export stage asks for fp32 calibration forwards there
-    dtype = torch.float32 if job.get("dtype") == "float32" else "auto"
-    if dtype is torch.float32 and job["method"] == "awq":
+    dtype = torch.float32 if job.dtype == "float32" else "auto"
+    if dtype is torch.float32 and job.method == "awq":
         allow_fp32_awq_packing()
-    model = GPTQModel.load(job["merged"], config, dtype=dtype)
-    model.quantize(job["calibration"], tokenizer=tokenizer, batch_size=8)
-    model.save(job["out"])
-    tokenizer.save_pretrained(job["out"])
+    model = GPTQModel.load(str(job.merged), config, dtype=dtype)
+    model.quantize(job.calibration, tokenizer=tokenizer, batch_size=8)
+    model.save(str(job.out))
+    tokenizer.save_pretrained(job.out)
     if dtype is torch.float32:
-        store_unquantized_as(Path(job["out"]), merged_dtype(Path(job["merged"])))
-    return {}
+        store_unquantized_as(job.out, merged_dtype(job.merged))
+    return Written()
 
 
 def merged_dtype(folder: Path) -> str:
@@ -117,3 +143,61 @@ def store_unquantized_as(folder: Path, dtype_name: str) -> None:
         if key in config:
             config[key] = dtype_name
     atomic_write_text(config_file, json.dumps(config, indent=2))
+
+
+def estimate(section: ExportSection) -> Estimate:
+    return Estimate(bits=section.bits + 0.5, memory=PEAK_BYTES)  # + group scales and zeros
+
+
+def export_gptq(ctx: ExportContext) -> list[Variant]:
+    return [export_method(ctx, "gptq", desc_act=ctx.recipe.export.desc_act)]
+
+
+def export_awq(ctx: ExportContext) -> list[Variant]:
+    return [export_method(ctx, "awq", desc_act=False, clip=ctx.recipe.export.awq_clip)]
+
+
+def export_method(ctx: ExportContext, method: Literal["gptq", "awq"], desc_act: bool, **recorded: Any) -> Variant:
+    """One GPTQModel variant (`method`: gptq or awq, the format it makes), calibrated on the training rows;
+    `recorded`: more of the method's settings to record on it."""
+    section, merged = ctx.recipe.export, ctx.inputs.merged
+    train_rows = read_jsonl(ctx.inputs.data / "train.jsonl")[: section.calibration_rows]
+    calibration = calibration_texts(train_rows, ctx.inputs.tokenizer)
+    out = ctx.out / f"{merged.name}-{method.upper()}-Int{section.bits}"
+    variant = Variant(
+        name=out.name,
+        format=method,
+        path=str(out),
+        bits=section.bits,
+        parent=merged.name,
+        quantizer="gptqmodel",
+        quantizer_version=metadata.version("gptqmodel"),
+        meta={
+            "group_size": section.group_size,
+            "desc_act": desc_act,
+            "calibration_rows": len(calibration),
+            **recorded,
+        },
+    )
+
+    def build(variant: Variant) -> None:
+        job = GPTQJob(
+            method=method,
+            merged=Path(merged.path),
+            out=out,
+            calibration=calibration,
+            bits=section.bits,
+            group_size=section.group_size,
+            desc_act=section.desc_act,
+            awq_clip=section.awq_clip,
+            # GPTQModel calibrates in bf16 on CPU, where torch's bf16 matmul is several times slower
+            dtype="float32" if pick_device("auto") == "cpu" else "auto",
+        )
+        outcome = ctx.run_worker("gptq.export", job, name=variant.name, timeout=section.timeout_s, echo=True)
+        ctx.made(outcome, out)
+        if not (out / "quantize_config.json").is_file():
+            raise ExportFailed(f"{variant.name}: GPTQModel wrote no quantize_config.json")
+        record_measurement(variant, outcome)
+        ctx.check(variant)
+
+    return ctx.attempt(variant, build)

@@ -1,12 +1,21 @@
-"""bitsandbytes nf4 variant: the merged model saved as a 4-bit checkpoint transformers loads directly.
-Runs in a worker (task `nf4.export`)."""
+"""The nf4 format (`workbench.core.formats.NF4`): the merged model saved as a bitsandbytes 4-bit checkpoint
+transformers loads directly, made in a worker (task `nf4.export`), and loaded for inference through
+bitsandbytes' kernels, computing in the workbench's dtype for the device."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from workbench.core.formats import Estimate
+from workbench.core.recipe import ExportSection
+from workbench.core.records import Variant
+from workbench.export.making import ExportContext, Written, record_measurement
 from workbench.workers.child import Channel
+
+BITS = 4.13  # per weight: 4-bit codes, double-quantized block scales
 
 
 def quantization_config(compute_dtype: str = "bfloat16"):  # noqa: ANN201 - transformers type, imported lazily
@@ -31,6 +40,17 @@ def export(merged: Path, out: Path) -> None:
     AutoTokenizer.from_pretrained(merged).save_pretrained(out)
 
 
+def load(path: str, device: str, dtype: str) -> Any:
+    """The checkpoint through bitsandbytes' kernels, computing in `dtype` where it is not "auto" (a CPU:
+    float32): what eval, bench, chat and the export checks all run."""
+    import torch
+
+    from workbench.export.load import transformers_model
+
+    model = transformers_model(path, device, dtype)
+    return model if dtype == "auto" else compute_in(model, getattr(torch, dtype))
+
+
 def compute_in(model: Any, dtype: Any) -> Any:
     """Run a loaded nf4 model in `dtype`: bitsandbytes' compute dtype and every unquantized weight. The
     checkpoint says bf16 (right on a GPU); on a CPU without bf16 matrix units bf16 runs several times
@@ -50,34 +70,41 @@ def cast_unquantized(model: Any, dtype: Any) -> None:
             param.data = param.data.to(dtype)
 
 
-def dequantized(model: Any, dtype: Any) -> Any:
-    """The nf4 model with every 4-bit layer replaced, in place, by a plain linear layer holding the weights
-    the checkpoint stores (bitsandbytes' `dequantize_4bit`), everything in `dtype`. What the format
-    keeps of the model, without its CPU kernel, which takes ~1.8 s for each generated token of a 135M
-    model on 2 cores (benchmarked as is): evaluation runs on these weights."""
-    import bitsandbytes.functional as bnb_functional
-    import torch
-    from bitsandbytes.nn import Linear4bit
+@dataclass(frozen=True)
+class Nf4Job:
+    """The merged model -> an nf4 checkpoint (task `nf4.export`)."""
 
-    for module in list(model.modules()):
-        for name, child in list(module.named_children()):
-            if isinstance(child, Linear4bit):
-                state = child.weight.quant_state  # type: ignore[attr-defined]  # bitsandbytes' Params4bit
-                weight = bnb_functional.dequantize_4bit(child.weight.data, state)
-                plain = torch.nn.Linear(child.in_features, child.out_features, bias=child.bias is not None)
-                plain.weight = torch.nn.Parameter(weight.to(dtype), requires_grad=False)
-                if child.bias is not None:
-                    plain.bias = torch.nn.Parameter(child.bias.data.to(dtype), requires_grad=False)
-                setattr(module, name, plain)
-    cast_unquantized(model, dtype)
-    for marker in ("hf_quantizer", "quantization_method"):  # what remains is a plain model
-        if marker in vars(model):
-            setattr(model, marker, None)
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    return model
+    merged: Path
+    out: Path
 
 
-def export_job(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
-    export(Path(job["merged"]), Path(job["out"]))
-    return {}
+def export_job(job: Nf4Job, channel: Channel) -> Written:
+    export(job.merged, job.out)
+    return Written()
+
+
+def estimate(section: ExportSection) -> Estimate:
+    return Estimate(bits=4.5, memory=4.5)
+
+
+def export_variants(ctx: ExportContext) -> list[Variant]:
+    section, merged = ctx.recipe.export, ctx.inputs.merged
+    out = ctx.out / f"{merged.name}-BNB-NF4"
+    variant = Variant(
+        name=out.name,
+        format="nf4",
+        path=str(out),
+        bits=BITS,
+        parent=merged.name,
+        quantizer="bitsandbytes",
+        quantizer_version=metadata.version("bitsandbytes"),
+    )
+
+    def build(variant: Variant) -> None:
+        job = Nf4Job(Path(merged.path), out)
+        outcome = ctx.run_worker("nf4.export", job, name=variant.name, timeout=section.timeout_s, echo=True)
+        ctx.made(outcome, out)
+        record_measurement(variant, outcome)
+        ctx.check(variant)
+
+    return [ctx.attempt(variant, build)]

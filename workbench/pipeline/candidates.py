@@ -1,42 +1,58 @@
 """Who can answer in a run's chat (its variants, its base, its running servers), and asking them.
 
-`ask` yields events as the answer streams — `{"loaded": s}`, `{"text": piece}` per
-token, then `{"done": stats}` or `{"error": message}` — so the TUI (which never imports torch) and the
+Each answerer is a `Candidate`. `ask` yields events as the answer streams — `{"loaded": s}`, `{"text": piece}`
+per token, then `{"done": AnswerResult}` or `{"error": message}` — so the TUI (which never imports torch) and the
 CLI can show answers as they come. This module's top level imports only the standard library and the
-light workbench.core and workbench.workers modules. The answering itself is `workbench.chat.stream`.
+light workbench.core, workbench.workers and workbench.serve.client modules. The answering itself is
+`workbench.chat.stream`.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Generator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from workbench import workers
-from workbench.chat.stream import stats
+from workbench.chat.stream import AnswerJob, AnswerResult, stats
 from workbench.core.errors import RunError
 from workbench.core.records import Variant
 from workbench.core.store import Store
+from workbench.serve.client import Endpoint
 
 MAX_TOKENS = 128
 ANSWER_TIMEOUT_S = 900  # loading and answering; a hung model process is stopped after this
 
 
-def askable(variants: list[Variant], base_model: str | None = None) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class Candidate:
+    """One answerer in a run's chat: a finished variant, the run's base model, or one of its running servers
+    (format `served`, asked over HTTP at its `endpoint`)."""
+
+    name: str  # the variant's (the base model's folder, the server's id)
+    label: str  # the comparison table's: "merged", "Q4_K_M.gguf", "GPTQ-Int4", "base", "served:<server>"
+    format: str
+    path: str  # the model file or folder; a server's URL
+    lora: str | None = None  # a GGUF adapter, loaded on the file
+    endpoint: Endpoint | None = None  # a running server's
+
+    @classmethod
+    def of(cls, variant: Variant, label: str | None = None) -> Candidate:
+        """A variant as an answerer (labelled with its name unless given a label)."""
+        label = variant.name if label is None else label
+        return cls(variant.name, label, variant.format, variant.path, variant.meta.get("lora"))
+
+
+def askable(variants: list[Variant], base_model: str | None = None) -> list[Candidate]:
     """What can answer: the run's finished variants, then its base model when that is a local folder.
     Each has the comparison table's label too ("merged", "Q4_K_M.gguf", "GPTQ-Int4", "base")."""
     from workbench.report.compare import label_of, reference_name
 
     reference = reference_name(variants)
     found = [
-        {
-            "name": v.name,
-            "label": label_of(v.name, reference, "reference" if v.name == reference else "variant"),
-            "format": v.format,
-            "path": v.path,
-            "lora": v.meta.get("lora"),
-        }
+        Candidate.of(v, label_of(v.name, reference, "reference" if v.name == reference else "variant"))
         for v in variants
         if v.status == "done"
     ]
@@ -48,11 +64,11 @@ def askable(variants: list[Variant], base_model: str | None = None) -> list[dict
         except (ModelError, OSError, ValueError, KeyError):  # the base is optional here; a broken registry
             return found  # shows up where a run needs it
         if Path(path).is_dir():
-            found.append({"name": Path(path).name, "label": "base", "format": "hf", "path": path})
+            found.append(Candidate(name=Path(path).name, label="base", format="hf", path=path))
     return found
 
 
-def for_run(store: Store, run_id: str) -> tuple[list[dict[str, Any]], str | None]:
+def for_run(store: Store, run_id: str) -> tuple[list[Candidate], str | None]:
     """A run's answerers and the system prompt its rows were trained with."""
     run = store.run(run_id)
     if run is None:
@@ -62,35 +78,30 @@ def for_run(store: Store, run_id: str) -> tuple[list[dict[str, Any]], str | None
     return askable(store.variants(run_id), recipe.get("base_model")), system_prompt
 
 
-def served(store: Store, run_id: str) -> list[dict[str, Any]]:
+def served(store: Store, run_id: str) -> list[Candidate]:
     """The run's running servers as answerers (label `served:<server>`): the arena asks them over HTTP."""
     return [
-        {
-            "name": server.id,
-            "label": f"served:{server.id}",
-            "format": "served",
-            "path": server.local_url,
-            "endpoint": {
-                "url": server.local_url,
-                "model": server.model,
-                "backend": server.backend,
-                "api_key": server.api_key,
-            },
-        }
+        Candidate(
+            name=server.id,
+            label=f"served:{server.id}",
+            format="served",
+            path=server.local_url,
+            endpoint=Endpoint(server.local_url, server.model, server.backend, server.api_key),
+        )
         for server in store.servers(run_id)
         if server.status == "running"
     ]
 
 
-def pick(found: list[dict[str, Any]], wanted: list[str]) -> list[dict[str, Any]]:
+def pick(found: list[Candidate], wanted: list[str]) -> list[Candidate]:
     """Candidates by label ("merged", "base", "Q4_K_M.gguf") or name, or by a part of either such as
     `Q4_K_M` or `GPTQ` (case-insensitive)."""
     chosen = []
     for want in wanted:
-        exact = [c for c in found if want in (c["name"], c["label"])]
-        matches = exact or [c for c in found if want.lower() in f"{c['name']} {c['label']}".lower()]
+        exact = [c for c in found if want in (c.name, c.label)]
+        matches = exact or [c for c in found if want.lower() in f"{c.name} {c.label}".lower()]
         if len(matches) != 1:
-            names = ", ".join(c["label"] for c in found)
+            names = ", ".join(c.label for c in found)
             what = "matches nothing" if not matches else "matches several"
             raise RunError(f"variant {want!r} {what}; this run has: {names}")
         chosen.append(matches[0])
@@ -103,27 +114,31 @@ def messages(prompt: str, system_prompt: str | None) -> list[dict[str, str]]:
     return [*turns, {"role": "user", "content": prompt}]
 
 
-def job(candidate: dict[str, Any], chat: list[dict[str, str]], max_tokens: int = MAX_TOKENS) -> dict[str, Any]:
-    request = {"path": candidate["path"], "format": candidate["format"], "messages": chat, "max_tokens": max_tokens}
-    for extra in ("endpoint", "lora"):  # a server to ask; a GGUF adapter to load on the file
-        if candidate.get(extra):
-            request[extra] = candidate[extra]
-    return request
+def job(candidate: Candidate, chat: list[dict[str, str]], max_tokens: int = MAX_TOKENS) -> AnswerJob:
+    """What the candidate is asked: a worker's job (a served candidate is asked the same over HTTP)."""
+    return AnswerJob(candidate.path, candidate.format, chat, max_tokens, candidate.lora)
+
+
+Event = dict[str, Any]  # {"loaded": s}, {"text": piece}, {"done": AnswerResult} or {"error": message}
 
 
 def ask(
-    request: dict[str, Any],
+    candidate: Candidate,
+    chat: list[dict[str, str]],
+    max_tokens: int = MAX_TOKENS,
+    *,
     started: Callable[[workers.Running], None] | None = None,
     timeout: float | None = ANSWER_TIMEOUT_S,
-) -> Generator[dict[str, Any], None, None]:
+) -> Generator[Event, None, None]:
     """Answer in a worker and yield its events; a crash, a timeout or an exit without an answer becomes an
     `error` event. `started` gets the running worker (to stop it early); closing this generator stops it.
     A served candidate answers over HTTP instead (no worker)."""
-    if "endpoint" in request:
-        yield from ask_server(request)
+    question = job(candidate, chat, max_tokens)
+    if candidate.endpoint is not None:
+        yield from ask_server(candidate.endpoint, question)
         return
     try:
-        running = workers.start("chat.answer", request, name=Path(request["path"]).name, timeout=timeout)
+        running = workers.start("chat.answer", question, name=Path(question.path).name, timeout=timeout)
     except OSError as exc:
         yield {"error": f"could not start the model process: {exc}"}
         return
@@ -132,20 +147,18 @@ def ask(
     yield from running.events()
     outcome = running.outcome
     assert outcome is not None
-    yield {"done": outcome.result} if outcome.ok else {"error": outcome.error}
+    yield {"done": outcome.value_as(AnswerResult)} if outcome.ok else {"error": outcome.error}
 
 
-def ask_server(request: dict[str, Any]) -> Generator[dict[str, Any], None, None]:
+def ask_server(endpoint: Endpoint, question: AnswerJob) -> Generator[Event, None, None]:
     """The same events from a running server, streamed with the `openai` client (greedy)."""
-    from workbench.serve.client import Endpoint
     from workbench.serve.client import request as chat_request
 
-    endpoint = Endpoint(**request["endpoint"])
     started = time.perf_counter()
     yield {"loaded": 0.0}
     times: list[float] = []
     try:
-        arguments = chat_request(endpoint, request["messages"], request["max_tokens"], stream=True)
+        arguments = chat_request(endpoint, question.messages, question.max_tokens, stream=True)
         for chunk in endpoint.client().chat.completions.create(**arguments):
             for choice in chunk.choices:
                 if choice.delta.content:
@@ -157,11 +170,11 @@ def ask_server(request: dict[str, Any]) -> Generator[dict[str, Any], None, None]
     yield {"done": stats(started, started, times)}
 
 
-def stats_line(result: dict[str, Any]) -> str:
-    parts = [f"{result['tokens']} tokens"]
-    if result["tok_s"] is not None:
-        parts.append(f"{result['tok_s']:.1f} tok/s")
-    if result["ttft_s"] is not None:
-        parts.append(f"first token {result['ttft_s']:.2f} s")
-    parts.append(f"load {result['load_s']:.1f} s")
+def stats_line(result: AnswerResult) -> str:
+    parts = [f"{result.tokens} tokens"]
+    if result.tok_s is not None:
+        parts.append(f"{result.tok_s:.1f} tok/s")
+    if result.ttft_s is not None:
+        parts.append(f"first token {result.ttft_s:.2f} s")
+    parts.append(f"load {result.load_s:.1f} s")
     return " · ".join(parts)

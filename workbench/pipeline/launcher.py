@@ -79,7 +79,7 @@ def launch_sweep(recipe: Path, home: Path, name: str, varied: list[str], overrid
 def live_worker(store: Store, run_id: str) -> int | None:
     """The pid of the run's worker while it is alive (one worker per run)."""
     run = store.run(run_id)
-    return run["pid"] if run is not None and store.live_status(run) == "running" else None
+    return run.pid if run is not None and store.live_status(run) == "running" else None
 
 
 def signal_process(pid: int, started: float | None, signum: int) -> bool:
@@ -107,9 +107,9 @@ def cancel(store: Store, run_id: str) -> bool:
     """Ask a run's worker to stop: training saves a checkpoint after the current step, model work in its
     child processes is stopped, and the next run resumes. False when the run has no live worker."""
     run = store.run(run_id)
-    if run is None or store.live_status(run) != "running":
+    if run is None or run.pid is None or store.live_status(run) != "running":
         return False
-    return signal_process(run["pid"], run["pid_started"], signal.SIGTERM)
+    return signal_process(run.pid, run.pid_started, signal.SIGTERM)
 
 
 def stop_on_sigterm() -> None:

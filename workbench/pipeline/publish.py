@@ -38,9 +38,9 @@ def lay_out(store: Store, home: Path, run_id: str, wanted: str, repo: str) -> Pa
     check_repo(repo)
     found, _ = chat.for_run(store, run_id)
     candidate = chat.pick(found, [wanted])[0]
-    variant = next((v for v in store.variants(run_id) if v.name == candidate["name"]), None)
+    variant = next((v for v in store.variants(run_id) if v.name == candidate.name), None)
     if variant is None:
-        raise RunError(f"{candidate['label']}: the base model is not this run's to publish; pick a variant")
+        raise RunError(f"{candidate.label}: the base model is not this run's to publish; pick a variant")
     run_dir = run_folder(home, run_id)
     report = write.load(store, run_id, run_dir)
     source = Path(variant.path)

@@ -17,14 +17,8 @@ from workbench.core.store import Store
 from workbench.eval.tasks import check_metric
 from workbench.pipeline.runlock import RunLock
 from workbench.pipeline.stages import STAGES, needs_of, stages_of
-from workbench.pipeline.stages.base import (
-    StageContext,
-    StageInterrupted,
-    cache_key,
-    can_resume,
-    differences,
-    key_payload,
-)
+from workbench.pipeline.stages.base import StageContext, StageInterrupted, cache_key, key_payload
+from workbench.train.resume import can_resume, differences
 
 KEY_FILE = "key.json"  # in a stage's work folder: the key payload it was made under
 
@@ -117,7 +111,7 @@ def work_folder(ctx: StageContext, payload: dict[str, Any]) -> None:
             before = {}
         changes = differences(before, payload)
         said = ", ".join(f"{path.removeprefix('inputs.')}: {a!r} -> {b!r}" for path, a, b in changes[:4]) or "?"
-        if before and not work.exists() and can_resume(stage, changes):
+        if before and not work.exists() and can_resume(stage.resumable, changes):
             os.rename(old, work)
             ctx.say(f"continuing the unfinished work of an earlier attempt ({said})")
             continue

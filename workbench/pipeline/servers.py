@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from workbench.core import formats
 from workbench.core.common import free_port, tail
 from workbench.core.errors import InputError, RunError
 from workbench.core.paths import run_folder
@@ -32,7 +33,7 @@ READY_TIMEOUT_S = 300  # loading the model included
 STOP_GRACE_S = 10
 
 
-def choose(store: Store, home: Path, run_id: str, variant: str | None, recommended: str | None) -> dict[str, Any]:
+def choose(store: Store, home: Path, run_id: str, variant: str | None, recommended: str | None) -> chat.Candidate:
     """The variant to serve: by name or label, the report's recommendation for a target, or (given neither)
     the CPU recommendation."""
     found, _ = chat.for_run(store, run_id)
@@ -47,25 +48,20 @@ def choose(store: Store, home: Path, run_id: str, variant: str | None, recommend
     pick = next(r for r in comparison.recommendations if r.target == target)
     if pick.variant is None:
         raise RunError(f"run {run_id!r} has no {target} recommendation ({pick.reason}); name one with --variant")
-    return next(c for c in found if c["name"] == pick.variant)
+    return next(c for c in found if c.name == pick.variant)
 
 
 def cuda_for(variant_format: str) -> bool:
-    """Whether the server would run on a GPU: llama.cpp's build offloads, or torch sees CUDA."""
-    if variant_format == "gguf":
-        import llama_cpp
-
-        return bool(llama_cpp.llama_supports_gpu_offload())
-    import torch
-
-    return torch.cuda.is_available()
+    """Whether the server would run on a GPU: the format's runtime can use one here (llama.cpp's build
+    offloads, torch sees CUDA)."""
+    return formats.spec(variant_format).gpu_available()
 
 
 def start(
     store: Store,
     home: Path,
     run_id: str,
-    candidate: dict[str, Any],
+    candidate: chat.Candidate,
     host: str = "127.0.0.1",
     port: int = 0,
     api_key: str | None = None,
@@ -84,10 +80,10 @@ def start(
     server_id, log = reserve(
         home, run_id, 1 + max((int(s.id.rsplit("-", 1)[1]) for s in store.servers(run_id)), default=0)
     )
-    name = candidate["label"] if candidate["label"] not in ("merged", "base") else candidate["name"]
+    name = candidate.label if candidate.label not in ("merged", "base") else candidate.name
     plan = backends.plan(
-        candidate["format"], candidate["path"], name, host, port, api_key, threads or usable_cores(),
-        cuda_for(candidate["format"]), backend=backend, lora=candidate.get("lora"),
+        candidate.format, candidate.path, name, host, port, api_key, threads or usable_cores(),
+        cuda_for(candidate.format), backend=backend, lora=candidate.lora,
     )  # fmt: skip
     with open(log, "wb") as out:
         if dropped := sorted(set(os.environ) - set(plan.env)):  # said, not silent: a user may have set them
@@ -103,7 +99,7 @@ def start(
             env=plan.env,
         )
     server = Server(
-        server_id, run_id, candidate["name"], plan.backend, host, port, plan.model, process.pid,
+        server_id, run_id, candidate.name, plan.backend, host, port, plan.model, process.pid,
         process_started(process.pid), time.time(), str(log), api_key,
     )  # fmt: skip
     try:
@@ -188,7 +184,7 @@ def cases(store: Store, home: Path, server: Server, count: int, max_tokens: int)
     """Held-out conversations of the server's run with what `workbench chat` answers for its variant and
     the prompt length training gave each (from the tokenizer saved with the merged model)."""
     found, _ = chat.for_run(store, server.run_id)
-    candidate = next(c for c in found if c["name"] == server.variant)
+    candidate = next(c for c in found if c.name == server.variant)
     rows = read_jsonl(home / server.run_id / "data" / "held_out.jsonl")
     conversations = [row["messages"][:-1] for row in rows if row.get("messages")][:count]
     reference = next((v for v in store.variants(server.run_id) if v.is_reference and v.status == "done"), None)
@@ -203,11 +199,11 @@ def cases(store: Store, home: Path, server: Server, count: int, max_tokens: int)
     made = []
     for messages, length in zip(conversations, lengths, strict=True):
         pieces, end_of_turn = [], False
-        for event in chat.ask(chat.job(candidate, messages, max_tokens)):
+        for event in chat.ask(candidate, messages, max_tokens):
             if "text" in event:
                 pieces.append(event["text"])
             elif "done" in event:
-                end_of_turn = bool(event["done"].get("end_of_turn"))
+                end_of_turn = event["done"].end_of_turn
             elif "error" in event:
                 raise RunError(f"`workbench chat` could not answer with {server.variant}: {event['error']}")
         made.append(served.Case(messages, length, "".join(pieces), end_of_turn))

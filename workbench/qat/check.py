@@ -4,8 +4,9 @@ trained on is what the file serves. Tensors llama.cpp stored in another type are
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from workbench.workers.child import Channel
 
@@ -51,6 +52,34 @@ def _load(path: Path, name: str) -> Any:
         return handle.get_tensor(name)
 
 
+@dataclass(frozen=True)
+class GridJob:
+    gguf: Path  # the file
+    merged: Path  # the merged model's folder
+    target: str  # a grid name (`workbench.qat.grid.GRIDS`)
+    embeddings: bool  # whether the token embeddings were trained on the grid
+    output: bool  # whether the output layer was
+
+
+@dataclass(frozen=True)
+class Retyped:
+    tensor: str
+    type: str  # what llama.cpp stored it as instead
+
+
+@dataclass(frozen=True)
+class GridResult:
+    """Recorded as the variant's `meta["grid"]` (its fields, in this order)."""
+
+    target: str
+    status: Literal["passed", "failed"]
+    tensors: int  # compared
+    mismatched: list[str]
+    retyped: list[Retyped]
+    unmatched: list[str]  # in the target type, not in the merged model
+    kept_f16: list[str]
+
+
 def describe_grid(grid: dict[str, Any]) -> str:
     """A grid check's result in words (for `show` and the export's log)."""
     if grid["status"] == "passed":
@@ -63,28 +92,26 @@ def describe_grid(grid: dict[str, Any]) -> str:
     return text + (f" (kept f16: {', '.join(grid['kept_f16'])})" if grid.get("kept_f16") else "")
 
 
-def grid_job(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
-    """`job`: gguf (the file), merged (the merged model's folder), target (a grid name), embeddings and
-    output (whether those were trained on the grid)."""
+def grid_job(job: GridJob, channel: Channel) -> GridResult:
     import gguf
 
     from workbench.qat import grid
 
-    g = grid.GRIDS[job["target"]]
+    g = grid.GRIDS[job.target]
     channel.phase("grid check")
-    reader = gguf.GGUFReader(job["gguf"])
+    reader = gguf.GGUFReader(job.gguf)
     field = reader.fields["general.architecture"]
     arch_name = bytes(field.parts[field.data[0]]).decode()
     blocks = reader.fields[f"{arch_name}.block_count"]
     arch = {name: arch for arch, name in gguf.MODEL_ARCH_NAMES.items()}[arch_name]
     names = gguf.get_tensor_name_map(arch, int(blocks.parts[blocks.data[0]][0]))
     merged = {}  # GGUF name -> (file, name in the merged model)
-    for hf_name, path in _merged_tensors(Path(job["merged"])).items():
+    for hf_name, path in _merged_tensors(job.merged).items():
         stem, _, suffix = hf_name.rpartition(".")
         mapped = names.get_name(stem)
         if mapped:
             merged[f"{mapped}.{suffix}"] = (path, hf_name)
-    kept = {tensor for flag, tensor in KEPT.items() if not job[flag]}
+    kept = {tensor for flag, tensor in KEPT.items() if not getattr(job, flag)}
 
     compared, mismatched, retyped, unmatched = 0, [], [], []
     for tensor in reader.tensors:
@@ -93,7 +120,7 @@ def grid_job(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
             continue  # norms and biases stay f32 in every file
         if kind != g.ggml_type:
             if tensor.name not in kept:
-                retyped.append({"tensor": tensor.name, "type": kind})
+                retyped.append(Retyped(tensor.name, kind))
             continue
         if tensor.name not in merged:
             unmatched.append(tensor.name)
@@ -104,12 +131,5 @@ def grid_job(job: dict[str, Any], channel: Channel) -> dict[str, Any]:
         if stored.size != expected.size or not _same(expected, stored.reshape(expected.shape)):
             mismatched.append(tensor.name)
     passed = compared > 0 and not mismatched and not retyped and not unmatched
-    return {
-        "target": job["target"],
-        "status": "passed" if passed else "failed",
-        "tensors": compared,
-        "mismatched": mismatched,
-        "retyped": retyped,
-        "unmatched": unmatched,
-        "kept_f16": sorted(kept),
-    }
+    return GridResult(job.target, "passed" if passed else "failed", compared, mismatched, retyped, unmatched,
+                      sorted(kept))  # fmt: skip

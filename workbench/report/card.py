@@ -9,13 +9,18 @@ from typing import Any
 
 import yaml
 
+from workbench.core import formats
 from workbench.core.models import ModelError, load_registry
 from workbench.core.records import Variant
 from workbench.report import table
 from workbench.report.write import RunReport
 
-LIBRARY = {"gguf": "gguf", "hf": "transformers", "gptq": "transformers", "awq": "transformers", "nf4": "transformers"}
-QUANTIZED = {"gguf": "gguf", "gptq": "gptq", "awq": "awq", "nf4": "bitsandbytes"}
+# a variant of a format this installation does not know (made with a plugin now absent) reads as this one
+UNKNOWN = formats.FormatSpec(name="unknown")
+
+
+def spec_of(variant: Variant) -> formats.FormatSpec:
+    return formats.find(variant.format) or UNKNOWN
 
 
 def hub_base(base_model: str) -> tuple[str | None, str | None]:
@@ -36,19 +41,20 @@ def metadata(report: RunReport, variant: Variant) -> dict[str, Any]:
     recipe = report.recipe
     base, license_ = hub_base(str(recipe.get("base_model", "")))
     method = (recipe.get("train") or {}).get("method", "lora")
-    quantized = variant.format in QUANTIZED and not (variant.format == "gguf" and variant.bits >= 16)
+    spec = spec_of(variant)
+    quantized = spec.quantized(variant.bits)
     meta: dict[str, Any] = {}
     if base:
         meta["base_model"] = base
         meta["base_model_relation"] = "quantized" if quantized else "finetune"
     if license_:
         meta["license"] = license_
-    meta["library_name"] = LIBRARY.get(variant.format, "transformers")
+    meta["library_name"] = spec.library
     meta["pipeline_tag"] = "text-generation"
     objective = (recipe.get("tune") or {}).get("objective")  # dpo, grpo, ... after the supervised fine-tune
     tags = ["workbench", method, *([objective] if objective else []), variant.format]
-    if variant.format in QUANTIZED:
-        tags.append(QUANTIZED[variant.format])
+    if spec.hub_tag:
+        tags.append(spec.hub_tag)
     if variant.meta.get("type"):
         tags.append(str(variant.meta["type"]))
     meta["tags"] = list(dict.fromkeys(tags))
@@ -74,7 +80,7 @@ def how_made(report: RunReport, variant: Variant) -> list[str]:
     lines.append(f"- Merged into a {merge.get('dtype', 'bfloat16')} model.")
     if (train.get("qat") or {}).get("target"):
         lines.append(f"- Trained for the rounding of {train['qat']['target']} (quantization-aware).")
-    if variant.format != "hf" or not variant.is_reference:
+    if not variant.is_reference:  # the merged model is what the others were exported from
         quantizer = " ".join(part for part in (variant.quantizer, variant.quantizer_version) if part)
         lines.append(
             f"- Exported as {variant.format} ({variant.bits:g} bits){' with ' + quantizer if quantizer else ''}."
@@ -91,8 +97,7 @@ def rows_table(report: RunReport, variant: Variant) -> str:
 def prompt_format(report: RunReport, variant: Variant) -> list[str]:
     serving = variant.meta.get("serving") or {}
     system = (report.recipe.get("data") or {}).get("system_prompt")
-    where = "embedded in the GGUF file" if variant.format == "gguf" else "in the tokenizer's `chat_template`"
-    lines = [f"- Chat template: the one it was trained with, {where}."]
+    lines = [f"- Chat template: the one it was trained with, {spec_of(variant).template_where}."]
     if serving.get("template"):
         lines.append(f"- Template family: {serving['template']}.")
     if serving.get("stops"):
@@ -103,26 +108,11 @@ def prompt_format(report: RunReport, variant: Variant) -> list[str]:
 
 def how_to_run(repo: str, variant: Variant) -> list[str]:
     file = variant.path.rsplit("/", 1)[-1]
-    serving = variant.meta.get("serving") or {}
-    if variant.format == "gguf":
-        lines = [
-            "```bash",
-            f"huggingface-cli download {repo} {file} --local-dir .",
-            f"llama-server -m {file} --jinja --host 127.0.0.1 --port 8080   # the chat template in the file",
-        ]
-        if serving.get("modelfile"):
-            lines.append(f"ollama create my-model -f {serving['modelfile']}   # Modelfile in this repository")
-        return [*lines, "```"]
-    return [
-        "```python",
-        "from transformers import AutoModelForCausalLM, AutoTokenizer",
-        f'tokenizer = AutoTokenizer.from_pretrained("{repo}")',
-        f'model = AutoModelForCausalLM.from_pretrained("{repo}")',
-        "```",
-        "```bash",
-        f"vllm serve {repo}   # or: transformers serve {repo}",
-        "```",
-    ]
+    lines = [line.format(repo=repo, file=file) for line in spec_of(variant).how_to_run]
+    modelfile = (variant.meta.get("serving") or {}).get("modelfile")
+    if modelfile:
+        lines.append(f"ollama create my-model -f {modelfile}   # Modelfile in this repository")
+    return [*lines, "```"]
 
 
 def model_card(report: RunReport, variant: Variant, repo: str) -> str:

@@ -8,14 +8,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from workbench.core import formats
 from workbench.core.records import BenchResult, ItemScores, Metric, Variant
 from workbench.report.paired import Paired, compare_items, sample_size_text
 from workbench.report.scores import primary_metrics
 
 # only for results stored before lm-eval's own `higher_is_better` was kept with them
 LOWER_IS_BETTER = ("perplexity", "ppl", "bits_per_byte", "kld", "loss")
-# where a format serves when no benchmark on that target says otherwise
-TARGET_FORMATS = {"cpu": ("gguf",), "gpu": ("gptq", "awq", "nf4", "hf")}
 TARGETS = ("cpu", "gpu")
 
 
@@ -316,6 +315,13 @@ def build_rows(
 UNSHIPPED = ("base", "sft")  # rows shown for comparison, never recommended
 
 
+def serves_on(model_format: str) -> str | None:
+    """Where a format serves when no benchmark on a target says otherwise (its spec's `target`); None for
+    a format this installation does not know."""
+    spec = formats.find(model_format)
+    return spec.target if spec else None
+
+
 def candidates(rows: list[ComparisonRow]) -> list[ComparisonRow]:
     return [r for r in rows if r.role not in UNSHIPPED and r.status == "done" and r.score is not None]
 
@@ -334,7 +340,7 @@ def recommend(
     pool = [r for r in candidates(rows) if r.tg(target) is not None]
     measured = bool(pool)
     if not measured:
-        pool = [r for r in candidates(rows) if r.format in TARGET_FORMATS[target]]
+        pool = [r for r in candidates(rows) if serves_on(r.format) == target]
     if not pool or task is None or metric is None:
         return Recommendation(target, None, f"nothing to choose from on {target}: no scored variant runs there", False)
     what = f"the merged model's {task} {metric}"

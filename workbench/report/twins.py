@@ -98,9 +98,9 @@ def in_store(store: Store, home: Path, report: RunReport) -> list[dict[str, Any]
     others = []
     for run in store.runs():
         recipe = store.recipe(run)
-        twin = run["id"] != report.comparison.run_id and twin_key(recipe) == key
+        twin = run.id != report.comparison.run_id and twin_key(recipe) == key
         if twin and (qat_target(recipe) is None) != (mine is None):
-            others.append(load(store, run["id"], home / run["id"]))
+            others.append(load(store, run.id, home / run.id))
     return recovered([report, *others])
 
 

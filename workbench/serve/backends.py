@@ -1,6 +1,7 @@
-"""Which real server serves a variant, and its command line: GGUF through llama-cpp-python's server
-(the chat template stored in the file), the Hugging Face formats (merged, GPTQ, AWQ, nf4) through vLLM
-when CUDA and vLLM are present, otherwise `transformers serve`. Nothing here starts a process."""
+"""Which real server serves a variant, and its command line: the first usable server of its format's spec
+(`servers`, `workbench.core.formats`) — GGUF through llama-cpp-python's server (the chat template stored in
+the file), the transformers formats (merged, GPTQ, AWQ, nf4) through vLLM when CUDA and vLLM are present,
+otherwise `transformers serve`. Nothing here starts a process."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from workbench.core import formats
 from workbench.core.common import PYTHON, child_env
-from workbench.core.devices import compute_dtype
 from workbench.core.errors import InputError
 
 BACKENDS = ("llama.cpp", "vllm", "transformers")
@@ -80,11 +81,15 @@ def server_env(
 
 
 def pick_backend(variant_format: str, cuda: bool, vllm: bool | None = None) -> str:
-    if variant_format == "gguf":
-        return "llama.cpp"
-    if vllm is None:
-        vllm = importlib.util.find_spec("vllm") is not None
-    return "vllm" if cuda and vllm else "transformers"
+    """The first of the format's servers that can run here (vLLM: on CUDA, when it is installed)."""
+    for backend in formats.spec(variant_format).servers:
+        if backend != "vllm":
+            return backend
+        if vllm is None:
+            vllm = importlib.util.find_spec("vllm") is not None
+        if cuda and vllm:
+            return backend
+    raise InputError(f"no server for {variant_format} variants can run here")
 
 
 def plan(
@@ -130,7 +135,7 @@ def plan(
             "--device",
             "auto" if cuda else "cpu",
             "--dtype",
-            compute_dtype(variant_format, "cuda" if cuda else "cpu"),
+            formats.compute_dtype(variant_format, "cuda" if cuda else "cpu"),
         ]
         return Plan(backend, argv, path, server_env(backend))
     raise InputError(f"unknown server backend {backend!r}; one of {', '.join(BACKENDS)}")

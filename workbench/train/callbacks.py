@@ -12,6 +12,8 @@ from typing import Any, Protocol
 
 from transformers import TrainerCallback
 
+from workbench.core.records import TrainLog
+
 
 class Recorder(Protocol):
     """Where training metrics go (a stage's context: its `event` lands in the run store, `say` in its log)."""
@@ -53,8 +55,7 @@ class StoreCallback(TrainerCallback):
         elapsed = time.perf_counter() - self._start
         done = state.global_step - self._start_step
         per_step = elapsed / done if done else None
-        self.ctx.event(
-            "train_log",
+        log = TrainLog(
             step=state.global_step,
             total_steps=self.total_steps,
             epoch=logs.get("epoch", state.epoch),
@@ -65,6 +66,7 @@ class StoreCallback(TrainerCallback):
             eta_s=round(per_step * (self.total_steps - state.global_step), 1) if per_step else None,
             metrics=objective_metrics(logs),
         )
+        self.ctx.event("train_log", **log.to_dict())
 
 
 COMMON_LOGS = frozenset({"loss", "epoch", "learning_rate", "grad_norm", "num_tokens"})

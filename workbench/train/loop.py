@@ -1,15 +1,13 @@
-"""What every training stage shares: the step count, the Trainer arguments common to TRL's configs, and
-where an interrupted training resumes."""
+"""What every training stage shares: the step count and the Trainer arguments common to TRL's configs
+(resuming is `resume.py`, the trackers `tracking.py`)."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
-from workbench.core.errors import ResourceError
-from workbench.core.recipe import DistributedSection, OptimizeSection, TrackingSection
+from workbench.core.recipe import DistributedSection, OptimizeSection
 from workbench.data.dataset import auto_epochs
 from workbench.train.distributed import per_process_batch
 
@@ -36,7 +34,7 @@ def trainer_arguments(
     """Arguments every TRL config takes. Each defaults to bf16 and gradient checkpointing, ~18x slower (or
     refused) on a CPU without bf16 instructions: both are set here, always. With `world` processes
     (`spread` their section) each takes an equal share of `batch_size`. `report_to`: the Trainer's trackers
-    (see `tracking_env`)."""
+    (see `tracking.tracking_env`)."""
     import torch
 
     many = {}
@@ -69,41 +67,4 @@ def trainer_arguments(
         "bf16": device == "cuda" and torch.cuda.is_bf16_supported(),
         "activation_checkpointing": section.gradient_checkpointing,
         "dataloader_num_workers": 0,
-    }
-
-
-def last_checkpoint(folder: Path) -> str | None:
-    """The newest complete checkpoint. The Trainer writes trainer_state.json last, so a checkpoint a kill
-    interrupted while it was being saved lacks it (or holds half of it) and is passed over."""
-    numbered = (
-        [p for p in folder.glob("checkpoint-*") if p.name.rsplit("-", 1)[-1].isdigit()] if folder.is_dir() else []
-    )
-    for path in sorted(numbered, key=lambda p: int(p.name.rsplit("-", 1)[-1]), reverse=True):
-        try:
-            json.loads((path / "trainer_state.json").read_text())
-        except (OSError, ValueError):
-            continue
-        return str(path)
-    return None
-
-
-def tracking_env(tracking: TrackingSection, run_dir: Path, stage: str, name: str) -> dict[str, str]:
-    """Where the Trainer's trackers write (their integrations read these variables): offline stores in
-    <run>/tracking/ unless the recipe names a server. Refuses a tracker that is not installed."""
-    import importlib.util
-
-    missing = [tracker for tracker in tracking.report_to if importlib.util.find_spec(tracker) is None]
-    if missing:
-        raise ResourceError(
-            f"tracking.report_to: {', '.join(missing)} is not installed (pip install {' '.join(missing)})"
-        )
-    folder = run_dir / "tracking"
-    return {
-        "TENSORBOARD_LOGGING_DIR": str(folder / "tensorboard" / stage),
-        "MLFLOW_TRACKING_URI": tracking.mlflow_store(run_dir),
-        "MLFLOW_ALLOW_FILE_STORE": "true",  # MLflow 3 keeps its file backend (the offline default) behind this
-        "MLFLOW_EXPERIMENT_NAME": tracking.experiment or name,
-        "WANDB_PROJECT": tracking.experiment or name,
-        "WANDB_MODE": tracking.wandb_mode,
-        "WANDB_DIR": str(folder),
     }

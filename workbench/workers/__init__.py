@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from workbench.core import safe
 from workbench.core.common import PYTHON, child_env
@@ -43,6 +43,9 @@ from workbench.core.errors import StageFailed
 from workbench.workers import wire
 from workbench.workers.child import MEMORY_LIMIT
 from workbench.workers.tasks import TASKS
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 T = TypeVar("T")
 Status = Literal["done", "failed", "crashed", "timed_out", "stopped"]
@@ -57,7 +60,7 @@ class Outcome:
     name: str  # what the work was about, for messages ("Q8_0.gguf")
     task: str
     status: Status
-    result: dict[str, Any] | None = None
+    result: dict[str, Any] | None = None  # as it came over the wire; `value_as` reads it as its type
     error: str | None = None  # one line for the user; None when done
     seconds: float = 0.0
     peak_rss_mb: float | None = None  # None when the child did not get to report it
@@ -70,15 +73,11 @@ class Outcome:
     def ok(self) -> bool:
         return self.status == "done"
 
-    def value(self) -> dict[str, Any]:
-        """The result as it came over the wire, or WorkerFailed with the one-line error."""
-        if not self.ok:
-            raise WorkerFailed(self)
-        return self.result or {}
-
     def value_as(self, kind: type[T]) -> T:
         """The result as the task's result type, or WorkerFailed with the one-line error."""
-        return wire.decode(kind, self.value(), f"{self.task} result")
+        if not self.ok:
+            raise WorkerFailed(self)
+        return wire.decode(kind, self.result, f"{self.task} result")
 
 
 class WorkerFailed(StageFailed):
@@ -103,7 +102,7 @@ class Running:
     def __init__(
         self,
         task: str,
-        job: Any,
+        job: DataclassInstance,
         *,
         name: str,
         log: Path | None = None,
@@ -324,7 +323,7 @@ class Running:
 start = Running  # start(task, job, name=..., log=..., timeout=..., echo=..., env=...) -> a running worker
 
 
-def run(task: str, job: Any, **options: Any) -> Outcome:
+def run(task: str, job: DataclassInstance, **options: Any) -> Outcome:
     """`start` the task (same options) and wait for its outcome; its events are dropped. An interrupt of
     this process (Ctrl-C, SIGTERM) stops the child before it propagates."""
     return start(task, job, **options).wait()

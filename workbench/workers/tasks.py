@@ -1,7 +1,10 @@
 """What a child process may run: each task's function and the words used for it in messages.
 
-A task function takes the job (a JSON-able dict) and a `Channel`, and returns a JSON-able dict. It runs in
-a fresh interpreter, so it imports what it needs itself.
+A task function takes its job and a `Channel` and returns its result, both dataclasses declared beside it
+(`def measure_job(job: MeasureJob, channel: Channel) -> MeasureResult`; `workbench.workers.wire` carries
+them as JSON). It runs in a fresh interpreter, so it imports what it needs itself; its module's top level
+stays light (the standard library, workbench.core, workers.child), because the parent imports it to build
+the job.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ TASKS: dict[str, Task] = {
     "qat.grid": Task("workbench.qat.check:grid_job", "grid check"),
     "nf4.export": Task("workbench.export.nf4:export_job", "nf4 export"),
     "gptq.export": Task("workbench.export.gptq:export_job", "GPTQModel export"),
+    "format.export": Task("workbench.export.plugin:export_job", "export"),  # a format plugin's `worker_export`
     "variant.check": Task("workbench.export.checks:check_job", "check"),
     "eval.model": Task("workbench.eval.worker:evaluate_job", "evaluation"),
     "bench.measure": Task("workbench.bench.worker:measure_job", "benchmark"),

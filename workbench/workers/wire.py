@@ -28,17 +28,16 @@ def _adapter(kind: Any) -> Any:
     return _ADAPTERS[kind]
 
 
-def encode(value: Any) -> Any:
-    """A job or a result as JSON-able data (a dataclass's fields, paths as strings, tuples as lists)."""
-    if value is None or isinstance(value, dict):
-        return value if value is not None else {}
+def encode(value: object) -> Any:
+    """A job or a result as JSON-able data (a dataclass's fields, paths as strings, tuples as lists). A dict
+    goes as it is: raw data, which the other side checks on arrival all the same."""
+    if isinstance(value, dict):
+        return value
     return _adapter(type(value)).dump_python(value, mode="json")
 
 
 def decode(kind: type[T], data: Any, what: str) -> T:
     """`data` (from the wire) as a `kind`, or WireError naming `what` ("eval.model job") and the field."""
-    if kind in (dict, Any) or typing.get_origin(kind) is dict:
-        return typing.cast(T, data)
     from pydantic import ValidationError
 
     if dataclasses.is_dataclass(kind) and isinstance(data, dict):
@@ -57,6 +56,7 @@ def decode(kind: type[T], data: Any, what: str) -> T:
 def signature(function: Callable[..., Any]) -> tuple[Any, Any]:
     """(job type, result type) of a task function, from its annotations."""
     hints = typing.get_type_hints(function)
-    parameters = list(hints)
-    job = hints[parameters[0]] if parameters and parameters[0] != "return" else dict
-    return job, hints.get("return", dict)
+    parameters = [name for name in hints if name != "return"]
+    if not parameters or "return" not in hints:
+        raise WireError(f"task function {function.__qualname__} does not declare its job and result types")
+    return hints[parameters[0]], hints["return"]

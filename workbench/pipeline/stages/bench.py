@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Iterator
+from dataclasses import asdict
+from functools import partial
 from importlib import metadata
 from typing import Any
 
 from workbench import workers
 from workbench.bench import vllm_bench
-from workbench.core import safe
+from workbench.bench.worker import MeasureJob, MeasureResult
+from workbench.core import formats, safe
 from workbench.core.devices import gpu_slots, pick_device, usable_cores
 from workbench.core.errors import StageFailed
 from workbench.core.fsutil import atomic_write_text
@@ -20,8 +23,6 @@ from workbench.core.recipe import Recipe
 from workbench.core.records import Artifact, BenchResult, Variant
 from workbench.data.files import read_jsonl
 from workbench.pipeline.stages.base import Stage, StageContext, failure_line
-
-VLLM_FORMATS = ("hf", "gptq", "awq")
 
 
 def key_inputs(recipe: Recipe) -> dict[str, Any]:
@@ -41,59 +42,93 @@ def version_of(package: str) -> str | None:
         return None
 
 
-def bench_jobs(variants: list[Variant], recipe: Recipe, cuda: bool, vllm: bool) -> list[dict[str, Any]]:
+def bench_jobs(variants: list[Variant], recipe: Recipe, cuda: bool, vllm: bool) -> list[MeasureJob]:
     section = recipe.bench
     common = section.model_dump(
         include={"prompt_tokens", "gen_tokens", "repetitions", "warmup", "max_gen_seconds", "vllm_concurrency"}
     )
+    threads = section.threads or usable_cores()
     jobs = []
     for variant in variants:
         if variant.status != "done":
             continue
-        backend = "llama.cpp" if variant.format == "gguf" else "torch"
-        base = {**common, "variant": variant.name, "format": variant.format, "path": variant.path,
-                "lora": variant.meta.get("lora")}  # fmt: skip
-        threads = section.threads or usable_cores()
+        spec = formats.spec(variant.format)
+        backend = spec.bench_backend
+        lora = variant.meta.get("lora")
+        measure = partial(MeasureJob, variant.name, variant.format, variant.path, lora=lora, **common)
         if variant.format in section.cpu:
-            jobs.append({**base, "backend": backend, "device": "cpu", "threads": threads})
+            jobs.append(measure(backend=backend, device="cpu", threads=threads))
         if cuda and variant.format in section.gpu:
-            jobs.append({**base, "backend": backend, "device": "cuda", "threads": threads})
-            if vllm and variant.format in VLLM_FORMATS:
-                jobs.append({**base, "backend": "vllm", "device": "cuda", "threads": None})
+            jobs.append(measure(backend=backend, device="cuda", threads=threads))
+            if vllm and spec.vllm:
+                jobs.append(measure(backend="vllm", device="cuda", threads=None))
     return jobs
 
 
-def start_measurement(ctx: StageContext, job: dict[str, Any], gpu: str | None = None) -> workers.Running:
+def start_measurement(ctx: StageContext, job: MeasureJob, gpu: str | None = None) -> workers.Running:
     """One measurement in a worker (pinned to one GPU when `gpu` names it)."""
-    where = f"{job['device']}-{job['backend']}"
-    ctx.say(f"{job['variant']} on {job['device']} ({job['backend']})" + (f", GPU {gpu}" if gpu else ""))
+    ctx.say(f"{job.variant} on {job.device} ({job.backend})" + (f", GPU {gpu}" if gpu else ""))
     return ctx.start_worker(
         "bench.measure",
         job,
-        name=job["variant"],
-        log_name=f"{job['variant']}-{where}",
+        name=job.variant,
+        log_name=f"{job.variant}-{job.device}-{job.backend}",
         timeout=ctx.recipe.bench.timeout_s,
         env=workers.device_env(gpu),
     )
 
 
-def measurements(ctx: StageContext, jobs: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], BenchResult]]:
+def bench_record(job: MeasureJob, result: MeasureResult | None = None, **more: Any) -> BenchResult:
+    """A measurement as the store records it: the job's settings (max_gen_seconds among the extras, then
+    what the backend adds) and the result's numbers; `more`: fields to set (peak memory, a failure)."""
+    extra: dict[str, Any] = {"max_gen_seconds": job.max_gen_seconds}
+    found: dict[str, Any] = {}
+    if result is not None:
+        found = {
+            "status": result.status,
+            "error": result.error,
+            "pp_tps": result.pp_tps,
+            "tg_tps": result.tg_tps,
+            "ttft_ms": result.ttft_ms,
+            "peak_vram_mb": result.peak_vram_mb,
+            "concurrency": {level: asdict(numbers) for level, numbers in result.concurrency.items()}
+            if result.concurrency
+            else None,
+            "seconds": result.seconds,
+        }
+        backend_said = {"tg_tokens": result.tg_tokens, "dtype": result.dtype}
+        extra |= {key: value for key, value in backend_said.items() if value is not None}
+    return BenchResult(
+        variant=job.variant,
+        device=job.device,
+        backend=job.backend,
+        format=job.format,
+        threads=job.threads,
+        prompt_tokens=job.prompt_tokens,
+        gen_tokens=job.gen_tokens,
+        repetitions=job.repetitions,
+        warmup=job.warmup,
+        **(found | more),
+        extra=extra,
+    )
+
+
+def measurements(ctx: StageContext, jobs: list[MeasureJob]) -> Iterator[tuple[MeasureJob, BenchResult]]:
     """Every job's record: CPU measurements one after another (they would share cores), then GPU ones, one
     per GPU at a time on a machine with several. A failed measurement is recorded; the rest go on."""
-    cpu = [job for job in jobs if job["device"] == "cpu"]
-    gpu = [job for job in jobs if job["device"] != "cpu"]
-    runs: list[tuple[list[dict[str, Any]], list[str | None]]] = [(cpu, [None]), (gpu, [*gpu_slots()] or [None])]
+    cpu = [job for job in jobs if job.device == "cpu"]
+    gpu = [job for job in jobs if job.device != "cpu"]
+    runs: list[tuple[list[MeasureJob], list[str | None]]] = [(cpu, [None]), (gpu, [*gpu_slots()] or [None])]
     for batch, slots in runs:
         for job, ended in workers.spread(batch, lambda j, slot: start_measurement(ctx, j, slot), slots):
-            keep = {k: v for k, v in job.items() if k not in ("path", "vllm_concurrency", "lora")}
             try:
                 if isinstance(ended, Exception):
                     raise ended
-                record = BenchResult.from_dict({**keep, **ended.value(), "peak_rss_mb": ended.peak_rss_mb})
+                record = bench_record(job, ended.value_as(MeasureResult), peak_rss_mb=ended.peak_rss_mb)
             except Exception as exc:  # noqa: BLE001 - one failed measurement is recorded, the rest go on
-                error = failure_line(job["variant"], exc)
-                ctx.failures.append(f"{error.splitlines()[0]} (on {job['device']}, {job['backend']})")
-                record = BenchResult.from_dict({**keep, "status": "failed", "error": error})
+                error = failure_line(job.variant, exc)
+                ctx.failures.append(f"{error.splitlines()[0]} (on {job.device}, {job.backend})")
+                record = bench_record(job, status="failed", error=error)
             yield job, record
 
 
@@ -113,6 +148,7 @@ def serve_load(ctx: StageContext, variants: list[Variant]) -> list[BenchResult]:
     """Each variant of `bench.serve.formats` behind its real server, under the closed-loop load of every
     level; the server is stopped after. A variant that fails is recorded failed and the others go on."""
     from workbench.pipeline import servers
+    from workbench.pipeline.candidates import Candidate
     from workbench.serve import backends, load
 
     section = ctx.recipe.bench.serve
@@ -123,8 +159,7 @@ def serve_load(ctx: StageContext, variants: list[Variant]) -> list[BenchResult]:
         backend = f"{backends.pick_backend(variant.format, device == 'cuda')} server"
         ctx.say(f"{variant.name}: serving it under load ({backend}, clients {section.concurrency})")
         base = {"variant": variant.name, "device": device, "backend": backend, "format": variant.format}
-        candidate = {"name": variant.name, "label": variant.name, "format": variant.format, "path": variant.path,
-                     "lora": variant.meta.get("lora")}  # fmt: skip
+        candidate = Candidate.of(variant)
         server = None
         try:
             home = ctx.run_dir.parent
@@ -172,7 +207,7 @@ def run(ctx: StageContext) -> list[Artifact]:
     jobs = bench_jobs(ctx.store.variants(ctx.run_id), ctx.recipe, cuda, cuda and vllm_bench.available())
     records = []
     for job, record in measurements(ctx, jobs):
-        ctx.say(f"{job['variant']} on {job['device']} ({job['backend']}): {speed_line(record)}")
+        ctx.say(f"{job.variant} on {job.device} ({job.backend}): {speed_line(record)}")
         ctx.event("benchmarked", **record.to_dict())
         records.append(record)
     if ctx.recipe.bench.serve.concurrency:

@@ -8,7 +8,7 @@ import difflib
 import json
 import shutil
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, fields, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,9 @@ from workbench.core.recipe import Recipe
 from workbench.core.records import Artifact, ItemScores, Metric
 from workbench.data.files import read_jsonl
 from workbench.eval import preference, tasks
+from workbench.eval.worker import EvalJob, EvalResult, FidelityJob
 from workbench.pipeline.stages.base import Stage, StageContext, failure_line
+from workbench.workers import wire
 
 
 class EvalFailed(StageFailed):
@@ -123,15 +125,20 @@ def kept_summary(ctx: StageContext, model: dict[str, Any]) -> dict[str, Any] | N
     return None
 
 
-def start_evaluation(
-    ctx: StageContext, model: dict[str, Any], common: dict[str, Any], device: str | None
-) -> workers.Running:
+def start_evaluation(ctx: StageContext, model: dict[str, Any], common: EvalJob, device: str | None) -> workers.Running:
     """One model's evaluation in a worker (pinned to one GPU when `device` names it)."""
     out = ctx.work / "models" / model["name"]
     ctx.remove(out)
-    job = {**common, **model, "out": str(out)}
-    if model["role"] != "variant":
-        job["fidelity"] = None  # the reference is itself; the base model is not an export of it
+    job = replace(
+        common,
+        name=model["name"],
+        format=model["format"],
+        path=model["path"],
+        lora=model.get("lora"),
+        out=out,
+        # the reference is itself; the base model is not an export of it
+        fidelity=common.fidelity if model["role"] == "variant" else None,
+    )
     ctx.say(f"evaluating {model['name']} ({model['format']})" + (f" on GPU {device}" if device else ""))
     return ctx.start_worker(
         "eval.model",
@@ -143,9 +150,33 @@ def start_evaluation(
     )
 
 
+def summary_of(result: EvalResult) -> dict[str, Any]:
+    """A worker's result as the stage keeps it (results.json): the parts that ran, in this order."""
+    found: dict[str, Any] = {"name": result.name, "format": result.format, "seconds": dict(result.seconds)}
+    if result.metrics is not None:
+        found |= {
+            "metrics": [asdict(row) for row in result.metrics],
+            "items": [asdict(row) for row in result.items or []],
+            "samples": result.samples,
+            "n_shot": result.n_shot,
+            "versions": result.versions,
+        }
+    if result.fidelity is not None:
+        found["fidelity"] = result.fidelity.to_dict()
+    if result.preference is not None:
+        found["preference"] = result.preference
+    return found
+
+
+def result_of(summary: dict[str, Any]) -> EvalResult:
+    """A kept summary (results.json) as the worker's result it was made from."""
+    parts = {field.name: summary[field.name] for field in fields(EvalResult) if field.name in summary}
+    return wire.decode(EvalResult, parts, f"{summary.get('name')}: kept evaluation")
+
+
 def finish_evaluation(ctx: StageContext, model: dict[str, Any], outcome: workers.Outcome) -> dict[str, Any]:
     """The worker's summary, kept in the work folder until the stage ends. Raises WorkerFailed."""
-    summary = outcome.value()
+    summary = summary_of(outcome.value_as(EvalResult))
     summary["seconds"]["total"] = outcome.seconds
     summary["peak_mem_mb"] = outcome.peak_rss_mb
     summary["fingerprint"] = fingerprint_of(model)
@@ -154,7 +185,7 @@ def finish_evaluation(ctx: StageContext, model: dict[str, Any], outcome: workers
 
 
 def evaluations(
-    ctx: StageContext, models: list[dict[str, Any]], common: dict[str, Any]
+    ctx: StageContext, models: list[dict[str, Any]], common: EvalJob
 ) -> Iterator[tuple[dict[str, Any], dict[str, Any] | Exception]]:
     """(model, its summary or why it failed) for every model: kept ones first, then the rest in workers,
     one per GPU at a time on a machine with several (one after another otherwise)."""
@@ -185,23 +216,18 @@ def files_fingerprint(path: Path) -> str | None:
     return ";".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
 
 
-def store_rows(model: dict[str, Any], summary: dict[str, Any]) -> list[Metric]:
-    """A worker's summary as the store's records: lm-eval's rows, then the fidelity numbers."""
+def store_rows(model: dict[str, Any], result: EvalResult) -> list[Metric]:
+    """A worker's result as the store's records: lm-eval's rows, then the fidelity numbers."""
     name, role = model["name"], model["role"]
-    rows = [
-        Metric(name, role, r["task"], r["metric"], r["value"], r.get("stderr"), r.get("higher_is_better"))
-        for r in summary.get("metrics", [])
-    ]
-    rows += [Metric(name, role, "fidelity", key, value) for key, value in (summary.get("fidelity") or {}).items()]
+    rows = [Metric(name, role, r.task, r.metric, r.value, r.stderr, r.higher_is_better) for r in result.metrics or []]
+    fidelity = result.fidelity.to_dict() if result.fidelity else {}
+    rows += [Metric(name, role, "fidelity", key, value) for key, value in fidelity.items()]
     return rows
 
 
-def store_items(model: dict[str, Any], summary: dict[str, Any]) -> list[ItemScores]:
-    """Per-item values (JSON turned item ids into strings)."""
-    return [
-        ItemScores(model["name"], r["task"], r["metric"], {int(k): v for k, v in r["values"].items()})
-        for r in summary.get("items", [])
-    ]
+def store_items(model: dict[str, Any], result: EvalResult) -> list[ItemScores]:
+    """Per-item values."""
+    return [ItemScores(model["name"], r.task, r.metric, dict(r.values)) for r in result.items or []]
 
 
 def held_out_pairs(ctx: StageContext, tokenizer: Any) -> list[preference.Pair]:
@@ -294,25 +320,28 @@ def run(ctx: StageContext) -> list[Artifact]:
     ctx.remove(task_dir)
     local = tasks.copy_task_folders([run_tasks, *task_folders(ctx.recipe)], task_dir, section.trust_task_code)
     include_defaults = check_task_names(section.tasks, local, task_dir)
-    common = {
-        "tasks": section.tasks,
-        "include": str(task_dir),
-        "include_defaults": include_defaults,
-        "limit": section.limit,
-        "num_fewshot": section.num_fewshot,
-        "seed": section.seed,
-        "batch_size": section.batch_size,
-        "max_length": section.max_length,
-        "bootstrap_iters": section.bootstrap_iters,
-        "device": pick_device(section.device),
-        "fidelity": None,
-    }
+    fidelity = None
     if section.fidelity_rows:
         sequences = fidelity_sequences(held_out, tokenizer, section.fidelity_rows)
-        answers = answer_starts(held_out, tokenizer, sequences)
-        common["fidelity"] = {"reference": str(merged_dir), "sequences": sequences, "answers": answers}
-    if pairs:
-        common["preference"] = {"pairs": [asdict(pair) for pair in pairs]}
+        fidelity = FidelityJob(str(merged_dir), sequences, answer_starts(held_out, tokenizer, sequences))
+    common = EvalJob(  # each model's job is this one with its name, format, path and folder
+        name="",
+        format="",
+        path="",
+        out=ctx.work,
+        device=pick_device(section.device),
+        tasks=section.tasks,
+        include=task_dir,
+        include_defaults=include_defaults,
+        limit=section.limit,
+        num_fewshot=section.num_fewshot,
+        seed=section.seed,
+        batch_size=section.batch_size,
+        max_length=section.max_length,
+        bootstrap_iters=section.bootstrap_iters,
+        fidelity=fidelity,
+        preference=pairs or None,
+    )
     models = models_to_evaluate(ctx)
     rows: list[Metric] = []
     items: list[ItemScores] = []
@@ -325,9 +354,10 @@ def run(ctx: StageContext) -> list[Artifact]:
             summaries[model["name"]] = {**model, "status": "failed", "error": error}
             continue
         summaries[model["name"]] = {**model, "status": "done", **summary}
-        scored = store_rows(model, summary)
+        result = result_of(summary)
+        scored = store_rows(model, result)
         rows += scored
-        items += store_items(model, summary)
+        items += store_items(model, result)
         ctx.event("evaluated", name=model["name"], metrics=[asdict(m) for m in scored])
     summaries = {model["name"]: summaries[model["name"]] for model in models}  # in the models' order
     if pairs:

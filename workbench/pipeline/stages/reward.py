@@ -14,8 +14,10 @@ from workbench.core.recipe import READ_LIMITS, Recipe, RecipeError
 from workbench.core.records import Artifact
 from workbench.data.files import write_jsonl
 from workbench.eval.preference import sequence_scores
-from workbench.pipeline.stages.base import Stage, StageContext, checked_split, trackers, train_resumably
+from workbench.pipeline.stages.base import Stage, StageContext, train_resumably
 from workbench.train import loop, preference, sft
+from workbench.train.rows import checked_split
+from workbench.train.tracking import trackers
 
 
 def key_inputs(recipe: Recipe) -> dict[str, Any]:
@@ -68,7 +70,7 @@ def run(ctx: StageContext) -> list[Artifact]:
     tokenizer = AutoTokenizer.from_pretrained(base)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    data, train, held = checked_split(ctx, rows_section, tokenizer, field)
+    data, train, held = checked_split(recipe, rows_section, tokenizer, field, ctx.say)
     unpaired = [number for number, row in data.rows if not preference.is_paired(row)]
     if unpaired:
         raise RecipeError(
@@ -94,7 +96,7 @@ def run(ctx: StageContext) -> list[Artifact]:
             device,
             epochs,
             steps,
-            report_to=trackers(ctx),
+            report_to=trackers(ctx.recipe, ctx.run_dir, ctx.stage),
             run_name=f"{ctx.run_id}/{ctx.stage}",
         ),
         max_length=rows_section.max_length,

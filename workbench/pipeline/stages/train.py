@@ -24,8 +24,9 @@ from workbench.core.recipe import Recipe, RecipeError
 from workbench.core.records import Artifact
 from workbench.data.dataset import to_trl
 from workbench.data.files import read_jsonl
-from workbench.pipeline.stages.base import Stage, StageContext, StageInterrupted, trackers, train_resumably
+from workbench.pipeline.stages.base import Stage, StageContext, StageInterrupted, train_resumably
 from workbench.train import distributed, loop, sft
+from workbench.train.tracking import trackers
 
 
 def key_inputs(recipe: Recipe) -> dict[str, Any]:
@@ -114,7 +115,7 @@ def train(ctx: StageContext, device: str) -> list[Artifact]:
             epochs,
             steps,
             world,
-            trackers(ctx),
+            trackers(ctx.recipe, ctx.run_dir, ctx.stage),
             f"{ctx.run_id}/{ctx.stage}",
         ),
         train_dataset=dataset,

@@ -17,8 +17,10 @@ from workbench.core.models import resolve_model
 from workbench.core.recipe import READ_LIMITS, Recipe, RecipeError
 from workbench.core.records import Artifact
 from workbench.data.files import read_jsonl, write_jsonl
-from workbench.pipeline.stages.base import Stage, StageContext, checked_split, trackers, train_resumably
+from workbench.pipeline.stages.base import Stage, StageContext, train_resumably
 from workbench.train import loop, preference, sft
+from workbench.train.rows import checked_split
+from workbench.train.tracking import trackers
 
 
 def key_inputs(recipe: Recipe) -> dict[str, Any]:
@@ -41,7 +43,7 @@ def split(ctx: StageContext, tokenizer: Any) -> tuple[list[dict[str, Any]], list
     assert tune is not None
     if tune.data is None:
         return read_jsonl(ctx.inputs["data"] / "train.jsonl"), []
-    _, train, held_out = checked_split(ctx, tune.data, tokenizer, "tune.data")
+    _, train, held_out = checked_split(ctx.recipe, tune.data, tokenizer, "tune.data", ctx.say)
     return train, held_out
 
 
@@ -94,7 +96,7 @@ def run(ctx: StageContext) -> list[Artifact]:
         device,
         epochs,
         steps,
-        report_to=trackers(ctx),
+        report_to=trackers(ctx.recipe, ctx.run_dir, ctx.stage),
         run_name=f"{ctx.run_id}/{ctx.stage}",
     )
     reward_model = ctx.inputs["reward"] / "model" if "reward" in ctx.inputs else None

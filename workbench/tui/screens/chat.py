@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Any
 
 from textual import work
 from textual.app import ComposeResult
@@ -16,6 +15,7 @@ from textual.widgets import Footer, Header, Input, SelectionList, Static
 from textual.worker import get_current_worker
 
 from workbench import workers
+from workbench.core import formats
 from workbench.core.errors import RunError
 from workbench.pipeline import candidates as chat
 from workbench.tui.screens import AppScreen
@@ -27,9 +27,9 @@ MIN_WIDTH = 26
 class Answer(Vertical):
     """One variant's answer: its label and speed on the border, the details under the text."""
 
-    def __init__(self, candidate: dict[str, Any]) -> None:
+    def __init__(self, candidate: chat.Candidate) -> None:
         super().__init__(classes="answer")
-        self.border_title = plain(candidate["label"])
+        self.border_title = plain(candidate.label)
         self.border_subtitle = "waiting"
         self.text = ""
 
@@ -42,7 +42,7 @@ class Answer(Vertical):
         if self.border_subtitle in ("waiting", "generating"):
             self.border_subtitle = "stopped"
 
-    def show(self, event: dict[str, Any]) -> None:
+    def show(self, event: chat.Event) -> None:
         if self.border_subtitle == "stopped":
             return  # an event already on its way when the answer was stopped
         body = self.query_one(".answer-text", Static)
@@ -53,7 +53,7 @@ class Answer(Vertical):
             body.update(plain(self.text))
         elif "done" in event:
             result = event["done"]
-            self.border_subtitle = f"{result['tok_s']:.1f} tok/s" if result["tok_s"] else "done"
+            self.border_subtitle = f"{result.tok_s:.1f} tok/s" if result.tok_s else "done"
             self.query_one(".answer-stats", Static).update(chat.stats_line(result))
         elif "error" in event:
             self.border_subtitle = "FAILED"
@@ -76,7 +76,7 @@ class ChatScreen(AppScreen):
     def __init__(self, run_id: str) -> None:
         super().__init__()
         self.run_id = run_id
-        self.found: list[dict[str, Any]] = []
+        self.found: list[chat.Candidate] = []
         self.system_prompt: str | None = None
         self.running: workers.Running | None = None  # the model process answering now
         self.stop_lock = threading.Lock()  # between the answering thread starting one and `stop` killing it
@@ -100,9 +100,10 @@ class ChatScreen(AppScreen):
             return
         choices = self.query_one("#variants", SelectionList)
         for index, candidate in enumerate(self.found):
-            # llama.cpp answers in a second; torch loads take several: GGUF and the merged model by default
-            chosen = candidate["format"] == "gguf" or candidate["label"] == "merged"
-            choices.add_option((plain(f"{candidate['label']} ({candidate['format']})"), index, chosen))
+            # a format that loads in a second (llama.cpp's) and the merged model are asked by default
+            spec = formats.find(candidate.format)
+            chosen = bool(spec and spec.loads_fast) or candidate.label == "merged"
+            choices.add_option((plain(f"{candidate.label} ({candidate.format})"), index, chosen))
         if self.found:
             choices.highlighted = 0  # so `space` works as soon as the list has focus
         system = f"system: {self.system_prompt!r}" if self.system_prompt else "no system prompt"
@@ -140,7 +141,7 @@ class ChatScreen(AppScreen):
         self.fit_answers()
 
     @work(thread=True, exclusive=True, group="arena")
-    def ask_all(self, prompt: str, chosen: list[dict[str, Any]], panels: list[Answer]) -> None:
+    def ask_all(self, prompt: str, chosen: list[chat.Candidate], panels: list[Answer]) -> None:
         conversation = chat.messages(prompt, self.system_prompt)
         worker = get_current_worker()
 
@@ -154,7 +155,7 @@ class ChatScreen(AppScreen):
         for candidate, panel in zip(chosen, panels, strict=True):
             if worker.is_cancelled:
                 return
-            with contextlib.closing(chat.ask(chat.job(candidate, conversation), started=started)) as events:
+            with contextlib.closing(chat.ask(candidate, conversation, started=started)) as events:
                 for event in events:
                     if worker.is_cancelled:
                         return  # closing ask() stops its model process

@@ -16,7 +16,7 @@ from textual_plotext import PlotextPlot
 
 from workbench.core import progress
 from workbench.core.common import tail
-from workbench.core.records import Artifact
+from workbench.core.records import Artifact, TrainLog
 from workbench.tui.screens import CancelRun
 from workbench.tui.tables import cell, selected_row
 from workbench.tui.tabs import NumberedTabs, tab_keys
@@ -44,7 +44,7 @@ class RunScreen(NumberedTabs):
         super().__init__()
         self.run_id = run_id
         self.log_lines: list[str] = []
-        self.train_logs: dict[str, list[dict[str, Any]]] = {}  # by training stage (train, reward, tune)
+        self.train_logs: dict[str, list[TrainLog]] = {}  # by training stage (train, reward, tune)
         self.last_log_id = 0
         self.plotted = 0  # how many logs of the `plotted_stage` the curve shows
         self.plotted_stage: str | None = None
@@ -86,18 +86,18 @@ class RunScreen(NumberedTabs):
             self.query_one("#summary", Static).update(f"run {self.run_id}: waiting for its worker to start")
             return
         stages = store.stages(self.run_id)
-        for event in store.events(self.run_id, kind="train_log", after=self.last_log_id):
-            self.last_log_id = event["id"]
-            if event["stage"] in progress.TRAINING:
-                self.train_logs.setdefault(event["stage"], []).append(event)
+        for train_log in store.train_logs(self.run_id, after=self.last_log_id):
+            self.last_log_id = train_log.id
+            if train_log.stage in progress.TRAINING:
+                self.train_logs.setdefault(train_log.stage, []).append(train_log)
         if self.recipe is None:
-            self.recipe = progress.run_recipe(run["recipe"])
+            self.recipe = progress.run_recipe(run.recipe_json)
         training = progress.training_stage(stages, self.train_logs)  # the one running, else the last that logged
         logs = self.train_logs.get(training, []) if training else []
         last = logs[-1] if logs else None
         label = progress.stage_label(training, self.recipe) if training else None
         self.query_one("#summary", Static).update(
-            f"{self.run_id} · {store.live_status(run)} · {run['recipe_path'] or run['name']}\n"
+            f"{self.run_id} · {store.live_status(run)} · {run.recipe_path or run.name}\n"
             + progress.pipeline(stages, last)
         )
         table = self.query_one("#stages", DataTable)
@@ -124,7 +124,7 @@ class RunScreen(NumberedTabs):
         widget = self.query_one("#curve", PlotextPlot)
         plt = widget.plt
         plt.clear_data()
-        steps = [log["step"] for log in logs]
+        steps = [log.step for log in logs]
         keys = progress.headline_keys(stage, logs) if stage else []
         if keys:  # a reward model's or preference tuning's own numbers on the right
             names = ", ".join(progress.SHORT.get(key, key) for key in keys)
@@ -138,13 +138,13 @@ class RunScreen(NumberedTabs):
                 plt.vline(qat["step"])
                 title += f"; {qat['target']} rounding from step {qat['step']}"
             plt.title(title)
-        plt.plot(steps, [log["loss"] for log in logs], label="loss", marker="braille")
+        plt.plot(steps, [log.loss for log in logs], label="loss", marker="braille")
         for key, marker in zip(keys, ("dot", "hd"), strict=False):
-            having = [log for log in logs if key in (log.get("metrics") or {})]
-            values = [log["metrics"][key] for log in having]
-            plt.plot([log["step"] for log in having], values, label=progress.SHORT.get(key, key), yside="right",
+            having = [log for log in logs if key in log.metrics]
+            values = [log.metrics[key] for log in having]
+            plt.plot([log.step for log in having], values, label=progress.SHORT.get(key, key), yside="right",
                      marker=marker)  # fmt: skip
-        rates = [log.get("learning_rate") for log in logs]
+        rates = [log.learning_rate for log in logs]
         if not keys and all(rate is not None for rate in rates):
             plt.plot(steps, rates, label="lr", yside="right", marker="dot")
         widget.refresh()

@@ -47,15 +47,15 @@ class RunsScreen(AppScreen):
         table = self.query_one(DataTable)
         seen = set()
         for run in store.runs():
-            run_id = run["id"]
+            run_id = run.id
             seen.add(run_id)
             stages = store.stages(run_id)
             running = next((s.name for s in stages if s.status == "running" and s.name in progress.TRAINING), "train")
-            last = store.last_event(run_id, running, "train_log")
+            last = store.last_train_log(run_id, running)
             cells = (
                 f"* {run_id}" if run_id in self.marked else run_id,
                 store.live_status(run),
-                progress.age(time.time() - run["updated"]),  # since its status last changed
+                progress.age(time.time() - run.updated),  # since its status last changed
                 progress.marks(stages, last),
             )
             if run_id in table.rows:
