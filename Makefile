@@ -16,7 +16,7 @@ AMX_OFF := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 X86 := $(filter x86_64 amd64,$(shell uname -m))
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=ON$(if $(LLAMA_AMX)$(if $(X86),,no),, -DCMAKE_C_FLAGS='$(AMX_OFF)' -DCMAKE_CXX_FLAGS='$(AMX_OFF)')
 
-.PHONY: install model doctor run test test-fast lint fmt typecheck snapshots lock clean llama-cpp
+.PHONY: install model doctor run test test-fast lint fmt typecheck docs snapshots lock clean llama-cpp
 
 install: $(STAMP)
 
@@ -56,8 +56,12 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
+# the docs site (docs/, mkdocs.yml) into site/; --strict fails on a dead link or a page missing from the nav
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 # the whole suite, as CI runs it
-test: lint typecheck
+test: lint typecheck docs
 	$(OFFLINE) $(BIN)/python -m pytest -q
 
 # the inner loop: everything but the end-to-end runs (marked slow), stopping at the first failure
@@ -77,4 +81,4 @@ lock:
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^-e' > requirements.lock
 
 clean:
-	rm -rf runs .pytest_cache .ruff_cache
+	rm -rf runs site .pytest_cache .ruff_cache
