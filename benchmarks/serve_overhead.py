@@ -25,6 +25,7 @@ from workbench.core.devices import usable_cores  # noqa: E402
 from workbench.core.records import Server  # noqa: E402
 from workbench.core.store import Store  # noqa: E402
 from workbench.pipeline import servers  # noqa: E402
+from workbench.pipeline.candidates import Candidate  # noqa: E402
 
 MESSAGES = [
     {"role": "system", "content": "You are a helpful assistant."},
@@ -84,7 +85,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         store = Store(home / "workbench.db")
-        candidate = {"name": args.gguf.name, "label": args.gguf.name, "format": "gguf", "path": str(args.gguf)}
+        candidate = Candidate(name=args.gguf.name, label=args.gguf.name, format="gguf", path=str(args.gguf))
         server = servers.start(store, home, "bench", candidate, threads=args.threads)
         llm = llama_cpp.Llama(str(args.gguf), n_ctx=2048, n_threads=args.threads, n_gpu_layers=0, verbose=False)
         try:

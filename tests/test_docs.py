@@ -102,6 +102,8 @@ def test_the_reference_spells_types_and_defaults_as_a_recipe_does() -> None:
     assert by_path["data.path"].default == "required"
     assert by_path["tune"].default == "`null`"
     assert "section" in by_path["train.lora"].type and "#train-lora" in by_path["train.lora"].type
+    # a model format is a registered name, not a Literal: the reference still lists the built-in ones
+    assert by_path["bench.cpu"].type == "list, each one of `hf`, `gguf`, `gptq`, `awq`, `nf4` (or a plugin's format)"
 
 
 class Undescribed(BaseModel):

@@ -91,3 +91,25 @@ def test_a_distributed_recipe_has_two_processes_form_a_group(tmp_path: Path, tin
     result = outcome.value_as(ProbeResult)
     assert result.detail == "2 processes, gloo: all-reduce 1 + 2 = 3 on both"  # each rank saw the sum
     assert (tmp_path / "probe.log").read_text().count('"world": 2') == 2
+
+
+def test_the_backends_a_recipe_needs_come_from_its_formats_specs(
+    tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dataclasses import replace
+
+    from workbench.core import formats
+    from workbench.core.recipe import load_recipe
+
+    data = tmp_path / "qa.json"
+    data.write_text(json.dumps([{"question": "q", "answer": "a"}] * 4))
+
+    def needed(**export: Any) -> list[str]:
+        return doctor.needed_backends(load_recipe(write_recipe(tmp_path, tiny_model, data, export=export)))
+
+    assert needed() == ["torch"]
+    assert needed(gguf=["q8_0"], nf4=True, gptq=True) == ["torch", "llama.cpp", "bitsandbytes", "gptqmodel"]
+    assert needed(adapter_gguf=["q8_0"]) == ["torch", "llama.cpp"]  # the adapter is answered by llama.cpp
+    # a format's backend is its spec's: one whose exporter is wanted brings its probes with it
+    monkeypatch.setitem(formats.FORMATS, "awq", replace(formats.FORMATS["awq"], doctor_backend="bitsandbytes"))
+    assert needed(awq=True) == ["torch", "bitsandbytes"]

@@ -193,11 +193,11 @@ def register(spec: FormatSpec) -> FormatSpec:
 
 
 def load_plugins() -> None:
-    """The `workbench.formats` entry points, registered once per process."""
+    """The `workbench.formats` entry points, registered once per process (a broken one is an error each
+    time it is asked for, not a format that silently goes missing after the first)."""
     global _plugins_loaded
     if _plugins_loaded:
         return
-    _plugins_loaded = True
     for point in entry_points(group=PLUGIN_GROUP):
         try:
             found = point.load()
@@ -207,6 +207,7 @@ def load_plugins() -> None:
             raise FormatError(f"format plugin {point.value!r} is a {type(found).__name__}, not a FormatSpec")
         if found.name not in FORMATS:
             register(found)
+    _plugins_loaded = True
 
 
 def find(name: str) -> FormatSpec | None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from workbench.core import formats, yamlfile
 from workbench.core.errors import InputError
@@ -337,8 +338,10 @@ class EvalSection(Section):
 
 
 def _registered_format(name: str) -> str:
-    if formats.find(name) is None:
-        raise ValueError(f"unknown model format {name!r}; known: {', '.join(s.name for s in formats.specs())}")
+    if formats.find(name) is None:  # said as pydantic says a Literal's choices, plugin formats after ours
+        known = [*formats.RECIPE_FORMATS, *(s.name for s in formats.specs() if s.name not in formats.RECIPE_FORMATS)]
+        choices = ", ".join(repr(k) for k in known[:-1]) + f" or {known[-1]!r}"
+        raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": choices})
     return name
 
 

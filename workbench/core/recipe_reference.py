@@ -17,7 +17,8 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from workbench.core.recipe import Recipe
+from workbench.core.formats import RECIPE_FORMATS
+from workbench.core.recipe import Format, Recipe
 
 TOP = ""  # the path of the recipe's top level
 
@@ -159,6 +160,8 @@ NAMES: dict[Any, str] = {int: "integer", float: "number", str: "text", bool: "tr
 def _type(annotation: Any) -> str:
     """A type as a recipe writer reads it: `one of lora, qlora, full`, `list of text`, `integer or null`."""
     origin = get_origin(annotation)
+    if annotation is Format:  # a string checked against the format registry
+        return "one of " + ", ".join(f"`{name}`" for name in RECIPE_FORMATS) + " (or a plugin's format)"
     if origin is Annotated:
         return _type(get_args(annotation)[0])
     if origin is Literal:

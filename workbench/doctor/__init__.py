@@ -19,6 +19,7 @@ from typing import Any, Literal
 import psutil
 
 from workbench import workers
+from workbench.core import formats
 from workbench.core.devices import usable_cores
 from workbench.core.preflight import free_disk
 from workbench.doctor.probes import ProbeJob, ProbeResult
@@ -123,18 +124,19 @@ def llama_build() -> dict[str, Any] | None:
 
 
 def needed_backends(recipe: Any | None) -> list[str]:
+    """The backends a recipe needs: torch always, each wanted format's (its spec's `doctor_backend`),
+    bitsandbytes for QLoRA, the process group for several ranks; without a recipe, all of them."""
     if recipe is None:
         return list(BACKENDS)
-    needed = ["torch"]
-    if recipe.export.gguf:
-        needed.append("llama.cpp")
-    if recipe.export.nf4 or recipe.train.method == "qlora":
-        needed.append("bitsandbytes")
-    if recipe.export.gptq or recipe.export.awq:
-        needed.append("gptqmodel")
+    needed = {"torch"}
+    for spec in formats.specs():
+        if any(exporter.wanted(recipe.export) for exporter in spec.exporters):
+            needed.add(spec.doctor_backend)
+    if recipe.train.method == "qlora":
+        needed.add("bitsandbytes")
     if recipe.train.distributed.many:
-        needed.append("distributed")
-    return needed
+        needed.add("distributed")
+    return [backend for backend in BACKENDS if backend in needed]  # a backend without probes has none to run
 
 
 def probes_for(cuda: bool, gguf_types: list[str]) -> list[Probe]:

@@ -87,7 +87,7 @@ class EvalResult:
     items: list[ItemRow] | None = None
     samples: dict[str, int] | None = None  # task -> documents scored
     n_shot: dict[str, int] | None = None
-    versions: dict[str, str | int | float | None] | None = None  # lm-eval's task versions
+    versions: dict[str, Any] | None = None  # lm-eval's task versions: whatever a task file says
     fidelity: Fidelity | None = None
     preference: dict[str, list[float]] | None = None  # "chosen", "rejected": log-likelihood per pair
 

@@ -101,7 +101,7 @@ class ChatScreen(AppScreen):
         choices = self.query_one("#variants", SelectionList)
         for index, candidate in enumerate(self.found):
             # a format that loads in a second (llama.cpp's) and the merged model are asked by default
-            spec = formats.find(candidate.format)
+            spec = formats.FORMATS.get(candidate.format)  # no plugin loading here: the TUI stays light
             chosen = bool(spec and spec.loads_fast) or candidate.label == "merged"
             choices.add_option((plain(f"{candidate.label} ({candidate.format})"), index, chosen))
         if self.found:

@@ -62,7 +62,7 @@ class NewRunScreen(AppScreen):
         text = self.query_one("#overrides", TextArea).text
         return [line.strip() for line in text.splitlines() if line.strip()]
 
-    def check(self) -> tuple[Path, str] | None:
+    def validated(self) -> tuple[Path, str] | None:
         """The recipe and run id when the recipe validates; else its problems are shown."""
         from workbench.core.recipe import RecipeError, load_recipe
 
@@ -85,10 +85,10 @@ class NewRunScreen(AppScreen):
         return path, run_id
 
     def action_validate(self) -> None:
-        self.check()
+        self.validated()
 
     def action_launch(self) -> None:
-        checked = self.check()
+        checked = self.validated()
         if checked is None:
             return
         path, run_id = checked
