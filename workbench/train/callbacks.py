@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
-from transformers import TrainerCallback
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from workbench.core.records import TrainLog
 
@@ -36,7 +36,9 @@ class StoreCallback(TrainerCallback):
         self._start_tokens = 0.0
         self._tokens = 0.0
 
-    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         self._start = time.perf_counter()
         self._start_step = state.global_step
         self._start_tokens = float(getattr(state, "num_input_tokens_seen", 0) or 0)
@@ -46,7 +48,14 @@ class StoreCallback(TrainerCallback):
             return None
         return round((self._tokens - self._start_tokens) / (time.perf_counter() - self._start), 1)
 
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
         logs = logs or {}
         if "loss" not in logs or self._start is None or not state.is_world_process_zero:
             return
@@ -91,7 +100,7 @@ class InterruptCallback(TrainerCallback):
         self.requested = False
         self.stop_file = stop_file
 
-    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> Any:
         if self.stop_file is not None:
             from workbench.train.distributed import any_rank
 
@@ -138,8 +147,12 @@ class QATSwitch(TrainerCallback):
             self.ctx.event("qat_on", step=state.global_step, target=self.model.target)
             self.ctx.say(f"step {state.global_step}: training on the {self.model.target} rounding from here")
 
-    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         self._check(state)
 
-    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+    def on_step_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         self._check(state)

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 def load_base(base: str, merge_base: str) -> Any:
@@ -27,7 +30,9 @@ def load_base(base: str, merge_base: str) -> Any:
     return AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
 
 
-def merge_adapter(base: str, adapter_dir: Any, merge_base: str = "original", then: Any = None) -> Any:
+def merge_adapter(
+    base: str, adapter_dir: str | Path, merge_base: str = "original", then: str | Path | None = None
+) -> PreTrainedModel:
     """The base with the adapter folded in, in fp32 (cast when saving); `then`: a second adapter trained on
     that merged model (preference tuning with `tune.start: merged`), folded in after it."""
     from peft import PeftModel
@@ -38,7 +43,7 @@ def merge_adapter(base: str, adapter_dir: Any, merge_base: str = "original", the
     return model
 
 
-def save_merged(model: Any, out: Path, dtype: str, base: str, tokenizer_from: str | Path) -> None:
+def save_merged(model: PreTrainedModel, out: Path, dtype: str, base: str, tokenizer_from: str | Path) -> None:
     """A merged model saved as a plain safetensors checkpoint in `dtype`, with the base model's generation
     settings and the trained tokenizer."""
     import torch

@@ -7,9 +7,15 @@ import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from workbench.core.errors import StageFailed
+
+if TYPE_CHECKING:
+    from transformers import Trainer
+    from transformers.trainer_utils import TrainOutput
+
+    from workbench.train.callbacks import InterruptCallback
 
 
 class Workspace(Protocol):
@@ -38,7 +44,7 @@ def last_checkpoint(folder: Path) -> str | None:
     return None
 
 
-def train_from_checkpoint(ctx: Workspace, trainer: Any, steps: int, interrupt_cb: Any) -> Any:
+def train_from_checkpoint(ctx: Workspace, trainer: Trainer, steps: int, interrupt_cb: InterruptCallback) -> TrainOutput:
     """`trainer.train()` from the last checkpoint in work/checkpoints, if any; an interrupt request saves a
     checkpoint after the current step and stops (`interrupt_cb.requested` says so). Returns the TrainOutput."""
     from workbench.train.callbacks import catch_interrupts

@@ -24,6 +24,10 @@ from workbench.train.resume import train_from_checkpoint
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
+    from transformers import Trainer
+    from transformers.trainer_utils import TrainOutput
+
+    from workbench.train.callbacks import InterruptCallback
 
 KEYED_LIBRARIES = ("workbench", "torch", "transformers", "peft", "trl", "bitsandbytes", "accelerate")
 
@@ -124,7 +128,7 @@ def failure_line(name: str, exc: Exception) -> str:
     return text if text.startswith(name) else f"{name}: {text}"
 
 
-def train_resumably(ctx: StageContext, trainer: Any, steps: int, interrupt_cb: Any) -> Any:
+def train_resumably(ctx: StageContext, trainer: Trainer, steps: int, interrupt_cb: InterruptCallback) -> TrainOutput:
     """`trainer.train()` from the stage's last checkpoint (`train.resume`); an interrupt request saves a
     checkpoint after the current step and raises StageInterrupted. Returns the TrainOutput."""
     result = train_from_checkpoint(ctx, trainer, steps, interrupt_cb)

@@ -22,7 +22,7 @@ def key_inputs(recipe: Recipe) -> dict[str, Any]:
 
 def run(ctx: StageContext) -> list[Artifact]:
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, PreTrainedModel
 
     trained = ctx.inputs["train"]
     summary = json.loads((trained / "train_summary.json").read_text())
@@ -33,6 +33,7 @@ def run(ctx: StageContext) -> list[Artifact]:
         # fp32 base + merged copy of the adapted layers; output in the merge dtype
         preflight.require_room("merge", ctx.run_dir, params * out_bytes * 1.05, params * 4 * 1.6)
     tune = ctx.inputs.get("tune")
+    model: PreTrainedModel
     if summary["method"] == "full":
         model = AutoModelForCausalLM.from_pretrained(trained, dtype=torch.float32)
     else:
