@@ -68,6 +68,7 @@ def test_new_run(home: Path, snap_compare, monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_chat_arena_with_answers(home: Path, snap_compare) -> None:  # noqa: ANN001
+    from workbench.chat.stream import AnswerResult
     from workbench.tui.screens.chat import Answer, ChatScreen
 
     async def answered(pilot) -> None:  # noqa: ANN001
@@ -78,7 +79,7 @@ def test_chat_arena_with_answers(home: Path, snap_compare) -> None:  # noqa: ANN
         panels = [Answer(candidate) for candidate in screen.found[1:3]]
         await screen.query_one("#answers").mount_all(panels)
         screen.fit_answers()
-        done = {"tokens": 2, "load_s": 0.4, "ttft_s": 0.1, "tok_s": 50.0}
+        done = AnswerResult(tokens=2, load_s=0.4, ttft_s=0.1, tok_s=50.0)
         events = [{"loaded": 0.4}, {"text": "42 [/] [b]as is[/b]"}, {"done": done}]  # text, not markup
         for event in events:
             panels[0].show(event)
