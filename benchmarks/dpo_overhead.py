@@ -125,7 +125,7 @@ def bare_trl(recipe: Recipe, adapter: Path, train_jsonl: Path, workdir: Path) ->
     model = PeftModel.from_pretrained(base, str(adapter), is_trainable=True)
     args = DPOConfig(
         output_dir=str(workdir),
-        max_steps=t.max_steps,  # set (the workbench's tune.max_steps)
+        max_steps=t.max_steps if t.max_steps is not None else -1,  # the workbench's tune.max_steps
         per_device_train_batch_size=t.batch_size,
         gradient_accumulation_steps=t.grad_accum,
         learning_rate=t.learning_rate,

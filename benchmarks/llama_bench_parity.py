@@ -31,7 +31,7 @@ def default_model(run: str) -> str:
     ggufs = [v for v in store.variants(run) if v.format == "gguf" and v.status == "done"]
     if not ggufs:
         sys.exit(f"no GGUF variants in run {run!r}: `make run` first, or pass --model FILE")
-    return next((v.path for v in ggufs if "Q4_K_M" in v.name), ggufs[-1]["path"])
+    return next((v.path for v in ggufs if "Q4_K_M" in v.name), ggufs[-1].path)
 
 
 def workbench_numbers(model: str, args: argparse.Namespace) -> dict[str, float]:

@@ -35,7 +35,8 @@ def main() -> None:
     args = parser.parse_args()
     target = load_recipe(args.recipe).train.qat.target or "q4_0"
 
-    plain, qat = [], []
+    plain: list[float] = []
+    qat: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "runs"
         for rep in range(args.reps):

