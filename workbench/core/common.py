@@ -11,6 +11,19 @@ from typing import Any
 
 from workbench.core.safe import terminal_text
 
+_TYPE_ADAPTERS: dict[Any, Any] = {}
+
+
+def type_adapter(kind: Any) -> Any:
+    """pydantic's TypeAdapter for `kind`, made once: how the store's JSON columns and the workers' jobs and
+    results are checked against their records."""
+    if kind not in _TYPE_ADAPTERS:
+        from pydantic import TypeAdapter  # not at import: the TUI reads the store and starts in under a second
+
+        _TYPE_ADAPTERS[kind] = TypeAdapter(kind)
+    return _TYPE_ADAPTERS[kind]
+
+
 # how every child Python starts: -P keeps the folder it is started in off sys.path, so a json.py or
 # torch.py lying where the user runs a command is never imported
 PYTHON = [sys.executable, "-P"]

@@ -172,7 +172,7 @@ _plugins_loaded = False
 
 
 def resolve(target: str) -> Any:
-    """A "module:function" name as the object it names, imported now."""
+    """A "module:function" name as the object it names, imported now (a format's code, a worker's task)."""
     module, _, attribute = target.partition(":")
     return getattr(importlib.import_module(module), attribute)
 

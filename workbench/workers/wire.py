@@ -10,6 +10,8 @@ import typing
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from workbench.core.common import type_adapter
+
 T = TypeVar("T")
 
 
@@ -17,23 +19,12 @@ class WireError(ValueError):
     """A job or a result that does not match its declared type."""
 
 
-_ADAPTERS: dict[Any, Any] = {}
-
-
-def _adapter(kind: Any) -> Any:
-    if kind not in _ADAPTERS:
-        from pydantic import TypeAdapter  # not at import: the TUI starts workers and stays light
-
-        _ADAPTERS[kind] = TypeAdapter(kind)
-    return _ADAPTERS[kind]
-
-
 def encode(value: object) -> Any:
     """A job or a result as JSON-able data (a dataclass's fields, paths as strings, tuples as lists). A dict
     goes as it is: raw data, which the other side checks on arrival all the same."""
     if isinstance(value, dict):
         return value
-    return _adapter(type(value)).dump_python(value, mode="json")
+    return type_adapter(type(value)).dump_python(value, mode="json")
 
 
 def decode(kind: type[T], data: Any, what: str) -> T:
@@ -45,7 +36,7 @@ def decode(kind: type[T], data: Any, what: str) -> T:
         if unknown:  # pydantic would drop them silently
             raise WireError(f"{what} is not a {kind.__name__}: unknown field(s) {', '.join(unknown)}")
     try:
-        return typing.cast(T, _adapter(kind).validate_python(data))
+        return typing.cast(T, type_adapter(kind).validate_python(data))
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(part) for part in error['loc']) or '(top)'}: {error['msg']}" for error in exc.errors()
