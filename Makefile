@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install -c requirements.lock -e '.[stack,dev]'
 	$(BIN)/python -m workbench.doctor.build "$(LLAMA_CMAKE_ARGS)" || $(MAKE) llama-cpp
-	$(BIN)/workbench setup
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/workbench setup
 	touch $(STAMP)
 
 # Rebuild llama-cpp-python with LLAMA_CMAKE_ARGS (pip's wheel cache would hand back the earlier build).

@@ -22,10 +22,10 @@ sys.path.insert(0, str(ROOT))
 from workbench import workers  # noqa: E402
 from workbench.core.store import Store  # noqa: E402
 from workbench.data.files import read_jsonl  # noqa: E402
+from workbench.eval.fidelity import fidelity_sequences  # noqa: E402
 from workbench.eval.worker import EvalJob, EvalResult, FidelityJob  # noqa: E402
 from workbench.export.gptq import GPTQJob, calibration_texts  # noqa: E402
 from workbench.pipeline.runner import default_home  # noqa: E402
-from workbench.pipeline.stages.eval import fidelity_sequences  # noqa: E402
 
 DEFAULT = ",".join([
     "awq:clip:64:bfloat16", "awq:noclip:64:bfloat16", "awq:clip:64:float32", "awq:noclip:64:float32",

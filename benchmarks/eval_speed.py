@@ -23,8 +23,9 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from workbench.core.paths import BUILTIN_EVALS  # noqa: E402
 from workbench.core.store import Store  # noqa: E402
-from workbench.eval.tasks import BUILTIN_EVALS, copy_task_folders  # noqa: E402
+from workbench.eval.tasks import copy_task_folders  # noqa: E402
 from workbench.pipeline.runner import default_home  # noqa: E402
 
 

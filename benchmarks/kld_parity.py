@@ -33,8 +33,8 @@ from workbench.core.store import Store  # noqa: E402
 from workbench.data.dataset import render  # noqa: E402
 from workbench.data.files import read_jsonl  # noqa: E402
 from workbench.eval import fidelity  # noqa: E402
+from workbench.eval.fidelity import answer_starts, fidelity_sequences  # noqa: E402
 from workbench.pipeline.runner import default_home  # noqa: E402
-from workbench.pipeline.stages.eval import answer_starts, fidelity_sequences  # noqa: E402
 
 PATTERNS = {
     "kld_mean": r"Mean\s+KLD:\s+([0-9.]+)",

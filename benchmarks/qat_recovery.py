@@ -21,10 +21,9 @@ sys.path.insert(0, str(ROOT))
 from workbench import workers  # noqa: E402
 from workbench.core.store import Store  # noqa: E402
 from workbench.data.files import read_jsonl  # noqa: E402
-from workbench.eval.fidelity import Fidelity  # noqa: E402
+from workbench.eval.fidelity import Fidelity, fidelity_sequences  # noqa: E402
 from workbench.eval.worker import EvalJob, EvalResult, FidelityJob  # noqa: E402
 from workbench.pipeline.runner import default_home  # noqa: E402
-from workbench.pipeline.stages.eval import fidelity_sequences  # noqa: E402
 
 
 def kld(variant_path: str, reference: str, sequences: list[list[int]], out: Path) -> Fidelity:

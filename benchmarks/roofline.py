@@ -104,7 +104,7 @@ def one_billion(folder: Path, types: list[str]) -> list[Path]:
     for gguf_type, file in zip(types, files, strict=True):
         if not file.is_file() and gguf_type != "f16":
             print(f"quantizing it to {gguf_type} ...", flush=True)
-            gguf.quantize(f16, file, gguf_type).value_as(Written)
+            gguf.quantize(f16, file, gguf_type).value_as(gguf.Quantized)
     return files
 
 

@@ -119,7 +119,7 @@ def tiny_ggufs(tiny_llama_256: Path, tmp_path_factory: pytest.TempPathFactory) -
     f16 = out / "tiny-F16.gguf"
     gguf.convert(tiny_llama_256, f16, "f16").value_as(Written)
     q4 = out / "tiny-Q4_0.gguf"
-    gguf.quantize(f16, q4, "q4_0").value_as(Written)
+    gguf.quantize(f16, q4, "q4_0").value_as(gguf.Quantized)
     return {"f16": f16, "q4_0": q4}
 
 

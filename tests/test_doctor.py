@@ -59,6 +59,7 @@ def test_advice_for_an_amx_build_on_an_amx_cpu() -> None:
         machine={"features": ["avx512f", "amx_tile", "amx_int8"]},
         versions={},
         llama_build={"system_info": "CPU : AVX512 = 1 | AMX_INT8 = 1 |"},
+        llama_tools=None,
         probes=[doctor.Probe("llama.cpp decode q8_0", "llama.cpp", ProbeJob("llama.cpp decode"), status="crashed")],
         needed=["torch", "llama.cpp"],
     )

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from workbench.core.paths import BUILTIN_EVALS
 from workbench.core.records import Metric
 from workbench.eval import fidelity, tasks
 from workbench.report import scores
@@ -190,7 +191,7 @@ def test_fidelity_of_a_model_to_itself_is_exact_and_q4_differs(tiny_llama_256: P
 def test_answer_starts_are_where_the_assistant_turn_begins(tiny_llama_256: Path) -> None:
     from transformers import AutoTokenizer
 
-    from workbench.pipeline.stages.eval import answer_starts, fidelity_sequences
+    from workbench.eval.fidelity import answer_starts, fidelity_sequences
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_256)
     rows = [{"messages": [{"role": "system", "content": "You are a calculator."},
@@ -203,12 +204,12 @@ def test_answer_starts_are_where_the_assistant_turn_begins(tiny_llama_256: Path)
 
 
 def test_task_folders_get_absolute_data_files_and_code_tags_are_refused(tmp_path: Path) -> None:
-    names = tasks.copy_task_folders([tasks.BUILTIN_EVALS], tmp_path / "out")
+    names = tasks.copy_task_folders([BUILTIN_EVALS], tmp_path / "out")
     assert {"general", "general_mc", "stdlib_docs"} <= set(names)
 
     copied = yaml.safe_load(next((tmp_path / "out").rglob("general_mc.yaml")).read_text())
     data_file = Path(copied["dataset_kwargs"]["data_files"]["test"])
-    assert data_file.is_absolute() and data_file == tasks.BUILTIN_EVALS / "general" / "general_mc.jsonl"
+    assert data_file.is_absolute() and data_file == BUILTIN_EVALS / "general" / "general_mc.jsonl"
     assert len(data_file.read_text().splitlines()) == 40
 
     evil = tmp_path / "evil"

@@ -23,11 +23,13 @@ ENGINES = LAYERS[1]
 ENGINE_IMPORTS = {
     ("bench", "workbench.export.llamacpp_tools"): "llama-bench sits beside the converter's llama.cpp tools",
     ("bench", "workbench.doctor.llama_build"): "a bench result records how llama.cpp was built",
-    ("doctor", "workbench.export.gguf"): "the GGUF probe quantizes to the types the exporter knows",
+    ("doctor", "workbench.export.llamacpp_tools"): "the GGUF probe quantizes with the exporter's llama-quantize",
     ("export", "workbench.chat.stream"): "the smoke check answers with the chat's own streamer",
     ("train", "workbench.qat.modules"): "quantization-aware training swaps in QAT's fake-quantized modules",
     ("export", "workbench.serve.ollama"): "a GGUF ships with its Ollama Modelfile and llama-server command",
     ("export", "workbench.qat.check"): "a quantization-aware run's GGUF gets the grid check",
+    ("export", "workbench.eval.fidelity"): "quantization trials are scored with the eval's fidelity meter",
+    ("export", "workbench.eval.llamacpp_lm"): "quantization trials read logits as the eval stage reads them",
 }
 
 

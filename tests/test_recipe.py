@@ -96,15 +96,6 @@ def test_cli_validate_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "bad.yaml: 1 problem" in err and "trian: unknown key; did you mean 'train'?" in err
 
 
-def test_the_recipe_offers_exactly_the_gguf_types_the_exporter_knows() -> None:
-    from typing import get_args
-
-    from workbench.core.recipe import DEFAULT_GGUF, GGUFType
-    from workbench.export.gguf import GGUF_TYPES
-
-    assert set(get_args(GGUFType)) == set(GGUF_TYPES) and set(DEFAULT_GGUF) <= set(GGUF_TYPES)
-
-
 def test_qat_section_rules_and_the_merge_base_it_implies(tmp_path: Path) -> None:
     path = recipe_file(tmp_path, GOOD)
 

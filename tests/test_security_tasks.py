@@ -12,6 +12,7 @@ import yaml
 from test_security import task_folder
 
 from workbench import workers
+from workbench.core.paths import BUILTIN_EVALS
 from workbench.eval import tasks
 from workbench.eval.worker import EvalJob
 
@@ -295,7 +296,7 @@ def test_the_workbench_own_tasks_pass_as_data(tmp_path: Path, tiny_model: Path) 
     run_tasks = tmp_path / "tasks"
     run_tasks.mkdir()
     tasks.heldout_task(rows, AutoTokenizer.from_pretrained(tiny_model), run_tasks, "exact_match", None)
-    names = tasks.copy_task_folders([run_tasks, tasks.BUILTIN_EVALS], tmp_path / "out")
+    names = tasks.copy_task_folders([run_tasks, BUILTIN_EVALS], tmp_path / "out")
     assert {"heldout", "general", "general_mc", "stdlib_docs"} <= set(names)
     assert copied(tmp_path / "out", "heldout.yaml")["dataset_kwargs"]["data_files"]["test"] == str(
         run_tasks.resolve() / "heldout.jsonl"

@@ -4,7 +4,8 @@ kernels on virtualised Xeons (llama.cpp #20824), which the machines running the 
 
 WORKBENCH_FAULT is a comma-separated list of WHERE:MATCH:HOW[:JOB] —
   WHERE  decode (llama_decode on a model whose file name contains MATCH), quantize (a quantization whose
-         output file name contains MATCH), write (Python writing a file whose name contains MATCH) or store
+         output file name contains MATCH: the worker that would start `llama-quantize` fails that way, or with
+         enospc the quantizer writes to /dev/full), write (Python writing a file whose name contains MATCH) or store
          (this process's MATCH-th write to a run store, counting from 1)
   HOW    segv (a real segmentation fault), hang (sleeps an hour), raise (MemoryError), kill (SIGKILL to
          this process, before the write) or enospc (the disk is full: quantize and write go to /dev/full,
@@ -54,7 +55,7 @@ def install() -> None:
     import llama_cpp.llama_cpp as native
 
     loaded: dict[int, str] = {}  # model handle -> its file
-    load, decode, quantize = native.llama_model_load_from_file, native.llama_decode, native.llama_model_quantize
+    load, decode = native.llama_model_load_from_file, native.llama_decode
     contexts: dict[int, str] = {}
     new_context = native.llama_init_from_model
 
@@ -77,19 +78,29 @@ def install() -> None:
                 fail(how)
         return decode(context, batch)
 
-    def quantize_file(source, destination, params):  # noqa: ANN001, ANN202
-        for where, match, how, _ in FAULTS:
-            if where == "quantize" and match.lower() in os.path.basename(destination.decode()).lower():
-                if how == "enospc":
-                    return quantize(source, DISK_FULL.encode(), params)
-                fail(how)
-        return quantize(source, destination, params)
-
     for module in (native, llama_cpp):
         module.llama_model_load_from_file = load_model
         module.llama_init_from_model = init_context
         module.llama_decode = decode_batch
-        module.llama_model_quantize = quantize_file
+
+
+def install_quantize_faults() -> None:
+    """`llama-quantize SRC DST TYPE THREADS` started by this process, for a DST whose name contains MATCH."""
+    import subprocess
+
+    start = subprocess.Popen.__init__
+
+    def start_program(self, args, *more, **options):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if isinstance(args, list) and args and os.path.basename(str(args[0])) == "llama-quantize":
+            destination = os.path.basename(str(args[-3])).lower()
+            for where, match, how, _ in FAULTS:
+                if where == "quantize" and match.lower() in destination:
+                    if how != "enospc":
+                        fail(how)
+                    args = [*args[:-3], DISK_FULL, *args[-2:]]
+        start(self, args, *more, **options)
+
+    subprocess.Popen.__init__ = start_program
 
 
 STORE_WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "ALTER", "DROP", "COMMIT")
@@ -163,8 +174,10 @@ def install_write_faults() -> None:
     builtins.open = io.open = open_file
 
 
-if any(where in ("decode", "quantize") for where, *_ in FAULTS):
+if any(where == "decode" for where, *_ in FAULTS):
     install()
+if any(where == "quantize" for where, *_ in FAULTS):
+    install_quantize_faults()
 if any(where == "store" for where, *_ in FAULTS) or os.environ.get("WORKBENCH_STORE_WRITES"):
     install_store_faults()
 if any(where == "write" for where, *_ in FAULTS):

@@ -40,10 +40,14 @@ def installed_cmake_args() -> list[str]:
 
 
 def find_or_build(target: str = "llama-bench") -> Path:
-    """$WORKBENCH_LLAMA_BENCH (for llama-bench), else `target` built with the installed llama-cpp-python's
-    flags."""
+    """$WORKBENCH_LLAMA_BENCH (for llama-bench); one of the tools `workbench setup` built (llama-perplexity);
+    else `target` built with the installed llama-cpp-python's flags."""
     override = os.environ.get("WORKBENCH_LLAMA_BENCH") if target == "llama-bench" else None
-    return Path(override) if override else build(installed_cmake_args(), target=target)
+    if override:
+        return Path(override)
+    if target in llamacpp_tools.TOOLS:
+        return llamacpp_tools.binary(target)
+    return build(installed_cmake_args(), target=target)
 
 
 def build(cmake_args: list[str], flavour: str = "installed", target: str = "llama-bench") -> Path:

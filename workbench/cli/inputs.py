@@ -7,6 +7,7 @@ from pathlib import Path
 
 from workbench.cli.common import Subcommands, _out
 from workbench.core import safe
+from workbench.core.paths import BUILTIN_EVALS
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -17,7 +18,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe, args.set)
     tasks.check_metric(recipe.eval.metric)
-    folders = [tasks.BUILTIN_EVALS, *(recipe.resolve_path(folder) for folder in recipe.eval.include)]
+    folders = [BUILTIN_EVALS, *(recipe.resolve_path(folder) for folder in recipe.eval.include)]
     with tempfile.TemporaryDirectory(prefix="workbench-tasks-") as scratch:  # the eval stage's task checks, now
         tasks.copy_task_folders(folders, Path(scratch), recipe.eval.trust_task_code)
     _out(f"{args.recipe}: ok (recipe {recipe.name!r}, base model {recipe.base_model})")

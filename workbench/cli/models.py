@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from workbench.cli.common import Subcommands, _out
 
@@ -30,7 +31,8 @@ def cmd_models_pull(args: argparse.Namespace) -> int:
 def cmd_setup(args: argparse.Namespace) -> int:
     from workbench.export import llamacpp_tools
 
-    _out(f"llama.cpp converter: {llamacpp_tools.fetch()}")
+    folder = llamacpp_tools.setup(os.environ.get("CMAKE_ARGS", ""))
+    _out(f"llama.cpp converter and tools ({', '.join(llamacpp_tools.TOOLS)}): {folder}")
     return 0
 
 
@@ -41,6 +43,6 @@ def register(sub: Subcommands) -> None:
     pull.add_argument("name")
     pull.set_defaults(func=cmd_models_pull)
 
-    sub.add_parser("setup", help="fetch what runs need offline later (llama.cpp's converter)").set_defaults(
-        func=cmd_setup
-    )
+    sub.add_parser(
+        "setup", help="fetch and build what runs need offline later (llama.cpp's converter and tools)"
+    ).set_defaults(func=cmd_setup)

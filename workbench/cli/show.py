@@ -13,6 +13,7 @@ from workbench.core.parity import describe_served
 from workbench.core.records import Artifact, Metric, RunRecord, TrainLog, Variant
 from workbench.core.store import Store
 from workbench.qat.check import describe_grid
+from workbench.report.card import quantization
 from workbench.report.compare import parity_status
 
 PARITY = {"passed": "ok", "failed": "FAIL", "skipped": "skip"}
@@ -70,6 +71,10 @@ def show_variants(variants: list[Variant]) -> None:
         peak = f"{v.peak_mem_mb:.0f}MB" if v.peak_mem_mb else "-"
         parity = PARITY.get(parity_status(v.meta.get("parity")) or "", "-")
         _out(f"{v.name:44} {v.format:6} {v.bits:>5g} {size:>10} {took:>7} {peak:>8} {parity:6}  {variant_note(v)}")
+    for v in variants:
+        said = quantization(v)
+        if said:
+            _out(f"quantized: {v.name}: {said}")
     for v in variants:
         if v.meta.get("grid"):
             _out(f"grid check: {v.name}: {describe_grid(v.meta['grid'])}")

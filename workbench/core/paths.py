@@ -13,6 +13,8 @@ from workbench.core.errors import InputError, RunError
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 NAME_RULE = "letters, digits, '.', '_' and '-', starting with a letter or digit, at most 100 characters"
 _NAME = re.compile(NAME_PATTERN)
+# the task files and texts that ship with the workbench (lm-eval YAMLs, the generic calibration text)
+BUILTIN_EVALS = Path(__file__).resolve().parents[2] / "evals"
 # what the workbench keeps beside the run folders in the runs home: the store and SQLite's side files
 # (-wal, -shm, -journal), job scripts, logs, the other machines' homes of a multi-machine run. Compared
 # without case: on a file system that folds case, `Slurm` is `slurm`.

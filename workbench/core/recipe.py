@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from workbench.core import formats, yamlfile
+from workbench.core import formats, gguf_types, yamlfile
 from workbench.core.errors import InputError
 from workbench.core.paths import NAME_PATTERN, NAME_RULE, check_name
 
@@ -267,17 +267,103 @@ class MergeSection(Section):
     )
 
 
-GGUFType = Literal["f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q5_0", "q4_k_m", "q4_k_s", "q4_0", "q3_k_m", "q2_k"]
+def _on_ladder(name: str) -> str:
+    if name not in gguf_types.LADDER:
+        why = gguf_types.NOT_ON_LADDER.get(name.upper())
+        choices = ", ".join(gguf_types.LADDER)
+        raise PydanticCustomError(
+            "gguf_type",
+            "{name} is not offered{why}; choose from {choices}",
+            {"name": repr(name), "why": f" ({why})" if why else "", "choices": choices},
+        )
+    return name
 
 
-DEFAULT_GGUF: tuple[GGUFType, ...] = ("f16", "q8_0", "q4_k_m")
+# a llama.cpp file type (workbench.core.gguf_types.LADDER: read from gguf-py's constants)
+GGUFType = Annotated[str, AfterValidator(_on_ladder)]
+ImatrixSource = Literal["task", "generic", "none"]
+
+
+def _tensor_type(name: str) -> str:
+    if name not in gguf_types.SEARCH_TYPES:
+        choices = ", ".join(gguf_types.SEARCH_TYPES)
+        said = "{name} is not a ggml type a tensor can take here; choose from {choices}"
+        raise PydanticCustomError("tensor_type", said, {"name": repr(name), "choices": choices})
+    return name
+
+
+def _budget(text: str) -> str:
+    try:
+        gguf_types.parse_budget(text)
+    except ValueError as exc:
+        raise PydanticCustomError("budget", str(exc)) from None
+    return text
+
+
+TensorType = Annotated[str, AfterValidator(_tensor_type)]  # a ggml type one tensor can be given: q4_k, iq4_nl
+Budget = Annotated[str, AfterValidator(_budget)]
+
+
+class SearchSection(Section):
+    """A per-tensor recipe searched under a size budget: each tensor group's sensitivity measured (one group at
+    a time in each candidate type, the rest in q8_0, KLD to the f16 file on training conversations the
+    importance matrix did not see), types allocated under the budget to the least total KLD, and the file
+    made by llama-quantize with those types (a --tensor-type-file) and the importance matrix."""
+
+    budgets: list[Budget] = Field(
+        default_factory=lambda: ["q4_k_m"],
+        description="one searched file per budget: a file type (no larger than llama-quantize's file of that type,"
+        " e.g. q4_k_m), a size (`95MiB`) or bits per weight over the quantized tensors (`3.5bpw`)",
+    )
+    types: list[TensorType] = Field(
+        default_factory=lambda: list(gguf_types.DEFAULT_SEARCH_TYPES),
+        description="ggml types a tensor group may take; a group whose rows do not fit a type's block never takes it",
+    )
+    groups: Literal["kind", "layer"] = Field(
+        default="kind",
+        description="kind: each kind of weight across all layers (attn_q, ffn_down, ... , token_embd, output);"
+        " layer: each kind in each layer (many more trials)",
+    )
+
+
+DEFAULT_GGUF: tuple[str, ...] = ("f16", "q8_0", "q4_k_m")
 
 
 class ExportSection(Section):
     """The exported variants (GGUF, nf4, GPTQ, AWQ, the adapter as a GGUF adapter) and their checks."""
 
     gguf: list[GGUFType] = Field(
-        default_factory=lambda: list(DEFAULT_GGUF), description="llama.cpp types to export; [] for none"
+        default_factory=lambda: list(DEFAULT_GGUF),
+        description="llama.cpp file types to export (`llama-quantize`'s ladder, read from gguf-py: "
+        + ", ".join(gguf_types.LADDER)
+        + "); [] for none",
+    )
+    imatrix: Literal["auto", "task", "generic", "none"] = Field(
+        default="auto",
+        description="the importance matrix (`llama-imatrix` on the f16 file) the types that use one are quantized"
+        " with: task (the training split rendered with the chat template, as training saw it; never a held-out"
+        " row), generic (Python's documentation text in evals/general), none, or auto: each type with task or"
+        " none, whichever is closer to the f16 file on training conversations the matrix did not see; f16,"
+        " bf16 and q8_0 use none",
+    )
+    imatrix_compare: list[ImatrixSource] = Field(
+        default_factory=list,
+        description="also make each type that uses an importance matrix with these, as more variants (e.g. [none,"
+        " generic]): what the calibration bought, side by side in the report",
+    )
+    imatrix_rows: int | None = Field(
+        default=None,
+        gt=0,
+        description="at most this many training rows calibrate the task importance matrix; null: all",
+    )
+    measure_rows: int = Field(
+        default=32,
+        gt=0,
+        description="training rows (at most a quarter of the split) kept out of the importance matrix to measure"
+        " quantization choices on (imatrix auto, search); the held-out split is never used for choices",
+    )
+    search: SearchSection | None = Field(
+        default=None, description="per-tensor types searched under a size budget; null: none"
     )
     adapter_gguf: list[GGUFType] = Field(
         default_factory=list,
@@ -488,6 +574,7 @@ class Recipe(Section):
             )
         self._check_tuning()
         self._check_distributed()
+        self._check_imatrix()
         if qat.target and qat.target not in self.export.gguf:
             raise ValueError(f"train.qat.target: {qat.target} is not exported; add it to export.gguf")
         if qat.target and self.train.lora.dora and self.train.method != "full":
@@ -518,6 +605,32 @@ class Recipe(Section):
             raise ValueError("train.distributed.deepspeed.offload_params: ZeRO offloads parameters at stage 3 only")
         if "nvme" in (speed.offload_optimizer, speed.offload_params) and not speed.nvme_path:
             raise ValueError("train.distributed.deepspeed.nvme_path: name the folder nvme offload writes to")
+
+    def _check_imatrix(self) -> None:
+        export = self.export
+        needing = {"export.gguf": [t for t in export.gguf if gguf_types.LADDER[t].needs_imatrix]}
+        if export.search and export.imatrix == "none":  # the search quantizes with the recipe's own matrix
+            needing["export.search.types"] = [t for t in export.search.types if t in gguf_types.NEEDS_IMATRIX_TYPES]
+        for where, types in needing.items():
+            if types and "none" in (export.imatrix, *(export.imatrix_compare if where == "export.gguf" else ())):
+                field = "export.imatrix" if export.imatrix == "none" else "export.imatrix_compare"
+                raise ValueError(
+                    f"{where}: {', '.join(types)} need{'s' if len(types) == 1 else ''} an importance matrix"
+                    " (llama-quantize refuses them without one: their low-bit weights round badly unweighted);"
+                    f" {field} asks for none. Use task or generic"
+                )
+        unmatrixed = [t for t in export.adapter_gguf if gguf_types.LADDER[t].needs_imatrix]
+        if unmatrixed:
+            raise ValueError(
+                f"export.adapter_gguf: {', '.join(unmatrixed)} need{'s' if len(unmatrixed) == 1 else ''} an importance"
+                " matrix, and the adapter's base model is quantized without one; choose a type that does not"
+                " (q4_k_m, q8_0, ...)"
+            )
+        if export.imatrix in export.imatrix_compare or len(set(export.imatrix_compare)) < len(export.imatrix_compare):
+            raise ValueError(
+                f"export.imatrix_compare: {export.imatrix_compare} repeats a calibration (export.imatrix is"
+                f" {export.imatrix}); list each other one once"
+            )
 
     def _check_tuning(self) -> None:
         tune, reward = self.tune, self.reward_model

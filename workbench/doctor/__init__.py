@@ -61,6 +61,7 @@ class Report:
     machine: dict[str, Any]
     versions: dict[str, str | None]
     llama_build: dict[str, Any] | None
+    llama_tools: dict[str, Any] | None
     probes: list[Probe]
     needed: list[str]  # backends the recipe (or, without one, the workbench) needs; only those are probed
 
@@ -123,6 +124,13 @@ def llama_build() -> dict[str, Any] | None:
         return None
 
 
+def llama_tools() -> dict[str, Any] | None:
+    """How `workbench setup` built llama.cpp's tools (llama-quantize, llama-imatrix, ...), or None."""
+    from workbench.export import llamacpp_tools
+
+    return llamacpp_tools.built()
+
+
 def needed_backends(recipe: Any | None) -> list[str]:
     """The backends a recipe needs: torch always, each wanted format's (its spec's `doctor_backend`),
     bitsandbytes for QLoRA, the process group for several ranks; without a recipe, all of them."""
@@ -161,7 +169,7 @@ def cuda_present() -> bool:
 
 def examine(home: Path, recipe: Any | None = None) -> Report:
     """The report without its probes (fast): machine, versions, llama.cpp's recorded build."""
-    return Report(machine(home), versions(), llama_build(), [], needed_backends(recipe))
+    return Report(machine(home), versions(), llama_build(), llama_tools(), [], needed_backends(recipe))
 
 
 def run_probes(report: Report, home: Path, gguf_types: list[str], on_probe: Any = None) -> None:
@@ -233,7 +241,7 @@ def advice(report: Report) -> list[str]:
 
 def header_lines(report: Report) -> list[str]:
     m = report.machine
-    build = report.llama_build
+    build, tools = report.llama_build, report.llama_tools
     return [
         f"machine   {m['cpu']} · {m['arch']} · {m['usable_cores']} usable cores · {m['system']}",
         f"cpu       {' '.join(m['features']) or '(none of the features the kernels look for)'}",
@@ -242,6 +250,10 @@ def header_lines(report: Report) -> list[str]:
         f"llama.cpp built by `make install` with CMAKE_ARGS: {build.get('cmake_args') or '(defaults)'}"
         if build
         else "llama.cpp build flags: not recorded (installed outside `make install`)",
+        f"llama.cpp tools {', '.join(tools['tools'])} built by `workbench setup` in {tools['seconds']} s against"
+        f" {tools['libraries']}"
+        if tools
+        else "llama.cpp tools: not built; run `workbench setup`",
     ]
 
 

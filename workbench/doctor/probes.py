@@ -58,25 +58,22 @@ def llama_cpp_info(job: ProbeJob, channel: Channel) -> ProbeResult:
 
 
 def llama_cpp_decode(job: ProbeJob, channel: Channel) -> ProbeResult:
-    """Quantize the packaged GGUF to `job.type` (as the export does) and decode a few tokens with it
-    (as the smoke check, evaluation and benchmarks do): where llama.cpp's CPU kernels for that type crash,
-    this crashes."""
-    import ctypes
-
+    """Quantize the packaged GGUF to `job.type` with `llama-quantize` (as the export does) and decode a few
+    tokens with it (as the smoke check, evaluation and benchmarks do): where llama.cpp's CPU kernels for that
+    type crash, or its tools were not built, this fails."""
     import llama_cpp
 
-    from workbench.export.gguf import GGUF_TYPES
+    from workbench.core.devices import usable_cores
+    from workbench.core.gguf_types import file_type
+    from workbench.export import llamacpp_tools
 
     assert job.type is not None
-    ftype = GGUF_TYPES[job.type][0]
+    ftype = file_type(job.type).ftype
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"probe-{ftype}.gguf"
         channel.phase(f"quantizing to {ftype}")
-        params = llama_cpp.llama_model_quantize_default_params()
-        params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype}")
-        params.allow_requantize = True
-        if llama_cpp.llama_model_quantize(str(packaged_gguf()).encode(), str(path).encode(), ctypes.byref(params)):
-            raise RuntimeError(f"llama_model_quantize to {ftype} failed")
+        args = ["--allow-requantize", str(packaged_gguf()), str(path), ftype, str(usable_cores())]
+        llamacpp_tools.run_tool("llama-quantize", args)
         channel.phase(f"decoding {ftype}")
         llm = llama_cpp.Llama(str(path), n_ctx=256, n_threads=job.threads, verbose=False)
         try:

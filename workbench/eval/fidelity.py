@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -147,3 +148,28 @@ def hf_logits(model: object, batch_size: int = 8) -> LogitsOf:
             yield from (out[row, : len(seq)] for row, seq in enumerate(batch))
 
     return logits
+
+
+def fidelity_sequences(rows: list[dict[str, Any]], tokenizer: Any, count: int) -> list[list[int]]:
+    from workbench.data.dataset import render
+
+    texts = [render(row, tokenizer) for row in rows[:count]]
+    return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+
+
+def answer_starts(rows: list[dict[str, Any]], tokenizer: Any, sequences: list[list[int]]) -> list[int]:
+    """Where each conversation's last (assistant) turn starts among its tokens: the prompt as the chat
+    template renders it for generation, when the whole conversation begins with exactly those tokens.
+    Otherwise (plain text, a template that renders the prompt differently) the sequence's length: no
+    answer tokens."""
+    starts = []
+    for row, ids in zip(rows, sequences, strict=False):
+        messages = row.get("messages") or []
+        start = len(ids)
+        if messages and messages[-1].get("role") == "assistant":
+            prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False)
+            prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            if ids[: len(prompt_ids)] == prompt_ids:
+                start = len(prompt_ids)
+        starts.append(start)
+    return starts

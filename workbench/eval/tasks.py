@@ -16,7 +16,6 @@ from workbench.core import parity, yamlfile
 from workbench.core.errors import InputError
 from workbench.data.files import write_jsonl
 
-BUILTIN_EVALS = Path(__file__).resolve().parents[2] / "evals"
 HELDOUT = "heldout"
 
 

@@ -1,8 +1,9 @@
-"""GGUF variants with llama.cpp's own converter (HF -> f16/bf16) and quantizer (-> q8_0, q4_k_m, ...)."""
+"""GGUF variants with llama.cpp's own converter (HF -> f16/bf16) and quantizer (`llama-quantize`: -> q8_0,
+q4_k_m, ... on the ladder of `workbench.core.gguf_types`, with an importance matrix and per-tensor types)."""
 
 from __future__ import annotations
 
-import ctypes
+import math
 import re
 import runpy
 import struct
@@ -13,24 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from workbench import workers
+from workbench.core.devices import usable_cores
+from workbench.core.gguf_types import file_type
 from workbench.export import llamacpp_tools
 from workbench.export.making import Written
 from workbench.workers.child import Channel
 
-# recipe name -> (llama.cpp LLAMA_FTYPE_MOSTLY_* suffix, nominal bits per weight)
-GGUF_TYPES: dict[str, tuple[str, float]] = {
-    "f16": ("F16", 16),
-    "bf16": ("BF16", 16),
-    "q8_0": ("Q8_0", 8.5),
-    "q6_k": ("Q6_K", 6.56),
-    "q5_k_m": ("Q5_K_M", 5.5),
-    "q5_0": ("Q5_0", 5.5),
-    "q4_k_m": ("Q4_K_M", 4.85),
-    "q4_k_s": ("Q4_K_S", 4.58),
-    "q4_0": ("Q4_0", 4.5),
-    "q3_k_m": ("Q3_K_M", 3.9),
-    "q2_k": ("Q2_K", 2.6),
-}
+# the GGUF metadata key that says how the workbench made a file (llama-quantize writes quantize.imatrix.*)
+RECIPE_KEY = "workbench.quantize"
 FALLBACK = re.compile(
     r"warning: (\S+)\s+- ncols\s+(\d+) not divisible by \d+ \(required for type\s+(\S+)\) "
     r"-> falling back to\s+(\S+)"
@@ -57,13 +48,26 @@ class ConvertLoraJob:
 
 @dataclass(frozen=True)
 class QuantizeJob:
-    """f16 GGUF -> a quantized one (task `gguf.quantize`)."""
+    """f16 GGUF -> a quantized one (task `gguf.quantize`), by `llama-quantize`."""
 
     src: Path
     dst: Path
-    ftype: str  # a LLAMA_FTYPE_MOSTLY_* suffix: "Q8_0", "Q4_K_M"
+    ftype: str  # llama-quantize's type: "Q8_0", "Q4_K_M"
     pure: bool = False  # every tensor in that type, no mixture
     keep_f16: tuple[str, ...] = ()  # "embeddings", "output": those stay f16
+    imatrix: Path | None = None  # an importance matrix (`llama-imatrix`'s file)
+    tensor_types: Path | None = None  # a --tensor-type-file: one `name-regex=ggml_type` a line
+    tensor_type: tuple[str, ...] = ()  # --tensor-type values: `name-regex=ggml_type`
+    exclude_weights: tuple[str, ...] = ()  # tensors the importance matrix is not used for (--exclude-weights)
+    recipe: str | None = None  # written as the file's `workbench.quantize` metadata (at most 127 characters)
+
+
+@dataclass(frozen=True)
+class Quantized:
+    """What `gguf.quantize` returns: the quantizer's own time and peak memory (it runs as a program)."""
+
+    seconds: float
+    peak_rss_mb: float | None
 
 
 def convert(
@@ -94,13 +98,21 @@ def quantize(
     *,
     pure: bool = False,
     keep_f16: tuple[str, ...] = (),
+    imatrix: Path | None = None,
+    tensor_types: Path | None = None,
+    recipe: str | None = None,
     log: Path | None = None,
     timeout: float | None = None,
 ) -> workers.Outcome:
-    """f16 GGUF -> `gguf_type` with llama.cpp's quantizer, in a worker named after the file. `pure`: every
-    tensor in that type (no mixture: what quantization-aware training trained for), except those named in
-    `keep_f16` ("embeddings", "output"), which stay f16."""
-    job = QuantizeJob(src, dst, GGUF_TYPES[gguf_type][0], pure, keep_f16)
+    """f16 GGUF -> `gguf_type` (a ladder name) with `llama-quantize`, in a worker named after the file.
+    `pure`: every tensor in that type (no mixture: what quantization-aware training trained for), except
+    those named in `keep_f16` ("embeddings", "output"), which stay f16. `imatrix`: the importance matrix it
+    weighs rounding errors with; `tensor_types`: per-tensor overrides; `recipe`: how it was made, in the
+    file's metadata."""
+    llamacpp_tools.binary("llama-quantize")  # missing tools are refused here, before a worker starts
+    job = QuantizeJob(
+        src, dst, file_type(gguf_type).ftype, pure, keep_f16, imatrix=imatrix, tensor_types=tensor_types, recipe=recipe
+    )
     return workers.run("gguf.quantize", job, name=dst.name, log=log, timeout=timeout)
 
 
@@ -131,21 +143,34 @@ def convert_lora_job(job: ConvertLoraJob, channel: Channel) -> Written:
     return run_converter(script, args, job.out)
 
 
-def quantize_job(job: QuantizeJob, channel: Channel) -> Written:
-    """In a worker: llama.cpp's quantizer, f16 GGUF -> `job.ftype`."""
-    import llama_cpp
-
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{job.ftype}")
-    params.pure = job.pure
+def quantize_args(job: QuantizeJob, threads: int) -> list[str]:
+    """`llama-quantize`'s command line for the job."""
+    args = ["--pure"] if job.pure else []
     if "embeddings" in job.keep_f16:
-        params.token_embedding_type = llama_cpp.GGML_TYPE_F16
+        args += ["--token-embedding-type", "f16"]
     if "output" in job.keep_f16:
-        params.output_tensor_type = llama_cpp.GGML_TYPE_F16
-    status = llama_cpp.llama_model_quantize(str(job.src).encode(), str(job.dst).encode(), ctypes.byref(params))
-    if status != 0 or not job.dst.is_file():
-        raise RuntimeError(f"llama_model_quantize returned {status}")
-    return Written()
+        args += ["--output-tensor-type", "f16"]
+    if job.imatrix is not None:
+        args += ["--imatrix", str(job.imatrix)]
+    if job.tensor_types is not None:
+        args += ["--tensor-type-file", str(job.tensor_types)]
+    for override in job.tensor_type:
+        args += ["--tensor-type", override]
+    for name in job.exclude_weights:
+        args += ["--exclude-weights", name]
+    if job.recipe is not None:
+        if len(job.recipe) > 127:  # llama.cpp's metadata override holds 127 characters
+            raise ValueError(f"the recipe metadata is {len(job.recipe)} characters; at most 127 fit")
+        args += ["--override-kv", f"{RECIPE_KEY}=str:{job.recipe}"]
+    return [*args, str(job.src), str(job.dst), job.ftype, str(threads)]
+
+
+def quantize_job(job: QuantizeJob, channel: Channel) -> Quantized:
+    """In a worker: `llama-quantize`, f16 GGUF -> `job.ftype`; its output goes to the worker's log."""
+    ran = llamacpp_tools.run_tool("llama-quantize", quantize_args(job, usable_cores()))
+    if not job.dst.is_file():
+        raise RuntimeError("llama-quantize wrote no file")
+    return Quantized(ran.seconds, ran.peak_rss_mb)
 
 
 def fallbacks(log: str) -> list[dict[str, Any]]:
@@ -153,9 +178,22 @@ def fallbacks(log: str) -> list[dict[str, Any]]:
     return [{"tensor": m[0], "columns": int(m[1]), "wanted": m[2], "got": m[3]} for m in FALLBACK.findall(log)]
 
 
-def tensor_types(path: Path) -> dict[str, int]:
-    """How many tensors of each type a GGUF file holds, from its header. (gguf-py's GGUFReader gets there
-    too, but decodes every metadata value first: ~4 s for a file with a 49k-token vocabulary.)"""
+@dataclass(frozen=True)
+class Tensor:
+    """One tensor as a GGUF header lists it."""
+
+    name: str
+    dims: tuple[int, ...]  # ggml's order: dims[0] is the row length
+    type: str  # its ggml type: "F16", "Q4_K"
+
+    @property
+    def count(self) -> int:
+        return math.prod(self.dims)
+
+
+def tensors(path: Path) -> list[Tensor]:
+    """The tensors a GGUF file holds, from its header. (gguf-py's GGUFReader gets there too, but decodes every
+    metadata value first: ~4 s for a file with a 49k-token vocabulary.)"""
     from gguf import GGMLQuantizationType, GGUFValueType
 
     sizes = {GGUFValueType.UINT8: 1, GGUFValueType.INT8: 1, GGUFValueType.UINT16: 2, GGUFValueType.INT16: 2,
@@ -180,14 +218,19 @@ def tensor_types(path: Path) -> dict[str, int]:
         if handle.read(4) != b"GGUF":
             raise ValueError(f"{path.name} is not a GGUF file")
         number("I")  # version
-        tensors, fields = number("Q"), number("Q")
+        count, fields = number("Q"), number("Q")
         for _ in range(fields):
             handle.seek(number("Q"), 1)  # the key
             skip(number("I"))
-        found: Counter[str] = Counter()
-        for _ in range(tensors):
-            handle.seek(number("Q"), 1)  # the name
-            handle.seek(8 * number("I"), 1)  # the dimensions
-            found[GGMLQuantizationType(number("I")).name] += 1
+        found = []
+        for _ in range(count):
+            name = handle.read(number("Q")).decode("utf-8")
+            dims = tuple(number("Q") for _ in range(number("I")))
+            found.append(Tensor(name, dims, GGMLQuantizationType(number("I")).name))
             number("Q")  # the offset
-    return dict(found)
+    return found
+
+
+def tensor_types(path: Path) -> dict[str, int]:
+    """How many tensors of each type a GGUF file holds."""
+    return dict(Counter(tensor.type for tensor in tensors(path)))

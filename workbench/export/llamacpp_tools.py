@@ -1,22 +1,48 @@
-"""llama.cpp's own converter scripts, taken from the llama-cpp-python source distribution that matches
-the installed version (no installed package carries them). Fetched once at set-up, so runs work offline.
+"""llama.cpp's own converter scripts and tools (`llama-quantize`, `llama-imatrix`, `llama-perplexity`), from
+the llama-cpp-python source distribution that matches the installed version (no installed package carries
+them). Fetched and built once at set-up, so runs work offline.
+
+The tools are compiled from their own sources only and linked against the libraries the installed
+llama-cpp-python built (libllama, libllama-common, libggml): the same kernels, built with the same flags
+(AMX off), as the Python binding that evaluates and benchmarks the files. Three small programs: seconds.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import importlib.util
+import json
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
+import time
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 from workbench.core.common import PYTHON, child_env
+from workbench.core.devices import usable_cores
 from workbench.core.errors import ResourceError
-from workbench.core.fsutil import atomic_dir
+from workbench.core.fsutil import atomic_dir, atomic_write_text
 
-MEMBERS = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "conversion/", "gguf-py/")
+CONVERTER = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "conversion/", "gguf-py/")
+TOOLS = ("llama-quantize", "llama-imatrix", "llama-perplexity")
+# what the tools compile from: their own folders, and the headers of the libraries they link
+SOURCES = (
+    "include/",
+    "ggml/include/",
+    "common/",
+    "vendor/nlohmann/",
+    "vendor/cpp-httplib/",
+    *(f"tools/{t[6:]}/" for t in TOOLS),
+)
+MEMBERS = (*CONVERTER, *SOURCES)
+CMAKE_LISTS = Path(__file__).with_name("llamacpp_tools.cmake")
+BUILD_RECORD = "tools.json"
 
 
 class ToolsMissing(ResourceError):
@@ -27,11 +53,13 @@ def llama_cpp_version() -> str:
     return metadata.version("llama_cpp_python")
 
 
+def default_tools_dir() -> Path:
+    return Path(sys.prefix) / "share" / "workbench" / f"llama.cpp-{llama_cpp_version()}"
+
+
 def tools_dir() -> Path:
     override = os.environ.get("WORKBENCH_LLAMA_CPP_TOOLS")
-    if override:
-        return Path(override)
-    return Path(sys.prefix) / "share" / "workbench" / f"llama.cpp-{llama_cpp_version()}"
+    return Path(override) if override else default_tools_dir()
 
 
 def converter() -> Path:
@@ -86,14 +114,144 @@ def extract_vendored(sdist: Path, dest: Path, members: tuple[str, ...] | None = 
                 archive.extract(member, out, filter="data")
 
 
+def fetched(dest: Path) -> bool:
+    return all((dest / member).exists() for member in MEMBERS)
+
+
 def fetch(dest: Path | None = None) -> Path:
-    """Download the matching sdist with pip and keep only the converter scripts."""
+    """Download the matching sdist with pip and keep the converter scripts and the tools' sources (a folder
+    fetched by an earlier version, without the sources, is fetched again)."""
     dest = dest or tools_dir()
-    if (dest / "convert_hf_to_gguf.py").is_file():
+    if fetched(dest):
         return dest
+    if (dest / "convert_hf_to_gguf.py").is_file():  # fetched before the tools were
+        if dest != default_tools_dir():
+            raise ToolsMissing(f"{dest} holds llama.cpp's converter but not its tools' sources; remove it")
+        shutil.rmtree(dest)  # the workbench's own folder, fetched again whole
     with tempfile.TemporaryDirectory() as tmp:
-        print(
-            f"fetching llama.cpp converter scripts from llama-cpp-python {llama_cpp_version()} sources ...", flush=True
-        )
+        print(f"fetching llama.cpp's converter and tools from llama-cpp-python {llama_cpp_version()} sources ...")
         extract_vendored(download_sdist(Path(tmp)), dest, MEMBERS)
     return dest
+
+
+def library_dir() -> Path:
+    """Where the installed llama-cpp-python put llama.cpp's shared libraries for linking (its wheel's `lib/`
+    beside the package; the copies in `llama_cpp/lib` are the same build)."""
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None or spec.origin is None:
+        raise ToolsMissing("llama-cpp-python is not installed")
+    site = Path(spec.origin).parent.parent
+    for folder in (site / "lib", site / "lib64"):  # CMake's GNUInstallDirs picks lib64 on some systems
+        if any(folder.glob("libllama-common.*")):
+            return folder
+    raise ToolsMissing(f"llama-cpp-python installed no libllama-common under {site}; rebuild it: `make llama-cpp`")
+
+
+def cmake() -> str:
+    """The cmake the project installs (the `cmake` package in this environment), else one on PATH."""
+    found = shutil.which("cmake", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    if not found:
+        raise ToolsMissing("building llama.cpp's tools needs cmake (`pip install cmake`)")
+    return found
+
+
+def build(dest: Path | None = None, cmake_args: str = "") -> Path:
+    """Compile `TOOLS` into `dest/bin` (atomically: a failed build leaves no half folder) against the
+    installed libraries, with `cmake_args` (the flags the Python binding was built with), and record how."""
+    dest = dest or tools_dir()
+    started = time.monotonic()
+    libraries = library_dir()
+    with tempfile.TemporaryDirectory() as tmp:
+        project = Path(tmp) / "project"
+        project.mkdir()
+        shutil.copy(CMAKE_LISTS, project / "CMakeLists.txt")
+        work = Path(tmp) / "build"
+        configure = [cmake(), "-S", str(project), "-B", str(work), "-DCMAKE_BUILD_TYPE=Release",
+                     f"-DLLAMA_SRC={dest}", f"-DLLAMA_LIB={libraries}", *shlex.split(cmake_args)]  # fmt: skip
+        print(f"building {', '.join(TOOLS)} against {libraries} ...", flush=True)
+        subprocess.run(configure, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [cmake(), "--build", str(work), "-j", str(usable_cores())], check=True, stdout=subprocess.DEVNULL
+        )
+        with atomic_dir(dest / "bin", root=dest) as out:
+            for tool in TOOLS:
+                shutil.copy2(work / tool, out / tool)
+            record = {
+                "tools": list(TOOLS),
+                "cmake_args": cmake_args,
+                "libraries": str(libraries),
+                "llama_cpp_python": llama_cpp_version(),
+                "seconds": round(time.monotonic() - started, 1),
+                "recorded": dt.datetime.now().isoformat(timespec="seconds"),
+            }
+            atomic_write_text(out / BUILD_RECORD, json.dumps(record, indent=2))
+    return dest / "bin"
+
+
+def built(dest: Path | None = None) -> dict[str, str] | None:
+    """How the tools were built (`build`'s record), or None when they are not."""
+    folder = (dest or tools_dir()) / "bin"
+    if not all((folder / tool).is_file() for tool in TOOLS) or not (folder / BUILD_RECORD).is_file():
+        return None
+    record: dict[str, str] = json.loads((folder / BUILD_RECORD).read_text())
+    return record
+
+
+def setup(cmake_args: str = "") -> Path:
+    """What `workbench setup` does: fetch the sources once, build the tools once."""
+    dest = fetch()
+    if built(dest) is None:
+        build(dest, cmake_args)
+    return dest
+
+
+def binary(tool: str) -> Path:
+    """The path of one of `TOOLS`; refused (with what to run) when set-up has not built it."""
+    path = tools_dir() / "bin" / tool
+    if not path.is_file():
+        raise ToolsMissing(f"llama.cpp's {tool} is not built in {path.parent}; run `workbench setup`")
+    return path
+
+
+@dataclass(frozen=True)
+class ToolRun:
+    """One run of a llama.cpp tool: its wall time and peak memory (its own VmHWM, read as it ran)."""
+
+    seconds: float
+    peak_rss_mb: float | None
+
+
+def run_tool(tool: str, args: list[str], *, timeout: float | None = None, quiet: bool = False) -> ToolRun:
+    """Run one of `TOOLS` with its output on this process's (a worker's log; `quiet`: kept aside and only its
+    end shown if it fails), polling its peak memory; raises with the tool's exit status when it fails."""
+    command = [str(binary(tool)), *args]
+    if not quiet:
+        print("$ " + shlex.join(command), flush=True)
+    started = time.monotonic()
+    peak_kb: int | None = None
+    with tempfile.TemporaryFile("w+") as kept:
+        output = {"stdout": kept, "stderr": subprocess.STDOUT} if quiet else {}
+        with subprocess.Popen(command, stdin=subprocess.DEVNULL, **output) as process:  # type: ignore[call-overload]
+            status = Path(f"/proc/{process.pid}/status")
+            while process.poll() is None:
+                peak_kb = vm_hwm_kb(status) or peak_kb
+                if timeout is not None and time.monotonic() - started > timeout:
+                    process.kill()
+                    raise TimeoutError(f"{tool} ran past {timeout:.0f} s")
+                time.sleep(0.05)
+        if process.returncode != 0:
+            if quiet:
+                kept.seek(0)
+                print("$ " + shlex.join(command) + "\n" + "".join(kept.readlines()[-30:]), flush=True)
+            raise RuntimeError(f"{tool} exited with status {process.returncode}")
+    return ToolRun(round(time.monotonic() - started, 2), round(peak_kb / 1024, 1) if peak_kb else None)
+
+
+def vm_hwm_kb(status: Path) -> int | None:
+    try:
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None

@@ -66,6 +66,11 @@ class ExportContext(Protocol):
         """Where `out` is once the stage succeeds: what recorded paths and written commands name."""
 
     @property
+    def cache(self) -> Path:
+        """Kept across runs of the stage (within the run): what is keyed by its own inputs, such as an
+        importance matrix, reused when the stage runs again with other settings."""
+
+    @property
     def failures(self) -> list[str]:
         """Parts that failed while the stage went on (the stage ends partial)."""
 
@@ -86,5 +91,8 @@ class ExportContext(Protocol):
         """Serving parity (and the smoke answers) of a made variant, recorded on it; raises when it fails."""
 
 
-def record_measurement(variant: Variant, outcome: workers.Outcome) -> None:
-    variant.seconds, variant.peak_mem_mb = outcome.seconds, outcome.peak_rss_mb
+def record_measurement(variant: Variant, outcome: workers.Outcome, program_peak_mb: float | None = None) -> None:
+    """The worker's time and peak memory on the variant; `program_peak_mb`: a program the worker ran (a
+    llama.cpp tool), whose memory is not the worker's own."""
+    peaks = [peak for peak in (outcome.peak_rss_mb, program_peak_mb) if peak is not None]
+    variant.seconds, variant.peak_mem_mb = outcome.seconds, max(peaks) if peaks else None

@@ -61,6 +61,29 @@ def metadata(report: RunReport, variant: Variant) -> dict[str, Any]:
     return meta
 
 
+def quantization(variant: Variant) -> str | None:
+    """How a GGUF file was quantized, in a line: the types its tensors hold (read back from the file), its
+    importance matrix (or the measured choice of none) and a searched plan."""
+    held = variant.meta.get("tensor_types")
+    if not held:
+        return None
+    parts = ["tensors " + " ".join(f"{kind}x{count}" for kind, count in sorted(held.items(), key=lambda kv: -kv[1]))]
+    matrix = variant.meta.get("imatrix")
+    if matrix:
+        parts.append(
+            f"imatrix {matrix['source']} ({matrix['rows']} rows, {matrix['chunks']}x{matrix['context']} tokens)"
+        )
+    elif "imatrix" in variant.meta:
+        parts.append("no imatrix")
+    choice = variant.meta.get("imatrix_choice")
+    if choice:
+        parts.append(f"chosen by KLD none {choice['none']['kld']:.4f} / task {choice['task']['kld']:.4f}")
+    searched = variant.meta.get("search")
+    if searched:
+        parts.append(f"searched under {searched['budget']}: {searched['compact']}")
+    return " · ".join(parts)
+
+
 def how_made(report: RunReport, variant: Variant) -> list[str]:
     recipe = report.recipe
     train, merge = recipe.get("train") or {}, recipe.get("merge") or {}
@@ -85,6 +108,9 @@ def how_made(report: RunReport, variant: Variant) -> list[str]:
         lines.append(
             f"- Exported as {variant.format} ({variant.bits:g} bits){' with ' + quantizer if quantizer else ''}."
         )
+    said = quantization(variant)
+    if said:
+        lines.append(f"- Quantized: {said}.")
     return lines
 
 

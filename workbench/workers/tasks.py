@@ -21,6 +21,8 @@ class Task:
 TASKS: dict[str, Task] = {
     "gguf.convert": Task("workbench.export.gguf:convert_job", "conversion to GGUF"),
     "gguf.quantize": Task("workbench.export.gguf:quantize_job", "quantization"),
+    "gguf.imatrix": Task("workbench.export.imatrix:imatrix_job", "importance matrix"),
+    "gguf.trials": Task("workbench.export.trials:trials_job", "quantization trials"),
     "gguf.convert_lora": Task("workbench.export.gguf:convert_lora_job", "adapter conversion to GGUF"),
     "qat.grid": Task("workbench.qat.check:grid_job", "grid check"),
     "nf4.export": Task("workbench.export.nf4:export_job", "nf4 export"),

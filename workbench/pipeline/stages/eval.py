@@ -19,10 +19,12 @@ from workbench.core.devices import gpu_slots, pick_device
 from workbench.core.errors import StageFailed
 from workbench.core.fsutil import atomic_write_text, hash_path
 from workbench.core.models import display_name, resolve_model
+from workbench.core.paths import BUILTIN_EVALS
 from workbench.core.recipe import Recipe
 from workbench.core.records import Artifact, ItemScores, Metric
 from workbench.data.files import read_jsonl
 from workbench.eval import preference, tasks
+from workbench.eval.fidelity import answer_starts, fidelity_sequences
 from workbench.eval.worker import EvalJob, EvalResult, FidelityJob
 from workbench.pipeline.stages.base import Stage, StageContext, failure_line
 from workbench.workers import wire
@@ -37,7 +39,7 @@ REWARD_MODEL = "reward-model"
 
 
 def task_folders(recipe: Recipe) -> list[Path]:
-    return [tasks.BUILTIN_EVALS, *(recipe.resolve_path(folder) for folder in recipe.eval.include)]
+    return [BUILTIN_EVALS, *(recipe.resolve_path(folder) for folder in recipe.eval.include)]
 
 
 def key_inputs(recipe: Recipe) -> dict[str, Any]:
@@ -80,31 +82,6 @@ def models_to_evaluate(ctx: StageContext) -> list[dict[str, Any]]:
         model = {"name": variant.name, "format": variant.format, "path": variant.path, "role": role}
         models.append({**model, "lora": variant.meta["lora"]} if variant.meta.get("lora") else model)
     return models
-
-
-def fidelity_sequences(rows: list[dict[str, Any]], tokenizer: Any, count: int) -> list[list[int]]:
-    from workbench.data.dataset import render
-
-    texts = [render(row, tokenizer) for row in rows[:count]]
-    return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
-
-
-def answer_starts(rows: list[dict[str, Any]], tokenizer: Any, sequences: list[list[int]]) -> list[int]:
-    """Where each conversation's last (assistant) turn starts among its tokens: the prompt as the chat
-    template renders it for generation, when the whole conversation begins with exactly those tokens.
-    Otherwise (plain text, a template that renders the prompt differently) the sequence's length: no
-    answer tokens."""
-    starts = []
-    for row, ids in zip(rows, sequences, strict=False):
-        messages = row.get("messages") or []
-        start = len(ids)
-        if messages and messages[-1].get("role") == "assistant":
-            prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False)
-            prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            if ids[: len(prompt_ids)] == prompt_ids:
-                start = len(prompt_ids)
-        starts.append(start)
-    return starts
 
 
 def fingerprint_of(model: dict[str, Any]) -> str | None:
@@ -320,10 +297,10 @@ def run(ctx: StageContext) -> list[Artifact]:
     ctx.remove(task_dir)
     local = tasks.copy_task_folders([run_tasks, *task_folders(ctx.recipe)], task_dir, section.trust_task_code)
     include_defaults = check_task_names(section.tasks, local, task_dir)
-    fidelity = None
+    against = None
     if section.fidelity_rows:
         sequences = fidelity_sequences(held_out, tokenizer, section.fidelity_rows)
-        fidelity = FidelityJob(str(merged_dir), sequences, answer_starts(held_out, tokenizer, sequences))
+        against = FidelityJob(str(merged_dir), sequences, answer_starts(held_out, tokenizer, sequences))
     common = EvalJob(  # each model's job is this one with its name, format, path and folder
         name="",
         format="",
@@ -339,7 +316,7 @@ def run(ctx: StageContext) -> list[Artifact]:
         batch_size=section.batch_size,
         max_length=section.max_length,
         bootstrap_iters=section.bootstrap_iters,
-        fidelity=fidelity,
+        fidelity=against,
         preference=pairs or None,
     )
     models = models_to_evaluate(ctx)

@@ -68,6 +68,10 @@ class Exporting:
         return self.ctx.run_dir / self.ctx.stage
 
     @property
+    def cache(self) -> Path:
+        return self.ctx.run_dir / ".work" / "cache" / self.ctx.stage
+
+    @property
     def failures(self) -> list[str]:
         return self.ctx.failures
 
