@@ -19,9 +19,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import heldout  # noqa: E402
+
 from workbench.core.gguf_types import LADDER  # noqa: E402
-from workbench.core.store import Store  # noqa: E402
-from workbench.data.files import read_jsonl  # noqa: E402
 from workbench.eval import fidelity  # noqa: E402
 from workbench.export import gguf, imatrix  # noqa: E402
 from workbench.pipeline.runner import default_home  # noqa: E402
@@ -36,21 +36,8 @@ def main() -> None:
     parser.add_argument("--types", default=",".join(t for t, rung in LADDER.items() if rung.uses_imatrix))
     parser.add_argument("--rows", type=int, default=60, help="held-out conversations measured")
     args = parser.parse_args()
-    from transformers import AutoTokenizer
-
-    from workbench.eval.llamacpp_lm import LlamaCppLM
-
-    variants = {v.name: v for v in Store(args.home / "workbench.db").variants(args.run)}
-    merged = next(v for v in variants.values() if v.is_reference)
-    f16 = Path(next(v.path for name, v in variants.items() if name.endswith("-F16.gguf")))
-    tokenizer = AutoTokenizer.from_pretrained(merged.path)
-    data = args.home / args.run / "data"
-    held_out = read_jsonl(data / "held_out.jsonl")[: args.rows]
-    sequences = fidelity.fidelity_sequences(held_out, tokenizer, len(held_out))
-    starts = fidelity.answer_starts(held_out, tokenizer, sequences)
-    reference = LlamaCppLM(str(f16), max_length=512)
-    cached = list(reference.logits_of(sequences))
-    reference.close()
+    held = heldout.load(args.home, args.run, args.rows)
+    f16, tokenizer, data = held.f16, held.tokenizer, held.data
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -65,7 +52,7 @@ def main() -> None:
             matrices[source] = work / made.file
             print(f"imatrix {source}: {calib.rows} texts, {calib.tokens} tokens, {calib.chunks} chunks of "
                   f"{calib.context}: {time.monotonic() - started:.1f} s")  # fmt: skip
-        print(f"\n{merged.name}: KLD to {f16.name} on {len(sequences)} held-out conversations "
+        print(f"\n{held.merged.name}: KLD to {f16.name} on {len(held.sequences)} held-out conversations "
               "(whole / answer tokens), llama-quantize from the F16 file")  # fmt: skip
         print(f"{'type':9} {'MB none':>8} " + " ".join(f"{c + ' KLD':>12} {c + ' ans':>10}" for c in CALIBRATIONS)
               + f" {'task vs none':>13} {'task vs generic (ans)':>22}")  # fmt: skip
@@ -80,9 +67,7 @@ def main() -> None:
                 out = work / f"{name}-{calibration}.gguf"
                 gguf.quantize(f16, out, name, imatrix=matrices.get(calibration)).value_as(gguf.Quantized)
                 size = size or out.stat().st_size / 1e6
-                variant = LlamaCppLM(str(out), max_length=512)
-                row[calibration] = fidelity.compare(sequences, lambda _: iter(cached), variant.logits_of, starts)
-                variant.close()
+                row[calibration] = held.measure(out)
                 out.unlink()
             cells = []
             for calibration in CALIBRATIONS:

@@ -20,9 +20,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import heldout  # noqa: E402
+
 from workbench.core.gguf_types import DEFAULT_SEARCH_TYPES, parse_budget  # noqa: E402
-from workbench.core.store import Store  # noqa: E402
-from workbench.data.files import read_jsonl  # noqa: E402
 from workbench.eval import fidelity  # noqa: E402
 from workbench.export import choosing, gguf, imatrix, search, trials  # noqa: E402
 from workbench.pipeline.runner import default_home  # noqa: E402
@@ -37,28 +37,8 @@ def main() -> None:
     parser.add_argument("--groups", default="kind", choices=["kind", "layer"])
     parser.add_argument("--measure-rows", type=int, default=32)
     args = parser.parse_args()
-    from transformers import AutoTokenizer
-
-    from workbench.eval.llamacpp_lm import LlamaCppLM
-
-    variants = {v.name: v for v in Store(args.home / "workbench.db").variants(args.run)}
-    merged = next(v for v in variants.values() if v.is_reference)
-    f16 = Path(next(v.path for name, v in variants.items() if name.endswith("-F16.gguf")))
-    tokenizer = AutoTokenizer.from_pretrained(merged.path)
-    data = args.home / args.run / "data"
-
-    held_out = read_jsonl(data / "held_out.jsonl")
-    held = fidelity.fidelity_sequences(held_out, tokenizer, len(held_out))
-    held_starts = fidelity.answer_starts(held_out, tokenizer, held)
-    reference = LlamaCppLM(str(f16), max_length=512)
-    cached = list(reference.logits_of(held))
-    reference.close()
-
-    def measure(path: Path) -> fidelity.Fidelity:
-        lm = LlamaCppLM(str(path), max_length=512)
-        found = fidelity.compare(held, lambda _: iter(cached), lm.logits_of, held_starts)
-        lm.close()
-        return found
+    held = heldout.load(args.home, args.run)
+    f16, tokenizer, data, merged = held.f16, held.tokenizer, held.data, held.merged
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -84,7 +64,7 @@ def main() -> None:
         print(f"{merged.name}: imatrix {imatrix_seconds:.0f} s; search ({args.groups}, {len(all_groups)} groups,"
               f" {len(job.trials)} trials, {result.forwards} forwards over {len(sequences)} training conversations)"
               f" {search_seconds / 60:.1f} min")  # fmt: skip
-        print(f"KLD to {f16.name} on {len(held)} held-out conversations\n")
+        print(f"KLD to {f16.name} on {len(held.sequences)} held-out conversations\n")
         print(f"{'file':28} {'MB':>7} {'KLD':>8} {'ans KLD':>8} {'top-1':>6}  plan")
         for text in args.budgets.split(","):
             budget = parse_budget(text)
@@ -102,7 +82,7 @@ def main() -> None:
             checked = choosing.check_searched(searched, planned, all_groups)
             for name, path, plan in ((budget.label, stock, ""), (f"{budget.label} + task imatrix", with_task, ""),
                                      (f"SEARCH-{budget.label}", searched, search.compact(planned.plan))):  # fmt: skip
-                found = measure(path)
+                found = held.measure(path)
                 print(f"{name:28} {path.stat().st_size / 1e6:7.2f} {found.kld_mean:8.4f} "
                       f"{found.answer_kld_mean or 0:8.4f} {found.top1_agreement:6.3f}  {plan}")  # fmt: skip
             if checked["not_as_planned"]:

@@ -152,3 +152,26 @@ def test_a_searched_file_keeps_its_budget_holds_its_plan_and_beats_uniform(
         return found.kld_mean
 
     assert kld(searched.path) < 0.8 * kld(stock.path)
+
+
+def test_trials_are_logged_as_measured_and_a_second_run_reuses_them(
+    tmp_path: Path, tiny_ggufs: dict[str, Path]
+) -> None:
+    from workbench.export import trials
+
+    sequences = [[1, 5, 9, 13, 17, 21, 25], [1, 7, 3, 11, 2]]
+    batch = [
+        trials.Trial("q8", "Q8_0"),
+        trials.Trial("q4", "Q4_0"),
+        trials.Trial("v4", "Q8_0", tensor_type=("attn_v=q4_0",)),
+    ]
+    log = tmp_path / "trials.jsonl"
+    first = trials.run(trials.TrialsJob(tiny_ggufs["f16"], batch, sequences, [4, 3], log, context=64))
+    assert first.reused == 0 and first.forwards == 4 and [m.name for m in first.measured] == ["q8", "q4", "v4"]
+    q8, q4, v4 = first.measured
+    assert 0 <= q8.kld < v4.kld and q8.kld < q4.kld and q4.size < v4.size < q8.size  # one group in 4 bits costs less
+    assert len(log.read_text().splitlines()) == 3
+    log.write_text("\n".join(log.read_text().splitlines()[:2]) + '\n{"key": "cut sh')  # a crash mid-line
+    again = trials.run(trials.TrialsJob(tiny_ggufs["f16"], batch, sequences, [4, 3], log, context=64))
+    assert again.reused == 2 and again.forwards == 2 and again.measured[:2] == first.measured[:2]
+    assert trials.logged(log).keys() == {trial.key for trial in batch}  # the cut line did not swallow the next

@@ -238,16 +238,21 @@ def searched_files(
     export = ctx.recipe.export
     calibration = "task" if export.imatrix == "auto" else export.imatrix
     stem = source.stem.removesuffix("-F16")
-    measured: list[choosing.Sensitivities] = []
+    measured: list[choosing.Sensitivities | Exception] = []
 
     def build(variant: Variant) -> None:
         if not source.is_file():
             raise ExportFailed(f"{variant.name}: no f16 GGUF to quantize from (its conversion failed)")
         provenance = matrices.get(calibration)
         matrix = ctx.out / provenance.file if provenance else None
-        if not measured:
-            measured.append(choosing.measure_sensitivities(measuring, section, matrix))
+        if not measured:  # once for every budget; a failure fails each budget's file, measured once
+            try:
+                measured.append(choosing.measure_sensitivities(measuring, section, matrix))
+            except Exception as exc:  # noqa: BLE001
+                measured.append(exc)
         sensitivities = measured[0]
+        if isinstance(sensitivities, Exception):
+            raise ExportFailed(f"measuring the tensor groups' sensitivities failed: {sensitivities}")
         budget = parse_budget(variant.meta["budget"])
         stock = choosing.budget_file(ctx, source, budget).stat().st_size if budget.same_as else None
         planned = choosing.plan_budget(source, budget, sensitivities, stock)

@@ -9,6 +9,7 @@ resumes where it stopped. The importance-matrix choice (`export.imatrix: auto`) 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -34,9 +35,15 @@ class Trial:
 
     @property
     def key(self) -> str:
-        """What a logged result is reused for: the same trial, on the same model and conversations."""
-        spec = {**asdict(self), "imatrix": str(self.imatrix) if self.imatrix else None}
+        """What a logged result is reused for: the same trial (its importance matrix by content: the copy a
+        re-run of the stage makes lies elsewhere), on the same model and conversations."""
+        spec = {**asdict(self), "imatrix": content_key(self.imatrix) if self.imatrix else None}
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
+
+
+@functools.lru_cache(maxsize=8)
+def content_key(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -92,7 +99,8 @@ def logged(path: Path) -> dict[str, Measured]:
         for line in path.read_text(encoding="utf-8").splitlines():
             try:
                 entry: dict[str, Any] = json.loads(line)
-                found[entry.pop("key")] = Measured(**entry)
+                key = entry.pop("key")
+                found[key] = Measured(**entry)
             except (ValueError, TypeError, KeyError):
                 continue
     return found
@@ -109,6 +117,9 @@ def trials_job(job: TrialsJob, channel: Channel) -> TrialsResult:
     forwards = 0
     if todo:
         job.log.parent.mkdir(parents=True, exist_ok=True)
+        if job.log.is_file() and not job.log.read_bytes().endswith(b"\n"):  # a line a crash cut short
+            with open(job.log, "a", encoding="utf-8") as out:
+                out.write("\n")
         channel.phase("reference logits")
         reference = LlamaCppLM(str(job.model), max_length=job.context)
         cached = list(reference.logits_of(job.sequences))
