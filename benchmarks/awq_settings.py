@@ -1,12 +1,13 @@
 """What AWQ's expensive parts buy: export time and fidelity of AWQ (GPTQModel, 4-bit) with and without
 the clip search, with the calibration forwards in bf16 (GPTQModel's choice on CPU) or fp32, and with
-fewer calibration rows, side by side on one run's merged model. Fidelity is
+fewer calibration rows, and calibrated on the task (training rows) or on generic text (`export.calibration`),
+side by side on one run's merged model. Fidelity is
 the workbench's own (KLD / top-1 agreement vs the merged model on held-out conversations), through the
 same workers the pipeline uses. GPTQ is measured too, for the calibration-size lever.
 
 Uses a finished run (default: the quickstart):
 
-    .venv/bin/python benchmarks/awq_settings.py [--run quickstart] [--settings awq:clip:64,awq:noclip:64,...]
+    .venv/bin/python benchmarks/awq_settings.py [--run quickstart] [--settings awq:noclip:64:float32:generic,...]
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ sys.path.insert(0, str(ROOT))
 from workbench import workers  # noqa: E402
 from workbench.core.store import Store  # noqa: E402
 from workbench.data.files import read_jsonl  # noqa: E402
-from workbench.eval.fidelity import fidelity_sequences  # noqa: E402
+from workbench.eval.fidelity import answer_starts, fidelity_sequences  # noqa: E402
 from workbench.eval.worker import EvalJob, EvalResult, FidelityJob  # noqa: E402
-from workbench.export.gptq import GPTQJob, calibration_texts  # noqa: E402
+from workbench.export.gptq import GPTQJob, calibration  # noqa: E402
 from workbench.pipeline.runner import default_home  # noqa: E402
 
 DEFAULT = ",".join([
@@ -38,8 +39,8 @@ def main() -> None:
     parser.add_argument("--run", default="quickstart")
     parser.add_argument("--home", type=Path, default=default_home())
     parser.add_argument("--settings", default=DEFAULT,
-                        help="method:clip|noclip|-:calibration rows:dtype of the calibration forwards, "
-                             "comma-separated")  # fmt: skip
+                        help="method:clip|noclip|-:calibration rows:dtype of the calibration forwards"
+                             "[:task|generic], comma-separated")  # fmt: skip
     parser.add_argument("--rows", type=int, default=60, help="held-out conversations compared")
     args = parser.parse_args()
     from transformers import AutoTokenizer
@@ -48,16 +49,17 @@ def main() -> None:
     run_dir = args.home / args.run
     merged = next(v for v in store.variants(args.run) if v.is_reference)
     tokenizer = AutoTokenizer.from_pretrained(merged.path)
-    train = read_jsonl(run_dir / "data" / "train.jsonl")
-    sequences = fidelity_sequences(read_jsonl(run_dir / "data" / "held_out.jsonl"), tokenizer, args.rows)
+    held_out = read_jsonl(run_dir / "data" / "held_out.jsonl")
+    sequences = fidelity_sequences(held_out, tokenizer, args.rows)
+    answers = answer_starts(held_out, tokenizer, sequences)
     rows = []
     with tempfile.TemporaryDirectory(prefix="awq-settings-") as tmp:
         for setting in args.settings.split(","):
-            method, clip, count, dtype = setting.split(":")
+            method, clip, count, dtype, source = (setting.split(":") + ["task"])[:5]
             out = Path(tmp) / setting.replace(":", "-")
             export = GPTQJob(method=method, merged=Path(merged.path), out=out, bits=4, group_size=64, desc_act=False,
                              awq_clip=clip != "noclip", dtype=dtype,
-                             calibration=calibration_texts(train[: int(count)], tokenizer))  # fmt: skip
+                             calibration=calibration(source, run_dir / "data", tokenizer, int(count)))  # fmt: skip
             made = workers.run("gptq.export", export, name=setting, log=Path(tmp) / f"{out.name}.log")
             if not made.ok:
                 print(f"{setting}: FAILED {made.error}", flush=True)
@@ -65,15 +67,16 @@ def main() -> None:
             job = EvalJob(name=setting, format=method, path=str(out), out=out / "eval", device="cpu", tasks=[],
                           include=out, include_defaults=False, limit=None, num_fewshot=None, seed=1234,
                           batch_size=8, max_length=2048, bootstrap_iters=0,
-                          fidelity=FidelityJob(merged.path, sequences, answers=[]))  # fmt: skip
+                          fidelity=FidelityJob(merged.path, sequences, answers=answers))  # fmt: skip
             fidelity = workers.run("eval.model", job, name=setting).value_as(EvalResult).fidelity
             assert fidelity is not None
-            rows.append((setting, made.seconds, fidelity.kld_mean, fidelity.top1_agreement))
-            print(f"{setting}: {made.seconds:.0f} s, KLD {fidelity.kld_mean:.4f}, top-1 "
+            answer = fidelity.answer_kld_mean or 0.0
+            rows.append((setting, made.seconds, fidelity.kld_mean, answer, fidelity.top1_agreement))
+            print(f"{setting}: {made.seconds:.0f} s, KLD {fidelity.kld_mean:.4f} (answers {answer:.4f}), top-1 "
                   f"{fidelity.top1_agreement:.3f}", flush=True)  # fmt: skip
-    print(f"\n{'setting':26} {'export s':>9} {'KLD':>8} {'top-1':>6}")
-    for setting, seconds, kld, top1 in rows:
-        print(f"{setting:26} {seconds:>9.0f} {kld:>8.4f} {top1:>6.3f}")
+    print(f"\n{'setting':34} {'export s':>9} {'KLD':>8} {'ans KLD':>8} {'top-1':>6}")
+    for setting, seconds, kld, answer, top1 in rows:
+        print(f"{setting:34} {seconds:>9.0f} {kld:>8.4f} {answer:>8.4f} {top1:>6.3f}")
 
 
 if __name__ == "__main__":

@@ -119,3 +119,18 @@ def test_auto_makes_each_type_with_the_matrix_or_without_whichever_measures_clos
         assert choice["chosen"] == closer and choice["none"]["kld"] != choice["task"]["kld"]
         assert (variant.meta["imatrix"] or {"source": "none"})["source"] == closer
         assert metadata(Path(variant.path))["workbench.quantize"].endswith(f"imatrix {closer}") == (closer == "none")
+
+
+def test_gptq_and_awq_calibrate_on_the_training_rows_or_the_generic_text(tmp_path: Path, tiny_llama_256: Path) -> None:
+    from workbench.data.files import write_jsonl
+    from workbench.export.gptq import calibration
+    from workbench.export.imatrix import generic_texts
+
+    rows = [{"number": n, "messages": [{"role": "user", "content": f"q{n}"}, {"role": "assistant", "content": f"a{n}"}]}
+            for n in range(3)]  # fmt: skip
+    write_jsonl(tmp_path / "train.jsonl", rows)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_256)
+    task = calibration("task", tmp_path, tokenizer, 2)
+    assert task == [render(row, tokenizer) for row in rows[:2]] and "<|im_start|>assistant\na1<|im_end|>" in task[1]
+    generic = calibration("generic", tmp_path, tokenizer, 5)
+    assert generic == generic_texts()[:5] and "Assignment statements" in generic[0]

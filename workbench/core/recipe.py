@@ -381,7 +381,14 @@ class ExportSection(Section):
     bits: Literal[4, 8] = Field(default=4, description="GPTQ / AWQ bits")
     group_size: int = Field(default=128, gt=0, description="GPTQ / AWQ group size; must divide the layer widths")
     desc_act: bool = Field(default=False, description="GPTQ act-order")
-    calibration_rows: int = Field(default=128, gt=0, description="training rows used to calibrate GPTQ / AWQ")
+    calibration: Literal["task", "generic"] = Field(
+        default="task",
+        description="what GPTQ and AWQ calibrate on: task (training rows rendered through the chat template, as"
+        " training saw them) or generic (Python's documentation text in evals/general)",
+    )
+    calibration_rows: int = Field(
+        default=128, gt=0, description="training rows (or generic documents) used to calibrate GPTQ / AWQ"
+    )
     smoke_prompts: int = Field(default=1, ge=0, description="held-out prompts each variant answers after export")
     parity_prompts: int = Field(default=8, ge=0, description="held-out conversations whose prompt tokens are compared")
     timeout_s: float | None = Field(

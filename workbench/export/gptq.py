@@ -23,7 +23,9 @@ from workbench.core.formats import Estimate
 from workbench.core.fsutil import atomic_write_text
 from workbench.core.recipe import ExportSection
 from workbench.core.records import Variant
+from workbench.data.dataset import render
 from workbench.data.files import read_jsonl
+from workbench.export.imatrix import generic_texts
 from workbench.export.making import ExportContext, ExportFailed, Written, record_measurement
 from workbench.workers.child import Channel
 
@@ -31,11 +33,16 @@ PEAK_BYTES = 4.5  # a parameter, in memory
 
 
 def calibration_texts(rows: list[dict[str, Any]], tokenizer: Any) -> list[str]:
-    return [
-        tokenizer.apply_chat_template(row["messages"], tokenize=False) if "messages" in row else row["text"]
-        for row in rows
-        if "messages" in row or "text" in row
-    ]
+    """Training rows as training rendered them (workbench.data.dataset.render)."""
+    return [render(row, tokenizer) for row in rows]
+
+
+def calibration(source: str, data_dir: Path, tokenizer: Any, count: int) -> list[str]:
+    """What GPTQ / AWQ calibrate on (`export.calibration`): the first `count` training rows (task), or the
+    first `count` documents of the generic text the importance matrix's `generic` reads."""
+    if source == "generic":
+        return generic_texts()[:count]
+    return calibration_texts(read_jsonl(data_dir / "train.jsonl")[:count], tokenizer)
 
 
 def skip_awq_clip() -> None:
@@ -70,7 +77,7 @@ class GPTQJob:
     method: Literal["gptq", "awq"]
     merged: Path
     out: Path
-    calibration: list[str]  # the training rows rendered through the chat template
+    calibration: list[str]  # the texts it calibrates on (export.calibration)
     bits: int
     group_size: int
     desc_act: bool  # GPTQ's activation order
@@ -161,8 +168,7 @@ def export_method(ctx: ExportContext, method: Literal["gptq", "awq"], desc_act: 
     """One GPTQModel variant (`method`: gptq or awq, the format it makes), calibrated on the training rows;
     `recorded`: more of the method's settings to record on it."""
     section, merged = ctx.recipe.export, ctx.inputs.merged
-    train_rows = read_jsonl(ctx.inputs.data / "train.jsonl")[: section.calibration_rows]
-    calibration = calibration_texts(train_rows, ctx.inputs.tokenizer)
+    texts = calibration(section.calibration, ctx.inputs.data, ctx.inputs.tokenizer, section.calibration_rows)
     out = ctx.out / f"{merged.name}-{method.upper()}-Int{section.bits}"
     variant = Variant(
         name=out.name,
@@ -175,7 +181,11 @@ def export_method(ctx: ExportContext, method: Literal["gptq", "awq"], desc_act: 
         meta={
             "group_size": section.group_size,
             "desc_act": desc_act,
-            "calibration_rows": len(calibration),
+            "calibration": section.calibration,
+            "calibration_rows": len(texts),
+            "calibration_tokens": sum(
+                len(ids) for ids in ctx.inputs.tokenizer(texts, add_special_tokens=False)["input_ids"]
+            ),
             **recorded,
         },
     )
@@ -185,7 +195,7 @@ def export_method(ctx: ExportContext, method: Literal["gptq", "awq"], desc_act: 
             method=method,
             merged=Path(merged.path),
             out=out,
-            calibration=calibration,
+            calibration=texts,
             bits=section.bits,
             group_size=section.group_size,
             desc_act=section.desc_act,

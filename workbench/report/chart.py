@@ -16,6 +16,8 @@ class Point:
     x: float
     y: float
     on_front: bool
+    low: float | None = None  # the 95% paired interval of its score against the merged model's
+    high: float | None = None
 
 
 @dataclass
@@ -27,6 +29,14 @@ class Chart:
     merged: float | None  # the merged model's score
     bar: float | None  # keep_percent of it, direction-aware
     bar_label: str
+
+
+def interval(row: ComparisonRow, merged: float | None, comparison: Comparison) -> tuple[float | None, float | None]:
+    """A row's paired 95% interval of kept % as scores (higher-is-better metrics; kept % = score / merged)."""
+    paired = row.paired
+    if paired is None or paired.low is None or paired.high is None or merged is None or not comparison.higher_is_better:
+        return None, None
+    return merged * paired.low / 100, merged * paired.high / 100
 
 
 def quality_vs(comparison: Comparison, axis: str) -> Chart | None:
@@ -41,8 +51,10 @@ def quality_vs(comparison: Comparison, axis: str) -> Chart | None:
     rows = sorted((r for r in candidates(comparison.rows) if x_of(r) is not None), key=lambda r: x_of(r) or 0)
     if not rows:
         return None
-    points = [Point(r.label, x_of(r) or 0, r.score or 0, r.name in front) for r in rows]
     merged = next((r.score for r in comparison.rows if r.role == "reference" and r.score is not None), None)
+    points = [
+        Point(r.label, x_of(r) or 0, r.score or 0, r.name in front, *interval(r, merged, comparison)) for r in rows
+    ]
     bar = None
     if merged is not None:
         share = comparison.keep_percent / 100

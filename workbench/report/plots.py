@@ -11,38 +11,44 @@ from workbench.report.compare import Comparison
 FIGSIZE = (6.4, 4.0)
 
 
-def _png(figure: Any) -> bytes:
+def _png(figure: Any, right: float | None = None) -> bytes:
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0, right, 1) if right else None)
     figure.savefig(buffer, format="png", dpi=110)
     plt.close(figure)
     return buffer.getvalue()
 
 
-def _figure() -> tuple[Any, Any]:
+def _figure(wide: bool = False) -> tuple[Any, Any]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt.subplots(figsize=FIGSIZE)
+    return plt.subplots(figsize=(FIGSIZE[0] + 2.6, FIGSIZE[1]) if wide else FIGSIZE)
 
 
 def quality_vs(comparison: Comparison, axis: str) -> bytes | None:
-    """Task score against size (axis "size") or generation speed on a target ("cpu"/"gpu"); the Pareto
-    front drawn and its points filled, the merged score and the keep threshold as lines."""
+    """Task score against size (axis "size") or generation speed on a target ("cpu"/"gpu"), each point with
+    its paired 95% interval; the Pareto front drawn and its points filled, the merged score and the keep
+    threshold as lines. Points carry numbers, named in a key beside the plot: labels never overlap."""
     data = chart.quality_vs(comparison, axis)
     if data is None:
         return None
-    figure, ax = _figure()
-    for index, point in enumerate(data.points):
+    figure, ax = _figure(wide=True)
+    key = []
+    for number, point in enumerate(data.points, 1):
         on_front = point.on_front
-        ax.scatter(point.x, point.y, s=60 if on_front else 35, color="C3" if on_front else "C0", zorder=3)
-        below = index % 2 == 1  # neighbours' labels alternate above and below, so close points stay readable
-        ax.annotate(point.label, (point.x, point.y), textcoords="offset points", xytext=(5, -11 if below else 4),
-                    fontsize=8)  # fmt: skip
+        color = "C3" if on_front else "C0"
+        if point.low is not None and point.high is not None:
+            ax.errorbar(point.x, point.y, yerr=[[point.y - point.low], [point.high - point.y]], fmt="none",
+                        ecolor=color, alpha=0.5, capsize=2, lw=0.8, zorder=2)  # fmt: skip
+        ax.scatter(point.x, point.y, s=60 if on_front else 35, color=color, zorder=3)
+        ax.annotate(str(number), (point.x, point.y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+        key.append(f"{number}  {point.label.removesuffix('.gguf')}")
+    figure.text(0.74, 0.95, "\n".join(key), fontsize=7, va="top", family="monospace")
     if len(data.front) > 1:
         ax.plot([p.x for p in data.front], [p.y for p in data.front], color="C3", lw=1.2, label="Pareto front")
     if data.merged is not None and data.bar is not None:
@@ -52,7 +58,7 @@ def quality_vs(comparison: Comparison, axis: str) -> bytes | None:
     ax.set_ylabel(data.ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    return _png(figure)
+    return _png(figure, right=0.72)
 
 
 def loss_curve(history: list[dict[str, Any]]) -> bytes | None:
