@@ -35,6 +35,13 @@ def metrics(scores: dict[str, float], probe: dict[str, float] | None = None) -> 
     return rows
 
 
+# KLD to the merged model: Q8_0 closest, Q4_K_M and GPTQ about as close, GPTQ larger (off the frontier)
+KLDS = [
+    Metric(f"{MERGED}-{label}", "variant", "fidelity", "kld_mean", kld)
+    for label, kld in (("F16.gguf", 0.0001), ("Q8_0.gguf", 0.004), ("Q4_K_M.gguf", 0.06), ("NF4", 0.15), ("GPTQ", 0.07))
+]
+
+
 def bench(name: str, device: str, tg: float, backend: str = "llama.cpp") -> BenchResult:
     def stat(v: float) -> Stat:
         return Stat(median=v, min=v * 0.95, max=v * 1.05, samples=[v])
@@ -338,3 +345,23 @@ def test_a_run_report_finds_its_twin_in_the_store(tmp_path: Path) -> None:
     assert "<td>50%</td>" in write.to_html(report, {})
     alone = write.load(store, "other", tmp_path / "other")
     assert twins.in_store(store, tmp_path, alone) == []
+
+
+def test_the_size_fidelity_frontier_is_drawn_from_the_klds(tmp_path: Path) -> None:
+    from workbench.report import chart
+
+    store = Store(tmp_path / "workbench.db")
+    fill_store(store, "lora", SCORES, "lora")
+    store.replace_metrics("lora", metrics(SCORES) + KLDS)
+    report = write.load(store, "lora", tmp_path / "lora")
+    frontier = chart.fidelity_vs_size(report.comparison)
+    assert frontier is not None
+    on = {p.label: p.on_front for p in frontier.points}
+    # Q4_K_M (100 MiB) and Q8_0 (138) and F16 (258) are each the closest at their size; NF4 (110, 0.15) and
+    # GPTQ (113, 0.07) are both larger and further than Q4_K_M
+    assert on == {"Q4_K_M.gguf": True, "NF4": False, "GPTQ": False, "Q8_0.gguf": True, "F16.gguf": True}
+    assert [p.x for p in frontier.points] == sorted(p.x for p in frontier.points)
+    dest = write.write(report, tmp_path / "report")
+    assert (dest / "fidelity_vs_size.png").read_bytes().startswith(b"\x89PNG")
+    store.replace_metrics("lora", metrics(SCORES))  # no KLDs: no frontier, no figure
+    assert chart.fidelity_vs_size(write.load(store, "lora", tmp_path / "lora").comparison) is None

@@ -230,11 +230,13 @@ def test_cancel_without_a_live_worker_is_a_clear_error(tmp_path: Path, capsys) -
 
 
 def test_compare_screen_shows_the_recommendation_sorts_and_draws_pareto_charts(tmp_path: Path) -> None:
-    from test_report import MERGED, SCORES, fill_store
+    from test_report import KLDS, MERGED, SCORES, fill_store, metrics
 
     from workbench.tui.screens.compare import CompareScreen
 
-    fill_store(Store(tmp_path / "workbench.db"), "lora", SCORES, "lora")
+    store = Store(tmp_path / "workbench.db")
+    fill_store(store, "lora", SCORES, "lora")
+    store.replace_metrics("lora", metrics(SCORES) + KLDS)
 
     async def drive() -> None:
         app = WorkbenchApp(tmp_path)
@@ -257,7 +259,7 @@ def test_compare_screen_shows_the_recommendation_sorts_and_draws_pareto_charts(t
             await pilot.press("r")
             assert first() == MERGED  # largest first; rows without a size stay last
 
-            assert set(screen.charts) == {"size", "cpu"}  # no GPU measurements: no GPU chart
+            assert set(screen.charts) == {"size", "fidelity", "cpu"}  # no GPU measurements: no GPU chart
             size = screen.charts["size"]
             assert [p.label for p in size.front] == [p.label for p in size.points if p.on_front]
             assert size.front[0].label == "Q4_K_M.gguf"  # the smallest variant always starts the front
@@ -265,8 +267,16 @@ def test_compare_screen_shows_the_recommendation_sorts_and_draws_pareto_charts(t
             await pilot.pause()
             drawn = screen.query_one("#size-chart").render().plain
             assert "Q4_K_M" in drawn and "Pareto front" in drawn and "size (MiB)" in drawn
-            await pilot.press("4")
-            assert screen.query_one("#compare-tabs").active == "size-tab"  # its tab is hidden, the key does nothing
+            fidelity = screen.charts["fidelity"]  # the size–fidelity frontier: none both smaller and closer
+            for point in fidelity.points:
+                dominated = any(o.x <= point.x and o.y <= point.y and (o.x, o.y) != (point.x, point.y)
+                                for o in fidelity.points)  # fmt: skip
+                assert point.on_front == (not dominated)
+            await pilot.press("3")
+            await pilot.pause()
+            assert "KLD to the merged model" in screen.query_one("#fidelity-chart").render().plain
+            await pilot.press("5")
+            assert screen.query_one("#compare-tabs").active == "fidelity-tab"  # its tab is hidden: nothing happens
 
     asyncio.run(drive())
 

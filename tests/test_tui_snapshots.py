@@ -98,4 +98,4 @@ def test_runs_in_monochrome(home: Path, snap_compare, monkeypatch: pytest.Monkey
 
 def test_compare_chart_in_monochrome(home: Path, snap_compare, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     monkeypatch.setenv("NO_COLOR", "1")
-    assert snap_compare(WorkbenchApp(home), press=["v", "3"])
+    assert snap_compare(WorkbenchApp(home), press=["v", "4"])  # the CPU chart (3, KLD/size, is hidden: no KLDs)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from workbench.report.compare import Comparison, ComparisonRow, candidates
+from workbench.report.compare import Comparison, ComparisonRow, candidates, pareto_front
 
 
 @dataclass
@@ -67,4 +67,24 @@ def quality_vs(comparison: Comparison, axis: str) -> Chart | None:
         merged=merged,
         bar=bar,
         bar_label=f"{comparison.keep_percent:g}% of merged",
+    )
+
+
+def fidelity_vs_size(comparison: Comparison) -> Chart | None:
+    """The size–fidelity frontier: each variant's KLD to the merged model (lower: closer) against its size,
+    the front through those no other is both smaller and closer than; None when fewer than two have both."""
+    rows = sorted((r for r in candidates(comparison.rows) if r.kld is not None and r.size_mb is not None),
+                  key=lambda r: r.size_mb or 0)  # fmt: skip
+    if len(rows) < 2:
+        return None
+    front = set(pareto_front({r.name: (-(r.kld or 0), r.size_mb or 0) for r in rows}))
+    points = [Point(r.label, r.size_mb or 0, r.kld or 0, r.name in front) for r in rows]
+    return Chart(
+        xlabel="size (MiB)",
+        ylabel="KLD to the merged model (lower: closer)",
+        points=points,
+        front=[p for p in points if p.on_front],
+        merged=None,
+        bar=None,
+        bar_label="",
     )

@@ -34,7 +34,15 @@ def quality_vs(comparison: Comparison, axis: str) -> bytes | None:
     """Task score against size (axis "size") or generation speed on a target ("cpu"/"gpu"), each point with
     its paired 95% interval; the Pareto front drawn and its points filled, the merged score and the keep
     threshold as lines. Points carry numbers, named in a key beside the plot: labels never overlap."""
-    data = chart.quality_vs(comparison, axis)
+    return numbered(chart.quality_vs(comparison, axis))
+
+
+def fidelity_vs_size(comparison: Comparison) -> bytes | None:
+    """KLD to the merged model against size: the size–fidelity frontier (log scale: KLDs span decades)."""
+    return numbered(chart.fidelity_vs_size(comparison), log_y=True)
+
+
+def numbered(data: chart.Chart | None, log_y: bool = False) -> bytes | None:
     if data is None:
         return None
     figure, ax = _figure(wide=True)
@@ -54,10 +62,13 @@ def quality_vs(comparison: Comparison, axis: str) -> bytes | None:
     if data.merged is not None and data.bar is not None:
         ax.axhline(data.merged, color="grey", ls="--", lw=0.8, label="merged")
         ax.axhline(data.bar, color="grey", ls=":", lw=0.8, label=data.bar_label)
+    if log_y and min(p.y for p in data.points) > 0:
+        ax.set_yscale("log")
     ax.set_xlabel(data.xlabel)
     ax.set_ylabel(data.ylabel)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="best")
     return _png(figure, right=0.72)
 
 

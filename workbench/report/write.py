@@ -24,6 +24,7 @@ from workbench.report.scores import ROLE_ORDER
 
 FIGURES = {
     "quality_vs_size.png": "Quality vs size",
+    "fidelity_vs_size.png": "Fidelity vs size (KLD to the merged model)",
     "quality_vs_cpu_speed.png": "Quality vs CPU speed",
     "quality_vs_gpu_speed.png": "Quality vs GPU speed",
     "loss_curve.png": "Training loss",
@@ -148,6 +149,7 @@ MARK = ".workbench-report"  # in a folder that holds a report this code wrote: t
 def figures(report: RunReport) -> dict[str, bytes]:
     made = [
         plots.quality_vs(report.comparison, "size"),
+        plots.fidelity_vs_size(report.comparison),
         plots.quality_vs(report.comparison, "cpu"),
         plots.quality_vs(report.comparison, "gpu"),
         plots.loss_curve(report.loss),

@@ -1,6 +1,6 @@
 """Compare: a run's comparison table (sortable from the keyboard) and recommendation per target, and
-the quality-vs-size and quality-vs-speed charts with their Pareto fronts, drawn in the terminal — the
-same numbers as `workbench report`."""
+the quality-vs-size, KLD-vs-size (the size–fidelity frontier) and quality-vs-speed charts with their Pareto
+fronts, drawn in the terminal — the same numbers as `workbench report`."""
 
 from __future__ import annotations
 
@@ -15,7 +15,12 @@ from workbench.report import chart, table, write
 from workbench.tui.tables import cell
 from workbench.tui.tabs import NumberedTabs, tab_keys
 
-CHARTS = {"size": "2 Quality/size", "cpu": "3 Quality/CPU speed", "gpu": "4 Quality/GPU speed"}
+CHARTS = {
+    "size": "2 Quality/size",
+    "fidelity": "3 KLD/size",
+    "cpu": "4 Quality/CPU speed",
+    "gpu": "5 Quality/GPU speed",
+}
 
 
 def sort_key(value: Any) -> tuple[int, Any]:
@@ -105,7 +110,7 @@ class CompareScreen(NumberedTabs):
         tabs = self.query_one(TabbedContent)
         self.charts: dict[str, chart.Chart] = {}
         for axis in CHARTS:
-            data = chart.quality_vs(comparison, axis)
+            data = chart.fidelity_vs_size(comparison) if axis == "fidelity" else chart.quality_vs(comparison, axis)
             if data is None:
                 tabs.hide_tab(f"{axis}-tab")  # e.g. no GPU measurements
             else:
