@@ -169,10 +169,9 @@ def build(dest: Path | None = None, cmake_args: str = "") -> Path:
         configure = [cmake(), "-S", str(project), "-B", str(work), "-DCMAKE_BUILD_TYPE=Release",
                      f"-DLLAMA_SRC={dest}", f"-DLLAMA_LIB={libraries}", *shlex.split(cmake_args)]  # fmt: skip
         print(f"building {', '.join(TOOLS)} against {libraries} ...", flush=True)
-        subprocess.run(configure, check=True, stdout=subprocess.DEVNULL)
-        subprocess.run(
-            [cmake(), "--build", str(work), "-j", str(usable_cores())], check=True, stdout=subprocess.DEVNULL
-        )
+        subprocess.run(configure, check=True, stdout=subprocess.DEVNULL, env=child_env())
+        build_command = [cmake(), "--build", str(work), "-j", str(usable_cores())]
+        subprocess.run(build_command, check=True, stdout=subprocess.DEVNULL, env=child_env())
         with atomic_dir(dest / "bin", root=dest) as out:
             for tool in TOOLS:
                 shutil.copy2(work / tool, out / tool)
@@ -231,7 +230,7 @@ def run_tool(tool: str, args: list[str], *, timeout: float | None = None, quiet:
     peak_kb: int | None = None
     with tempfile.TemporaryFile("w+") as kept:
         output = {"stdout": kept, "stderr": subprocess.STDOUT} if quiet else {}
-        with subprocess.Popen(command, stdin=subprocess.DEVNULL, **output) as process:  # type: ignore[call-overload]
+        with subprocess.Popen(command, stdin=subprocess.DEVNULL, env=child_env(), **output) as process:  # type: ignore[call-overload]
             status = Path(f"/proc/{process.pid}/status")
             while process.poll() is None:
                 peak_kb = vm_hwm_kb(status) or peak_kb
