@@ -69,6 +69,7 @@ def recipe(**export: object) -> dict[str, object]:
         ({"adapter_gguf": ["iq2_xxs"]}, "the adapter's base model is quantized without one"),
         ({"imatrix": "task", "imatrix_compare": ["task"]}, "repeats a calibration"),
         ({"imatrix": "none", "search": {"types": ["q4_0", "iq2_xs"]}}, "iq2_xs needs an importance matrix"),
+        ({"imatrix": "none", "search": {"budgets": ["iq2_m"]}}, "export.search.budgets: iq2_m needs an importance"),
         ({"search": {"budgets": ["small"]}}, "budget 'small': expected a file type (q4_k_m), a size (95MiB)"),
         ({"search": {"types": ["q4_k_m"]}}, "'q4_k_m' is not a ggml type a tensor can take here"),
     ],

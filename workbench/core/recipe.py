@@ -618,6 +618,8 @@ class Recipe(Section):
         needing = {"export.gguf": [t for t in export.gguf if gguf_types.LADDER[t].needs_imatrix]}
         if export.search and export.imatrix == "none":  # the search quantizes with the recipe's own matrix
             needing["export.search.types"] = [t for t in export.search.types if t in gguf_types.NEEDS_IMATRIX_TYPES]
+            budgets = [gguf_types.parse_budget(b).same_as for b in export.search.budgets]
+            needing["export.search.budgets"] = [t for t in budgets if t and gguf_types.LADDER[t].needs_imatrix]
         for where, types in needing.items():
             if types and "none" in (export.imatrix, *(export.imatrix_compare if where == "export.gguf" else ())):
                 field = "export.imatrix" if export.imatrix == "none" else "export.imatrix_compare"

@@ -121,13 +121,14 @@ class Planned:
         }
 
 
-def budget_file(ctx: ExportContext, source: Path, budget: Budget) -> Path:
-    """llama-quantize's own file of the budget's type (no importance matrix: the size is the same), made in
-    the work folder to be measured."""
+def budget_file(ctx: ExportContext, source: Path, budget: Budget, matrix: Path | None) -> Path:
+    """llama-quantize's own file of the budget's type, made in the work folder to be measured (with the
+    importance matrix only where the type needs one: it changes no size)."""
     assert budget.same_as is not None
     stock = ctx.work / f"budget-{budget.label}.gguf"
     if not stock.is_file():
-        made = gguf.quantize(source, stock, budget.same_as, log=ctx.log_path(stock.name))
+        needed = matrix if LADDER[budget.same_as].needs_imatrix else None
+        made = gguf.quantize(source, stock, budget.same_as, imatrix=needed, log=ctx.log_path(stock.name))
         ctx.made(made, stock)
     return stock
 

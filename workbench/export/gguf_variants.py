@@ -254,7 +254,7 @@ def searched_files(
         if isinstance(sensitivities, Exception):
             raise ExportFailed(f"measuring the tensor groups' sensitivities failed: {sensitivities}")
         budget = parse_budget(variant.meta["budget"])
-        stock = choosing.budget_file(ctx, source, budget).stat().st_size if budget.same_as else None
+        stock = choosing.budget_file(ctx, source, budget, matrix).stat().st_size if budget.same_as else None
         planned = choosing.plan_budget(source, budget, sensitivities, stock)
         types_file = ctx.out / f"{Path(variant.name).stem}.tensor-types.txt"
         types_file.write_text(search.tensor_type_file(sensitivities.groups, planned.plan))

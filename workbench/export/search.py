@@ -27,7 +27,8 @@ from workbench.export.trials import Measured, Trial
 BASE = "q8_0"  # what every other group is in while one is measured
 LAYER_WEIGHT = re.compile(r"blk\.(\d+)\.(.+)\.weight$")
 SLACK = 4096  # bytes kept free for metadata the searched file has and the budget's file may not
-BUCKETS = 4000  # the knapsack's resolution: sizes are rounded up to 1/BUCKETS of the capacity
+ALIGNMENT = 32  # GGUF pads each tensor's data to this: up to as many bytes more a tensor than its size
+BUCKETS = 20000  # the knapsack's resolution: sizes are rounded up to 1/BUCKETS of the capacity
 
 
 class BudgetTooSmall(InputError):
@@ -172,7 +173,7 @@ def capacity(
     f16_tensor_bytes = sum(tensor_bytes(t.count, t.type) for t in f16)
     overhead = f16_size - f16_tensor_bytes  # metadata, alignment padding
     kept = sum(tensor_bytes(t.count, t.type) for t in f16 if t.name not in grouped)
-    return limit - overhead - kept - SLACK
+    return limit - overhead - kept - SLACK - ALIGNMENT * len(f16)
 
 
 def tensor_type_file(all_groups: list[Group], plan: dict[str, str]) -> str:
