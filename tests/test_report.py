@@ -365,3 +365,13 @@ def test_the_size_fidelity_frontier_is_drawn_from_the_klds(tmp_path: Path) -> No
     assert (dest / "fidelity_vs_size.png").read_bytes().startswith(b"\x89PNG")
     store.replace_metrics("lora", metrics(SCORES))  # no KLDs: no frontier, no figure
     assert chart.fidelity_vs_size(write.load(store, "lora", tmp_path / "lora").comparison) is None
+
+
+def test_an_interval_that_rounds_past_its_point_draws_no_negative_bar() -> None:
+    from workbench.report import chart, plots
+
+    score = 0.917
+    exact = chart.Point("F16.gguf", 258, score, True, low=score * 100 / 100 + 1e-16, high=score)  # as good: 100-100
+    wide = chart.Point("Q4_K_M.gguf", 101, 0.95, True, low=0.90, high=0.99)
+    data = chart.Chart("size (MiB)", "heldout exact_match", [wide, exact], [wide, exact], score, 0.9, "98% of merged")
+    assert plots.numbered(data) is not None and plots.numbered(data, log_y=True) is not None

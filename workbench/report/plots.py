@@ -51,7 +51,9 @@ def numbered(data: chart.Chart | None, log_y: bool = False) -> bytes | None:
         on_front = point.on_front
         color = "C3" if on_front else "C0"
         if point.low is not None and point.high is not None:
-            ax.errorbar(point.x, point.y, yerr=[[point.y - point.low], [point.high - point.y]], fmt="none",
+            # a bootstrap interval need not contain the point estimate: a bar never reaches past it
+            below, above = max(0.0, point.y - point.low), max(0.0, point.high - point.y)
+            ax.errorbar(point.x, point.y, yerr=[[below], [above]], fmt="none",
                         ecolor=color, alpha=0.5, capsize=2, lw=0.8, zorder=2)  # fmt: skip
         ax.scatter(point.x, point.y, s=60 if on_front else 35, color=color, zorder=3)
         ax.annotate(str(number), (point.x, point.y), textcoords="offset points", xytext=(4, 3), fontsize=7)
