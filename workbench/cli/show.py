@@ -64,13 +64,16 @@ def show_artifacts(artifacts: list[Artifact]) -> None:
 def show_variants(variants: list[Variant]) -> None:
     """A row per variant (size, time, peak memory, parity, its smoke answer or why it failed), then what was
     found about each: its grid check, its Ollama Modelfile, its served parity."""
-    _out(f"\n{'variant':44} {'format':6} {'bits':>5} {'size':>10} {'time':>7} {'peak':>8} {'parity':6}  smoke/error")
+    width = max(44, *(len(v.name) for v in variants))
+    _out(
+        f"\n{'variant':{width}} {'format':6} {'bits':>5} {'size':>10} {'time':>7} {'peak':>8} {'parity':6}  smoke/error"
+    )
     for v in variants:
         size = f"{v.size / 1e6:.1f}MB" if v.size else "-"
         took = f"{v.seconds:.1f}s" if v.seconds else "-"
         peak = f"{v.peak_mem_mb:.0f}MB" if v.peak_mem_mb else "-"
         parity = PARITY.get(parity_status(v.meta.get("parity")) or "", "-")
-        _out(f"{v.name:44} {v.format:6} {v.bits:>5g} {size:>10} {took:>7} {peak:>8} {parity:6}  {variant_note(v)}")
+        _out(f"{v.name:{width}} {v.format:6} {v.bits:>5g} {size:>10} {took:>7} {peak:>8} {parity:6}  {variant_note(v)}")
     for v in variants:
         said = quantization(v)
         if said:
