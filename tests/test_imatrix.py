@@ -83,6 +83,8 @@ def test_the_task_imatrix_reads_the_training_split_never_a_held_out_row_and_auto
 
     said = metadata(Path(own.path))  # llama-quantize's own keys, and the workbench's
     assert said["quantize.imatrix.chunks_count"] == provenance["chunks"]
+    # they name the matrix as it ships beside the file, and its text by name: no folder of this machine
+    assert said["quantize.imatrix.file"] == provenance["file"] and "/" not in str(said["quantize.imatrix.dataset"])
     assert said["workbench.quantize"].startswith("Q4_K_M; imatrix task (24 rows")
     assert metadata(Path(plain.path))["workbench.quantize"] == "Q4_K_M; imatrix none"
     assert "quantize.imatrix.file" not in metadata(Path(plain.path))

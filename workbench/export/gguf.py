@@ -144,16 +144,18 @@ def convert_lora_job(job: ConvertLoraJob, channel: Channel) -> Written:
 
 
 def quantize_args(job: QuantizeJob, threads: int) -> list[str]:
-    """`llama-quantize`'s command line for the job."""
+    """`llama-quantize`'s command line for the job, run in the importance matrix's folder (`quantize_folder`):
+    the file's `quantize.imatrix.file` metadata then names the matrix as it ships, beside the file, not a
+    folder of this machine; every other path is absolute."""
     args = ["--pure"] if job.pure else []
     if "embeddings" in job.keep_f16:
         args += ["--token-embedding-type", "f16"]
     if "output" in job.keep_f16:
         args += ["--output-tensor-type", "f16"]
     if job.imatrix is not None:
-        args += ["--imatrix", str(job.imatrix)]
+        args += ["--imatrix", job.imatrix.name]
     if job.tensor_types is not None:
-        args += ["--tensor-type-file", str(job.tensor_types)]
+        args += ["--tensor-type-file", str(job.tensor_types.resolve())]
     for override in job.tensor_type:
         args += ["--tensor-type", override]
     for name in job.exclude_weights:
@@ -162,12 +164,16 @@ def quantize_args(job: QuantizeJob, threads: int) -> list[str]:
         if len(job.recipe) > 127:  # llama.cpp's metadata override holds 127 characters
             raise ValueError(f"the recipe metadata is {len(job.recipe)} characters; at most 127 fit")
         args += ["--override-kv", f"{RECIPE_KEY}=str:{job.recipe}"]
-    return [*args, str(job.src), str(job.dst), job.ftype, str(threads)]
+    return [*args, str(job.src.resolve()), str(job.dst.resolve()), job.ftype, str(threads)]
+
+
+def quantize_folder(job: QuantizeJob) -> Path | None:
+    return job.imatrix.resolve().parent if job.imatrix is not None else None
 
 
 def quantize_job(job: QuantizeJob, channel: Channel) -> Quantized:
     """In a worker: `llama-quantize`, f16 GGUF -> `job.ftype`; its output goes to the worker's log."""
-    ran = llamacpp_tools.run_tool("llama-quantize", quantize_args(job, usable_cores()))
+    ran = llamacpp_tools.run_tool("llama-quantize", quantize_args(job, usable_cores()), cwd=quantize_folder(job))
     if not job.dst.is_file():
         raise RuntimeError("llama-quantize wrote no file")
     return Quantized(ran.seconds, ran.peak_rss_mb)

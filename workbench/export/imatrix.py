@@ -174,10 +174,12 @@ def compute(
 
 def imatrix_job(job: ImatrixJob, channel: Channel) -> ImatrixResult:
     """In a worker: `llama-imatrix` with the chat template's special tokens parsed as tokens (as the training
-    tokenizer reads them), no perplexity (not needed, and not free)."""
-    args = ["-m", str(job.model), "-f", str(job.text), "-o", str(job.out), "-c", str(job.context),
-            "--chunks", str(job.chunks), "--parse-special", "--no-ppl", "-t", str(usable_cores())]  # fmt: skip
-    ran = llamacpp_tools.run_tool("llama-imatrix", args)
+    tokenizer reads them), no perplexity (not needed, and not free). Run in the text's folder, so the matrix's
+    dataset metadata names the text, not a folder of this machine."""
+    args = ["-m", str(job.model.resolve()), "-f", job.text.name, "-o", str(job.out.resolve()),
+            "-c", str(job.context), "--chunks", str(job.chunks), "--parse-special", "--no-ppl",
+            "-t", str(usable_cores())]  # fmt: skip
+    ran = llamacpp_tools.run_tool("llama-imatrix", args, cwd=job.text.resolve().parent)
     if not job.out.is_file():
         raise RuntimeError("llama-imatrix wrote no file")
     return ImatrixResult(ran.seconds, ran.peak_rss_mb)

@@ -220,7 +220,9 @@ class ToolRun:
     peak_rss_mb: float | None
 
 
-def run_tool(tool: str, args: list[str], *, timeout: float | None = None, quiet: bool = False) -> ToolRun:
+def run_tool(
+    tool: str, args: list[str], *, timeout: float | None = None, quiet: bool = False, cwd: Path | None = None
+) -> ToolRun:
     """Run one of `TOOLS` with its output on this process's (a worker's log; `quiet`: kept aside and only its
     end shown if it fails), polling its peak memory; raises with the tool's exit status when it fails."""
     command = [str(binary(tool)), *args]
@@ -230,7 +232,9 @@ def run_tool(tool: str, args: list[str], *, timeout: float | None = None, quiet:
     peak_kb: int | None = None
     with tempfile.TemporaryFile("w+") as kept:
         output = {"stdout": kept, "stderr": subprocess.STDOUT} if quiet else {}
-        with subprocess.Popen(command, stdin=subprocess.DEVNULL, env=child_env(), **output) as process:  # type: ignore[call-overload]
+        with subprocess.Popen(  # type: ignore[call-overload]
+            command, stdin=subprocess.DEVNULL, env=child_env(), cwd=cwd, **output
+        ) as process:
             status = Path(f"/proc/{process.pid}/status")
             while process.poll() is None:
                 peak_kb = vm_hwm_kb(status) or peak_kb

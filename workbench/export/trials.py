@@ -21,7 +21,7 @@ from typing import Any
 from workbench import workers
 from workbench.core.devices import usable_cores
 from workbench.export import llamacpp_tools
-from workbench.export.gguf import QuantizeJob, quantize_args
+from workbench.export.gguf import QuantizeJob, quantize_args, quantize_folder
 from workbench.workers.child import Channel
 
 
@@ -132,7 +132,8 @@ def trials_job(job: TrialsJob, channel: Channel) -> TrialsResult:
             started = time.monotonic()
             quantize = QuantizeJob(job.model, candidate, trial.ftype, imatrix=trial.imatrix,
                                    tensor_type=trial.tensor_type, exclude_weights=trial.exclude_weights)  # fmt: skip
-            llamacpp_tools.run_tool("llama-quantize", quantize_args(quantize, threads), quiet=True)
+            folder = quantize_folder(quantize)
+            llamacpp_tools.run_tool("llama-quantize", quantize_args(quantize, threads), quiet=True, cwd=folder)
             model = LlamaCppLM(str(candidate), max_length=job.context)
             try:
                 found = fidelity.compare(job.sequences, lambda _: iter(cached), model.logits_of, job.starts)
