@@ -175,3 +175,22 @@ def test_trials_are_logged_as_measured_and_a_second_run_reuses_them(
     again = trials.run(trials.TrialsJob(tiny_ggufs["f16"], batch, sequences, [4, 3], log, context=64))
     assert again.reused == 2 and again.forwards == 2 and again.measured[:2] == first.measured[:2]
     assert trials.logged(log).keys() == {trial.key for trial in batch}  # the cut line did not swallow the next
+
+
+def test_a_file_over_its_budget_is_refused_and_one_off_its_plan_is_said(tiny_ggufs: dict[str, Path]) -> None:
+    from workbench.export import choosing
+    from workbench.export.making import ExportFailed
+
+    path = tiny_ggufs["q4_0"]
+    all_groups = search.groups(gguf.tensors(path))
+    plan = {group.name: "q4_0" for group in all_groups}
+    size = path.stat().st_size
+    planned = choosing.Planned(parse_budget("q4_0"), size, size, plan, 0.0, "q4_0")
+    checked = choosing.check_searched(path, planned, all_groups)
+    held = {t.name: t.type.lower() for t in gguf.tensors(path)}
+    assert checked["size"] == size
+    assert len(checked["not_as_planned"]) == sum(held[t.name] != "q4_0" for g in all_groups for t in g.tensors)
+    with pytest.raises(ExportFailed, match="over its budget"):
+        choosing.check_searched(
+            path, choosing.Planned(parse_budget("q4_0"), size - 1, size, plan, 0.0, "q4_0"), all_groups
+        )

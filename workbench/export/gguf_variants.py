@@ -262,7 +262,11 @@ def searched_files(
         outcome = gguf.quantize(source, Path(variant.path), planned.ftype, imatrix=matrix, tensor_types=types_file,
                                 recipe=recipe, log=ctx.log_path(variant.name), timeout=export.timeout_s)  # fmt: skip
         ctx.made(outcome, Path(variant.path))
-        checked = choosing.check_searched(Path(variant.path), planned, sensitivities.groups)
+        try:
+            checked = choosing.check_searched(Path(variant.path), planned, sensitivities.groups)
+        except ExportFailed:
+            Path(variant.path).unlink()  # an over-budget file is not left beside the others
+            raise
         variant.meta["search"] = {**planned.record(sensitivities), **checked, "tensor_types_file": types_file.name}
         variant.meta["imatrix"] = asdict(provenance) if provenance else None
         variant.bits = round(checked["searched_bytes"] * 8 / sum(g.weights for g in sensitivities.groups), 2)
