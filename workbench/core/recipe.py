@@ -301,7 +301,7 @@ def _budget(text: str) -> str:
 
 
 TensorType = Annotated[str, AfterValidator(_tensor_type)]  # a ggml type one tensor can be given: q4_k, iq4_nl
-Budget = Annotated[str, AfterValidator(_budget)]
+BudgetText = Annotated[str, AfterValidator(_budget)]  # a budget as a recipe writes it (gguf_types.parse_budget)
 
 
 class SearchSection(Section):
@@ -310,7 +310,7 @@ class SearchSection(Section):
     importance matrix did not see), types allocated under the budget to the least total KLD, and the file
     made by llama-quantize with those types (a --tensor-type-file) and the importance matrix."""
 
-    budgets: list[Budget] = Field(
+    budgets: list[BudgetText] = Field(
         default_factory=lambda: ["q4_k_m"],
         description="one searched file per budget: a file type (no larger than llama-quantize's file of that type,"
         " e.g. q4_k_m), a size (`95MiB`) or bits per weight over the quantized tensors (`3.5bpw`)",
