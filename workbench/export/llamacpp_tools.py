@@ -28,6 +28,7 @@ from workbench.core.common import PYTHON, child_env
 from workbench.core.devices import usable_cores
 from workbench.core.errors import ResourceError
 from workbench.core.fsutil import atomic_dir, atomic_write_text
+from workbench.workers.child import vm_hwm_kb
 
 CONVERTER = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "conversion/", "gguf-py/")
 TOOLS = ("llama-quantize", "llama-imatrix", "llama-perplexity")
@@ -248,13 +249,3 @@ def run_tool(
                 print("$ " + shlex.join(command) + "\n" + "".join(kept.readlines()[-30:]), flush=True)
             raise RuntimeError(f"{tool} exited with status {process.returncode}")
     return ToolRun(round(time.monotonic() - started, 2), round(peak_kb / 1024, 1) if peak_kb else None)
-
-
-def vm_hwm_kb(status: Path) -> int | None:
-    try:
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None

@@ -46,15 +46,23 @@ class Channel:
         self.send("phase", name)
 
 
-def peak_rss_kb() -> int | None:
-    """This process's own high-water mark (VmHWM). The rusage of a child started from a large parent also
-    counts pages it inherited before exec, so it would over-report."""
+def vm_hwm_kb(status: Path) -> int | None:
+    """A process's memory high-water mark (VmHWM) from its /proc status file; None where there is none."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
+        for line in status.read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1])
     except OSError:
         pass
+    return None
+
+
+def peak_rss_kb() -> int | None:
+    """This process's own high-water mark (VmHWM). The rusage of a child started from a large parent also
+    counts pages it inherited before exec, so it would over-report."""
+    found = vm_hwm_kb(Path("/proc/self/status"))
+    if found is not None:
+        return found
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
