@@ -3,7 +3,9 @@ the clip search, with the calibration forwards in bf16 (GPTQModel's choice on CP
 fewer calibration rows, and calibrated on the task (training rows) or on generic text (`export.calibration`),
 side by side on one run's merged model. Fidelity is
 the workbench's own (KLD / top-1 agreement vs the merged model on held-out conversations), through the
-same workers the pipeline uses. GPTQ is measured too, for the calibration-size lever.
+same workers the pipeline uses, and the run's held-out task score with its kept % of the merged model's
+(paired 95% bootstrap interval over the same items, as the report computes it). GPTQ is measured too,
+for the calibration-size lever.
 
 Uses a finished run (default: the quickstart):
 
@@ -27,7 +29,9 @@ from workbench.eval.fidelity import answer_starts, fidelity_sequences  # noqa: E
 from workbench.eval.worker import EvalJob, EvalResult, FidelityJob  # noqa: E402
 from workbench.export.gptq import GPTQJob, calibration  # noqa: E402
 from workbench.pipeline.runner import default_home  # noqa: E402
+from workbench.report.paired import compare_items  # noqa: E402
 
+TASK, METRIC = "heldout", "exact_match"
 DEFAULT = ",".join([
     "awq:clip:64:bfloat16", "awq:noclip:64:bfloat16", "awq:clip:64:float32", "awq:noclip:64:float32",
     "awq:noclip:32:float32", "gptq:-:64:bfloat16", "gptq:-:64:float32", "gptq:-:32:float32",
@@ -52,6 +56,9 @@ def main() -> None:
     held_out = read_jsonl(run_dir / "data" / "held_out.jsonl")
     sequences = fidelity_sequences(held_out, tokenizer, args.rows)
     answers = answer_starts(held_out, tokenizer, sequences)
+    task_dir = run_dir / "eval" / "tasks"
+    merged_items = next(i.values for i in store.items(args.run)
+                        if i.model == merged.name and i.task == TASK and i.metric == METRIC)  # fmt: skip
     rows = []
     with tempfile.TemporaryDirectory(prefix="awq-settings-") as tmp:
         for setting in args.settings.split(","):
@@ -64,19 +71,27 @@ def main() -> None:
             if not made.ok:
                 print(f"{setting}: FAILED {made.error}", flush=True)
                 continue
-            job = EvalJob(name=setting, format=method, path=str(out), out=out / "eval", device="cpu", tasks=[],
-                          include=out, include_defaults=False, limit=None, num_fewshot=None, seed=1234,
+            job = EvalJob(name=setting, format=method, path=str(out), out=out / "eval", device="cpu", tasks=[TASK],
+                          include=task_dir, include_defaults=False, limit=None, num_fewshot=None, seed=1234,
                           batch_size=8, max_length=2048, bootstrap_iters=0,
                           fidelity=FidelityJob(merged.path, sequences, answers=answers))  # fmt: skip
-            fidelity = workers.run("eval.model", job, name=setting).value_as(EvalResult).fidelity
-            assert fidelity is not None
+            result = workers.run("eval.model", job, name=setting).value_as(EvalResult)
+            fidelity = result.fidelity
+            assert fidelity is not None and result.items is not None
             answer = fidelity.answer_kld_mean or 0.0
-            rows.append((setting, made.seconds, fidelity.kld_mean, answer, fidelity.top1_agreement))
+            items = next(i.values for i in result.items if i.task == TASK and i.metric == METRIC)
+            paired = compare_items(items, merged_items, higher_is_better=True, keep=98.0)
+            assert paired is not None
+            score = f"{100 * sum(items.values()) / len(items):.1f}"
+            kept = f"{paired.kept:.1f} [{paired.low:.1f}, {paired.high:.1f}]"
+            rows.append((setting, made.seconds, fidelity.kld_mean, answer, fidelity.top1_agreement, score, kept))
             print(f"{setting}: {made.seconds:.0f} s, KLD {fidelity.kld_mean:.4f} (answers {answer:.4f}), top-1 "
-                  f"{fidelity.top1_agreement:.3f}", flush=True)  # fmt: skip
-    print(f"\n{'setting':34} {'export s':>9} {'KLD':>8} {'ans KLD':>8} {'top-1':>6}")
-    for setting, seconds, kld, answer, top1 in rows:
-        print(f"{setting:34} {seconds:>9.0f} {kld:>8.4f} {answer:>8.4f} {top1:>6.3f}")
+                  f"{fidelity.top1_agreement:.3f}, {TASK} {score}, kept {kept}", flush=True)  # fmt: skip
+    reference = f"{100 * sum(merged_items.values()) / len(merged_items):.1f}"
+    print(f"\nmerged model: {TASK} {METRIC} {reference} on {len(merged_items)} items")
+    print(f"{'setting':34} {'export s':>9} {'KLD':>8} {'ans KLD':>8} {'top-1':>6} {TASK:>8} {'kept % [95%]':>20}")
+    for setting, seconds, kld, answer, top1, score, kept in rows:
+        print(f"{setting:34} {seconds:>9.0f} {kld:>8.4f} {answer:>8.4f} {top1:>6.3f} {score:>8} {kept:>20}")
 
 
 if __name__ == "__main__":

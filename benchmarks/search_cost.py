@@ -48,7 +48,8 @@ def main() -> None:
         texts = [render(row, tokenizer) for row in calibrating]
         calib = imatrix.calibration("task", texts, tokenizer)
         started = time.monotonic()
-        matrix = work / imatrix.compute(f16, calib, work / "imatrix.gguf", work / "cache").file
+        provenance = imatrix.compute(f16, calib, work / "imatrix.gguf", work / "cache")
+        matrix = work / provenance.file
         imatrix_seconds = time.monotonic() - started
         sequences = fidelity.fidelity_sequences(measured, tokenizer, len(measured))
         starts = fidelity.answer_starts(measured, tokenizer, sequences)
@@ -62,9 +63,11 @@ def main() -> None:
     weights = sum(group.weights for group in all_groups)
     print(f"~{weights / 1e9:.2f}B searched weights in {len(all_groups)} groups ({args.groups}); "
           f"{len(sequences)} measuring conversations, {sum(map(len, sequences))} tokens")  # fmt: skip
-    print(f"importance matrix: {calib.tokens} tokens, {imatrix_seconds / 60:.1f} min")
+    print(f"importance matrix: {calib.tokens} tokens, {imatrix_seconds / 60:.1f} min; "
+          f"llama-imatrix peak {provenance.peak_rss_mb} MB")  # fmt: skip
     print(f"search: {len(job.trials)} trials, {result.forwards} forwards, {seconds / 60:.1f} min "
-          f"({seconds / len(job.trials):.1f} s a trial); trials worker peak {outcome.peak_rss_mb} MB")  # fmt: skip
+          f"({seconds / len(job.trials):.1f} s a trial); trials worker peak {outcome.peak_rss_mb} MB, "
+          f"llama-quantize peak {result.quantize_peak_mb} MB")  # fmt: skip
 
 
 if __name__ == "__main__":

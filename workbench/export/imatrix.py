@@ -61,6 +61,7 @@ class Provenance:
     chunks: int  # llama-imatrix saw chunks x context tokens
     text_sha256: str
     seconds: float | None  # None: taken from the cache
+    peak_rss_mb: float | None  # llama-imatrix's; None: taken from the cache
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,7 @@ def compute(
     cache beside its matrix. Raises when llama-imatrix fails."""
     llamacpp_tools.binary("llama-imatrix")
     kept = cache / f"{cache_key(model, calib)[:32]}.gguf"
-    seconds = None
+    seconds = peak = None
     if not kept.is_file():
         cache.mkdir(parents=True, exist_ok=True)
         text = cache / f"{kept.stem}.txt"
@@ -163,10 +164,10 @@ def compute(
         outcome = workers.run("gguf.imatrix", job, name=out.name, log=log, timeout=timeout)
         result = outcome.value_as(ImatrixResult)  # raises with the worker's error when it failed
         partial.replace(kept)
-        seconds = result.seconds
+        seconds, peak = result.seconds, result.peak_rss_mb
     shutil.copyfile(kept, out)
     provenance = Provenance(
-        calib.source, out.name, calib.rows, calib.tokens, calib.context, calib.chunks, calib.sha256, seconds
+        calib.source, out.name, calib.rows, calib.tokens, calib.context, calib.chunks, calib.sha256, seconds, peak
     )
     atomic_write_text(out.with_suffix(".json"), json.dumps(asdict(provenance), indent=2))
     return provenance

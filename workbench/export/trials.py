@@ -77,6 +77,7 @@ class TrialsResult:
     measured: list[Measured]  # in the job's order
     forwards: int  # passes of a model over the calibration conversations (the reference's included)
     reused: int  # trials taken from the log of an earlier, stopped run
+    quantize_peak_mb: float | None  # the largest llama-quantize of this run (None: all reused)
 
 
 def log_path(cache: Path, model_sha256: str, sequences: list[list[int]]) -> Path:
@@ -115,6 +116,7 @@ def trials_job(job: TrialsJob, channel: Channel) -> TrialsResult:
     done = logged(job.log)
     todo = [trial for trial in job.trials if trial.key not in done]
     forwards = 0
+    peak: float | None = None
     if todo:
         job.log.parent.mkdir(parents=True, exist_ok=True)
         if job.log.is_file() and not job.log.read_bytes().endswith(b"\n"):  # a line a crash cut short
@@ -133,7 +135,8 @@ def trials_job(job: TrialsJob, channel: Channel) -> TrialsResult:
             quantize = QuantizeJob(job.model, candidate, trial.ftype, imatrix=trial.imatrix,
                                    tensor_type=trial.tensor_type, exclude_weights=trial.exclude_weights)  # fmt: skip
             folder = quantize_folder(quantize)
-            llamacpp_tools.run_tool("llama-quantize", quantize_args(quantize, threads), quiet=True, cwd=folder)
+            ran = llamacpp_tools.run_tool("llama-quantize", quantize_args(quantize, threads), quiet=True, cwd=folder)
+            peak = max(peak or 0.0, ran.peak_rss_mb or 0.0) or None
             model = LlamaCppLM(str(candidate), max_length=job.context)
             try:
                 found = fidelity.compare(job.sequences, lambda _: iter(cached), model.logits_of, job.starts)
@@ -146,4 +149,4 @@ def trials_job(job: TrialsJob, channel: Channel) -> TrialsResult:
             with open(job.log, "a", encoding="utf-8") as out:
                 out.write(json.dumps({"key": trial.key, **asdict(measured)}) + "\n")
             done[trial.key] = measured
-    return TrialsResult([done[trial.key] for trial in job.trials], forwards, len(job.trials) - len(todo))
+    return TrialsResult([done[trial.key] for trial in job.trials], forwards, len(job.trials) - len(todo), peak)
