@@ -43,7 +43,8 @@ def test_jobs_follow_the_formats_per_target_and_skip_failed_variants() -> None:
 
 def test_a_measurement_is_stored_as_it_always_was() -> None:
     """The worker's typed result becomes the store's BenchResult with the same JSON, key for key and in the
-    same order, as the dicts it replaced (stored runs read and compare the same)."""
+    same order, as the dicts it replaced (stored runs read and compare the same); fields added since (the
+    served load's open-loop levels and SLO) come after them."""
     from workbench.bench.worker import MeasureResult, measured
     from workbench.pipeline.stages.bench import bench_record
 
@@ -55,7 +56,7 @@ def test_a_measurement_is_stored_as_it_always_was() -> None:
         ("variant", "m"), ("device", "cpu"), ("backend", "torch"), ("status", "done"), ("format", "hf"),
         ("threads", 2), ("prompt_tokens", 512), ("gen_tokens", 128), ("repetitions", 3), ("warmup", 1),
         ("pp_tps", stat), ("tg_tps", stat), ("ttft_ms", stat), ("peak_rss_mb", 300.0), ("peak_vram_mb", None),
-        ("concurrency", None), ("seconds", 1.5), ("error", None),
+        ("concurrency", None), ("seconds", 1.5), ("error", None), ("rates", None), ("slo", None),
         ("max_gen_seconds", 5.0), ("tg_tokens", [3, 4, 5]), ("dtype", "float32"),
     ]  # fmt: skip
     failed = bench_record(job, status="failed", error="m: benchmark crashed").to_dict()

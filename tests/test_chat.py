@@ -89,13 +89,18 @@ def test_candidates_labels_and_picking(tiny_llama_256: Path) -> None:
         Variant("M-run", "hf", "/m", 16, meta={"reference": True}),
         Variant("M-run-Q8_0.gguf", "gguf", "/q8", 8.5),
         Variant("M-run-Q4_K_M.gguf", "gguf", "/q4", 4.85),
+        Variant("M-run-SEARCH-Q4_K_M.gguf", "gguf", "/s4", 4.8),
+        Variant("M-run-adapter-on-Q8_0.gguf", "gguf", "/a8", 8.5),
         Variant("M-run-GPTQ-Int4", "gptq", "/g", 4, status="failed"),
     ]
     found = chat.askable(variants, str(tiny_llama_256))
-    assert [c.label for c in found] == ["merged", "Q8_0.gguf", "Q4_K_M.gguf", "base"]
+    labels = ["merged", "Q8_0.gguf", "Q4_K_M.gguf", "SEARCH-Q4_K_M.gguf", "adapter-on-Q8_0.gguf", "base"]
+    assert [c.label for c in found] == labels
     assert found[-1].path == str(tiny_llama_256.resolve()) and found[-1].format == "hf"
-    assert [c.path for c in chat.pick(found, ["q4_k_m", "merged", "M-run-Q8_0.gguf"])] == ["/q4", "/m", "/q8"]
-    with pytest.raises(RunError, match="'gguf' matches several"):
+    # a type's name is the merged model quantized to it, not a file built on that type
+    picked = chat.pick(found, ["q4_k_m", "Q8_0", "merged", "M-run-Q8_0.gguf", "search", "adapter"])
+    assert [c.path for c in picked] == ["/q4", "/q8", "/m", "/q8", "/s4", "/a8"]
+    with pytest.raises(RunError, match="'gguf' matches several: type 'Q8_0.gguf' or 'Q4_K_M.gguf' or"):
         chat.pick(found, ["gguf"])
     with pytest.raises(RunError, match="'GPTQ' matches nothing; this run has: merged, Q8_0.gguf"):
         chat.pick(found, ["GPTQ"])  # failed variants cannot answer

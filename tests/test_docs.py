@@ -149,3 +149,82 @@ def test_the_readme_links_into_every_docs_section() -> None:
     targets = {target.split("#", 1)[0] for target in LINK.findall((ROOT / "README.md").read_text(encoding="utf-8"))}
     pages = {f"docs/{page}" for page in nav_pages(config()["nav"])} - {"docs/architecture.md", "docs/contributing.md"}
     assert pages <= targets, f"README does not link {sorted(pages - targets)}"
+
+
+# ---- the commands the README and the docs show --------------------------------------------------------------
+
+FENCE = re.compile(r"```[a-z]*\n(.*?)```", re.S)
+INLINE = re.compile(r"`(workbench [^`]+)`")
+PLACEHOLDER = re.compile(r"[A-Z]{2,}(?:_[A-Z]+)?\b|…|\.\.\.|\[")  # RUN, RECIPE, KEY=A,B, [--check]
+
+
+def documented_commands() -> list[tuple[str, list[str]]]:
+    """(file, argv) for each `workbench …` line of a code block and each inline example (one on the
+    quickstart or a recipe file, naming no placeholder; a bare `workbench cancel` in a sentence names the
+    command, it is no example), from the README and every docs page."""
+    import shlex
+
+    found = []
+    for path in [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]:
+        text = path.read_text(encoding="utf-8")
+        lines = [line for block in FENCE.findall(text) for line in block.splitlines()]
+        lines += [
+            m
+            for m in INLINE.findall(text)
+            if re.search(r" (quickstart|recipes/)", m) and not PLACEHOLDER.search(m.removeprefix("workbench "))
+        ]
+        for line in lines:
+            line = line.strip().removeprefix("$ ").split("  #")[0].split(" # ")[0].strip()
+            if line.startswith("workbench ") and not line.rstrip("\\").endswith(("|", "&&")):
+                found.append((path.name, shlex.split(line)[1:]))
+    return found
+
+
+def quickstart_labels() -> list[str]:
+    """The quickstart's variants as its last measured run named them (the comparison table of results.md)."""
+    text = (DOCS / "results.md").read_text(encoding="utf-8")
+    table = text[text.index("## The comparison") :].split("\n\n")[1]
+    rows = [line.split("|")[1].strip() for line in table.splitlines()[2:]]
+    return [row.split(" (")[0] for row in rows]
+
+
+def test_every_documented_command_parses_and_names_a_quickstart_variant_exactly() -> None:
+    """Each command the README and the docs show is one the CLI takes, and a variant it names on the
+    quickstart is exactly one of the quickstart's variants — the plain file when it names a type
+    (`--variant Q8_0` beside `adapter-on-Q8_0.gguf`)."""
+    from workbench.cli import build_parser
+    from workbench.pipeline import candidates
+
+    commands = documented_commands()
+    assert len(commands) > 30 and any(argv[:1] == ["serve"] for _, argv in commands)
+    labels = quickstart_labels()
+    assert {"Q8_0.gguf", "adapter-on-Q8_0.gguf", "merged"} <= set(labels), labels
+    found = [candidates.Candidate(name=f"M-{label}", label=label, format="gguf", path=label) for label in labels]
+    parser = build_parser()
+    for page, argv in commands:
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exited:  # --help exits 0
+            assert exited.code == 0, f"{page}: `workbench {' '.join(argv)}` is not a command the CLI takes"
+            continue
+        if getattr(args, "run", None) == "quickstart" and getattr(args, "variant", None):
+            for wanted in [args.variant] if isinstance(args.variant, str) else args.variant:
+                [picked] = candidates.pick(found, [wanted])
+                if wanted.upper() in {label.removesuffix(".gguf") for label in labels}:
+                    assert picked.label == f"{wanted.upper()}.gguf", (page, wanted)
+
+
+def test_the_cheap_documented_commands_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The documented commands that need no run and no model (validating a recipe, inspecting a data file,
+    listing models, runs and servers) succeed as written, from the repository's root."""
+    from workbench.cli import main
+
+    monkeypatch.chdir(ROOT)
+    cheap = [("recipe", "validate"), ("data", "inspect"), ("models", "list"), ("runs",), ("serve",)]
+    ran = 0
+    for page, argv in documented_commands():
+        exists = all(Path(a).exists() for a in argv if a.endswith((".yaml", ".json", ".csv", ".jsonl")))
+        if any(tuple(argv) == c or (tuple(argv[: len(c)]) == c and len(c) > 1) for c in cheap) and exists:
+            assert main(["--home", str(tmp_path), *argv]) == 0, f"{page}: workbench {' '.join(argv)}"
+            ran += 1
+    assert ran >= 4

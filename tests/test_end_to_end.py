@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,26 @@ from workbench.report import scores
 pytestmark = pytest.mark.slow  # whole pipelines: `make test-fast` leaves them out
 
 
+def crash_server_of(gguf_type: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The llama-server of that type's file dies of SIGSEGV once it has answered its first request, as a
+    native crash would: its command runs under tests/faults/crash_server.py."""
+    from workbench.serve import backends
+
+    planned = backends.plan
+
+    def crashing(*args: Any, **kwargs: Any) -> backends.Plan:
+        plan = planned(*args, **kwargs)
+        if plan.backend == "llama.cpp" and f"-{gguf_type}.gguf" in plan.argv[plan.argv.index("--model") + 1]:
+            plan.argv = [sys.executable, str(Path(__file__).with_name("faults") / "crash_server.py"), *plan.argv]
+        return plan
+
+    monkeypatch.setattr(backends, "plan", crashing)
+
+
 def test_every_stage_runs_and_crashing_variants_take_nothing_else_down(
-    tmp_path: Path, tiny_llama_256: Path, fault: Any, capsys: pytest.CaptureFixture[str]
-) -> None:
+    tmp_path: Path, tiny_llama_256: Path, fault: Any, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
     data = tmp_path / "qa.json"
     data.write_text(json.dumps(addition_rows(40)))
     recipe = write_recipe(
@@ -38,14 +56,13 @@ def test_every_stage_runs_and_crashing_variants_take_nothing_else_down(
         export={"gguf": ["q8_0", "q4_0", "q4_k_m"], "adapter_gguf": ["q8_0"], "smoke_prompts": 1, "parity_prompts": 2},
         eval={"tasks": ["heldout", "general"], "limit": 3, "fidelity_rows": 4, "max_length": 512},
         bench={"prompt_tokens": 32, "gen_tokens": 8, "repetitions": 2, "warmup": 1, "timeout_s": 30,
-               "serve": {"concurrency": [1, 2], "requests": 2, "max_tokens": 8, "formats": ["gguf"]}},
+               "serve": {"concurrency": [1, 2], "requests": 2, "repetitions": 2, "max_tokens": 8,
+                         "formats": ["gguf"]}},
         tracking={"report_to": ["tensorboard", "mlflow", "wandb"]},
     )  # fmt: skip
     home = tmp_path / "runs"
-    fault(
-        "decode:Q4_0:segv:-check.job,decode:Q4_K_M:segv:/eval/,decode:Q4_K_M:hang:/bench/,"
-        "decode:Q4_K_M:segv:--model_alias"  # in its server (the only process with that argument): it crashes
-    )
+    fault("decode:Q4_0:segv:-check.job,decode:Q4_K_M:segv:/eval/,decode:Q4_K_M:hang:/bench/")
+    crash_server_of("Q4_K_M", monkeypatch)
     run_recipe(load_recipe(recipe), home)
     store = Store(home / "workbench.db")
     stem = f"{tiny_llama_256.name}-tiny"
@@ -112,7 +129,7 @@ def test_every_stage_runs_and_crashing_variants_take_nothing_else_down(
     levels = served[(f"{stem}-Q8_0.gguf", "llama.cpp server")]["concurrency"]
     assert list(levels) == ["1", "2"]
     for level in levels.values():
-        assert level["requests"] == 2 and level["errors"] == 0 and level["output_tokens"] > 0
+        assert level["requests"] == 2 * 2 and level["errors"] == 0 and level["output_tokens"] > 0
         assert level["ttft_p50_ms"] <= level["ttft_p95_ms"]
     assert served[(broken, "llama.cpp server")]["status"] == "failed"
     crash = served[(broken, "llama.cpp server")]["error"]

@@ -24,6 +24,7 @@ ENGINE_IMPORTS = {
     ("bench", "workbench.export.llamacpp_tools"): "llama-bench sits beside the converter's llama.cpp tools",
     ("bench", "workbench.doctor.llama_build"): "a bench result records how llama.cpp was built",
     ("doctor", "workbench.export.llamacpp_tools"): "the GGUF probe quantizes with the exporter's llama-quantize",
+    ("serve", "workbench.export.llamacpp_tools"): "llama-server is built and found with the other llama.cpp tools",
     ("export", "workbench.chat.stream"): "the smoke check answers with the chat's own streamer",
     ("train", "workbench.qat.modules"): "quantization-aware training swaps in QAT's fake-quantized modules",
     ("export", "workbench.serve.ollama"): "a GGUF ships with its Ollama Modelfile and llama-server command",

@@ -75,9 +75,10 @@ VOLATILE = {"machine", "versions", "llama_cpp", "lm_eval", "task_files", "data_f
 def test_the_shipped_recipes_keep_the_stage_keys_stored_runs_hold(monkeypatch: pytest.MonkeyPatch) -> None:
     """A store made by an earlier version re-runs cached: what each stage's cache key is made of, for every
     recipe in recipes/, equals tests/golden/stage_key_inputs.json — written by the code of commit a28216c,
-    before the modules moved into layer folders, and rewritten once since for the export's importance
-    matrix and search fields (its defaults changed what the export makes). A deliberate key change rewrites
-    the golden file, and means every stored run of that stage runs again."""
+    before the modules moved into layer folders, and rewritten since for the export's importance matrix
+    and search fields (their defaults changed what the export makes) and for the served load's sweeps and
+    SLO (GGUF variants are served by llama-server now: their served numbers are measured again). A
+    deliberate key change rewrites the golden file, and means every stored run of that stage runs again."""
     from workbench.core.recipe import load_recipe
     from workbench.pipeline.stages import data as data_stage
 

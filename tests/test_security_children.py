@@ -25,6 +25,7 @@ from workbench.core.common import free_port
 from workbench.core.models import package_folder
 from workbench.core.records import Variant
 from workbench.core.store import Store
+from workbench.export import llamacpp_tools
 from workbench.pipeline import candidates as chat
 from workbench.pipeline import launcher, servers
 from workbench.serve import backends
@@ -138,32 +139,19 @@ def test_transformers_serve_binds_as_told_in_a_hostile_environment(
         servers.stop(store, server)
 
 
-def test_llama_cpp_settings_are_read_from_its_source_without_loading_it() -> None:
-    """The names equal what the installed server's settings classes fill from the environment, and finding
-    them loads neither llama.cpp nor numpy (the TUI starts servers and never loads numpy)."""
-    code = (
-        "import sys; from workbench.serve import backends; names = backends.llama_cpp_settings();"
-        " print(sorted(names)); print(sorted(m for m in ('numpy', 'llama_cpp') if m in sys.modules))"
-    )
-    done = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, check=True)
-    names, loaded = done.stdout.splitlines()
-    from llama_cpp.server.settings import ConfigFileSettings, Settings
-
-    fields = {*Settings.model_fields, *ConfigFileSettings.model_fields}
-    assert names == str(sorted(name.lower() for name in fields)) and loaded == "[]"
-
-
 def test_every_servers_environment_drops_what_the_server_would_read(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """llama.cpp, vLLM (not installed here: its plan) and `transformers serve`: the variables each reads
-    its address, port, key or configuration from are gone, the key is the workbench's, the rest is kept."""
+    """llama-server, vLLM (not installed here: its plan) and `transformers serve`: the variables each reads
+    its address, port, key or configuration from are gone, the key is the workbench's, the rest is kept.
+    llama-server's are every option its own argument parser lets the environment set (read from its
+    source), and the variables it reads directly."""
     set_hostile_server_environment(monkeypatch, tmp_path, free_port())
     monkeypatch.setenv("WEB_CONCURRENCY", "4")  # uvicorn's: its server would exit, wanting an import string
-    settings = backends.llama_cpp_settings()
-    assert {"host", "port", "api_key", "ssl_keyfile", "hf_model_repo_id", "models"} <= settings
-    for field in settings:
-        monkeypatch.setenv(field.upper(), "from-the-environment")
+    read_by_llama_server = llama_server_variables()
+    assert {"LLAMA_ARG_HOST", "LLAMA_ARG_PORT", "LLAMA_API_KEY", "LLAMA_ARG_N_PARALLEL"} <= read_by_llama_server
+    for name in read_by_llama_server:
+        monkeypatch.setenv(name, "from-the-environment")
     needed = {
         "PATH": os.environ["PATH"],
         "HOME": str(tmp_path),
@@ -180,8 +168,8 @@ def test_every_servers_environment_drops_what_the_server_would_read(
         return backends.plan(fmt, "/m", "m", "127.0.0.1", 8000, key, 2, cuda=False, backend=backend).env
 
     for fmt, backend, key, key_name in [
-        ("gguf", "llama.cpp", OURS, "API_KEY"),
-        ("gguf", "llama.cpp", None, "API_KEY"),
+        ("gguf", "llama.cpp", OURS, "LLAMA_API_KEY"),
+        ("gguf", "llama.cpp", None, "LLAMA_API_KEY"),
         ("hf", "vllm", OURS, "VLLM_API_KEY"),
         ("hf", "vllm", None, "VLLM_API_KEY"),
         ("hf", "transformers", None, None),
@@ -195,12 +183,24 @@ def test_every_servers_environment_drops_what_the_server_would_read(
             for name in env
             if name.lower() in backends.SERVER_VARIABLES
             or name.lower().startswith(backends.SERVER_PREFIXES)
-            or (backend == "llama.cpp" and name.lower() in settings)
+            or name in read_by_llama_server
         ]
         assert read == ([key_name] if key else []), what
         if key:
             assert env[key_name] == OURS, what
         assert "0.0.0.0" not in env.values() and HOSTILE_KEY not in env.values(), what
+
+
+def llama_server_variables() -> set[str]:
+    """Every variable llama-server's source reads: the options its argument parser takes from the
+    environment (`set_env`) and the ones it reads with getenv, in the sources set-up fetched."""
+    source = llamacpp_tools.tools_dir()
+    found: set[str] = set()
+    for file in [*(source / "common").glob("*.cpp"), *(source / "tools" / "server").glob("*.cpp")]:
+        text = file.read_text(encoding="utf-8", errors="replace")
+        found |= set(re.findall(r'set_env\("([A-Z0-9_]+)"\)', text))
+        found |= set(re.findall(r'getenv\("([A-Z0-9_]+)"\)', text))
+    return found - {"HOME", "TERM", "NO_COLOR", "PATH", "TMPDIR"}
 
 
 # ---- item 7: a module planted in the working folder reaches no child ---------------------------------------

@@ -1,5 +1,5 @@
-"""Serving: real OpenAI-compatible servers on 127.0.0.1 (llama-cpp-python's for a GGUF, `transformers
-serve` for a Hugging Face folder), the official `openai` client, `workbench chat` as the judge; the
+"""Serving: real OpenAI-compatible servers on 127.0.0.1 (llama.cpp's `llama-server` for a GGUF,
+`transformers serve` for a Hugging Face folder), the official `openai` client, `workbench chat` as the judge; the
 Ollama Modelfile against a golden file; the served load on fixed and measured numbers."""
 
 from __future__ import annotations
@@ -114,8 +114,9 @@ def test_served_parity_names_what_differs(home: Path) -> None:
     finally:
         servers.stop(store, server)
     whats = [f["what"] for f in result["findings"]]
-    # llama-cpp-python's server reports usage only on whole answers: the streamed prompt is not measured
-    assert result["status"] == "failed" and len(whats) == 5
+    # llama-server reports usage on streams too: both prompts are measured
+    assert result["status"] == "failed" and len(whats) == 6
+    assert "streamed prompt length differs from training's" in whats
     assert "whole answer differs from `workbench chat`" in whats
     assert "streamed answer stopped before max_tokens" in whats
     assert "whole prompt length differs from training's" in whats
@@ -173,17 +174,71 @@ def test_the_load_is_bounded_and_measured(home: Path) -> None:
     store = Store(home / "workbench.db")
     server = servers.start(store, home, "srv", candidate(home, "Q4_1"))
     conversations = [ask("What is 2 + 2?"), ask("Name a colour.")]
+    endpoint = servers.endpoint(server)
+    slo = load.Slo(ttft_ms=60_000, tpot_ms=60_000)  # every answer meets it
     try:
-        levels = load.run(servers.endpoint(server), conversations, [1, 2], requests=4, max_tokens=8)
+        levels = load.run(endpoint, conversations, [1, 2], load.Settings(4, 8, repetitions=2, slo=slo, ignore_eos=True))
+        [strict] = load.run(endpoint, conversations, [1], load.Settings(2, 8, slo=load.Slo(ttft_ms=0.001, tpot_ms=1)))
+        opened = load.rates(endpoint, conversations, [4.0], load.Settings(6, 8, slo=slo))
     finally:
         servers.stop(store, server)
     assert [level.concurrency for level in levels] == [1, 2]
     for level in levels:
-        assert level.requests == 4 and level.errors == 0 and level.output_tokens > 0
-        assert level.output_tps == pytest.approx(level.output_tokens / level.seconds)
-        assert level.ttft_p50_ms is not None and 0 < level.ttft_p50_ms <= level.ttft_p95_ms
-    gone = load.run(servers.endpoint(server), conversations, [2], requests=3, max_tokens=8, time_limit=20)
+        assert level.requests == 8 and level.repetitions == 2 and level.errors == 0
+        assert level.output_tokens == 8 * 8  # the end of turn ignored: every answer runs to max_tokens
+        assert level.output_tps_low <= level.output_tps <= level.output_tps_high
+        assert level.ttft_p50_ms is not None and 0 < level.ttft_p50_ms <= level.ttft_p90_ms <= level.ttft_p99_ms
+        assert level.e2e_p50_ms is not None and level.e2e_p50_ms >= level.ttft_p50_ms
+        assert level.attainment == 1.0 and level.holds_slo and level.goodput_rps == pytest.approx(level.requests_per_s)
+    assert strict.attainment == 0.0 and not strict.holds_slo and strict.goodput_rps == 0.0
+    [rate] = opened
+    assert rate.mode == "rate" and rate.value == 4.0 and rate.requests == 6 and rate.errors == 0
+    assert load.knee([*levels, rate]) is rate and load.knee(levels) is None
+    gone = load.run(endpoint, conversations, [2], load.Settings(3, 8, time_limit=20))
     assert gone[0].errors == gone[0].requests == 3 and gone[0].output_tokens == 0 and gone[0].first_error
+
+
+def test_a_soak_holds_a_constant_load_then_checks_parity(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--soak` without a rate and no measured knee is refused before a server starts; with a rate, the
+    load runs for its duration without errors, the server's memory is sampled and parity holds after."""
+    store = Store(home / "workbench.db")
+    before = len(store.servers("srv"))
+    assert cli(["--home", str(home), "serve", "srv", "--variant", "Q4_1", "--soak", "5s"]) != 0
+    assert "--soak needs a request rate" in capsys.readouterr().err and len(store.servers("srv")) == before
+    try:
+        assert cli(["--home", str(home), "serve", "srv", "--variant", "Q4_1", "--soak", "8s", "--rate", "2"]) == 0
+    finally:
+        for server in store.servers("srv"):
+            servers.stop(store, server)
+    out = capsys.readouterr().out
+    assert "soak: 2 requests/s (as asked) for 8 s" in out and "soak passed:" in out and " 0 errors" in out
+    result = next(v for v in store.variants("srv") if v.format == "gguf").meta["soak"]
+    assert result["status"] == "passed" and result["requests"] >= 5 and result["errors"] == 0
+    assert result["parity"] == "passed" and result["rss_end_mb"] > 50
+    assert result["rss_slope_mb_per_min"] is not None  # a sample every 2 s: enough points in its second half
+
+
+def test_goodput_counts_the_requests_that_meet_both_limits() -> None:
+    """Two passes of four requests: a slow first token, a slow decode and a failure each miss the SLO; the
+    level holds it only when enough of its requests met it; rates carry a t interval over the passes."""
+    slo = load.Slo(ttft_ms=500, tpot_ms=50, attainment=0.5)
+
+    def sample(ttft: float, e2e: float, tokens: int = 11) -> load.Sample:
+        return load.Sample(True, ttft, [0.01] * (tokens - 1), tokens, 20, e2e)
+
+    fine, slow_start, slow_decode = sample(0.2, 0.6), sample(0.9, 1.2), sample(0.2, 1.0)  # TPOT 40, 30, 80 ms
+    failed = load.Sample(False, error="boom")
+    passes = [load.Pass([fine, fine, slow_start, failed], 2.0), load.Pass([fine, slow_decode, fine, fine], 4.0)]
+    level = load.summarize("concurrency", 2, passes, slo)
+    assert [s.meets(slo) for s in (fine, slow_start, slow_decode, failed)] == [True, False, False, False]
+    assert level.requests == 8 and level.errors == 1 and level.attainment == 5 / 8 and level.holds_slo
+    assert level.goodput_rps == pytest.approx((2 / 2.0 + 3 / 4.0) / 2)
+    mean, low, high = load.interval([3 / 2.0, 4 / 4.0])
+    assert (level.requests_per_s, level.requests_per_s_low, level.requests_per_s_high) == (mean, low, high)
+    assert high - mean == pytest.approx(12.706 * (0.5 / 2**0.5) / 2**0.5)  # t(1 df) x sd / sqrt(n)
+    assert level.prompt_tokens == 7 * 20 and level.first_error == "boom"
+    assert not load.summarize("concurrency", 2, passes, load.Slo(500, 50, attainment=0.9)).holds_slo
+    assert load.summarize("concurrency", 2, passes, None).goodput_rps is None
 
 
 def test_percentiles() -> None:
@@ -246,7 +301,8 @@ def served_record(variant: str, levels: dict[int, tuple[float, float]]) -> Bench
     return BenchResult(variant, "cpu", "llama.cpp server", concurrency=numbers)
 
 
-def test_the_served_recommendation_is_most_tokens_within_the_latency_limit() -> None:
+def served_run() -> tuple[list[Variant], list[Metric]]:
+    """A merged model and three GGUF files; Q2_K loses the task."""
     variants = [
         Variant("m", "hf", "/m", 16, meta={"reference": True}),
         Variant("m-Q8_0.gguf", "gguf", "/q8", 8.5),
@@ -255,6 +311,11 @@ def test_the_served_recommendation_is_most_tokens_within_the_latency_limit() -> 
     ]
     metrics = [Metric(name, "variant", "heldout", "exact_match", score) for name, score in
                [("m", 0.90), ("m-Q8_0.gguf", 0.90), ("m-Q4_K_M.gguf", 0.89), ("m-Q2_K.gguf", 0.50)]]  # fmt: skip
+    return variants, metrics
+
+
+def test_the_served_recommendation_is_most_tokens_within_the_latency_limit() -> None:
+    variants, metrics = served_run()
     bench = [
         served_record("m-Q8_0.gguf", {1: (20, 100), 4: (30, 400)}),
         served_record("m-Q4_K_M.gguf", {1: (25, 90), 4: (40, 700)}),
@@ -277,6 +338,36 @@ def test_the_served_recommendation_is_most_tokens_within_the_latency_limit() -> 
     nothing = compare("r", variants, metrics, bench, keep=95, max_ttft_ms=10).recommendations[-1]
     assert nothing.variant is None and "meets TTFT p95 <= 10 ms" in nothing.reason
     assert [r.target for r in compare("r", variants, metrics, [], keep=95).recommendations] == ["cpu", "gpu"]
+
+
+def test_the_served_recommendation_is_the_highest_goodput_at_the_slo() -> None:
+    """Where goodput was measured, the pick is the variant that keeps the task with the most requests/s
+    meeting the SLO at a level that holds it — not the most tokens/s, and never a level that breaks it."""
+    variants, metrics = served_run()
+    slo = {"ttft_ms": 1000, "tpot_ms": 100, "attainment": 0.9}
+
+    def level(tps: float, goodput: float, holds: bool) -> dict:
+        return {"output_tps": tps, "goodput_rps": goodput, "goodput_rps_low": goodput * 0.9,
+                "goodput_rps_high": goodput * 1.1, "holds_slo": holds, "errors": 0}  # fmt: skip
+
+    bench = [
+        BenchResult("m-Q8_0.gguf", "cpu", "llama.cpp server", slo=slo,
+                    concurrency={"1": level(40, 0.6, True), "8": level(300, 2.0, True)},
+                    rates={"2.5": level(250, 2.4, True), "3": level(260, 2.6, False)}),
+        BenchResult("m-Q4_K_M.gguf", "cpu", "llama.cpp server", slo=slo,  # more tok/s, but past the SLO
+                    concurrency={"1": level(50, 0.7, True), "8": level(400, 1.0, False)}),
+        BenchResult("m-Q2_K.gguf", "cpu", "llama.cpp server", slo=slo,  # loses the task
+                    concurrency={"8": level(900, 9.0, True)}),
+    ]  # fmt: skip
+    pick = compare("r", variants, metrics, bench, keep=95).recommendations[-1]
+    assert pick.target == "served" and pick.variant == "m-Q8_0.gguf", pick
+    assert "2.40 requests/s (2.16–2.64) meeting the SLO at 2.5 requests/s offered" in pick.reason
+    assert "TTFT <= 1000 ms and TPOT <= 100 ms for 90% of requests" in pick.reason
+    for record in bench:
+        for numbers in [*record.concurrency.values(), *(record.rates or {}).values()]:
+            numbers["holds_slo"] = False
+    nothing = compare("r", variants, metrics, bench, keep=95).recommendations[-1]
+    assert nothing.variant is None and "holds the SLO" in nothing.reason
 
 
 def test_the_run_screen_serves_the_selected_variant_and_stops_it(home: Path) -> None:
@@ -321,7 +412,8 @@ def test_the_run_screen_serves_the_selected_variant_and_stops_it(home: Path) -> 
                 model=server.model, messages=ask("What is 1 + 1?"), max_tokens=8
             )
             await until(pilot, lambda: running_row() is not None and running_row()[6] == "1", 30)
-            assert float(running_row()[7]) > 0  # tokens/s of that request, from the server's log
+            # slots in use and requests waiting, and the generation speed, from llama-server's /metrics
+            assert running_row()[7:9] == ["0", "0"] and float(running_row()[9]) > 0
             await pilot.press("x")
             assert "stopped 1 server(s)" in str(app.screen.query_one("#serving").render())
             assert running_row() is None

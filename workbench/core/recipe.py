@@ -443,13 +443,36 @@ FORMATS: tuple[str, ...] = formats.RECIPE_FORMATS
 SERVED_FORMATS: tuple[str, ...] = formats.SERVED_FORMATS
 
 
+class SloSection(Section):
+    """The latency a served request must meet to count toward goodput (DistServe's and `vllm bench serve`'s
+    definition): its time to first token and its time per output token after the first."""
+
+    ttft_ms: float = Field(default=1000, gt=0, description="time to first token, at most (ms)")
+    tpot_ms: float = Field(
+        default=100, gt=0, description="time per output token after the first, at most (ms; 100 = 10 tok/s a user)"
+    )
+    attainment: float = Field(
+        default=0.9, gt=0, le=1, description="share of a level's requests meeting both for the level to hold the SLO"
+    )
+
+
 class ServeLoadSection(Section):
-    """Served load: each variant behind its real OpenAI-compatible server, held-out prompts from clients on
-    loopback at each concurrency level (closed loop). Off unless `concurrency` lists levels."""
+    """Served load: each variant behind its real OpenAI-compatible server, held-out prompts streamed from
+    clients on loopback — a closed-loop sweep of client counts and an open-loop sweep of request rates
+    (Poisson arrivals), each level repeated; goodput at the SLO. Off unless `concurrency` lists levels."""
 
     concurrency: list[int] = Field(default_factory=list, description="client counts, e.g. [1, 4, 16]; [] for none")
+    rates: list[float] | Literal["auto"] = Field(
+        default_factory=list,
+        description="open-loop request rates (requests/s); auto: 1/4 to 5/4 of the closed loop's peak; [] for none",
+    )
     requests: int = Field(default=16, gt=0, description="requests per level (at least the level's client count)")
+    repetitions: int = Field(default=3, ge=1, description="passes of each level (a 95% interval over them)")
     max_tokens: int = Field(default=64, gt=0, description="answer length limit per request")
+    ignore_eos: bool = Field(
+        default=True, description="answers run to max_tokens (llama.cpp, vLLM), so the sweeps measure decoding"
+    )
+    slo: SloSection = Field(default_factory=SloSection, description="the latency limits goodput counts")
     parity_prompts: int = Field(
         default=4, ge=0, description="held-out conversations each server answers first, held to `workbench chat`"
     )
@@ -458,6 +481,11 @@ class ServeLoadSection(Section):
         description="formats served (GGUF: llama.cpp; others: transformers/vLLM)",
     )
     time_limit_s: float = Field(default=300, gt=0, description="seconds one level may take before it stops sending")
+    slots: int | None = Field(
+        default=None,
+        ge=1,
+        description="conversations llama-server decodes together (its --parallel); default: the largest level",
+    )
 
     @field_validator("concurrency")
     @classmethod
@@ -465,6 +493,13 @@ class ServeLoadSection(Section):
         if any(level < 1 for level in levels):
             raise ValueError("each level is a count of clients, 1 or more")
         return levels
+
+    @field_validator("rates")
+    @classmethod
+    def _rates(cls, rates: list[float] | str) -> list[float] | str:
+        if not isinstance(rates, str) and any(rate <= 0 for rate in rates):
+            raise ValueError("each rate is requests per second, above 0")
+        return rates
 
 
 class BenchSection(Section):

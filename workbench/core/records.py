@@ -75,9 +75,11 @@ class BenchResult:
     ttft_ms: Stat | None = None  # time to first token
     peak_rss_mb: float | None = None
     peak_vram_mb: float | None = None
-    concurrency: dict[str, dict[str, Any]] | None = None  # level -> output tokens/s, requests, seconds, first error
+    concurrency: dict[str, dict[str, Any]] | None = None  # clients -> a closed-loop level (serve.load.Level)
     seconds: float | None = None
     error: str | None = None
+    rates: dict[str, dict[str, Any]] | None = None  # requests/s offered -> an open-loop level (serve.load.Level)
+    slo: dict[str, float] | None = None  # the limits goodput was counted against (bench.serve.slo)
     extra: dict[str, Any] = field(default_factory=dict)  # anything else a backend reports (e.g. dtype)
 
     @classmethod

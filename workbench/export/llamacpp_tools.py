@@ -1,10 +1,10 @@
-"""llama.cpp's own converter scripts and tools (`llama-quantize`, `llama-imatrix`, `llama-perplexity`), from
-the llama-cpp-python source distribution that matches the installed version (no installed package carries
-them). Fetched and built once at set-up, so runs work offline.
+"""llama.cpp's own converter scripts and tools (`llama-quantize`, `llama-imatrix`, `llama-perplexity`,
+`llama-server`), from the llama-cpp-python source distribution that matches the installed version (no
+installed package carries them). Fetched and built once at set-up, so runs work offline.
 
 The tools are compiled from their own sources only and linked against the libraries the installed
-llama-cpp-python built (libllama, libllama-common, libggml): the same kernels, built with the same flags
-(AMX off), as the Python binding that evaluates and benchmarks the files. Three small programs: seconds.
+llama-cpp-python built (libllama, libllama-common, libmtmd, libggml): the same kernels, built with the same
+flags (AMX off), as the Python binding that evaluates and benchmarks the files. No second build of ggml.
 """
 
 from __future__ import annotations
@@ -31,15 +31,21 @@ from workbench.core.fsutil import atomic_dir, atomic_write_text
 from workbench.workers.child import vm_hwm_kb
 
 CONVERTER = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "conversion/", "gguf-py/")
-TOOLS = ("llama-quantize", "llama-imatrix", "llama-perplexity")
-# what the tools compile from: their own folders, and the headers of the libraries they link
+TOOLS = ("llama-quantize", "llama-imatrix", "llama-perplexity", "llama-server")
+# what the tools compile from: their own folders, the headers of the libraries they link, and what the
+# server adds (libmtmd's headers, the subprocess header, its web UI's table generated with no UI in it)
 SOURCES = (
     "include/",
     "ggml/include/",
     "common/",
     "vendor/nlohmann/",
     "vendor/cpp-httplib/",
+    "vendor/sheredom/",
     *(f"tools/{t[6:]}/" for t in TOOLS),
+    "tools/mtmd/",
+    "tools/ui/ui.cpp.in",
+    "tools/ui/ui.h.in",
+    "scripts/ui-assets.cmake",
 )
 MEMBERS = (*CONVERTER, *SOURCES)
 CMAKE_LISTS = Path(__file__).with_name("llamacpp_tools.cmake")
@@ -170,9 +176,13 @@ def build(dest: Path | None = None, cmake_args: str = "") -> Path:
         configure = [cmake(), "-S", str(project), "-B", str(work), "-DCMAKE_BUILD_TYPE=Release",
                      f"-DLLAMA_SRC={dest}", f"-DLLAMA_LIB={libraries}", *shlex.split(cmake_args)]  # fmt: skip
         print(f"building {', '.join(TOOLS)} against {libraries} ...", flush=True)
-        subprocess.run(configure, check=True, stdout=subprocess.DEVNULL, env=child_env())
         build_command = [cmake(), "--build", str(work), "-j", str(usable_cores())]
-        subprocess.run(build_command, check=True, stdout=subprocess.DEVNULL, env=child_env())
+        for command in (configure, build_command):
+            # quiet unless it fails (its warnings include the server's, that it has no web UI: by design)
+            done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env())
+            if done.returncode != 0:
+                print(done.stdout[-6000:], file=sys.stderr)
+                raise ToolsMissing(f"building llama.cpp's tools failed ({shlex.join(command[:2])} ...); see above")
         with atomic_dir(dest / "bin", root=dest) as out:
             for tool in TOOLS:
                 shutil.copy2(work / tool, out / tool)

@@ -93,17 +93,29 @@ def served(store: Store, run_id: str) -> list[Candidate]:
     ]
 
 
+def stem(label: str) -> str:
+    """A label as a user types a type: without the file's extension, case folded ("Q8_0.gguf" -> "q8_0")."""
+    return label.removesuffix(".gguf").casefold()
+
+
 def pick(found: list[Candidate], wanted: list[str]) -> list[Candidate]:
-    """Candidates by label ("merged", "base", "Q4_K_M.gguf") or name, or by a part of either such as
-    `Q4_K_M` or `GPTQ` (case-insensitive)."""
+    """Candidates by label ("merged", "base", "Q4_K_M.gguf") or name; then by a label without its extension,
+    case-insensitive, so a quantization type (`Q8_0`, `q4_k_m`) names the merged model quantized to it and not
+    the files built on that (`adapter-on-Q8_0.gguf`, `SEARCH-Q4_K_M.gguf`); then by a part of a name or label
+    (`GPTQ`). A name that still matches several is refused with the exact labels to type."""
     chosen = []
     for want in wanted:
-        exact = [c for c in found if want in (c.name, c.label)]
-        matches = exact or [c for c in found if want.lower() in f"{c.name} {c.label}".lower()]
-        if len(matches) != 1:
+        matches = (
+            [c for c in found if want in (c.name, c.label)]
+            or [c for c in found if stem(c.label) == stem(want)]
+            or [c for c in found if want.casefold() in f"{c.name} {c.label}".casefold()]
+        )
+        if not matches:
             names = ", ".join(c.label for c in found)
-            what = "matches nothing" if not matches else "matches several"
-            raise RunError(f"variant {want!r} {what}; this run has: {names}")
+            raise RunError(f"variant {want!r} matches nothing; this run has: {names}")
+        if len(matches) > 1:
+            names = " or ".join(repr(c.label) for c in matches)
+            raise RunError(f"variant {want!r} matches several: type {names}")
         chosen.append(matches[0])
     return chosen
 

@@ -19,17 +19,18 @@ from typing import Any
 
 from workbench.core import formats
 from workbench.core.common import free_port, tail
-from workbench.core.errors import InputError, RunError
+from workbench.core.errors import InputError, ResourceError, RunError
 from workbench.core.paths import run_folder
 from workbench.core.records import Server
 from workbench.core.store import Store, is_alive, process_started
 from workbench.data.files import read_jsonl
 from workbench.pipeline import candidates as chat
 from workbench.pipeline import launcher
-from workbench.serve import backends, served
-from workbench.serve.client import Endpoint, wait_ready
+from workbench.serve import backends, load, served
+from workbench.serve.client import Endpoint, server_metrics, wait_ready
 
 READY_TIMEOUT_S = 300  # loading the model included
+SLOTS = 4  # conversations a server decodes together unless told (`workbench serve --slots`, bench.serve.slots)
 STOP_GRACE_S = 10
 
 
@@ -68,6 +69,7 @@ def start(
     backend: str | None = None,
     threads: int | None = None,
     ready_timeout: float = READY_TIMEOUT_S,
+    slots: int | None = None,
 ) -> Server:
     """Start a server for one variant and wait until it answers. A host other than loopback gets an API
     key (a new one when none is given). ResourceError, with the server's last log lines, when it dies or
@@ -83,7 +85,7 @@ def start(
     name = candidate.label if candidate.label not in ("merged", "base") else candidate.name
     plan = backends.plan(
         candidate.format, candidate.path, name, host, port, api_key, threads or usable_cores(),
-        cuda_for(candidate.format), backend=backend, lora=candidate.lora,
+        cuda_for(candidate.format), backend=backend, lora=candidate.lora, slots=slots or SLOTS,
     )  # fmt: skip
     with open(log, "wb") as out:
         if dropped := sorted(set(os.environ) - set(plan.env)):  # said, not silent: a user may have set them
@@ -226,11 +228,14 @@ SPEED_LINE = re.compile(r"\beval time =.*?([\d.]+) tokens per second")  # llama.
 @dataclass
 class Activity:
     requests: int  # answered (HTTP 200) since the server started
-    tokens_per_s: float | None  # generation speed of the last request, where the server's log tells it
+    tokens_per_s: float | None  # generation speed: llama-server's own average, else the last request's
+    busy: int | None = None  # requests being decoded now (llama-server's slots in use)
+    queued: int | None = None  # requests waiting for a slot
 
 
 def activity(server: Server) -> Activity:
-    """What the server has done, read from its log (uvicorn's access lines; llama.cpp's timings)."""
+    """What the server has done, read from its log (uvicorn's access lines; llama-server's timings, one per
+    answered request), and what it is doing, from llama-server's Prometheus metrics."""
     requests, speed = 0, None
     try:
         with open(server.log, encoding="utf-8", errors="replace") as handle:
@@ -239,6 +244,62 @@ def activity(server: Server) -> Activity:
                     requests += 1
                 elif "prompt eval time" not in line and (found := SPEED_LINE.search(line)):
                     speed = float(found.group(1))
+                    requests += server.backend == "llama.cpp"
     except OSError:
         pass
-    return Activity(requests, speed)
+    if server.backend != "llama.cpp":
+        return Activity(requests, speed)
+    try:
+        now = server_metrics(endpoint(server), timeout=2)
+    except ResourceError:
+        return Activity(requests, speed)
+    busy, queued = now.get("requests_processing"), now.get("requests_deferred")
+    return Activity(
+        requests, now.get("predicted_tokens_seconds") or speed,
+        int(busy) if busy is not None else None, int(queued) if queued is not None else None,
+    )  # fmt: skip
+
+
+def knee_rate(store: Store, run_id: str, variant: str) -> float | None:
+    """The highest request rate at which the run's bench held the SLO for the variant."""
+    rates = [
+        float(rate)
+        for record in store.bench(run_id)
+        if record.variant == variant and record.rates
+        for rate, numbers in record.rates.items()
+        if numbers.get("holds_slo")
+    ]
+    return max(rates, default=None)
+
+
+def soak(
+    store: Store, home: Path, server: Server, seconds: float, rate: float, max_tokens: int = 64,
+    slo: load.Slo | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Constant load at `rate` for `seconds` on a running server, its memory sampled; then served parity on
+    the held-out conversations, so an answer that drifted under load shows. Recorded on the variant."""
+    import psutil
+
+    rows = read_jsonl(home / server.run_id / "data" / "held_out.jsonl")
+    conversations = [row["messages"][:-1] for row in rows if row.get("messages")]
+    process = psutil.Process(server.pid)
+    found = load.soak(endpoint(server), conversations, rate, seconds, max_tokens,
+                      lambda: process.memory_info().rss / 2**20, slo)  # fmt: skip
+    parity = compare_to_chat(store, home, server)
+    result = {
+        "seconds": seconds,
+        "rate": rate,
+        "requests": found.level.requests,
+        "errors": found.level.errors,
+        "first_error": found.level.first_error,
+        "output_tps": found.level.output_tps,
+        "rss_start_mb": found.rss_mb[0][1],
+        "rss_end_mb": found.rss_mb[-1][1],
+        "rss_slope_mb_per_min": found.rss_slope_mb_per_min,
+        "parity": parity["status"],
+        "status": "passed" if found.level.errors == 0 and parity["status"] != "failed" else "failed",
+        "checked_at": time.time(),
+    }
+    with contextlib.suppress(KeyError):
+        store.set_variant_meta(server.run_id, server.variant, "soak", result)
+    return result

@@ -69,6 +69,8 @@ class ComparisonRow:
     grid: str | None = None  # a quantization-aware run's file: passed | failed; None: not checked
     speed: dict[str, Speed] = field(default_factory=dict)  # target -> fastest measurement there
     served: dict[str, dict[str, Any]] = field(default_factory=dict)  # served load: clients -> its numbers
+    served_rates: dict[str, dict[str, Any]] = field(default_factory=dict)  # open loop: requests/s -> its numbers
+    slo: dict[str, float] | None = None  # the limits its goodput was counted against
     served_by: str | None = None  # e.g. "llama.cpp server"
     served_parity: str | None = None  # through its server vs `workbench chat`: passed | failed | skipped
     paired: Paired | None = None  # vs the merged model on the same held-out items
@@ -297,6 +299,7 @@ def build_rows(
         for record in bench:
             if record.variant == row.name and record.status == "done" and record.concurrency and is_served(record):
                 row.served, row.served_by = record.concurrency, record.backend
+                row.served_rates, row.slo = record.rates or {}, record.slo
     merged = next((r for r in rows if r.role == "reference"), None)
     higher = direction(metrics, task, primary.get(task or ""))
     if task and merged and merged.score is not None:
@@ -395,11 +398,44 @@ def best_served_level(row: ComparisonRow, max_ttft_ms: float | None) -> tuple[st
     return max(levels, key=lambda item: item[1]["output_tps"], default=None)
 
 
+def best_goodput(row: ComparisonRow) -> tuple[str, str, dict[str, Any]] | None:
+    """The level, closed loop ("clients") or open loop ("requests/s"), with the row's highest goodput at
+    the SLO among levels that hold it (None: no level held it, or goodput was not measured)."""
+    levels = [("clients", level, numbers) for level, numbers in row.served.items()]
+    levels += [("requests/s", rate, numbers) for rate, numbers in row.served_rates.items()]
+    held = [item for item in levels if item[2].get("holds_slo") and item[2].get("goodput_rps") is not None]
+    return max(held, key=lambda item: item[2]["goodput_rps"], default=None)
+
+
+def slo_text(slo: dict[str, float]) -> str:
+    return f"TTFT <= {slo['ttft_ms']:g} ms and TPOT <= {slo['tpot_ms']:g} ms for {slo['attainment']:.0%} of requests"
+
+
+def recommend_by_goodput(pool: list[ComparisonRow], keep: float) -> Recommendation:
+    slo = next(r.slo for r in pool if r.slo)
+    best = [(r, found) for r in pool if (found := best_goodput(r)) is not None]
+    if not best:
+        return Recommendation(
+            "served", None, f"no served variant that keeps {keep:g}% holds the SLO ({slo_text(slo)})", True
+        )
+    row, (unit, level, numbers) = max(best, key=lambda item: item[1][2]["goodput_rps"])
+    low, high = numbers.get("goodput_rps_low"), numbers.get("goodput_rps_high")
+    spread = f" ({low:.2f}–{high:.2f})" if low is not None and high is not None and high > low else ""
+    plural = "s" if level != "1" else ""
+    where = f"with {level} concurrent client{plural}" if unit == "clients" else f"at {level} {unit} offered"
+    reason = (
+        f"highest goodput through its server ({row.served_by}): {numbers['goodput_rps']:.2f} requests/s{spread} "
+        f"meeting the SLO {where}, {numbers['output_tps']:.1f} tok/s ({slo_text(slo)})"
+    )
+    return Recommendation("served", row.name, reason, True)
+
+
 def recommend_served(
     rows: list[ComparisonRow], judging: Judging, max_ttft_ms: float | None, task: str | None
 ) -> Recommendation | None:
-    """Which variant, of those that keep `keep`% of the merged score and passed parity, serves the most
-    tokens/s through its server within the latency limit. None when nothing was served under load."""
+    """Which variant, of those that keep `keep`% of the merged score and passed parity, serves best through
+    its server: the highest goodput at the SLO where it was measured, else the most tokens/s within the
+    latency limit. None when nothing was served under load."""
     served = [r for r in rows if r.served and r.status == "done"]
     if not served:
         return None
@@ -413,6 +449,8 @@ def recommend_served(
         and r.moved is None
         and (task is None or qualifies(r, judging))
     ]
+    if any(r.slo for r in pool):
+        return recommend_by_goodput(pool, keep)
     best = [(r, found) for r in pool if (found := best_served_level(r, max_ttft_ms)) is not None]
     if not best:
         return Recommendation("served", None, f"no served variant that keeps {keep:g}% meets {limit}", True)

@@ -92,16 +92,29 @@ def loss_curve(history: list[dict[str, Any]]) -> bytes | None:
 
 
 def served_throughput(comparison: Comparison) -> bytes | None:
-    """Output tokens/s through each variant's server against the number of concurrent clients (served load)."""
+    """Each variant's throughput–latency curve through its server: output tokens/s (with its 95% interval
+    over the passes) against the p95 time to first token, one point per level of the sweeps, labelled with
+    its clients (x4) or offered rate (2/s)."""
     rows = [r for r in comparison.rows if r.served]
     if not rows:
         return None
     figure, ax = _figure()
     for row in rows:
-        levels = sorted(row.served.items(), key=lambda item: int(item[0]))
-        ax.plot([int(level) for level, _ in levels], [n["output_tps"] for _, n in levels], marker="o", label=row.label)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("concurrent clients")
+        levels = [(f"x{k}", n) for k, n in sorted(row.served.items(), key=lambda item: int(item[0]))]
+        levels += [(f"{k}/s", n) for k, n in sorted(row.served_rates.items(), key=lambda item: float(item[0]))]
+        points = [(name, n) for name, n in levels if n.get("ttft_p95_ms") is not None]
+        if not points:
+            continue
+        xs = [n["ttft_p95_ms"] for _, n in points]
+        ys = [n["output_tps"] for _, n in points]
+        low = [max(0.0, y - n.get("output_tps_low", y)) for y, (_, n) in zip(ys, points, strict=True)]
+        high = [max(0.0, n.get("output_tps_high", y) - y) for y, (_, n) in zip(ys, points, strict=True)]
+        line = ax.errorbar(xs, ys, yerr=[low, high], marker="o", capsize=3, label=row.label)
+        for x, y, (name, _) in zip(xs, ys, points, strict=True):
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7,
+                        color=line[0].get_color())  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel("time to first token, p95 (ms)")
     ax.set_ylabel("output tokens/s through the server")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

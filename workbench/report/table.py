@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from workbench.core import safe
-from workbench.report.compare import Comparison, ComparisonRow
+from workbench.report.compare import Comparison, ComparisonRow, best_goodput
 
 
 @dataclass
@@ -71,6 +71,8 @@ def columns(comparison: Comparison) -> list[Column]:
         cols.append(Column("served parity", lambda r: MARKS.get(r.served_parity or "")))
     if any(r.served for r in rows):
         cols.append(Column("served tok/s (TTFT p95 ms) by clients", served_cell))
+    if any(r.slo for r in rows):
+        cols.append(Column("goodput req/s at the SLO", goodput_cell))
     cols.append(Column("Pareto", lambda r: pareto_marks(comparison, r)))
     return cols
 
@@ -93,6 +95,15 @@ def served_cell(row: ComparisonRow) -> str | None:
         part = f"x{clients}:{numbers['output_tps']:.0f}" + (f" ({ttft:.0f})" if ttft is not None else "")
         parts.append(part + (f" {numbers['errors']} err" if numbers.get("errors") else ""))
     return " ".join(parts) or None
+
+
+def goodput_cell(row: ComparisonRow) -> str | None:
+    """The best goodput at a level that holds the SLO, and where (clients xN, or an offered rate)."""
+    found = best_goodput(row)
+    if found is None:
+        return "none holds it" if row.slo else None
+    unit, level, numbers = found
+    return f"{numbers['goodput_rps']:.2f} ({'x' + level if unit == 'clients' else level + ' req/s'})"
 
 
 def pareto_marks(comparison: Comparison, row: ComparisonRow) -> str:

@@ -28,7 +28,7 @@ FIGURES = {
     "quality_vs_cpu_speed.png": "Quality vs CPU speed",
     "quality_vs_gpu_speed.png": "Quality vs GPU speed",
     "loss_curve.png": "Training loss",
-    "served_throughput.png": "Served throughput vs concurrent clients",
+    "served_throughput.png": "Served throughput vs latency (each level of the load sweeps)",
 }
 
 

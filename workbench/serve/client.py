@@ -96,3 +96,28 @@ def wait_ready(endpoint: Endpoint, alive: Callable[[], bool], timeout: float, wh
         except (openai.APIConnectionError, openai.APIStatusError):
             time.sleep(0.25)
     raise ResourceError(f"the {endpoint.backend} server did not answer within {timeout:.0f} s: {why()}")
+
+
+def server_metrics(endpoint: Endpoint, timeout: float = 10) -> dict[str, float]:
+    """The server's Prometheus counters and gauges (`GET /metrics`, llama-server's `--metrics`), by name
+    without the `llamacpp:` prefix; labelled series are left out. ResourceError when it has none."""
+    import urllib.error
+    import urllib.request
+
+    url = endpoint.url.removesuffix("/").removesuffix("/v1") + "/metrics"
+    headers = {"Authorization": f"Bearer {endpoint.api_key}"} if endpoint.api_key else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as answer:
+            text = answer.read().decode("utf-8", errors="replace")
+    except (urllib.error.URLError, OSError) as exc:
+        raise ResourceError(f"no metrics from {url}: {exc}") from exc
+    found = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if line.startswith("#") or "{" in name or not value:
+            continue
+        try:
+            found[name.split(":", 1)[-1]] = float(value)
+        except ValueError:
+            continue
+    return found

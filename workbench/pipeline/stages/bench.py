@@ -140,7 +140,11 @@ def speed_line(record: BenchResult) -> str:
             f"peak RSS {record.peak_rss_mb or 0:.0f} MiB"
         )
     if record.concurrency:
-        return ", ".join(served_level(level, v) for level, v in record.concurrency.items())
+        line = ", ".join(served_level(level, v) for level, v in record.concurrency.items())
+        if record.rates:
+            held = [float(rate) for rate, v in record.rates.items() if v.get("holds_slo")]
+            line += f"; holds the SLO up to {max(held):g} requests/s" if held else "; holds the SLO at no rate tried"
+        return line
     return record.status
 
 
@@ -163,20 +167,32 @@ def serve_load(ctx: StageContext, variants: list[Variant]) -> list[BenchResult]:
         server = None
         try:
             home = ctx.run_dir.parent
-            server = servers.start(ctx.store, home, ctx.run_id, candidate, threads=ctx.recipe.bench.threads)
+            slots = section.slots or max(section.concurrency)
+            server = servers.start(
+                ctx.store, home, ctx.run_id, candidate, threads=ctx.recipe.bench.threads, slots=slots
+            )
             checked = servers.compare_to_chat(ctx.store, home, server, section.parity_prompts, section.max_tokens)
             ctx.say(f"{variant.name}: served parity {describe_served(checked)}")
             if checked["status"] == "failed":
                 ctx.failures.append(f"{variant.name}: served parity {describe_served(checked)}")
-            levels = load.run(servers.endpoint(server), conversations, section.concurrency, section.requests,
-                              section.max_tokens, section.time_limit_s)  # fmt: skip
+            endpoint = servers.endpoint(server)
+            slo = load.Slo(section.slo.ttft_ms, section.slo.tpot_ms, section.slo.attainment)
+            settings = load.Settings(section.requests, section.max_tokens, section.time_limit_s,
+                                     section.repetitions, slo, section.ignore_eos)  # fmt: skip
+            levels = load.run(endpoint, conversations, section.concurrency, settings)
             if servers.gone(server, within=0):
                 raise StageFailed("under load")
             if all(level.errors == level.requests for level in levels):
                 raise StageFailed(f"{variant.name}: every request failed ({levels[0].first_error}) — see {server.log}")
+            offered = offered_rates(section.rates, levels)
+            if offered:
+                ctx.say(f"{variant.name}: open loop at {', '.join(f'{r:.2g}' for r in offered)} requests/s")
+            at_rates = load.rates(endpoint, conversations, offered, settings) if offered else []
             record = BenchResult.from_dict(
                 {**base, "threads": ctx.recipe.bench.threads or usable_cores(), "gen_tokens": section.max_tokens,
-                 "concurrency": {str(level.concurrency): level.to_dict() for level in levels}}
+                 "repetitions": section.repetitions, "slo": asdict(slo),
+                 "concurrency": {str(level.concurrency): level.to_dict() for level in levels},
+                 "rates": {f"{level.value:g}": level.to_dict() for level in at_rates} or None}
             )  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - one failed server is recorded, the rest go on
             error = failure_line(variant.name, exc)
@@ -193,10 +209,24 @@ def serve_load(ctx: StageContext, variants: list[Variant]) -> list[BenchResult]:
     return records
 
 
+RATE_FRACTIONS = (0.25, 0.5, 0.75, 1.0, 1.25)  # `rates: auto`: of the closed loop's peak requests/s
+
+
+def offered_rates(rates: list[float] | str, closed: list[Any]) -> list[float]:
+    """The open loop's rates: as the recipe lists them, or (auto) around the closed loop's peak requests/s,
+    from well below it to past it, so the sweep reaches saturation."""
+    if not isinstance(rates, str):
+        return list(rates)
+    peak = max((level.requests_per_s for level in closed), default=0.0)
+    return [round(peak * fraction, 3) for fraction in RATE_FRACTIONS] if peak > 0 else []
+
+
 def served_level(level: str, numbers: dict[str, Any]) -> str:
     line = f"x{level}: {numbers['output_tps']:.0f} tok/s"
     if numbers.get("ttft_p95_ms") is not None:
         line += f", TTFT p95 {numbers['ttft_p95_ms']:.0f} ms"
+    if numbers.get("goodput_rps") is not None:
+        line += f", goodput {numbers['goodput_rps']:.2f} req/s"
     return line + (f", {numbers['errors']} errors" if numbers.get("errors") else "")
 
 

@@ -24,6 +24,10 @@ from workbench.tui.tabs import NumberedTabs, tab_keys
 TABS = ("stages", "curve", "log", "artifacts", "serve")
 
 
+def dash(value: int | None) -> object:
+    return "-" if value is None else value
+
+
 class RunScreen(NumberedTabs):
     DEFAULT_CSS = """
     #summary, #training { height: auto; padding: 0 1; }
@@ -74,7 +78,7 @@ class RunScreen(NumberedTabs):
         self.query_one("#stages", DataTable).add_columns("stage", "status", "time", "note")
         self.query_one("#artifacts", DataTable).add_columns("stage", "artifact", "MiB", "path")
         self.query_one("#servers", DataTable).add_columns(
-            "server", "status", "URL", "variant", "backend", "API key", "requests", "tok/s"
+            "server", "status", "URL", "variant", "backend", "API key", "requests", "busy", "queued", "tok/s"
         )
         self.refresh_run()
         self.set_interval(1.0, self.refresh_run)
@@ -171,7 +175,8 @@ class RunScreen(NumberedTabs):
             done = servers.activity(server) if server.status == "running" else None
             speed = f"{done.tokens_per_s:.1f}" if done and done.tokens_per_s is not None else "-"
             row = (server.id, server.status, server.url, server.variant, server.backend, server.api_key or "-",
-                   done.requests if done else "-", speed)  # fmt: skip
+                   done.requests if done else "-", dash(done.busy if done else None),
+                   dash(done.queued if done else None), speed)  # fmt: skip
             table.add_row(*map(cell, row))
 
     def say_serving(self, text: str) -> None:
