@@ -22,12 +22,20 @@ sys.path.insert(0, str(ROOT))
 
 import roofline  # noqa: E402
 
+from workbench.core.errors import ResourceError  # noqa: E402
 from workbench.core.store import Store  # noqa: E402
 from workbench.data.files import read_jsonl  # noqa: E402
 from workbench.pipeline import candidates, servers  # noqa: E402
 from workbench.pipeline.runner import default_home  # noqa: E402
 from workbench.serve import load  # noqa: E402
-from workbench.serve.client import server_metrics  # noqa: E402
+from workbench.serve.client import Endpoint, server_metrics  # noqa: E402
+
+
+def metrics_of(endpoint: Endpoint) -> dict[str, float] | None:
+    try:
+        return server_metrics(endpoint)
+    except ResourceError:
+        return None
 
 
 def sweep(candidate: candidates.Candidate, conversations: list, levels: list[int], args: argparse.Namespace) -> None:
@@ -40,12 +48,13 @@ def sweep(candidate: candidates.Candidate, conversations: list, levels: list[int
                                  slo=load.Slo(args.ttft_ms, args.tpot_ms))  # fmt: skip
         try:
             load.warm_up(endpoint, conversations, args.tokens)
-            before = server_metrics(endpoint)
+            before = metrics_of(endpoint)
             found = load.run(endpoint, conversations, levels, settings)
-            after = server_metrics(endpoint)
+            after = metrics_of(endpoint)
         finally:
             servers.stop(store, server)
     kv = "one KV stream per slot" if args.split_kv else "unified KV"
+    kv += ", --continuous-batching" if args.continuous_batching else ""
     print(f"\n{candidate.label} ({server.backend}, {args.slots or max(levels)} slots, {kv}, "
           f"{args.tokens}-token answers, {args.reps} passes of {args.requests} requests a level)")  # fmt: skip
     print(f"{'clients':>7} {'tok/s':>8} {'95% interval':>16} {'TTFT p50/p99 ms':>16} {'ITL p50/p99 ms':>15} "
@@ -57,6 +66,9 @@ def sweep(candidate: candidates.Candidate, conversations: list, levels: list[int
               f"{level.itl_p99_ms or 0:<8.1f} {level.goodput_rps or 0:>13.2f}")  # fmt: skip
     peak = max(found, key=lambda level: level.output_tps)
     print(f"peak ÷ one client: {peak.output_tps / found[0].output_tps:.2f}x (at {peak.concurrency} clients)")
+    if before is None or after is None:
+        print("/metrics: none (not llama-server)")
+        return
     # the warm-up's request is outside `before`; every request of the sweep is inside the window
     predicted = after["tokens_predicted_total"] - before["tokens_predicted_total"]
     counted = sum(level.output_tokens for level in found)
@@ -88,17 +100,20 @@ def main() -> None:
         help="one KV stream per slot (llama-server's default for a fixed --parallel), to compare",
     )
     args = parser.parse_args()
-    if args.split_kv:  # the server as llama-server starts it by default, for the side-by-side only
+    if args.split_kv or args.continuous_batching:  # servers started otherwise, for the side-by-side only
         from workbench.serve import backends
 
         planned = backends.plan
 
-        def split(*a: object, **k: object) -> backends.Plan:
+        def changed(*a: object, **k: object) -> backends.Plan:
             plan = planned(*a, **k)  # type: ignore[arg-type]
-            plan.argv = [x for x in plan.argv if x != "--kv-unified"]
+            if args.split_kv:  # as llama-server starts by default for a fixed --parallel
+                plan.argv = [x for x in plan.argv if x != "--kv-unified"]
+            if args.continuous_batching and plan.backend == "transformers":
+                plan.argv.append("--continuous-batching")
             return plan
 
-        backends.plan = split
+        backends.plan = changed
     levels = [int(x) for x in args.levels.split(",")]
     store = Store(args.home / "workbench.db")
     found, _ = candidates.for_run(store, args.run)

@@ -9,8 +9,11 @@ from typing import Any
 
 from workbench.core.errors import ResourceError
 
-# llama-cpp-python's server samples with top_k 40 and a repeat penalty of 1.1 unless told otherwise
+# greedy whatever the server's sampling defaults (llama.cpp's top_k 40; a repeat penalty where one is set)
 GREEDY_EXTRA = {"llama.cpp": {"top_k": 1, "repeat_penalty": 1.0}}
+# the prompt evaluated afresh, not continued from a slot's cached prefix: a prefix computed inside an earlier
+# batch of several conversations carries that batch's rounding, and a near-tie can then flip
+FRESH_EXTRA = {"llama.cpp": {"cache_prompt": False}}
 
 
 @dataclass
@@ -38,22 +41,28 @@ class Reply:
     piece_times: list[float] = field(default_factory=list)  # streams: when each piece of text arrived
 
 
-def request(endpoint: Endpoint, messages: list[dict[str, str]], max_tokens: int, stream: bool) -> dict[str, Any]:
-    """The chat-completion arguments for a greedy answer from this endpoint."""
+def request(
+    endpoint: Endpoint, messages: list[dict[str, str]], max_tokens: int, stream: bool, fresh: bool = False
+) -> dict[str, Any]:
+    """The chat-completion arguments for a greedy answer from this endpoint (`fresh`: its prompt computed
+    anew, as an in-process answer computes it)."""
     args: dict[str, Any] = {"model": endpoint.model, "messages": messages, "max_tokens": max_tokens, "temperature": 0}
-    if endpoint.backend in GREEDY_EXTRA:
-        args["extra_body"] = GREEDY_EXTRA[endpoint.backend]
+    extra = {**GREEDY_EXTRA.get(endpoint.backend, {}), **(FRESH_EXTRA.get(endpoint.backend, {}) if fresh else {})}
+    if extra:
+        args["extra_body"] = extra
     if stream:
         args["stream"] = True
         args["stream_options"] = {"include_usage": True}
     return args
 
 
-def chat(endpoint: Endpoint, messages: list[dict[str, str]], max_tokens: int, stream: bool = False) -> Reply:
+def chat(
+    endpoint: Endpoint, messages: list[dict[str, str]], max_tokens: int, stream: bool = False, fresh: bool = False
+) -> Reply:
     client = endpoint.client()
     started = time.perf_counter()
     if not stream:
-        answer = client.chat.completions.create(**request(endpoint, messages, max_tokens, False))
+        answer = client.chat.completions.create(**request(endpoint, messages, max_tokens, False, fresh))
         choice = answer.choices[0]
         usage = answer.usage
         return Reply(
@@ -66,7 +75,7 @@ def chat(endpoint: Endpoint, messages: list[dict[str, str]], max_tokens: int, st
     pieces: list[str] = []
     times: list[float] = []
     finish = prompt_tokens = completion_tokens = None
-    for chunk in client.chat.completions.create(**request(endpoint, messages, max_tokens, True)):
+    for chunk in client.chat.completions.create(**request(endpoint, messages, max_tokens, True, fresh)):
         if chunk.usage:
             prompt_tokens, completion_tokens = chunk.usage.prompt_tokens, chunk.usage.completion_tokens
         for choice in chunk.choices:

@@ -60,8 +60,8 @@ def compare_to_chat(endpoint: Endpoint, cases: list[Case], max_tokens: int) -> d
     findings: list[Finding] = []
     lengths_reported = False
     for number, case in enumerate(cases, 1):
-        whole = chat(endpoint, case.messages, max_tokens, stream=False)
-        streamed = chat(endpoint, case.messages, max_tokens, stream=True)
+        whole = chat(endpoint, case.messages, max_tokens, stream=False, fresh=True)
+        streamed = chat(endpoint, case.messages, max_tokens, stream=True, fresh=True)
         lengths_reported |= whole.prompt_tokens is not None or streamed.prompt_tokens is not None
         stable = whole.text == streamed.text
         if not stable:
