@@ -7,7 +7,10 @@ Prometheus counters (`/metrics`) over the whole sweep.
 Files: a finished run's Q8_0 (default: the quickstart) and the ~1.1B random Llama the roofline script builds.
 
     .venv/bin/python benchmarks/serve_batching.py [--run quickstart] [--variant Q8_0] [--one-billion]
-        [--levels 1,2,4,8] [--reps 3] [--requests 16] [--slots N]
+        [--levels 1,2,4,8] [--reps 3] [--requests 16] [--slots N] [--unified-kv] [--continuous-batching]
+
+`--unified-kv` serves with one KV cache shared by the slots, for the side-by-side with the workbench's one
+stream per slot; `--continuous-batching` starts a transformers variant's server that way.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ def sweep(candidate: candidates.Candidate, conversations: list, levels: list[int
             after = metrics_of(endpoint)
         finally:
             servers.stop(store, server)
-    kv = "one KV stream per slot" if args.split_kv else "unified KV"
+    kv = "unified KV" if args.unified_kv else "one KV stream per slot"
     kv += ", --continuous-batching" if args.continuous_batching else ""
     print(f"\n{candidate.label} ({server.backend}, {args.slots or max(levels)} slots, {kv}, "
           f"{args.tokens}-token answers, {args.reps} passes of {args.requests} requests a level)")  # fmt: skip
@@ -95,20 +98,26 @@ def main() -> None:
     parser.add_argument("--ttft-ms", type=float, default=1000)
     parser.add_argument("--tpot-ms", type=float, default=100)
     parser.add_argument(
-        "--split-kv",
+        "--continuous-batching",
         action="store_true",
-        help="one KV stream per slot (llama-server's default for a fixed --parallel), to compare",
+        help="`transformers serve --continuous-batching` for a transformers variant (e.g. merged)",
+    )
+    parser.add_argument(
+        "--unified-kv",
+        action="store_true",
+        help="one KV cache shared by the slots (--kv-unified), against the workbench's one stream per slot",
     )
     args = parser.parse_args()
-    if args.split_kv or args.continuous_batching:  # servers started otherwise, for the side-by-side only
+    if args.unified_kv or args.continuous_batching:  # servers started otherwise, for the side-by-side only
         from workbench.serve import backends
 
         planned = backends.plan
 
         def changed(*a: object, **k: object) -> backends.Plan:
             plan = planned(*a, **k)  # type: ignore[arg-type]
-            if args.split_kv:  # as llama-server starts by default for a fixed --parallel
-                plan.argv = [x for x in plan.argv if x != "--kv-unified"]
+            if args.unified_kv and plan.backend == "llama.cpp":  # the pool as large, each slot as long
+                total, slots = (int(plan.argv[plan.argv.index(flag) + 1]) for flag in ("--ctx-size", "--parallel"))
+                plan.argv += ["--kv-unified", "--kv-unified-per-slot", str(total // slots)]
             if args.continuous_batching and plan.backend == "transformers":
                 plan.argv.append("--continuous-batching")
             return plan

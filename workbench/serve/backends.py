@@ -95,8 +95,11 @@ def plan(
         from workbench.export.llamacpp_tools import binary
 
         argv = [str(binary("llama-server")), "--model", path, "--alias", model, "--host", host, "--port", str(port)]
-        argv += ["--parallel", str(slots), "--cont-batching", "--kv-unified", "--ctx-size", str(context * slots)]
-        argv += ["--kv-unified-per-slot", str(context), "--threads", str(threads)]
+        # a KV stream per slot, `context` tokens each: with one unified cache every conversation's attention
+        # ran over all slots' cells, 12% fewer tok/s and 3x the first-token time at 8 clients
+        # (benchmarks/serve_batching.py --split-kv)
+        argv += ["--parallel", str(slots), "--cont-batching", "--ctx-size", str(context * slots)]
+        argv += ["--threads", str(threads)]
         argv += ["--n-gpu-layers", "all" if cuda else "0", "--jinja", "--metrics", "--no-webui", "--offline"]
         argv += ["--cors-origins", "localhost"]  # a web page elsewhere cannot read its answers
         argv += ["--flash-attn", "off"]  # as llama-cpp-python computes (eval, chat): the same greedy answers
