@@ -25,13 +25,14 @@ sys.path.insert(0, str(ROOT))
 from workbench import workers  # noqa: E402
 from workbench.core.store import Store  # noqa: E402
 from workbench.data.files import read_jsonl  # noqa: E402
+from workbench.eval import tasks  # noqa: E402
 from workbench.eval.fidelity import answer_starts, fidelity_sequences  # noqa: E402
 from workbench.eval.worker import EvalJob, EvalResult, FidelityJob  # noqa: E402
 from workbench.export.gptq import GPTQJob, calibration  # noqa: E402
 from workbench.pipeline.runner import default_home  # noqa: E402
 from workbench.report.paired import compare_items  # noqa: E402
 
-TASK, METRIC = "heldout", "exact_match"
+TASK, METRIC = "heldout", "exact_match,strip"  # lm-eval's metric,filter as stored
 DEFAULT = ",".join([
     "awq:clip:64:bfloat16", "awq:noclip:64:bfloat16", "awq:clip:64:float32", "awq:noclip:64:float32",
     "awq:noclip:32:float32", "gptq:-:64:bfloat16", "gptq:-:64:float32", "gptq:-:32:float32",
@@ -56,11 +57,12 @@ def main() -> None:
     held_out = read_jsonl(run_dir / "data" / "held_out.jsonl")
     sequences = fidelity_sequences(held_out, tokenizer, args.rows)
     answers = answer_starts(held_out, tokenizer, sequences)
-    task_dir = run_dir / "eval" / "tasks"
     merged_items = next(i.values for i in store.items(args.run)
                         if i.model == merged.name and i.task == TASK and i.metric == METRIC)  # fmt: skip
     rows = []
     with tempfile.TemporaryDirectory(prefix="awq-settings-") as tmp:
+        task_dir = Path(tmp) / "tasks"  # the run's task, its data files made absolute as the eval stage does
+        tasks.copy_task_folders([run_dir / "eval" / "tasks"], task_dir)
         for setting in args.settings.split(","):
             method, clip, count, dtype, source = (setting.split(":") + ["task"])[:5]
             out = Path(tmp) / setting.replace(":", "-")
