@@ -112,3 +112,16 @@ def test_torch_bench_on_cuda_reports_vram(tiny_model: Path) -> None:
 
     result = torch_bench.bench(str(tiny_model), "hf", "cuda", Settings(32, 8, 2, 1), threads=1)
     assert result["peak_vram_mb"] > 0 and result["tg_tps"]["median"] > 0
+
+
+def test_the_open_loop_rates_are_listed_or_reach_past_the_closed_loops_peak() -> None:
+    """`rates: auto` offers 1/4 to 5/4 of the best closed-loop requests/s, so the sweep passes saturation;
+    listed rates are taken as written; no closed-loop throughput, no automatic rates."""
+    from types import SimpleNamespace
+
+    from workbench.pipeline.stages.bench import offered_rates
+
+    closed = [SimpleNamespace(requests_per_s=1.2), SimpleNamespace(requests_per_s=2.0)]
+    assert offered_rates("auto", closed) == [0.5, 1.0, 1.5, 2.0, 2.5]
+    assert offered_rates([0.3, 4.0], closed) == [0.3, 4.0]
+    assert offered_rates("auto", [SimpleNamespace(requests_per_s=0.0)]) == []
