@@ -7,10 +7,12 @@ Prometheus counters (`/metrics`) over the whole sweep.
 Files: a finished run's Q8_0 (default: the quickstart) and the ~1.1B random Llama the roofline script builds.
 
     .venv/bin/python benchmarks/serve_batching.py [--run quickstart] [--variant Q8_0] [--one-billion]
-        [--levels 1,2,4,8] [--reps 3] [--requests 16] [--slots N] [--unified-kv] [--continuous-batching]
+        [--levels 1,2,4,8] [--reps 3] [--requests 16] [--slots N] [--unified-kv | --both-kv]
+        [--continuous-batching]
 
-`--unified-kv` serves with one KV cache shared by the slots, for the side-by-side with the workbench's one
-stream per slot; `--continuous-batching` starts a transformers variant's server that way.
+`--unified-kv` serves with one KV cache shared by the slots instead of the workbench's one stream per slot;
+`--both-kv` sweeps both in one run and prints the ratio of their peaks; `--continuous-batching` starts a
+transformers variant's server that way.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ import roofline  # noqa: E402
 
 from workbench.core.errors import ResourceError  # noqa: E402
 from workbench.core.store import Store  # noqa: E402
-from workbench.data.files import read_jsonl  # noqa: E402
 from workbench.pipeline import candidates, servers  # noqa: E402
 from workbench.pipeline.runner import default_home  # noqa: E402
 from workbench.serve import load  # noqa: E402
@@ -41,7 +42,8 @@ def metrics_of(endpoint: Endpoint) -> dict[str, float] | None:
         return None
 
 
-def sweep(candidate: candidates.Candidate, conversations: list, levels: list[int], args: argparse.Namespace) -> None:
+def sweep(candidate: candidates.Candidate, conversations: list, levels: list[int], args: argparse.Namespace) -> float:
+    """One closed-loop sweep, printed; its peak output tok/s."""
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         store = Store(home / "workbench.db")
@@ -69,6 +71,11 @@ def sweep(candidate: candidates.Candidate, conversations: list, levels: list[int
               f"{level.itl_p99_ms or 0:<8.1f} {level.goodput_rps or 0:>13.2f}")  # fmt: skip
     peak = max(found, key=lambda level: level.output_tps)
     print(f"peak ÷ one client: {peak.output_tps / found[0].output_tps:.2f}x (at {peak.concurrency} clients)")
+    report_metrics(before, after, found)
+    return peak.output_tps
+
+
+def report_metrics(before: dict[str, float] | None, after: dict[str, float] | None, found: list) -> None:
     if before is None or after is None:
         print("/metrics: none (not llama-server)")
         return
@@ -107,8 +114,9 @@ def main() -> None:
         action="store_true",
         help="one KV cache shared by the slots (--kv-unified), against the workbench's one stream per slot",
     )
+    parser.add_argument("--both-kv", action="store_true", help="a stream per slot, then the unified cache, one run")
     args = parser.parse_args()
-    if args.unified_kv or args.continuous_batching:  # servers started otherwise, for the side-by-side only
+    if args.unified_kv or args.both_kv or args.continuous_batching:  # started otherwise, for side-by-sides only
         from workbench.serve import backends
 
         planned = backends.plan
@@ -127,9 +135,13 @@ def main() -> None:
     store = Store(args.home / "workbench.db")
     found, _ = candidates.for_run(store, args.run)
     [candidate] = candidates.pick(found, [args.variant])
-    rows = read_jsonl(args.home / args.run / "data" / "held_out.jsonl")
-    conversations = [row["messages"][:-1] for row in rows]
-    sweep(candidate, conversations, levels, args)
+    conversations = servers.held_out_conversations(args.home, args.run)
+    peak = sweep(candidate, conversations, levels, args)
+    if args.both_kv:
+        args.unified_kv = True
+        unified = sweep(candidate, conversations, levels, args)
+        print(f"\na stream per slot ÷ the unified cache, peak tok/s: {peak / unified:.2f}")
+        args.unified_kv = False
     if args.one_billion:
         (q8,) = roofline.one_billion(args.folder, ["q8_0"])
         big = candidates.Candidate(name=q8.name, label=q8.name, format="gguf", path=str(q8))

@@ -182,13 +182,18 @@ def find(store: Store, which: str) -> list[Server]:
     return chosen
 
 
+def held_out_conversations(home: Path, run_id: str) -> list[list[dict[str, str]]]:
+    """The run's held-out conversations without their answers: what a served variant is asked."""
+    rows = read_jsonl(home / run_id / "data" / "held_out.jsonl")
+    return [row["messages"][:-1] for row in rows if row.get("messages")]
+
+
 def cases(store: Store, home: Path, server: Server, count: int, max_tokens: int) -> list[served.Case]:
     """Held-out conversations of the server's run with what `workbench chat` answers for its variant and
     the prompt length training gave each (from the tokenizer saved with the merged model)."""
     found, _ = chat.for_run(store, server.run_id)
     candidate = next(c for c in found if c.name == server.variant)
-    rows = read_jsonl(home / server.run_id / "data" / "held_out.jsonl")
-    conversations = [row["messages"][:-1] for row in rows if row.get("messages")][:count]
+    conversations = held_out_conversations(home, server.run_id)[:count]
     reference = next((v for v in store.variants(server.run_id) if v.is_reference and v.status == "done"), None)
     lengths: list[int | None] = [None] * len(conversations)
     if reference is not None:
@@ -280,8 +285,7 @@ def soak(
     the held-out conversations, so an answer that drifted under load shows. Recorded on the variant."""
     import psutil
 
-    rows = read_jsonl(home / server.run_id / "data" / "held_out.jsonl")
-    conversations = [row["messages"][:-1] for row in rows if row.get("messages")]
+    conversations = held_out_conversations(home, server.run_id)
     process = psutil.Process(server.pid)
     found = load.soak(endpoint(server), conversations, rate, seconds, max_tokens,
                       lambda: process.memory_info().rss / 2**20, slo)  # fmt: skip

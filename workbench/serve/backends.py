@@ -96,8 +96,8 @@ def plan(
 
         argv = [str(binary("llama-server")), "--model", path, "--alias", model, "--host", host, "--port", str(port)]
         # a KV stream per slot, `context` tokens each: with one unified cache every conversation's attention
-        # ran over all slots' cells, 12% fewer tok/s and 3x the first-token time at 8 clients
-        # (benchmarks/serve_batching.py --split-kv)
+        # runs over all slots' cells, and the first token took twice as long at 4 and 8 clients
+        # (benchmarks/serve_batching.py --both-kv)
         argv += ["--parallel", str(slots), "--cont-batching", "--ctx-size", str(context * slots)]
         argv += ["--threads", str(threads)]
         argv += ["--n-gpu-layers", "all" if cuda else "0", "--jinja", "--metrics", "--no-webui", "--offline"]

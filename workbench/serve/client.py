@@ -14,6 +14,8 @@ GREEDY_EXTRA = {"llama.cpp": {"top_k": 1, "repeat_penalty": 1.0}}
 # the prompt evaluated afresh, not continued from a slot's cached prefix: a prefix computed inside an earlier
 # batch of several conversations carries that batch's rounding, and a near-tie can then flip
 FRESH_EXTRA = {"llama.cpp": {"cache_prompt": False}}
+# answers that run to max_tokens whatever the model would end on, so the load measures decoding
+IGNORE_EOS_EXTRA = {"llama.cpp": {"ignore_eos": True}, "vllm": {"ignore_eos": True}}
 
 
 @dataclass
@@ -42,12 +44,15 @@ class Reply:
 
 
 def request(
-    endpoint: Endpoint, messages: list[dict[str, str]], max_tokens: int, stream: bool, fresh: bool = False
-) -> dict[str, Any]:
+    endpoint: Endpoint, messages: list[dict[str, str]], max_tokens: int, stream: bool, fresh: bool = False,
+    ignore_eos: bool = False,
+) -> dict[str, Any]:  # fmt: skip
     """The chat-completion arguments for a greedy answer from this endpoint (`fresh`: its prompt computed
-    anew, as an in-process answer computes it)."""
+    anew, as an in-process answer computes it; `ignore_eos`: run to `max_tokens` where the server can)."""
     args: dict[str, Any] = {"model": endpoint.model, "messages": messages, "max_tokens": max_tokens, "temperature": 0}
-    extra = {**GREEDY_EXTRA.get(endpoint.backend, {}), **(FRESH_EXTRA.get(endpoint.backend, {}) if fresh else {})}
+    extra = {**GREEDY_EXTRA.get(endpoint.backend, {})}
+    extra |= FRESH_EXTRA.get(endpoint.backend, {}) if fresh else {}
+    extra |= IGNORE_EOS_EXTRA.get(endpoint.backend, {}) if ignore_eos else {}
     if extra:
         args["extra_body"] = extra
     if stream:

@@ -30,8 +30,6 @@ from workbench.serve.client import Endpoint, request
 
 # two-sided 95% quantiles of Student's t by degrees of freedom (the repetitions of a level are few)
 T_95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
-# servers that take "ignore_eos" (answers run to max_tokens, so decoding is what is measured)
-IGNORES_EOS = ("llama.cpp", "vllm")
 
 
 @dataclass(frozen=True)
@@ -145,9 +143,7 @@ async def one(
     started = time.perf_counter()
     times: list[float] = []
     tokens = prompt = None
-    args = request(endpoint, messages, max_tokens, True)
-    if ignore_eos and endpoint.backend in IGNORES_EOS:
-        args["extra_body"] = {**args.get("extra_body", {}), "ignore_eos": True}
+    args = request(endpoint, messages, max_tokens, True, ignore_eos=ignore_eos)
     try:
         stream = await client.chat.completions.create(**args)
         async for chunk in stream:
