@@ -8,11 +8,12 @@ Files: a finished run's Q8_0 (default: the quickstart) and the ~1.1B random Llam
 
     .venv/bin/python benchmarks/serve_batching.py [--run quickstart] [--variant Q8_0] [--one-billion]
         [--levels 1,2,4,8] [--reps 3] [--requests 16] [--slots N] [--unified-kv | --both-kv]
-        [--continuous-batching]
+        [--one-at-a-time | --both-batching]
 
 `--unified-kv` serves with one KV cache shared by the slots instead of the workbench's one stream per slot;
-`--both-kv` sweeps both in one run and prints the ratio of their peaks; `--continuous-batching` starts a
-transformers variant's server that way.
+`--both-kv` sweeps both in one run and prints the ratio of their peaks. For a merged (transformers) variant,
+which `transformers serve --continuous-batching` serves: `--one-at-a-time` starts it without continuous
+batching, `--both-batching` sweeps with and without in one run.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def sweep(candidate: candidates.Candidate, conversations: list, levels: list[int
         finally:
             servers.stop(store, server)
     kv = "unified KV" if args.unified_kv else "one KV stream per slot"
-    kv += ", --continuous-batching" if args.continuous_batching else ""
+    kv += ", without continuous batching" if args.one_at_a_time else ""
     print(f"\n{candidate.label} ({server.backend}, {args.slots or max(levels)} slots, {kv}, "
           f"{args.tokens}-token answers, {args.reps} passes of {args.requests} requests a level)")  # fmt: skip
     print(f"{'clients':>7} {'tok/s':>8} {'95% interval':>16} {'TTFT p50/p99 ms':>16} {'ITL p50/p99 ms':>15} "
@@ -105,10 +106,9 @@ def main() -> None:
     parser.add_argument("--ttft-ms", type=float, default=1000)
     parser.add_argument("--tpot-ms", type=float, default=100)
     parser.add_argument(
-        "--continuous-batching",
-        action="store_true",
-        help="`transformers serve --continuous-batching` for a transformers variant (e.g. merged)",
+        "--one-at-a-time", action="store_true", help="transformers serve without continuous batching (merged)"
     )
+    parser.add_argument("--both-batching", action="store_true", help="with continuous batching, then without, one run")
     parser.add_argument(
         "--unified-kv",
         action="store_true",
@@ -116,7 +116,7 @@ def main() -> None:
     )
     parser.add_argument("--both-kv", action="store_true", help="a stream per slot, then the unified cache, one run")
     args = parser.parse_args()
-    if args.unified_kv or args.both_kv or args.continuous_batching:  # started otherwise, for side-by-sides only
+    if args.unified_kv or args.both_kv or args.one_at_a_time or args.both_batching:  # side-by-sides only
         from workbench.serve import backends
 
         planned = backends.plan
@@ -126,8 +126,8 @@ def main() -> None:
             if args.unified_kv and plan.backend == "llama.cpp":  # the pool as large, each slot as long
                 total, slots = (int(plan.argv[plan.argv.index(flag) + 1]) for flag in ("--ctx-size", "--parallel"))
                 plan.argv += ["--kv-unified", "--kv-unified-per-slot", str(total // slots)]
-            if args.continuous_batching and plan.backend == "transformers":
-                plan.argv.append("--continuous-batching")
+            if args.one_at_a_time and plan.backend == "transformers":
+                plan.argv.remove("--continuous-batching")
             return plan
 
         backends.plan = changed
@@ -142,6 +142,11 @@ def main() -> None:
         unified = sweep(candidate, conversations, levels, args)
         print(f"\na stream per slot ÷ the unified cache, peak tok/s: {peak / unified:.2f}")
         args.unified_kv = False
+    if args.both_batching:
+        args.one_at_a_time = True
+        alone = sweep(candidate, conversations, levels, args)
+        print(f"\ncontinuous batching ÷ one request at a time, peak tok/s: {peak / alone:.2f}")
+        args.one_at_a_time = False
     if args.one_billion:
         (q8,) = roofline.one_billion(args.folder, ["q8_0"])
         big = candidates.Candidate(name=q8.name, label=q8.name, format="gguf", path=str(q8))

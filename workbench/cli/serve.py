@@ -111,7 +111,7 @@ def register(sub: Subcommands) -> None:
     serve.add_argument("--rate", type=float, help="the soak's requests/s (default: the knee the run's bench found)")
     serve.add_argument(
         "--slots", type=_positive,
-        help="conversations a GGUF server decodes together (llama-server's --parallel; default 4)",
+        help="conversations a GGUF server decodes together (llama-server's --parallel; default 8)",
     )  # fmt: skip
     serve.add_argument(
         "--api-key", help="required for a host other than loopback (default: $WORKBENCH_API_KEY, else a new one)"

@@ -30,7 +30,8 @@ from workbench.serve import backends, load, served
 from workbench.serve.client import Endpoint, server_metrics, wait_ready
 
 READY_TIMEOUT_S = 300  # loading the model included
-SLOTS = 4  # conversations a server decodes together unless told (`workbench serve --slots`, bench.serve.slots)
+SLOTS = 8  # conversations a server decodes together unless told (`workbench serve --slots`, bench.serve.slots):
+# on 2 cores the batch gains most from 4 to 8 (docs/serving.md, Measured)
 STOP_GRACE_S = 10
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,7 +16,12 @@ GREEDY_EXTRA = {"llama.cpp": {"top_k": 1, "repeat_penalty": 1.0}}
 # batch of several conversations carries that batch's rounding, and a near-tie can then flip
 FRESH_EXTRA = {"llama.cpp": {"cache_prompt": False}}
 # answers that run to max_tokens whatever the model would end on, so the load measures decoding
-IGNORE_EOS_EXTRA = {"llama.cpp": {"ignore_eos": True}, "vllm": {"ignore_eos": True}}
+IGNORE_EOS_EXTRA: dict[str, dict[str, object]] = {
+    "llama.cpp": {"ignore_eos": True},
+    "vllm": {"ignore_eos": True},
+    # transformers serve has no ignore_eos: the request's generation config names an end id no token has
+    "transformers": {"generation_config": json.dumps({"do_sample": False, "eos_token_id": -1})},
+}
 
 
 @dataclass
@@ -50,7 +56,7 @@ def request(
     """The chat-completion arguments for a greedy answer from this endpoint (`fresh`: its prompt computed
     anew, as an in-process answer computes it; `ignore_eos`: run to `max_tokens` where the server can)."""
     args: dict[str, Any] = {"model": endpoint.model, "messages": messages, "max_tokens": max_tokens, "temperature": 0}
-    extra = {**GREEDY_EXTRA.get(endpoint.backend, {})}
+    extra: dict[str, object] = {**GREEDY_EXTRA.get(endpoint.backend, {})}
     extra |= FRESH_EXTRA.get(endpoint.backend, {}) if fresh else {}
     extra |= IGNORE_EOS_EXTRA.get(endpoint.backend, {}) if ignore_eos else {}
     if extra:
