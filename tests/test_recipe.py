@@ -104,6 +104,11 @@ def test_qat_section_rules_and_the_merge_base_it_implies(tmp_path: Path) -> None
 
     assert load().train.qat.target is None and load().merge_base == "original"
     assert load("train.qat.target=none").train.qat.target is None  # what `sweep --vary ...=none,q4_0` passes
+    distilled = load("train.qat.target=q4_k_m", "export.gguf=[q4_k_m]", "train.qat.start_after_steps=4",
+                     "train.qat.distill={weight: 2}").train.qat.distill  # fmt: skip
+    assert distilled is not None
+    assert (distilled.weight, distilled.tokens, distilled.teacher) == (2, "answers", "supervised")
+    assert load("train.qat.distill={weight: 2}").train.qat.distill is not None  # a plain twin keeps the section
     qat = load("train.qat.target=q4_0", "export.gguf=[q4_0]")
     assert qat.train.qat.start_after_steps == 0 and qat.train.qat.embeddings and qat.merge_base == "original"
     qlora = ["train.method=qlora", "train.qat.target=q4_0", "export.gguf=[q4_0]"]
@@ -115,7 +120,16 @@ def test_qat_section_rules_and_the_merge_base_it_implies(tmp_path: Path) -> None
         ("train.qat.target=q4_0",): "train.qat.target: q4_0 is not exported; add it to export.gguf",
         (*qlora, "merge.base=original"): "merge.base: original ships other weights",
         ("train.qat.target=q4_0", "export.gguf=[q4_0]", "train.lora.dora=true"): "DoRA is not supported",
-        ("train.qat.target=q5_k_m", "export.gguf=[q5_k_m]"): "train.qat.target: input should be 'q4_0' or 'q8_0'",
+        ("train.qat.target=q3_k_m", "export.gguf=[q3_k_m]"): "train.qat.target: input should be 'q4_0', 'q8_0',",
+        ("train.qat.target=q4_k_m", "export.gguf=[q4_k_m]", "train.qat.distill={}"): "set start_after_steps above 0",
+        (
+            "train.qat.target=q4_0",
+            "export.gguf=[q4_0]",
+            "train.method=full",
+            "train.qat.start_after_steps=2",
+            "train.qat.distill={weight: 2}",
+        ): "distillation is built for lora and qlora",  # fmt: skip
+        ("train.qat.distill={tokens: some}",): "train.qat.distill.tokens",
         ("train.qat.start_after_steps=-1", "export.gguf=[q4_0]"): "train.qat.start_after_steps",
     }
     for sets, message in cases.items():

@@ -77,19 +77,42 @@ class LoraSection(Section):
     )
 
 
-QATTarget = Literal["q4_0", "q8_0"]
+QATTarget = Literal["q4_0", "q8_0", "q4_k_m", "q5_k_m", "q6_k"]
+
+
+class DistillSection(Section):
+    """Distillation toward the 16-bit fine-tune while the rounded model trains: the loss is the task's plus
+    weight × KL(teacher ‖ student) on the chosen tokens."""
+
+    teacher: Literal["supervised"] = Field(
+        default="supervised",
+        description="supervised: the run's own adapter as it is when the rounding is switched on (after"
+        " start_after_steps of plain training), frozen and computed without the rounding",
+    )
+    weight: float = Field(default=1.0, gt=0, description="the KL term's weight beside the task loss")
+    temperature: float = Field(default=1.0, gt=0, description="softens both distributions (the KL is scaled by T²)")
+    tokens: Literal["answers", "all"] = Field(
+        default="answers", description="answers: the tokens the task loss trains on; all: every token of the rows"
+    )
 
 
 class QATSection(Section):
     """Quantization-aware fine-tuning: train on the rounding of the GGUF type the model will be served as."""
 
     target: QATTarget | None = Field(
-        default=None, description="GGUF type to train for (q4_0, q8_0); none: a plain fine-tune"
+        default=None,
+        description="GGUF type to train for: q4_0, q8_0 (every weight in it) or the mixture llama-quantize makes"
+        " of this model for q4_k_m, q5_k_m, q6_k (each weight on its own type's grid); none: a plain fine-tune",
     )
     start_after_steps: int = Field(default=0, ge=0, description="optimizer steps before the rounding is switched on")
     embeddings: bool = Field(default=True, description="token embeddings on the grid too (off: kept f16 in the file)")
     output: bool = Field(
         default=True, description="a separate output layer on the grid too (off: kept f16); tied ones follow embeddings"
+    )
+    distill: DistillSection | None = Field(
+        default=None,
+        description="distil toward the 16-bit fine-tune while training on the rounding (ignored without a target:"
+        " a plain twin); none: the task loss alone",
     )
 
     @field_validator("target", mode="before")
@@ -619,6 +642,16 @@ class Recipe(Section):
         self._check_imatrix()
         if qat.target and qat.target not in self.export.gguf:
             raise ValueError(f"train.qat.target: {qat.target} is not exported; add it to export.gguf")
+        if qat.target and qat.distill and self.train.method == "full":
+            raise ValueError(
+                "train.qat.distill: a full fine-tune would keep a second copy of every weight as its teacher;"
+                " distillation is built for lora and qlora"
+            )
+        if qat.target and qat.distill and qat.start_after_steps == 0:
+            raise ValueError(
+                "train.qat.distill: teacher supervised is the adapter after start_after_steps of plain training;"
+                " set start_after_steps above 0"
+            )
         if qat.target and self.train.lora.dora and self.train.method != "full":
             raise ValueError("train.qat: DoRA is not supported with quantization-aware training")
         if qat.target and self.train.method == "qlora" and self.merge.base == "original":

@@ -7,6 +7,7 @@ import math
 import re
 import runpy
 import struct
+import subprocess
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -14,11 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from workbench import workers
+from workbench.core.common import child_env
 from workbench.core.devices import usable_cores
 from workbench.core.gguf_types import file_type
 from workbench.export import llamacpp_tools
 from workbench.export.making import Written
 from workbench.workers.child import Channel
+
+# one tensor of `llama-quantize --dry-run`'s listing: its name, its type now and, when it changes, the new one
+PLANNED = re.compile(r"^\[\s*\d+/\s*\d+\]\s+(\S+)\s+- \[[^\]]*\], type =\s*(\S+), size =[^(\n]*(?:\((\S+)\))?$", re.M)
 
 # the GGUF metadata key that says how the workbench made a file (llama-quantize writes quantize.imatrix.*)
 RECIPE_KEY = "workbench.quantize"
@@ -165,6 +170,23 @@ def quantize_args(job: QuantizeJob, threads: int) -> list[str]:
             raise ValueError(f"the recipe metadata is {len(job.recipe)} characters; at most 127 fit")
         args += ["--override-kv", f"{RECIPE_KEY}=str:{job.recipe}"]
     return [*args, str(job.src.resolve()), str(job.dst.resolve()), job.ftype, str(threads)]
+
+
+def planned_types(f16: Path, gguf_type: str, keep_f16: tuple[str, ...] = ()) -> dict[str, str]:
+    """The type `llama-quantize` gives each tensor of `f16` for `gguf_type` (a ladder name), from its
+    `--dry-run` (no file written, tensor data not read): GGUF name -> ggml type name ("q4_K", "q5_0", "f32"),
+    its mixture rules and fallbacks (rows not a multiple of the block) included."""
+    job = QuantizeJob(f16, f16, file_type(gguf_type).ftype, keep_f16=keep_f16)
+    options = quantize_args(job, 1)[:-4]  # without source, output, type and threads
+    command = [str(llamacpp_tools.binary("llama-quantize")), "--dry-run", *options, str(f16.resolve()), job.ftype]
+    done = subprocess.run(command, capture_output=True, text=True, env=child_env(), stdin=subprocess.DEVNULL)
+    said = done.stdout + done.stderr
+    if done.returncode != 0:
+        raise RuntimeError(f"llama-quantize --dry-run exited with {done.returncode}: {said[-1500:]}")
+    found = {name: new or now for name, now, new in PLANNED.findall(said)}
+    if not found:
+        raise RuntimeError(f"llama-quantize --dry-run listed no tensors: {said[-1500:]}")
+    return found
 
 
 def quantize_folder(job: QuantizeJob) -> Path | None:

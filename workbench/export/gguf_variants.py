@@ -19,6 +19,7 @@ from workbench.core.recipe import ExportSection, SearchSection
 from workbench.core.records import Variant
 from workbench.export import choosing, gguf, imatrix, search
 from workbench.export.making import ExportContext, ExportFailed, record_measurement
+from workbench.qat import mixture
 from workbench.qat.check import GridJob, GridResult, describe_grid
 from workbench.serve import ollama
 
@@ -115,7 +116,8 @@ def check_grid(ctx: ExportContext, variant: Variant, merged: Variant) -> None:
     a file off the grid is a failure of the stage, not of the variant (it still serves)."""
     qat = ctx.recipe.train.qat
     assert qat.target is not None  # a run trained for a grid
-    job = GridJob(Path(variant.path), Path(merged.path), qat.target, qat.embeddings, qat.output)
+    plan = ctx.inputs.adapter / mixture.PLAN_FILE if qat.target in mixture.MIXTURES else None
+    job = GridJob(Path(variant.path), Path(merged.path), qat.target, qat.embeddings, qat.output, plan)
     timeout = ctx.recipe.export.check_timeout_s
     outcome = ctx.run_worker("qat.grid", job, name=variant.name, log_name=f"{variant.name}-grid", timeout=timeout)
     grid = outcome.value_as(GridResult)
@@ -180,15 +182,18 @@ def export_files(ctx: ExportContext) -> list[Variant]:
             if not source.is_file():
                 raise ExportFailed(f"{variant.name}: no f16 GGUF to quantize from (its conversion failed)")
             log = ctx.log_path(variant.name)
-            if trained_for:  # every tensor in the type it trained for, no mixture
-                options: dict[str, Any] = {"pure": True, "keep_f16": keep_f16}
+            if trained_for and gguf_type in mixture.MIXTURES:  # the mixture it trained for, without a matrix
+                options: dict[str, Any] = {"keep_f16": keep_f16}
+                ctx.say(f"{variant.name}: quantization-aware run, each weight in the type it trained for")
+            elif trained_for:  # every tensor in the type it trained for, no mixture
+                options = {"pure": True, "keep_f16": keep_f16}
                 ctx.say(f"{variant.name}: quantization-aware run, every weight in {gguf_type}")
             else:
                 options = {}
             provenance = matrices.get(resolve(gguf_type, calibration, variant))
             variant.meta["imatrix"] = asdict(provenance) if provenance else None
             matrix = ctx.out / provenance.file if provenance else None
-            recipe = quantize_recipe(gguf_type, provenance, pure=trained_for)
+            recipe = quantize_recipe(gguf_type, provenance, pure=bool(options.get("pure")))
             outcome = gguf.quantize(
                 source, Path(variant.path), gguf_type, imatrix=matrix, recipe=recipe, log=log, timeout=timeout,
                 **options,

@@ -12,6 +12,7 @@ from workbench.workers.child import Channel
 
 # GGUF tensors the recipe keeps out of the grid on purpose: qat.embeddings / qat.output false
 KEPT = {"embeddings": "token_embd.weight", "output": "output.weight"}
+UNROUNDED = {"F16", "BF16", "F32"}  # types a tensor off the grid is stored in
 
 
 def _rows_sorted(values: Any) -> Any:
@@ -56,15 +57,17 @@ def _load(path: Path, name: str) -> Any:
 class GridJob:
     gguf: Path  # the file
     merged: Path  # the merged model's folder
-    target: str  # a grid name (`workbench.qat.grid.GRIDS`)
+    target: str  # the recipe's train.qat.target
     embeddings: bool  # whether the token embeddings were trained on the grid
     output: bool  # whether the output layer was
+    plan: Path | None = None  # a mixture's plan (workbench.qat.mixture.PLAN_FILE): the grid of each tensor
 
 
 @dataclass(frozen=True)
 class Retyped:
     tensor: str
     type: str  # what llama.cpp stored it as instead
+    trained: str | None = None  # the grid training used for it (a mixture's)
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,10 @@ def describe_grid(grid: dict[str, Any]) -> str:
         text = f"passed: {grid['tensors']} tensors equal the {grid['target']} rounding training used"
     else:
         problems = [f"{len(grid['mismatched'])} tensors differ"] if grid["mismatched"] else []
-        problems += [f"{r['tensor']} stored as {r['type']}" for r in grid["retyped"]]
+        problems += [
+            f"{r['tensor']} stored as {r['type']}" + (f", trained as {r['trained']}" if r.get("trained") else "")
+            for r in grid["retyped"]
+        ]
         problems += [f"{name} not in the merged model" for name in grid["unmatched"]]
         text = "FAILED: " + ("; ".join(problems) or "no tensor in the target type")
     return text + (f" (kept f16: {', '.join(grid['kept_f16'])})" if grid.get("kept_f16") else "")
@@ -95,32 +101,38 @@ def describe_grid(grid: dict[str, Any]) -> str:
 def grid_job(job: GridJob, channel: Channel) -> GridResult:
     import gguf
 
-    from workbench.qat import grid
+    from workbench.qat import grid, mixture
 
-    g = grid.GRIDS[job.target]
     channel.phase("grid check")
     reader = gguf.GGUFReader(job.gguf)
-    field = reader.fields["general.architecture"]
-    arch_name = bytes(field.parts[field.data[0]]).decode()
-    blocks = reader.fields[f"{arch_name}.block_count"]
-    arch = {name: arch for arch, name in gguf.MODEL_ARCH_NAMES.items()}[arch_name]
-    names = gguf.get_tensor_name_map(arch, int(blocks.parts[blocks.data[0]][0]))
-    merged = {}  # GGUF name -> (file, name in the merged model)
-    for hf_name, path in _merged_tensors(job.merged).items():
-        stem, _, suffix = hf_name.rpartition(".")
-        mapped = names.get_name(stem)
-        if mapped:
-            merged[f"{mapped}.{suffix}"] = (path, hf_name)
+    arch, blocks = mixture.read_header(job.gguf)
+    where = _merged_tensors(job.merged)
+    merged = {name: (where[hf], hf) for hf, name in mixture.gguf_names(list(where), arch, blocks).items()}
     kept = {tensor for flag, tensor in KEPT.items() if not getattr(job, flag)}
+    if job.plan is not None:
+        planned = mixture.Plan.load(job.plan).types  # GGUF name -> the grid it trained on (None: off grid)
+    else:  # a single type: every weight but those kept f16, as llama.cpp stores them all in it
+        target_type = grid.GRIDS[job.target].ggml_type
+        planned = {
+            t.name: job.target
+            for t in reader.tensors
+            if len(t.shape) >= 2 and t.name not in kept
+            and (t.name in merged or gguf.GGMLQuantizationType(t.tensor_type).name == target_type)
+        }  # fmt: skip
 
     compared, mismatched, retyped, unmatched = 0, [], [], []
     for tensor in reader.tensors:
-        kind = gguf.GGMLQuantizationType(tensor.tensor_type).name
-        if len(tensor.shape) < 2 or tensor.name not in merged and kind != g.ggml_type:
+        if len(tensor.shape) < 2:
             continue  # norms and biases stay f32 in every file
+        kind = gguf.GGMLQuantizationType(tensor.tensor_type).name
+        trained = planned.get(tensor.name)
+        if trained is None:
+            if kind not in UNROUNDED:
+                retyped.append(Retyped(tensor.name, kind))  # rounded in the file, not in training
+            continue
+        g = grid.GRIDS[trained]
         if kind != g.ggml_type:
-            if tensor.name not in kept:
-                retyped.append(Retyped(tensor.name, kind))
+            retyped.append(Retyped(tensor.name, kind, trained))
             continue
         if tensor.name not in merged:
             unmatched.append(tensor.name)

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-BLOCK = 32  # Q4_0 and Q8_0 both quantize blocks of 32 consecutive values of a row
+from workbench.qat import kquants
+
+BLOCK = 32  # Q4_0, Q5_0, Q5_1 and Q8_0 quantize blocks of 32 consecutive values of a row
 
 
 def _blocks(x: torch.Tensor) -> torch.Tensor:
@@ -57,6 +59,25 @@ def _roundf(x: torch.Tensor) -> torch.Tensor:
     return x.sign() * (floored + (2 * (a - floored)).floor())
 
 
+def q5_0(x: torch.Tensor) -> torch.Tensor:
+    """ggml `quantize_row_q5_0_ref`: d = (the value of largest magnitude, the first one on a tie) / -16,
+    q = min(31, trunc(x / d + 16.5)), stored as d in fp16 and q; read back as d * (q - 16)."""
+    blocks = _blocks(x)
+    d = _extreme(blocks) / -16
+    q = (blocks * _inverse(d)).add_(16.5).trunc_().clamp_(0, 31).sub_(16)
+    return q.mul_(d.half().float()).reshape(x.shape)
+
+
+def q5_1(x: torch.Tensor) -> torch.Tensor:
+    """ggml `quantize_row_q5_1_ref`: d = (max - min) / 31, q = trunc((x - min) / d + 0.5), stored as d and
+    min in fp16 and q; read back as d * q + min."""
+    blocks = _blocks(x)
+    low = blocks.amin(dim=-1, keepdim=True)
+    d = (blocks.amax(dim=-1, keepdim=True) - low) / 31
+    q = ((blocks - low) * _inverse(d)).add_(0.5).trunc_().clamp_(0, 31)
+    return q.mul_(d.half().float()).add_(low.half().float()).reshape(x.shape)
+
+
 def q8_0(x: torch.Tensor) -> torch.Tensor:
     """ggml `quantize_row_q8_0_ref`: d = max|x| / 127, q = roundf(x / d), stored as d in fp16 and q."""
     blocks = _blocks(x)
@@ -76,7 +97,12 @@ class Grid:
 
 GRIDS: dict[str, Grid] = {
     "q4_0": Grid("Q4_0", BLOCK, q4_0),  # keys: the recipe's names, as in export.gguf
+    "q5_0": Grid("Q5_0", BLOCK, q5_0),
+    "q5_1": Grid("Q5_1", BLOCK, q5_1),
     "q8_0": Grid("Q8_0", BLOCK, q8_0),
+    "q4_k": Grid("Q4_K", kquants.SUPER, kquants.q4_k),
+    "q5_k": Grid("Q5_K", kquants.SUPER, kquants.q5_k),
+    "q6_k": Grid("Q6_K", kquants.SUPER, kquants.q6_k),
 }
 
 # what a merged weight goes through before llama.cpp quantizes it: saved in the merge dtype, converted to

@@ -23,6 +23,7 @@ from torchao.quantization.qat.fake_quantize_config import FakeQuantizeConfigBase
 from torchao.quantization.qat.fake_quantizer import FakeQuantizerBase
 
 from workbench.qat import grid
+from workbench.qat.mixture import Plan
 
 
 @dataclass
@@ -98,10 +99,13 @@ class QATModel:
     target: str
     chain: tuple[torch.dtype, ...]  # the storage dtypes every weight goes through before the rounding
     quantizers: list[GGMLFakeQuantizer] = field(default_factory=list)
-    frozen: list[tuple[str, torch.nn.Parameter]] = field(default_factory=list)  # rounded in place when on
-    on_grid: list[str] = field(default_factory=list)  # weights trained on the grid
-    off_grid: list[str] = field(default_factory=list)  # rows not a multiple of the block: llama.cpp falls back
+    # frozen weights and their grids, rounded in place when switched on
+    frozen: list[tuple[str, torch.nn.Parameter, str]] = field(default_factory=list)
+    on_grid: dict[str, str] = field(default_factory=dict)  # weights trained on a grid -> that grid
+    off_grid: list[str] = field(default_factory=list)  # not stored on a grid (llama.cpp keeps them f16)
     enabled: bool = False
+    keep_unrounded: bool = False  # keep the frozen weights' values from before the rounding (a teacher uses them)
+    unrounded: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def switch_on(self) -> None:
         if self.enabled:
@@ -109,9 +113,13 @@ class QATModel:
         for quantizer in self.quantizers:
             quantizer.enabled = True
         with torch.no_grad():
-            for _, param in self.frozen:
-                rounded = grid.fake_quantize(param.data, grid.GRIDS[self.target], self.chain)
-                param.data.copy_(rounded.to(param.dtype))
+            for name, param, kind in self.frozen:
+                rounded = grid.fake_quantize(param.data, grid.GRIDS[kind], self.chain).to(param.dtype)
+                if self.keep_unrounded:
+                    self.unrounded[name] = param.data
+                    param.data = rounded
+                else:
+                    param.data.copy_(rounded)
         self.enabled = True
 
 
@@ -120,21 +128,26 @@ def _parent(model: torch.nn.Module, name: str) -> tuple[torch.nn.Module, str]:
     return (model.get_submodule(owner) if owner else model), attr
 
 
-def prepare(model: Any, target: str, *, merge_dtype: torch.dtype, embeddings: bool, output: bool) -> QATModel:
+def prepare(
+    model: Any, target: str, *, merge_dtype: torch.dtype, embeddings: bool, output: bool, plan: Plan | None = None
+) -> QATModel:
     """Put the target's rounding into `model` (a peft model for LoRA / QLoRA, a plain one for a full
     fine-tune), switched off until `switch_on`. `embeddings` / `output`: whether the token embeddings and
-    the output layer are on the grid (for tied embeddings, the one tensor follows `embeddings`)."""
+    the output layer are on the grid (for tied embeddings, the one tensor follows `embeddings`). `plan`: the
+    grid of each weight (a mixture, `workbench.qat.mixture`); without one every weight that fits is on the
+    target's grid."""
     from peft.tuners.lora import LoraLayer
 
-    g = grid.GRIDS[target]
-    config = GGMLFakeQuantizeConfig(target, grid.storage_chain(merge_dtype))
-    state = QATModel(target, config.chain)
+    state = QATModel(target, grid.storage_chain(merge_dtype))
     input_embeddings, output_layer = model.get_input_embeddings(), model.get_output_embeddings()
     tied = output_layer is not None and output_layer.weight is input_embeddings.weight
     wanted = {id(input_embeddings): embeddings, id(output_layer): embeddings if tied else output}
     adapted: set[int] = set()
     chosen: list[tuple[str, Any]] = []
+    embeddings_name = ""
     for name, module in model.named_modules():
+        if module is input_embeddings:
+            embeddings_name = name
         if isinstance(module, LoraLayer):
             adapted.update(id(sub) for sub in cast(torch.nn.Module, module).modules() if sub is not module)
             chosen.append((name, module))
@@ -147,22 +160,32 @@ def prepare(model: Any, target: str, *, merge_dtype: torch.dtype, embeddings: bo
                 " train.lora.targets: all-linear"
             )
 
+    def grid_of(name: str, module: Any, shape: tuple[int, ...]) -> str | None:
+        if plan is None:
+            return target if grid.fits(shape, grid.GRIDS[target]) else None
+        if tied and module is output_layer:  # one tensor in the file: the embeddings'
+            name = embeddings_name
+        kind = plan.grid_of(f"{name}.weight")
+        return kind if kind is not None and grid.fits(shape, grid.GRIDS[kind]) else None
+
     seen: set[int] = set()
     for name, module in chosen:
         weight: Any = module.get_base_layer().weight if isinstance(module, LoraLayer) else module.weight
         shape = tuple(weight.shape) if not hasattr(weight, "quant_state") else tuple(weight.quant_state.shape)
-        if not grid.fits(shape, g):
+        kind = grid_of(name, module, shape)
+        if kind is None:
             state.off_grid.append(name)
             continue
+        config = GGMLFakeQuantizeConfig(kind, state.chain)
         if id(weight) not in seen:  # a tied weight is one tensor in the file
-            state.on_grid.append(name)
+            state.on_grid[name] = kind
         if isinstance(module, LoraLayer):
             quantizer = GGMLFakeQuantizer(config)
             module.forward = _merged_forward(module, quantizer)  # type: ignore[attr-defined]
             state.quantizers.append(quantizer)
         elif not weight.requires_grad:
             if id(weight) not in seen:  # rounded once
-                state.frozen.append((name, weight))
+                state.frozen.append((name, weight, kind))
         else:
             quantizer = GGMLFakeQuantizer(config)
             owner, attr = _parent(model, name)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
@@ -136,13 +136,16 @@ class QATSwitch(TrainerCallback):
     """Switches quantization-aware training's rounding on once training reaches `start` optimizer steps
     (at once when it is 0, or when a resumed run is already past it)."""
 
-    def __init__(self, ctx: Recorder, model: Any, start: int):
+    def __init__(self, ctx: Recorder, model: Any, start: int, on_switch: Callable[[int], None] | None = None):
         self.ctx = ctx
         self.model = model  # workbench.qat.modules.QATModel
         self.start = start
+        self.on_switch = on_switch  # called before the rounding goes on, with the step (a teacher's snapshot)
 
     def _check(self, state: Any) -> None:
         if not self.model.enabled and state.global_step >= self.start:
+            if self.on_switch is not None:
+                self.on_switch(state.global_step)
             self.model.switch_on()
             self.ctx.event("qat_on", step=state.global_step, target=self.model.target)
             self.ctx.say(f"step {state.global_step}: training on the {self.model.target} rounding from here")

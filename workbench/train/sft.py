@@ -5,6 +5,7 @@ and records what they did."""
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -85,8 +86,9 @@ def wrap_peft(model: Any, base: str, section: TrainSection) -> Any:
     return model
 
 
-def prepare_qat(model: Any, recipe: Recipe) -> Any:
-    """The QAT target's rounding put into `model`, off until the trainer's QATSwitch turns it on."""
+def prepare_qat(model: Any, recipe: Recipe, plan: Any = None) -> Any:
+    """The QAT target's rounding put into `model`, off until the trainer's QATSwitch turns it on; `plan`:
+    a mixture's grid per weight (`workbench.qat.mixture.Plan`)."""
     import torch
 
     from workbench.qat import modules
@@ -100,6 +102,7 @@ def prepare_qat(model: Any, recipe: Recipe) -> Any:
             merge_dtype=getattr(torch, recipe.merge.dtype),
             embeddings=qat.embeddings,
             output=qat.output,
+            plan=plan,
         )
     except ValueError as exc:
         raise RecipeError(str(recipe.source or recipe.name), [f"train.qat: {exc}"]) from None
@@ -112,6 +115,7 @@ def qat_summary(model: Any, section: TrainSection) -> dict[str, Any]:
         "embeddings": section.qat.embeddings,
         "output": section.qat.output,
         "on_grid": len(model.on_grid),
+        "grids": dict(Counter(model.on_grid.values())),
         "off_grid": model.off_grid,
     }
 

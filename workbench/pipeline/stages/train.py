@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -25,14 +26,20 @@ from workbench.core.records import Artifact
 from workbench.data.dataset import to_trl
 from workbench.data.files import read_jsonl
 from workbench.pipeline.stages.base import Stage, StageContext, StageInterrupted, train_resumably
+from workbench.qat import mixture
 from workbench.train import distributed, loop, sft
 from workbench.train.tracking import trackers
+
+TEACHER_FILE = "qat-teacher.safetensors"  # in the work folder: the adapter at the switch (train.qat.distill)
 
 
 def key_inputs(recipe: Recipe) -> dict[str, Any]:
     spread = recipe.train.distributed
+    train = recipe.train.model_dump(mode="json", exclude={"distributed"})
+    if train["qat"]["distill"] is None:  # stored runs from before the field keep their key
+        del train["qat"]["distill"]
     inputs = {
-        "train": recipe.train.model_dump(mode="json", exclude={"distributed"}),
+        "train": train,
         "loss_on": recipe.data.loss_on,
         "packing": recipe.data.packing,
         "max_length": recipe.data.max_length,
@@ -46,6 +53,8 @@ def run(ctx: StageContext) -> list[Artifact]:
     section = ctx.recipe.train
     device = pick_device(section.device)
     sft.check_supported(ctx.recipe, device)
+    if ctx.rank is None and section.qat.target in mixture.MIXTURES and not (ctx.work / mixture.PLAN_FILE).is_file():
+        plan_mixture(ctx)  # once, before any rank starts
     if ctx.rank is None and section.distributed.many:
         try:
             where = distributed.layout(section.distributed, device)
@@ -55,6 +64,59 @@ def run(ctx: StageContext) -> list[Artifact]:
         if where.world > 1:
             return run_on_ranks(ctx, where, device)
     return train(ctx, device)
+
+
+def plan_mixture(ctx: StageContext) -> None:
+    """The per-tensor types of the mixture the run trains for, as llama-quantize will choose them for this
+    model: from a dry run on the base model's f16 GGUF (converted here, removed after), saved in the work
+    folder."""
+    from workbench.core.errors import ResourceError
+    from workbench.export import gguf
+
+    qat = ctx.recipe.train.qat
+    assert qat.target is not None
+    base = Path(resolve_model(ctx.recipe.base_model))
+    f16 = ctx.work / "qat-base-F16.gguf"
+    ctx.say(f"quantization-aware: asking llama-quantize which type each tensor gets in {qat.target}")
+    try:
+        outcome = gguf.convert(base, f16, "f16", log=ctx.log_path("qat-base-F16"))
+        if not outcome.ok:
+            raise StageFailed(f"train: converting the base model to find the {qat.target} mixture failed: "
+                              f"{outcome.error}")  # fmt: skip
+        keep = tuple(part for part in ("embeddings", "output") if not getattr(qat, part))
+        planned = gguf.planned_types(f16, mixture.MIXTURES[qat.target], keep)
+        plan = mixture.plan_from(planned, f16, base, qat.target)
+    except (ResourceError, RuntimeError) as exc:
+        raise StageFailed(f"train: the {qat.target} mixture: {exc}") from None
+    finally:
+        f16.unlink(missing_ok=True)
+    plan.save(ctx.work)
+    ctx.say(f"{qat.target} for this model: " + ", ".join(f"{n} {k}" for k, n in sorted(plan.counts().items())))
+
+
+def distillation_for(ctx: StageContext, model: Any, qat_model: Any) -> tuple[Any, Callable[[int], None]]:
+    """The distillation settings and what happens at the switch: the adapter as it is then becomes the
+    teacher, saved in the work folder (a run resumed past the switch loads it)."""
+    from workbench.qat import distill
+
+    section = ctx.recipe.train.qat.distill
+    assert section is not None
+    distillation = distill.Distillation(section.weight, section.temperature, section.tokens)
+    qat_model.keep_unrounded = True
+    saved = ctx.work / TEACHER_FILE
+
+    def on_switch(step: int) -> None:
+        if saved.is_file():
+            distillation.teacher = distill.load(saved, model, qat_model)
+            ctx.say(f"distilling toward the teacher saved at the switch ({saved.name})")
+            return
+        if step > ctx.recipe.train.qat.start_after_steps:
+            raise StageFailed(f"train: resumed at step {step}, past the switch, but the teacher ({saved.name}) is gone")
+        distillation.teacher = distill.snapshot(model, qat_model)
+        distillation.teacher.save(saved)
+        ctx.say(f"step {step}: the adapter as it is now is the 16-bit teacher (KL weight {section.weight})")
+
+    return distillation, on_switch
 
 
 def train(ctx: StageContext, device: str) -> list[Artifact]:
@@ -96,16 +158,26 @@ def train(ctx: StageContext, device: str) -> list[Artifact]:
     interrupt_cb = InterruptCallback(ctx.work / "ranks" / "stop" if ctx.rank is not None else None)
     callbacks: list[Any] = [store_cb, interrupt_cb]
     qat_summary = None
+    plan = None
+    if section.qat.target in mixture.MIXTURES:
+        plan = mixture.Plan.load(ctx.work / mixture.PLAN_FILE)
+    trainer_class: type = SFTTrainer
     if section.qat.target:
-        qat_model = sft.prepare_qat(model, ctx.recipe)
-        callbacks.append(QATSwitch(ctx, qat_model, section.qat.start_after_steps))
+        qat_model = sft.prepare_qat(model, ctx.recipe, plan)
+        on_switch = None
+        if section.qat.distill is not None:
+            from workbench.qat.distill import distilling
+
+            distillation, on_switch = distillation_for(ctx, model, qat_model)
+            trainer_class = distilling(SFTTrainer, distillation)
+        callbacks.append(QATSwitch(ctx, qat_model, section.qat.start_after_steps, on_switch))
         qat_summary = sft.qat_summary(qat_model, section)
         ctx.say(
             f"quantization-aware: {len(qat_model.on_grid)} weights trained on the {section.qat.target} grid"
             f" from step {section.qat.start_after_steps}"
-            + (f"; {len(qat_model.off_grid)} cannot be stored in it" if qat_model.off_grid else "")
+            + (f"; {len(qat_model.off_grid)} not stored on a grid" if qat_model.off_grid else "")
         )
-    trainer = SFTTrainer(
+    trainer = trainer_class(
         model=model,
         args=sft.sft_config(
             ctx.work / "checkpoints",
@@ -137,6 +209,8 @@ def train(ctx: StageContext, device: str) -> list[Artifact]:
         if ctx.rank:
             return []  # rank 0 records and saves
     tokenizer.save_pretrained(ctx.out)
+    if plan is not None:
+        plan.save(ctx.out)  # the export's grid check holds the file to it
     summary = {
         "method": section.method,
         "device": device,

@@ -1,0 +1,84 @@
+"""Distillation toward the 16-bit fine-tune (workbench.qat.distill) on a tiny random Llama."""
+
+from __future__ import annotations
+
+import torch
+from test_qat import lora_model
+
+from workbench.qat import distill, modules
+
+
+def prepared(tiny_model, target="q4_0"):
+    model = lora_model(tiny_model)
+    state = modules.prepare(model, target, merge_dtype=torch.float32, embeddings=True, output=True)
+    state.keep_unrounded = True
+    teacher = distill.snapshot(model, state)  # the adapter before the rounding goes on
+    state.switch_on()
+    return model, state, teacher
+
+
+def batch(answers_from=6):
+    ids = torch.randint(0, 200, (2, 12), generator=torch.Generator().manual_seed(3))
+    labels = ids.clone()
+    labels[:, :answers_from] = -100  # the prompt: no label
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+
+
+def test_the_teacher_is_the_unrounded_model_and_everything_is_put_back(tiny_model):
+    model, state, teacher = prepared(tiny_model)
+    inputs = batch()
+    unrounded = lora_model(tiny_model)  # the same adapter, never rounded
+    with torch.no_grad():
+        student = model(inputs["input_ids"]).logits
+        expected = unrounded(inputs["input_ids"]).logits
+        with teacher.active():
+            assert not model.training and not any(q.enabled for q in state.quantizers)
+            seen = model(inputs["input_ids"]).logits
+        again = model(inputs["input_ids"]).logits
+    torch.testing.assert_close(seen, expected)
+    assert (student - expected).abs().max() > 1e-3  # the rounding is really on for the student
+    assert torch.equal(again, student) and model.training and all(q.enabled for q in state.quantizers)
+
+
+def test_the_loss_is_zero_when_student_and_teacher_agree_and_its_gradient_reaches_the_adapter(tiny_model):
+    model, _, teacher = prepared(tiny_model)
+    distillation = distill.Distillation(weight=1.0, temperature=2.0, tokens="answers", teacher=teacher)
+    inputs = batch()
+    with teacher.active():
+        same = model(inputs["input_ids"]).logits
+    assert distillation.loss(model, inputs, same).item() == 0.0
+
+    loss = distillation.loss(model, inputs, model(inputs["input_ids"]).logits)
+    assert loss.item() > 0
+    loss.backward()
+    layer = model.base_model.model.model.layers[0].mlp.up_proj
+    for part in (layer.lora_A["default"].weight, layer.lora_B["default"].weight):
+        assert part.grad is not None and part.grad.abs().sum() > 0
+
+
+def test_the_chosen_tokens_are_the_answers_or_every_real_token():
+    inputs = batch(answers_from=6)
+    inputs["attention_mask"][1, -2:] = 0  # padding
+    answers = distill.positions(inputs, "answers")
+    every = distill.positions(inputs, "all")
+    assert answers.shape == (2, 11) and answers.sum() == 2 * 6  # position i predicts token i + 1
+    assert every.sum() == 2 * 11 - 2
+
+
+def test_training_on_the_kl_reduces_a_planted_difference(tiny_model):
+    model, _, teacher = prepared(tiny_model)
+    distillation = distill.Distillation(weight=1.0, temperature=1.0, tokens="all", teacher=teacher)
+    with torch.no_grad():  # the student wanders off: its adapter is no longer the teacher's
+        for param in distill.adapter_parameters(model).values():
+            param.add_(torch.randn_like(param) * 0.2)
+    inputs = batch()
+    params = list(distill.adapter_parameters(model).values())
+    optimizer = torch.optim.Adam(params, lr=1e-2)
+    losses = []
+    for _ in range(30):
+        optimizer.zero_grad()
+        loss = distillation.loss(model, inputs, model(inputs["input_ids"]).logits)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
