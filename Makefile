@@ -62,7 +62,7 @@ docs: install
 
 # the whole suite, as CI runs it
 test: lint typecheck docs
-	$(OFFLINE) $(BIN)/python -m pytest -q
+	$(OFFLINE) $(BIN)/python -m pytest -q --durations=15
 
 # the inner loop: everything but the end-to-end runs (marked slow), stopping at the first failure
 test-fast: install

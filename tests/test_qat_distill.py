@@ -82,3 +82,41 @@ def test_training_on_the_kl_reduces_a_planted_difference(tiny_model):
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_the_trainer_backpropagates_the_kl_through_the_student(tiny_model, tmp_path):
+    """TRL's fused LM head builds no logits, and asked for them recomputes them without gradient: the
+    distilling trainer takes the student's loss and logits from one forward pass with gradient."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    model, _, teacher = prepared(tiny_model)
+    with torch.no_grad():  # the student is no longer the teacher
+        for param in distill.adapter_parameters(model).values():
+            param.add_(torch.randn_like(param) * 0.2)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    rows = [{"messages": [{"role": "user", "content": f"{i} + 2"}, {"role": "assistant", "content": str(i + 2)}]}
+            for i in range(4)]  # fmt: skip
+    distillation = distill.Distillation(weight=1.0, temperature=1.0, tokens="answers")
+    config = SFTConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, report_to=[], use_cpu=True,
+                       assistant_only_loss=False, completion_only_loss=None, max_length=64)  # fmt: skip
+    trainer = distill.distilling(SFTTrainer, distillation)(
+        model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
+    )
+    inputs = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    part = model.base_model.model.model.layers[0].mlp.up_proj.lora_A["default"].weight
+
+    def gradient(weight: float | None) -> tuple[float, torch.Tensor]:
+        distillation.teacher, distillation.weight = (None, 1.0) if weight is None else (teacher, weight)
+        model.zero_grad()
+        loss = trainer.compute_loss(model, dict(inputs))
+        loss.backward()
+        return loss.item(), part.grad.clone()
+
+    task_loss, task_grad = gradient(None)  # TRL's own loss
+    same_loss, same_grad = gradient(1e-9)  # transformers' loss, the KL weighed to nothing
+    kl_loss, kl_grad = gradient(10.0)
+    assert abs(same_loss - task_loss) < 1e-4 and torch.allclose(same_grad, task_grad, atol=1e-5)
+    assert kl_loss > task_loss and distillation.last_kl > 0
+    assert not torch.allclose(kl_grad, task_grad, atol=1e-5)  # the KL's gradient reached the adapter

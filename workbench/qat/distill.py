@@ -136,19 +136,38 @@ class Distillation:
 
 def distilling(trainer_class: type, distillation: Distillation) -> type:
     """`trainer_class` (TRL's SFTTrainer) with the distillation term added to its loss once there is a
-    teacher (before the switch: the task loss alone)."""
+    teacher (before the switch: the task loss alone, as TRL computes it).
+
+    After the switch the student's loss is transformers' own (`Trainer.compute_loss`: the model's cross
+    entropy on the labelled tokens), because the KL needs the student's logits with their gradient: TRL's
+    fused LM head does not build them, and asked for them it recomputes them without gradient."""
+    from transformers import Trainer
 
     class DistillingTrainer(trainer_class):
         def compute_loss(
             self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
         ) -> Any:
-            if distillation.teacher is None:
+            if distillation.teacher is None or not model.training:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+            inputs["use_cache"] = False
+            loss, outputs = Trainer.compute_loss(self, model, inputs, True, num_items_in_batch)
             loss = loss + distillation.loss(model, inputs, outputs.logits)
-            metrics = getattr(self, "_metrics", None)
-            if isinstance(metrics, dict) and distillation.last_kl is not None:
-                metrics.setdefault("train", {}).setdefault("distill_kl", []).append(distillation.last_kl)
+            self._count_tokens(inputs)
             return (loss, outputs) if return_outputs else loss
+
+        def _count_tokens(self, inputs: dict[str, Any]) -> None:
+            """TRL's token count and the KL in its logged metrics (its own compute_loss keeps them)."""
+            metrics = getattr(self, "_metrics", None)
+            if not isinstance(metrics, dict) or not hasattr(self, "_total_train_tokens"):
+                return
+            if "attention_mask" in inputs:
+                local = inputs["attention_mask"].sum()
+            else:  # padding-free: one packed row
+                local = torch.tensor(inputs["position_ids"].size(1), device=inputs["position_ids"].device)
+            counted = self.accelerator.gather_for_metrics(local).sum().item()
+            self._total_train_tokens += counted // getattr(self, "_tp_size", 1)
+            metrics["train"]["num_tokens"] = [self._total_train_tokens]
+            if distillation.last_kl is not None:
+                metrics["train"]["distill_kl"].append(distillation.last_kl)
 
     return DistillingTrainer
