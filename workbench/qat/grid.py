@@ -14,16 +14,13 @@ from dataclasses import dataclass
 import torch
 
 from workbench.qat import kquants
+from workbench.qat.blocks import split
 
 BLOCK = 32  # Q4_0, Q5_0, Q5_1 and Q8_0 quantize blocks of 32 consecutive values of a row
 
 
 def _blocks(x: torch.Tensor) -> torch.Tensor:
-    if x.dtype != torch.float32:
-        raise TypeError(f"the grid takes float32 values, got {x.dtype}")
-    if x.shape[-1] % BLOCK:
-        raise ValueError(f"rows of {x.shape[-1]} values do not divide into blocks of {BLOCK}")
-    return x.reshape(-1, BLOCK)
+    return split(x, BLOCK)
 
 
 def _inverse(d: torch.Tensor) -> torch.Tensor:
@@ -43,13 +40,18 @@ def _extreme(blocks: torch.Tensor) -> torch.Tensor:
     return extreme
 
 
-def q4_0(x: torch.Tensor) -> torch.Tensor:
-    """ggml `quantize_row_q4_0_ref`: d = (the value of largest magnitude, the first one on a tie) / -8,
-    q = min(15, trunc(x / d + 8.5)), stored as d in fp16 and q; read back as d * (q - 8)."""
+def _symmetric(x: torch.Tensor, half: int) -> torch.Tensor:
+    """Q4_0 (half 8) and Q5_0 (half 16): d = (the value of largest magnitude, the first one on a tie) / -half,
+    q = min(2·half - 1, trunc(x / d + half + 0.5)), stored as d in fp16 and q; read back as d * (q - half)."""
     blocks = _blocks(x)
-    d = _extreme(blocks) / -8
-    q = (blocks * _inverse(d)).add_(8.5).trunc_().clamp_(0, 15).sub_(8)
+    d = _extreme(blocks) / -half
+    q = (blocks * _inverse(d)).add_(half + 0.5).trunc_().clamp_(0, 2 * half - 1).sub_(half)
     return q.mul_(d.half().float()).reshape(x.shape)
+
+
+def q4_0(x: torch.Tensor) -> torch.Tensor:
+    """ggml `quantize_row_q4_0_ref`."""
+    return _symmetric(x, 8)
 
 
 def _roundf(x: torch.Tensor) -> torch.Tensor:
@@ -60,12 +62,8 @@ def _roundf(x: torch.Tensor) -> torch.Tensor:
 
 
 def q5_0(x: torch.Tensor) -> torch.Tensor:
-    """ggml `quantize_row_q5_0_ref`: d = (the value of largest magnitude, the first one on a tie) / -16,
-    q = min(31, trunc(x / d + 16.5)), stored as d in fp16 and q; read back as d * (q - 16)."""
-    blocks = _blocks(x)
-    d = _extreme(blocks) / -16
-    q = (blocks * _inverse(d)).add_(16.5).trunc_().clamp_(0, 31).sub_(16)
-    return q.mul_(d.half().float()).reshape(x.shape)
+    """ggml `quantize_row_q5_0_ref`."""
+    return _symmetric(x, 16)
 
 
 def q5_1(x: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from workbench.qat.blocks import split
+
 SUPER = 256  # QK_K
 GROUP_MAX_EPS = 1e-15  # below this a group counts as all zero
 
@@ -165,8 +167,4 @@ def q6_k(x: torch.Tensor) -> torch.Tensor:
 
 
 def _super_blocks(x: torch.Tensor) -> torch.Tensor:
-    if x.dtype != torch.float32:
-        raise TypeError(f"the grid takes float32 values, got {x.dtype}")
-    if x.shape[-1] % SUPER:
-        raise ValueError(f"rows of {x.shape[-1]} values do not divide into super-blocks of {SUPER}")
-    return x.reshape(-1, SUPER)
+    return split(x, SUPER, "super-blocks")
