@@ -5,7 +5,7 @@ Super-blocks of 256 values; Q4_K / Q5_K split them into 8 sub-blocks of 32 with 
 scale (`make_qx_quants`, 18 trial scales). The values are what gguf-py's `dequantize` reads back from the
 blocks ggml writes — bit for bit (tests/test_qat_kquants.py holds them to ggml's own quantizer).
 
-Bit-exactness needs ggml's order of float32 operations: its sums run element by element (`_running`), its
+Bit-exactness needs ggml's order of float32 operations: its sums run element by element (`_summed`), its
 products are rounded before they are added (no fused multiply-add), and `nearest_int` rounds halves to even.
 """
 
@@ -31,43 +31,52 @@ def _over(numerator: float, x: torch.Tensor) -> torch.Tensor:
     return torch.full_like(x, numerator) / x
 
 
-def _running(terms: torch.Tensor) -> torch.Tensor:
-    """Sum over the last dimension one element at a time, in float32 (C's `for` loop; torch.sum pairs)."""
-    total = terms[..., 0].clone()
-    for i in range(1, terms.shape[-1]):
-        total = total + terms[..., i]
-    return total
-
-
 def _first_extreme(x: torch.Tensor) -> torch.Tensor:
     """Per row, the value of largest magnitude; on a tie the first one (`if (amax < fabsf(v))`)."""
     index = x.abs().argmax(dim=-1, keepdim=True)  # argmax returns the first of equal maxima
     return x.gather(-1, index).squeeze(-1)
 
 
+def _columns(x: torch.Tensor) -> torch.Tensor:
+    """Rows of a group as columns: (rows, n) -> (n, rows), contiguous, so the element-by-element sums add
+    contiguous vectors (several times faster than strided columns) and per-row values broadcast as they are."""
+    return x.movedim(-1, 0).contiguous()
+
+
+def _summed(columns: torch.Tensor) -> torch.Tensor:
+    """Sum over the first dimension of a `_columns` layout one element at a time, in float32 (C's `for`
+    loop; torch.sum adds in pairs)."""
+    total = columns[0].clone()
+    for column in columns[1:]:
+        total += column
+    return total
+
+
 def _qkx2(x: torch.Tensor, nmax: int, rmin: float, rdelta: float, nstep: int) -> tuple[torch.Tensor, torch.Tensor]:
     """`make_qkx2_quants` on rows of 32 (weights `av_x + |x|`, squared error): per row, the scale and the
     min (positive, subtracted) of the best of the trial grids."""
+    xs = _columns(x)  # (32, rows): every per-row value below has the shape (rows,)
     # sqrtf, correctly rounded: torch's float32 sqrt can be an ulp off; through float64 it is exact
-    av_x = torch.sqrt((_running(x * x) / 32).double()).float()
-    w = av_x.unsqueeze(-1) + x.abs()
+    av_x = torch.sqrt((_summed(xs * xs) / 32).double()).float()
+    w = av_x + xs.abs()
     low = torch.minimum(x.amin(dim=-1), torch.zeros_like(av_x))
     high = x.amax(dim=-1)
-    sum_w, sum_x = _running(w), _running(w * x)
+    sum_w, sum_x = _summed(w), _summed(w * xs)
     span = high - low
     flat = span == 0
     span = torch.where(flat, torch.ones_like(span), span)
 
     iscale = _over(nmax, span)
     scale = _over(1, iscale)
-    levels = _nearest(iscale.unsqueeze(-1) * (x - low.unsqueeze(-1))).clamp_(0, nmax)
-    diff = scale.unsqueeze(-1) * levels + low.unsqueeze(-1) - x
-    best = _running(w * (diff * diff))
+    levels = _nearest(iscale * (xs - low)).clamp_(0, nmax)
+    diff = scale * levels + low - xs
+    best = _summed(w * (diff * diff))
     for step in range(nstep + 1):  # ggml's loop moves `min` (and so the span) when a trial wins
         span = torch.where(flat, torch.ones_like(span), high - low)
         iscale = _over(_trial(rmin, rdelta, step, nmax), span)
-        trial = _nearest(iscale.unsqueeze(-1) * (x - low.unsqueeze(-1))).clamp_(0, nmax)
-        sum_l, sum_l2, sum_xl = _running(w * trial), _running(w * trial * trial), _running(w * trial * x)
+        trial = _nearest(iscale * (xs - low)).clamp_(0, nmax)
+        weighted = w * trial
+        sum_l, sum_l2, sum_xl = _summed(weighted), _summed(weighted * trial), _summed(weighted * xs)
         det = sum_w * sum_l2 - sum_l * sum_l
         ok = det > 0
         safe = torch.where(ok, det, torch.ones_like(det))
@@ -76,8 +85,8 @@ def _qkx2(x: torch.Tensor, nmax: int, rmin: float, rdelta: float, nstep: int) ->
         positive = this_min > 0
         this_scale = torch.where(positive, sum_xl / sum_l2, this_scale)
         this_min = torch.where(positive, torch.zeros_like(this_min), this_min)
-        diff = this_scale.unsqueeze(-1) * trial + this_min.unsqueeze(-1) - x
-        error = _running(w * (diff * diff))
+        diff = this_scale * trial + this_min - xs
+        error = _summed(w * (diff * diff))
         better = ok & (error < best) & ~flat
         best = torch.where(better, error, best)
         scale = torch.where(better, this_scale, scale)
@@ -130,11 +139,12 @@ def _qx(x: torch.Tensor, nmax: int) -> torch.Tensor:
     extreme = _first_extreme(x)
     zero = x.abs().amax(dim=-1) < GROUP_MAX_EPS
     extreme = torch.where(zero, torch.ones_like(extreme), extreme)
-    w = x * x
+    xs = _columns(x)
+    w = xs * xs
 
     def sums(iscale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        levels = _nearest(iscale.unsqueeze(-1) * x).clamp_(-nmax, nmax - 1)
-        return _running(w * x * levels), _running(w * levels * levels)
+        levels = _nearest(iscale * xs).clamp_(-nmax, nmax - 1)
+        return _summed(w * xs * levels), _summed(w * levels * levels)
 
     sumlx, suml2 = sums(_over(-nmax, extreme))
     scale = torch.where(suml2 != 0, sumlx / torch.where(suml2 != 0, suml2, 1), 0)
