@@ -321,7 +321,15 @@ def test_sweep_runs_a_2x2_grid_and_compares_the_qat_runs_with_their_twins(tmp_pa
         train={"max_steps": 2},
         export={"gguf": ["q4_0"], "smoke_prompts": 0, "parity_prompts": 1},
         eval={"tasks": ["heldout"], "base": False, "limit": 4, "fidelity_rows": 4, "max_gen_tokens": 4},
-        bench={"cpu": ["gguf"], "gpu": [], "prompt_tokens": 8, "gen_tokens": 4, "repetitions": 1, "warmup": 0},
+        bench={
+            "cpu": ["gguf"],
+            "gpu": [],
+            "prompt_tokens": 8,
+            "gen_tokens": 4,
+            "repetitions": 1,
+            "warmup": 0,
+            "serve": {"formats": ["gguf"], "parity_prompts": 1},
+        },  # fmt: skip
     )
     home = tmp_path / "runs"
     bad = ["--home", str(home), "sweep", str(recipe), "--vary", "train.method=lora,nope"]
