@@ -34,18 +34,6 @@ def _same(expected: Any, stored: Any) -> bool:
     return bool(np.array_equal(_rows_sorted(expected), _rows_sorted(stored)))
 
 
-def _merged_tensors(folder: Path) -> dict[str, Path]:
-    """Tensor name -> the safetensors file that holds it (read one at a time: a large model never sits
-    in memory whole)."""
-    from safetensors import safe_open
-
-    where = {}
-    for path in sorted(folder.glob("*.safetensors")):
-        with safe_open(str(path), framework="pt") as handle:
-            where.update(dict.fromkeys(handle.keys(), path))
-    return where
-
-
 def _load(path: Path, name: str) -> Any:
     from safetensors import safe_open
 
@@ -106,7 +94,7 @@ def grid_job(job: GridJob, channel: Channel) -> GridResult:
     channel.phase("grid check")
     reader = gguf.GGUFReader(job.gguf)
     arch, blocks = mixture.read_header(job.gguf)
-    where = _merged_tensors(job.merged)
+    where = mixture.weight_files(job.merged)
     merged = {name: (where[hf], hf) for hf, name in mixture.gguf_names(list(where), arch, blocks).items()}
     kept = {tensor for flag, tensor in KEPT.items() if not getattr(job, flag)}
     if job.plan is not None:

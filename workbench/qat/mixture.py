@@ -86,15 +86,16 @@ def read_header(path: Path) -> tuple[str, int]:
     return arch, int(blocks.parts[blocks.data[0]][0])
 
 
-def weight_names(folder: Path) -> list[str]:
-    """The tensor names of a model folder's safetensors files (headers only)."""
+def weight_files(folder: Path) -> dict[str, Path]:
+    """A model folder's tensor names -> the safetensors file that holds each (headers only: a large model
+    never sits in memory whole)."""
     from safetensors import safe_open
 
-    names: list[str] = []
+    where: dict[str, Path] = {}
     for path in sorted(folder.glob("*.safetensors")):
         with safe_open(str(path), framework="pt") as handle:
-            names += list(handle.keys())
-    return names
+            where.update(dict.fromkeys(handle.keys(), path))
+    return where
 
 
 def plan_from(planned: dict[str, str], f16: Path, model: Path, target: str) -> Plan:
@@ -102,4 +103,4 @@ def plan_from(planned: dict[str, str], f16: Path, model: Path, target: str) -> P
     of a model of the same shapes and names; `workbench.export.gguf.planned_types`)."""
     arch, blocks = read_header(f16)
     types = {name: grid_key(kind) for name, kind in planned.items()}
-    return Plan(target, types, gguf_names(weight_names(model), arch, blocks))
+    return Plan(target, types, gguf_names(list(weight_files(model)), arch, blocks))
