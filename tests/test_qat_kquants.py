@@ -66,6 +66,27 @@ def test_every_grid_equals_ggml_bit_for_bit(ggml, target):
         assert not mismatched.any(), f"{target}: {mismatched.sum()} of {mismatched.size} values differ"
 
 
+def test_on_cpu_training_rounds_with_ggml_itself_and_gets_the_torch_grids_values(monkeypatch):
+    """`fake_quantize` on CPU calls libggml for the K-quants (rows split over threads); its values are the
+    torch grids'. Both ways are tested for every grid: here through libggml, directly above."""
+    from workbench.qat import native
+
+    assert native.available()
+    calls = []
+    monkeypatch.setattr(native, "values", lambda x, kind, wrapped=native.values: calls.append(kind) or wrapped(x, kind))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)  # 12 rows in 3 chunks
+    for target, g in grid.GRIDS.items():
+        for x in (torch.randn(12, 512, generator=torch.Generator().manual_seed(1)), edge_cases()):
+            theirs = grid.fake_quantize(x, g, (torch.bfloat16,))
+            ours = g.values(x.bfloat16().float())
+            assert torch.equal(theirs.isnan(), ours.isnan()), target
+            assert torch.equal(theirs.nan_to_num(), ours.nan_to_num()), target
+    assert calls == [g.ggml_type for g in grid.GRIDS.values() if g.native for _ in range(2)]
+    assert {"Q4_K", "Q6_K"} <= set(calls)
+    with pytest.raises(ValueError, match="rows of 320 values do not divide into Q4_K blocks of 256"):
+        native.values(torch.zeros(2, 320), "Q4_K")
+
+
 def test_rows_that_do_not_divide_into_super_blocks_are_refused():
     with pytest.raises(ValueError, match="super-blocks of 256"):
         kquants.q4_k(torch.zeros(2, 576))
@@ -128,21 +149,24 @@ def test_the_grid_check_holds_a_mixture_file_to_the_plan(tmp_path, mixed_f16, ti
 
 @pytest.mark.slow
 def test_a_q4_k_m_qat_run_exports_a_file_on_its_mixture(tmp_path, tiny_llama_320):
-    """The recipe trains each weight on the type llama-quantize gives it, distilling toward its own adapter
-    of the switch; the exported Q4_K_M holds exactly those roundings of the merged weights, every tensor (the
-    grid check), with no importance matrix."""
+    """The recipe trains each weight on the type llama-quantize gives it, after its supervised steps and
+    distilling toward their adapter; that teacher is its plain twin's adapter, and the exported Q4_K_M holds
+    exactly the roundings of the merged weights, every tensor (the grid check), with no importance matrix."""
     import json
 
+    from safetensors.torch import load_file
     from test_qat import addition_recipe
 
     from workbench.core.recipe import load_recipe
     from workbench.core.store import Store
     from workbench.pipeline.runner import run_recipe
+    from workbench.pipeline.stages.train import TEACHER_FILE
 
+    qat = {"target": "q4_k_m", "steps": 2, "learning_rate": 5e-4, "distill": {"weight": 2.0}}
     recipe = addition_recipe(
         tmp_path,
         tiny_llama_320,
-        train={"max_steps": 3, "qat": {"target": "q4_k_m", "start_after_steps": 1, "distill": {"weight": 2.0}}},
+        train={"max_steps": 2, "qat": qat},
         merge={"dtype": "bfloat16"},
         export={"gguf": ["q4_k_m"], "smoke_prompts": 0},
     )
@@ -156,9 +180,25 @@ def test_a_q4_k_m_qat_run_exports_a_file_on_its_mixture(tmp_path, tiny_llama_320
     assert {"Q5_0", "Q8_0", "Q6_K"} <= set(variant.meta["tensor_types"])  # the mixture, not one type
     assert variant.meta["imatrix"] is None
     summary = json.loads((home / "tiny" / "train" / "train_summary.json").read_text())
+    assert summary["steps"] == 4 and summary["qat"]["steps"] == 2 and summary["qat"]["rounding"] == "libggml"
     assert summary["qat"]["on_grid"] == 15 and {"q5_0", "q8_0", "q6_k"} <= set(summary["qat"]["grids"])
+    assert [e["step"] for e in store.events("tiny", stage="train", kind="qat_on")] == [2]
     plan = json.loads((home / "tiny" / "train" / "qat-types.json").read_text())
     assert plan["target"] == "q4_k_m" and plan["types"]["blk.0.attn_k.weight"] == "q5_0"
     history = json.loads((home / "tiny" / "train" / "log_history.json").read_text())
     kls = [entry["distill_kl"] for entry in history if "distill_kl" in entry]
-    assert kls and all(kl > 0 for kl in kls)  # logged from the switch on
+    assert len(kls) == 2 and all(kl > 0 for kl in kls)  # logged from the switch on
+    rates = [entry["learning_rate"] for entry in history if "learning_rate" in entry]
+
+    # the plain twin trains the same supervised steps: its adapter is the teacher, its rates the first ones
+    twin_qat = {**qat, "target": None}
+    twin = addition_recipe(tmp_path, tiny_llama_320, name="twin", train={"max_steps": 2, "qat": twin_qat})
+    run_recipe(load_recipe(twin), home, stages=["train"])
+    plain = load_file(str(home / "twin" / "train" / "adapter_model.safetensors"))
+    teacher = load_file(str(home / "tiny" / "train" / TEACHER_FILE))
+    assert {name.replace(".default.", ".") for name in teacher} == set(plain)
+    for name, value in teacher.items():
+        assert torch.equal(value, plain[name.replace(".default.", ".")]), name
+    twin_history = json.loads((home / "twin" / "train" / "log_history.json").read_text())
+    assert rates[:2] == [entry["learning_rate"] for entry in twin_history if "learning_rate" in entry]
+    assert rates[2] == pytest.approx(5e-4)  # the qat steps' own schedule, from their peak

@@ -109,6 +109,8 @@ def test_qat_section_rules_and_the_merge_base_it_implies(tmp_path: Path) -> None
     assert distilled is not None
     assert (distilled.weight, distilled.tokens, distilled.teacher) == (2, "answers", "supervised")
     assert load("train.qat.distill={weight: 2}").train.qat.distill is not None  # a plain twin keeps the section
+    after = load("train.qat.target=q4_k_m", "export.gguf=[q4_k_m]", "train.qat.steps=8", "train.qat.distill={}")
+    assert after.train.qat.steps == 8 and after.train.qat.learning_rate is None  # the supervised steps' teacher
     qat = load("train.qat.target=q4_0", "export.gguf=[q4_0]")
     assert qat.train.qat.start_after_steps == 0 and qat.train.qat.embeddings and qat.merge_base == "original"
     qlora = ["train.method=qlora", "train.qat.target=q4_0", "export.gguf=[q4_0]"]
@@ -121,7 +123,12 @@ def test_qat_section_rules_and_the_merge_base_it_implies(tmp_path: Path) -> None
         (*qlora, "merge.base=original"): "merge.base: original ships other weights",
         ("train.qat.target=q4_0", "export.gguf=[q4_0]", "train.lora.dora=true"): "DoRA is not supported",
         ("train.qat.target=q3_k_m", "export.gguf=[q3_k_m]"): "train.qat.target: input should be 'q4_0', 'q8_0',",
-        ("train.qat.target=q4_k_m", "export.gguf=[q4_k_m]", "train.qat.distill={}"): "set start_after_steps above 0",
+        ("train.qat.target=q4_k_m", "export.gguf=[q4_k_m]", "train.qat.distill={}"): "set qat.steps",
+        ("train.qat.target=q4_0", "export.gguf=[q4_0]", "train.qat.steps=8", "train.qat.start_after_steps=2"): (
+            "both say when the rounding goes on"
+        ),
+        ("train.qat.learning_rate=1e-4",): "train.qat.learning_rate: is the rate of qat.steps",
+        ("train.qat.steps=0",): "train.qat.steps",
         (
             "train.qat.target=q4_0",
             "export.gguf=[q4_0]",

@@ -86,8 +86,9 @@ class DistillSection(Section):
 
     teacher: Literal["supervised"] = Field(
         default="supervised",
-        description="supervised: the run's own adapter as it is when the rounding is switched on (after"
-        " start_after_steps of plain training), frozen and computed without the rounding",
+        description="supervised: the run's own adapter as it is when the rounding is switched on (the finished"
+        " supervised adapter with qat.steps, else the one after start_after_steps), frozen and computed without"
+        " the rounding",
     )
     weight: float = Field(default=1.0, gt=0, description="the KL term's weight beside the task loss")
     temperature: float = Field(default=1.0, gt=0, description="softens both distributions (the KL is scaled by T²)")
@@ -105,6 +106,17 @@ class QATSection(Section):
         " of this model for q4_k_m, q5_k_m, q6_k (each weight on its own type's grid); none: a plain fine-tune",
     )
     start_after_steps: int = Field(default=0, ge=0, description="optimizer steps before the rounding is switched on")
+    steps: int | None = Field(
+        default=None,
+        ge=1,
+        description="optimizer steps on the rounding after the supervised training has finished all of its own,"
+        " continuing from its adapter with a learning-rate schedule of their own: the supervised part is the plain"
+        " twin's (target none) step for step, so the twin is the teacher; none: the rounding goes on at"
+        " start_after_steps, within train.max_steps",
+    )
+    learning_rate: float | None = Field(
+        default=None, gt=0, description="peak learning rate of the qat.steps (none: train.learning_rate)"
+    )
     embeddings: bool = Field(default=True, description="token embeddings on the grid too (off: kept f16 in the file)")
     output: bool = Field(
         default=True, description="a separate output layer on the grid too (off: kept f16); tied ones follow embeddings"
@@ -647,10 +659,17 @@ class Recipe(Section):
                 "train.qat.distill: a full fine-tune would keep a second copy of every weight as its teacher;"
                 " distillation is built for lora and qlora"
             )
-        if qat.target and qat.distill and qat.start_after_steps == 0:
+        if qat.target and qat.steps and qat.start_after_steps:
             raise ValueError(
-                "train.qat.distill: teacher supervised is the adapter after start_after_steps of plain training;"
-                " set start_after_steps above 0"
+                "train.qat: steps (the rounding after the supervised training) and start_after_steps (the rounding"
+                " within it) both say when the rounding goes on; set one of them"
+            )
+        if qat.learning_rate and not qat.steps:
+            raise ValueError("train.qat.learning_rate: is the rate of qat.steps; set steps too")
+        if qat.target and qat.distill and qat.start_after_steps == 0 and not qat.steps:
+            raise ValueError(
+                "train.qat.distill: teacher supervised is the adapter after some plain training; set qat.steps"
+                " (after the supervised training) or start_after_steps above 0"
             )
         if qat.target and self.train.lora.dora and self.train.method != "full":
             raise ValueError("train.qat: DoRA is not supported with quantization-aware training")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from workbench.qat import kquants
+from workbench.qat import kquants, native
 from workbench.qat.blocks import split
 
 BLOCK = 32  # Q4_0, Q5_0, Q5_1 and Q8_0 quantize blocks of 32 consecutive values of a row
@@ -91,16 +91,20 @@ class Grid:
     ggml_type: str  # gguf-py's GGMLQuantizationType name
     block: int
     values: Callable[[torch.Tensor], torch.Tensor]
+    # rounded on CPU by libggml itself (workbench.qat.native) where that is faster than `values`: the
+    # K-quants' scale search is a loop of small steps here, 5-10x slower on 2 cores; Q4_0/Q5_0's few
+    # elementwise steps beat the call and gguf-py's unpacking
+    native: bool = False
 
 
 GRIDS: dict[str, Grid] = {
     "q4_0": Grid("Q4_0", BLOCK, q4_0),  # keys: the recipe's names, as in export.gguf
     "q5_0": Grid("Q5_0", BLOCK, q5_0),
     "q5_1": Grid("Q5_1", BLOCK, q5_1),
-    "q8_0": Grid("Q8_0", BLOCK, q8_0),
-    "q4_k": Grid("Q4_K", kquants.SUPER, kquants.q4_k),
-    "q5_k": Grid("Q5_K", kquants.SUPER, kquants.q5_k),
-    "q6_k": Grid("Q6_K", kquants.SUPER, kquants.q6_k),
+    "q8_0": Grid("Q8_0", BLOCK, q8_0, native=True),
+    "q4_k": Grid("Q4_K", kquants.SUPER, kquants.q4_k, native=True),
+    "q5_k": Grid("Q5_K", kquants.SUPER, kquants.q5_k, native=True),
+    "q6_k": Grid("Q6_K", kquants.SUPER, kquants.q6_k, native=True),
 }
 
 # what a merged weight goes through before llama.cpp quantizes it: saved in the merge dtype, converted to
@@ -116,6 +120,8 @@ def fake_quantize(x: torch.Tensor, grid: Grid, chain: Sequence[torch.dtype] = ()
     """The values `x` has in the served file: cast through `chain`, then rounded to the grid (fp32)."""
     for dtype in chain:
         x = x.to(dtype)
+    if grid.native and x.device.type == "cpu" and x.ndim == 2 and native.available():
+        return native.values(x, grid.ggml_type)
     return grid.values(x.float())
 
 

@@ -68,3 +68,36 @@ def trainer_arguments(
         "activation_checkpointing": section.gradient_checkpointing,
         "dataloader_num_workers": 0,
     }
+
+
+def continued(trainer_class: type, first: int, rate: float) -> type:
+    """`trainer_class` with a learning-rate schedule in two parts: the first `first` steps exactly as a run of
+    `first` steps would have them (its warm-up and decay), then the rest of the steps with a schedule of
+    their own (the same kind, no warm-up) peaking at `rate`. The optimizer's state carries over."""
+    from torch.optim.lr_scheduler import LambdaLR
+    from transformers import get_scheduler
+
+    class ContinuedTrainer(trainer_class):
+        lr_scheduler: Any
+
+        def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
+            if self.lr_scheduler is not None:
+                return self.lr_scheduler
+            optimizer = optimizer or self.optimizer
+            kind, extra = self.args.lr_scheduler_type, self.args.lr_scheduler_kwargs
+            warmup = self.args.get_warmup_steps(first)
+            before = get_scheduler(kind, optimizer, warmup, first, scheduler_specific_kwargs=extra).lr_lambdas[0]
+            rest = max(num_training_steps - first, 1)
+            after = get_scheduler(kind, optimizer, 0, rest, scheduler_specific_kwargs=extra).lr_lambdas[0]
+            scale = rate / self.args.learning_rate
+
+            def factor(step: int) -> float:
+                return before(step) if step < first else scale * after(step - first)
+
+            for group in optimizer.param_groups:  # the helpers above each stepped it once
+                group["lr"] = group["initial_lr"]
+            self.lr_scheduler = LambdaLR(optimizer, factor)
+            self._created_lr_scheduler = True
+            return self.lr_scheduler
+
+    return ContinuedTrainer

@@ -108,15 +108,19 @@ def prepare_qat(model: Any, recipe: Recipe, plan: Any = None) -> Any:
         raise RecipeError(str(recipe.source or recipe.name), [f"train.qat: {exc}"]) from None
 
 
-def qat_summary(model: Any, section: TrainSection) -> dict[str, Any]:
+def qat_summary(model: Any, section: TrainSection, device: str) -> dict[str, Any]:
+    from workbench.qat import native
+
     return {
         "target": section.qat.target,
         "start_after_steps": section.qat.start_after_steps,
+        "steps": section.qat.steps,
         "embeddings": section.qat.embeddings,
         "output": section.qat.output,
         "on_grid": len(model.on_grid),
         "grids": dict(Counter(model.on_grid.values())),
         "off_grid": model.off_grid,
+        "rounding": "libggml" if device == "cpu" and native.available() else "torch",  # the K-quants, Q8_0
     }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -36,8 +37,9 @@ TEACHER_FILE = "qat-teacher.safetensors"  # in the work folder: the adapter at t
 def key_inputs(recipe: Recipe) -> dict[str, Any]:
     spread = recipe.train.distributed
     train = recipe.train.model_dump(mode="json", exclude={"distributed"})
-    if train["qat"]["distill"] is None:  # stored runs from before the field keep their key
-        del train["qat"]["distill"]
+    for later in ("distill", "steps", "learning_rate"):  # stored runs from before these fields keep their key
+        if train["qat"][later] is None:
+            del train["qat"][later]
     inputs = {
         "train": train,
         "loss_on": recipe.data.loss_on,
@@ -94,7 +96,7 @@ def plan_mixture(ctx: StageContext) -> None:
     ctx.say(f"{qat.target} for this model: " + ", ".join(f"{n} {k}" for k, n in sorted(plan.counts().items())))
 
 
-def distillation_for(ctx: StageContext, model: Any, qat_model: Any) -> tuple[Any, Callable[[int], None]]:
+def distillation_for(ctx: StageContext, model: Any, qat_model: Any, switch: int) -> tuple[Any, Callable[[int], None]]:
     """The distillation settings and what happens at the switch: the adapter as it is then becomes the
     teacher, saved in the work folder (a run resumed past the switch loads it)."""
     from workbench.qat import distill
@@ -110,7 +112,7 @@ def distillation_for(ctx: StageContext, model: Any, qat_model: Any) -> tuple[Any
             distillation.teacher = distill.load(saved, model, qat_model)
             ctx.say(f"distilling toward the teacher saved at the switch ({saved.name})")
             return
-        if step > ctx.recipe.train.qat.start_after_steps:
+        if step > switch:
             raise StageFailed(f"train: resumed at step {step}, past the switch, but the teacher ({saved.name}) is gone")
         distillation.teacher = distill.snapshot(model, qat_model)
         distillation.teacher.save(saved)
@@ -133,13 +135,20 @@ def train(ctx: StageContext, device: str) -> list[Artifact]:
     rows = read_jsonl(ctx.inputs["data"] / "train.jsonl")
     dataset = Dataset.from_list([to_trl(row, ctx.recipe.data.loss_on) for row in rows])
     epochs, steps = loop.training_steps(section, len(rows))
-    if section.qat.target and section.qat.start_after_steps >= steps:
+    switch = section.qat.start_after_steps
+    supervised = steps
+    if section.qat.target and section.qat.steps:  # the rounding after the supervised steps, from their adapter
+        switch, steps = supervised, supervised + section.qat.steps
+    elif section.qat.target and switch >= steps:
         where = str(ctx.recipe.source or ctx.recipe.name)
         problem = (
             f"train.qat.start_after_steps: {section.qat.start_after_steps} is not below the {steps} training steps"
         )
         raise RecipeError(where, [problem + "; the rounding would never be switched on"])
-    ctx.say(f"{section.method} on {device}: {len(rows)} rows, {epochs:g} epochs, {steps} steps")
+    ctx.say(
+        f"{section.method} on {device}: {len(rows)} rows, {epochs:g} epochs, {supervised} steps"
+        + (f" then {steps - supervised} on the rounding" if steps > supervised else "")
+    )
 
     tokenizer = AutoTokenizer.from_pretrained(base)
     if tokenizer.pad_token is None:
@@ -168,14 +177,16 @@ def train(ctx: StageContext, device: str) -> list[Artifact]:
         if section.qat.distill is not None:
             from workbench.qat.distill import distilling
 
-            distillation, on_switch = distillation_for(ctx, model, qat_model)
+            distillation, on_switch = distillation_for(ctx, model, qat_model, switch)
             trainer_class = distilling(SFTTrainer, distillation)
-        callbacks.append(QATSwitch(ctx, qat_model, section.qat.start_after_steps, on_switch))
-        qat_summary = sft.qat_summary(qat_model, section)
+        if steps > supervised:
+            rate = section.qat.learning_rate or section.learning_rate
+            trainer_class = loop.continued(trainer_class, supervised, rate)
+        callbacks.append(QATSwitch(ctx, qat_model, switch, on_switch))
+        qat_summary = sft.qat_summary(qat_model, section, device)
         ctx.say(
             f"quantization-aware: {len(qat_model.on_grid)} weights trained on the {section.qat.target} grid"
-            f" from step {section.qat.start_after_steps}"
-            + (f"; {len(qat_model.off_grid)} not stored on a grid" if qat_model.off_grid else "")
+            f" from step {switch}" + (f"; {len(qat_model.off_grid)} not stored on a grid" if qat_model.off_grid else "")
         )
     trainer = trainer_class(
         model=model,
@@ -211,6 +222,8 @@ def train(ctx: StageContext, device: str) -> list[Artifact]:
     tokenizer.save_pretrained(ctx.out)
     if plan is not None:
         plan.save(ctx.out)  # the export's grid check holds the file to it
+    if (ctx.work / TEACHER_FILE).is_file():  # the 16-bit adapter it distilled toward, kept with what it made
+        shutil.copyfile(ctx.work / TEACHER_FILE, ctx.out / TEACHER_FILE)
     summary = {
         "method": section.method,
         "device": device,
