@@ -22,7 +22,7 @@ from torchao.quantization.qat import FakeQuantizedEmbedding, FakeQuantizedLinear
 from torchao.quantization.qat.fake_quantize_config import FakeQuantizeConfigBase
 from torchao.quantization.qat.fake_quantizer import FakeQuantizerBase
 
-from workbench.qat import grid
+from workbench.qat import grid, native
 from workbench.qat.mixture import Plan
 
 
@@ -32,6 +32,11 @@ class GGMLFakeQuantizeConfig(FakeQuantizeConfigBase):
 
     target: str  # a key of grid.GRIDS
     chain: tuple[torch.dtype, ...] = ()  # storage dtypes before the rounding
+
+
+def rounding(device: str) -> str:
+    """What rounds the K-quants and Q8_0 on this device: libggml itself (CPU, when installed) or torch."""
+    return "libggml" if device == "cpu" and native.available() else "torch"
 
 
 class _StraightThrough(torch.autograd.Function):

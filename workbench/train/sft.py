@@ -109,7 +109,7 @@ def prepare_qat(model: Any, recipe: Recipe, plan: Any = None) -> Any:
 
 
 def qat_summary(model: Any, section: TrainSection, device: str) -> dict[str, Any]:
-    from workbench.qat import native
+    from workbench.qat import modules
 
     return {
         "target": section.qat.target,
@@ -120,7 +120,7 @@ def qat_summary(model: Any, section: TrainSection, device: str) -> dict[str, Any
         "on_grid": len(model.on_grid),
         "grids": dict(Counter(model.on_grid.values())),
         "off_grid": model.off_grid,
-        "rounding": "libggml" if device == "cpu" and native.available() else "torch",  # the K-quants, Q8_0
+        "rounding": modules.rounding(device),
     }
 
 
