@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from test_qat import lora_model
 
@@ -120,3 +121,40 @@ def test_the_trainer_backpropagates_the_kl_through_the_student(tiny_model, tmp_p
     assert abs(same_loss - task_loss) < 1e-4 and torch.allclose(same_grad, task_grad, atol=1e-5)
     assert kl_loss > task_loss and distillation.last_kl > 0
     assert not torch.allclose(kl_grad, task_grad, atol=1e-5)  # the KL's gradient reached the adapter
+
+
+def test_the_qat_steps_schedule_follows_the_supervised_one_unchanged(tmp_path):
+    """`train.qat.steps`: the first part is the schedule a run of the supervised steps alone has (so the
+    plain twin's rates), the second its own, from the QAT rate down; a schedule with no steps is refused."""
+    from transformers import TrainingArguments, get_scheduler
+
+    from workbench.train.loop import continued
+
+    class Base:
+        def __init__(self, args, optimizer):
+            self.args, self.optimizer, self.lr_scheduler = args, optimizer, None
+
+    def rates(scheduler, optimizer, steps):
+        found = []
+        for _ in range(steps):
+            found.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        return found
+
+    def arguments(kind):
+        return TrainingArguments(str(tmp_path), learning_rate=1e-3, lr_scheduler_type=kind, warmup_steps=0.2,
+                                 use_cpu=True, report_to="none")  # fmt: skip
+
+    def optimizer():
+        return torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=1e-3)
+
+    ours = optimizer()
+    both = rates(continued(Base, 10, 1e-4)(arguments("cosine"), ours).create_scheduler(16), ours, 16)
+    alone = optimizer()
+    assert both[:10] == rates(get_scheduler("cosine", alone, 2, 10), alone, 10)
+    assert both[10] == pytest.approx(1e-4) and both[10] > both[12] > both[15] > 0
+    plateau = arguments("cosine")
+    plateau.lr_scheduler_type = "reduce_lr_on_plateau"  # the arguments refuse it without evaluation; a trainer may not
+    with pytest.raises(ValueError, match="reduce_lr_on_plateau is not a schedule of steps"):
+        continued(Base, 10, 1e-4)(plateau, optimizer()).create_scheduler(16)

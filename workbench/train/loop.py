@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from workbench.core.recipe import DistributedSection, OptimizeSection
 from workbench.data.dataset import auto_epochs
@@ -86,9 +86,13 @@ def continued(trainer_class: type, first: int, rate: float) -> type:
             optimizer = optimizer or self.optimizer
             kind, extra = self.args.lr_scheduler_type, self.args.lr_scheduler_kwargs
             warmup = self.args.get_warmup_steps(first)
-            before = get_scheduler(kind, optimizer, warmup, first, scheduler_specific_kwargs=extra).lr_lambdas[0]
+            first_part = get_scheduler(kind, optimizer, warmup, first, scheduler_specific_kwargs=extra)
+            if not isinstance(first_part, LambdaLR):
+                raise ValueError(f"train.lr_scheduler: {kind} is not a schedule of steps that a second part can follow")
+            before = first_part.lr_lambdas[0]
             rest = max(num_training_steps - first, 1)
-            after = get_scheduler(kind, optimizer, 0, rest, scheduler_specific_kwargs=extra).lr_lambdas[0]
+            second_part = get_scheduler(kind, optimizer, 0, rest, scheduler_specific_kwargs=extra)
+            after = cast(LambdaLR, second_part).lr_lambdas[0]
             scale = rate / self.args.learning_rate
 
             def factor(step: int) -> float:
