@@ -4,25 +4,18 @@ by gguf-py's `dequantize` — equal bit for bit, edge cases included."""
 
 from __future__ import annotations
 
-import ctypes
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, quants
 
-from workbench.qat import grid, kquants
+from workbench.qat import grid, kquants, native
 
 
 @pytest.fixture(scope="module")
 def ggml():
-    import llama_cpp
-
-    lib = ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libggml-base.so"))
-    lib.ggml_quantize_chunk.restype = ctypes.c_size_t
-    lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 3
-    lib.ggml_quantize_chunk.argtypes += [ctypes.c_void_p]
+    lib = native.library()
+    assert lib is not None, "llama-cpp-python's libggml-base"
     return lib
 
 
@@ -69,8 +62,6 @@ def test_every_grid_equals_ggml_bit_for_bit(ggml, target):
 def test_on_cpu_training_rounds_with_ggml_itself_and_gets_the_torch_grids_values(monkeypatch):
     """`fake_quantize` on CPU calls libggml for the K-quants (rows split over threads); its values are the
     torch grids'. Both ways are tested for every grid: here through libggml, directly above."""
-    from workbench.qat import native
-
     assert native.available()
     calls = []
     monkeypatch.setattr(native, "values", lambda x, kind, wrapped=native.values: calls.append(kind) or wrapped(x, kind))

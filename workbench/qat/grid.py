@@ -116,11 +116,16 @@ def storage_chain(merge_dtype: torch.dtype) -> tuple[torch.dtype, ...]:
     return (merge_dtype, SOURCE)
 
 
+def by_libggml(grid: Grid, device: str) -> bool:
+    """Whether `fake_quantize` rounds to `grid` with libggml itself on this device (else with `grid.values`)."""
+    return grid.native and device == "cpu" and native.available()
+
+
 def fake_quantize(x: torch.Tensor, grid: Grid, chain: Sequence[torch.dtype] = ()) -> torch.Tensor:
     """The values `x` has in the served file: cast through `chain`, then rounded to the grid (fp32)."""
     for dtype in chain:
         x = x.to(dtype)
-    if grid.native and x.device.type == "cpu" and x.ndim == 2 and native.available():
+    if x.ndim == 2 and by_libggml(grid, x.device.type):
         return native.values(x, grid.ggml_type)
     return grid.values(x.float())
 

@@ -12,7 +12,7 @@ GGUF) before it is rounded, so training sees the values the file will hold.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -22,7 +22,7 @@ from torchao.quantization.qat import FakeQuantizedEmbedding, FakeQuantizedLinear
 from torchao.quantization.qat.fake_quantize_config import FakeQuantizeConfigBase
 from torchao.quantization.qat.fake_quantizer import FakeQuantizerBase
 
-from workbench.qat import grid, native
+from workbench.qat import grid
 from workbench.qat.mixture import Plan
 
 
@@ -34,9 +34,9 @@ class GGMLFakeQuantizeConfig(FakeQuantizeConfigBase):
     chain: tuple[torch.dtype, ...] = ()  # storage dtypes before the rounding
 
 
-def rounding(device: str) -> str:
-    """What rounds the K-quants and Q8_0 on this device: libggml itself (CPU, when installed) or torch."""
-    return "libggml" if device == "cpu" and native.available() else "torch"
+def rounding(grids: Iterable[str], device: str) -> str:
+    """What rounds these grids (keys of grid.GRIDS) on this device: libggml itself for any of them, or torch."""
+    return "libggml" if any(grid.by_libggml(grid.GRIDS[key], device) for key in grids) else "torch"
 
 
 class _StraightThrough(torch.autograd.Function):

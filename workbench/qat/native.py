@@ -20,18 +20,19 @@ import torch
 
 
 @functools.cache
-def _library() -> ctypes.CDLL | None:
+def library() -> ctypes.CDLL | None:
+    """llama-cpp-python's libggml-base with `ggml_quantize_chunk` typed; None where it is absent."""
     try:
         import llama_cpp
     except ImportError:
         return None
     found = sorted((Path(llama_cpp.__file__).parent / "lib").glob("libggml-base.*"))
-    try:
-        lib = ctypes.CDLL(str(found[0])) if found else None
-        quantize = lib.ggml_quantize_chunk if lib is not None else None
-    except (OSError, AttributeError):
+    if not found:
         return None
-    if quantize is None:
+    try:
+        lib = ctypes.CDLL(str(found[0]))
+        quantize = lib.ggml_quantize_chunk
+    except (OSError, AttributeError):
         return None
     quantize.restype = ctypes.c_size_t
     quantize.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, *[ctypes.c_int64] * 3, ctypes.c_void_p]
@@ -44,14 +45,14 @@ def _pool(threads: int) -> ThreadPoolExecutor:
 
 
 def available() -> bool:
-    return _library() is not None
+    return library() is not None
 
 
 def values(x: torch.Tensor, ggml_type: str) -> torch.Tensor:
     """`x` (2-D, on CPU, each row a whole number of the type's blocks) as the type stores it, in float32."""
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, quants
 
-    lib = _library()
+    lib = library()
     if lib is None:
         raise RuntimeError("llama.cpp's libggml-base is not installed (llama-cpp-python)")
     kind = GGMLQuantizationType[ggml_type]

@@ -120,7 +120,7 @@ def qat_summary(model: Any, section: TrainSection, device: str) -> dict[str, Any
         "on_grid": len(model.on_grid),
         "grids": dict(Counter(model.on_grid.values())),
         "off_grid": model.off_grid,
-        "rounding": modules.rounding(device),
+        "rounding": modules.rounding(set(model.on_grid.values()), device),
     }
 
 
